@@ -1,0 +1,275 @@
+"""The part that sends: planned results in, Dub calls out, within a time budget.
+
+Per customer, calls go out in order (leads before sales, as the engine planned
+them); different customers go out concurrently over a bounded pool. Each call is
+claimed in the ledger first, retried on transient failures while the budget
+allows, and recorded with its outcome. Whatever is not settled when the budget
+ends is reported ``failed``/``pending`` so that Segment retries the request; a
+call already under way finishes in the background and records its answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import replace
+from typing import Any
+
+from .dub_client import DubAnswer, DubClient
+from .ledger import DEAD, Ledger
+from .logs import log_result
+from .results import Result
+
+log = logging.getLogger("bridge.delivery")
+
+# A sale answered 404 "Lead event not found" this soon after the customer's lead
+# means Dub is still ingesting the lead: try again later instead of giving up.
+LEAD_INGEST_SECONDS = 600.0
+MIN_CALL_SECONDS = 0.25  # no point starting a call with less budget than this
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 2.0
+
+
+class RateLimiter:
+    """A sliding one-minute window, shaped like Dub's per-key limit."""
+
+    def __init__(self, per_minute: int, window: float = 60.0):
+        self.per_minute = max(1, per_minute)
+        self.window = window
+        self._sent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def acquire(self, deadline: float) -> bool:
+        """Take one slot, waiting for one until ``deadline``; False when none frees up in time."""
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._sent and self._sent[0] <= now - self.window:
+                    self._sent.popleft()
+                if len(self._sent) < self.per_minute:
+                    self._sent.append(now)
+                    return True
+                free_at = self._sent[0] + self.window
+            if free_at > deadline:
+                return False
+            time.sleep(min(free_at - time.monotonic(), 0.5) if free_at > time.monotonic() else 0)
+
+
+class Deliverer:
+    """Sends ready results to Dub; owns the worker pool, shares the client and the ledger."""
+
+    def __init__(
+        self,
+        client: DubClient,
+        ledger: Ledger | None,
+        *,
+        concurrency: int = 8,
+        rate_limit_per_minute: int = 1200,
+        max_attempts: int = 20,
+    ):
+        self.client = client
+        self.ledger = ledger
+        self.max_attempts = max_attempts
+        self.limiter = RateLimiter(rate_limit_per_minute)
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dub")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.client.close()
+
+    def deliver(
+        self,
+        results: list[Result],
+        budget: float,
+        payloads: dict[str, Any] | None = None,
+        redrive: bool = False,
+    ) -> list[Result]:
+        """Send every ready result; answer within ``budget`` seconds whatever Dub does."""
+        start = time.monotonic()
+        deadline = start + budget
+        self._record_invalid(results, payloads or {})
+        groups: dict[Any, list[int]] = {}
+        for index, result in enumerate(results):
+            if result.outcome == "ready":
+                key = result.customer if result.customer is not None else ("event", index)
+                groups.setdefault(key, []).append(index)
+        if not groups:
+            return results
+        futures: dict[Future[None], list[int]] = {
+            self.pool.submit(
+                self._send_group, [results[i] for i in members], deadline, payloads or {}, redrive
+            ): members
+            for members in groups.values()
+        }
+        done, not_done = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        final = list(results)
+        for future in not_done:
+            for i in futures[future]:
+                # The thread keeps going and the ledger gets its answer; this request must not wait.
+                if results[i].outcome in ("ready", "sending"):
+                    final[i] = replace(
+                        results[i],
+                        outcome="pending",
+                        errors=list(results[i].errors),
+                        reason="still in flight when the time budget ran out",
+                    )
+        for future in done:
+            future.result()  # surface a bug in _send_group rather than hide it
+        return final
+
+    def _record_invalid(self, results: Iterable[Result], payloads: dict[str, Any]) -> None:
+        if self.ledger is None:
+            return
+        for result in results:
+            if result.outcome == "invalid" and result.message_id and result.mapping:
+                self.ledger.record(
+                    result.message_id,
+                    result.mapping,
+                    "invalid",
+                    action=result.action,
+                    event=result.event,
+                    errors=result.errors,
+                    payload=payloads.get(result.message_id),
+                )
+
+    def _send_group(
+        self, group: list[Result], deadline: float, payloads: dict[str, Any], redrive: bool
+    ) -> None:
+        for result in group:
+            if deadline - time.monotonic() < MIN_CALL_SECONDS:
+                result.finish(
+                    "pending", reason="not sent: the time budget ran out; Segment will retry"
+                )
+                continue
+            started = time.monotonic()
+            try:
+                self._send_one(result, deadline, payloads.get(result.message_id or ""), redrive)
+            except Exception:  # a bug must not strand the claim or the rest of the group
+                log.exception(
+                    "delivery failed unexpectedly", extra={"messageId": result.message_id}
+                )
+                result.finish("failed", reason="internal error while sending")
+            result.elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+            log_result(result)
+
+    def _send_one(self, result: Result, deadline: float, payload: Any, redrive: bool) -> None:
+        assert result.body is not None
+        assert result.request_path
+        assert result.action
+        ledger, key = self.ledger, (result.message_id or "", result.mapping or "")
+        tainted = False
+        if ledger is not None:
+            claim = ledger.claim(
+                *key,
+                action=result.action,
+                event=result.event,
+                customer=result.customer,
+                body=result.body,
+                redrive=redrive,
+            )
+            if not claim.granted:
+                if claim.state == "in_flight":
+                    result.finish("pending", reason="another request is sending this event now")
+                else:
+                    result.finish("duplicate", reason=f"already handled: {claim.state}")
+                return
+            tainted = claim.tainted
+            if claim.attempts >= self.max_attempts:
+                ledger.finish(
+                    *key,
+                    "failed",
+                    error={"code": "gave_up", "message": "too many attempts"},
+                    payload=payload,
+                )
+                result.finish(
+                    "gave_up", reason=f"gave up after {claim.attempts} attempts (dead letter)"
+                )
+                return
+        answer, attempts, reached = self._call_with_retries(result, deadline)
+        result.attempts = attempts
+        result.status = answer.status
+        result.dub_error = answer.error if answer.outcome in ("rejected", "failed") else None
+        # A lead that may have reached Dub and failed there (5xx, timeout) has set Dub's
+        # de-duplication marker: a later link: null proves nothing.
+        tainted = tainted or (result.action == "lead" and reached)
+        state = answer.outcome
+        reason = None
+        if state == "deduplicated" and tainted:
+            # Dub's lead trap: a retry after a 5xx is swallowed; was the first one recorded?
+            state, reason = "uncertain", "Dub answered link: null after an earlier failed attempt"
+        elif (
+            state == "rejected"
+            and answer.status == 404
+            and result.action == "sale"
+            and ledger is not None
+            and result.customer
+            and ledger.lead_seen(result.customer, LEAD_INGEST_SECONDS)
+        ):
+            state, reason = (
+                "failed",
+                "Dub has not finished ingesting this customer's lead; retry later",
+            )
+        if state == "failed":
+            reason = reason or "Dub did not take it now; Segment will retry"
+            result.retry_after = answer.retry_after
+        elif state == "not_recorded":
+            reason = "Dub answered sale: null: nothing was recorded"
+        elif state == "deduplicated":
+            reason = "Dub answered link: null: already tracked for this customer and event"
+        if ledger is not None:
+            ledger_state = "pending" if state == "failed" else state
+            ledger.finish(
+                *key,
+                ledger_state,
+                status=answer.status,
+                error=answer.error,
+                payload=payload if ledger_state in DEAD else None,
+                tainted=tainted,
+            )
+        result.finish(state, reason=reason)
+
+    def _call_with_retries(self, result: Result, deadline: float) -> tuple[DubAnswer, int, bool]:
+        """(last answer, attempts, whether a failed attempt may have reached Dub)."""
+        attempt = 0
+        reached = False
+        while True:
+            attempt += 1
+            if not self.limiter.acquire(deadline - MIN_CALL_SECONDS):
+                return (
+                    DubAnswer(
+                        "failed",
+                        error={
+                            "code": "rate_limited_locally",
+                            "message": "client-side rate limit is full",
+                        },
+                    ),
+                    attempt - 1,
+                    reached,
+                )
+            remaining = deadline - time.monotonic()
+            answer = self.client.send(
+                result.action or "",
+                result.request_path or "",
+                result.body or {},
+                timeout=remaining - 0.05,
+            )
+            if not answer.transient:
+                return answer, attempt, reached
+            reached = (
+                reached
+                or (answer.status or 0) >= 500
+                or (answer.error or {}).get("code") == "timeout"
+            )
+            # A lead's 5xx may have set Dub's de-duplication marker; a retry is still worth it
+            # (the marker is not always written), and a swallowed retry is caught by the caller.
+            wait_for = answer.retry_after
+            if wait_for is None:
+                wait_for = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))  # noqa: S311
+            if time.monotonic() + wait_for + MIN_CALL_SECONDS > deadline:
+                return answer, attempt, reached
+            time.sleep(wait_for)

@@ -1,0 +1,145 @@
+"""The bridge's one exception tree.
+
+Every error carries a stable machine ``code`` and the HTTP ``status`` it maps to,
+so the webhook, the command line and the logs all speak the same words. Library
+exceptions (requests, YAML, jsonpath) are translated where they are caught and
+chained with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge raises on purpose."""
+
+    code = "bridge_error"
+    status = 500
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def to_dict(self) -> dict[str, Any]:
+        """The one JSON error shape the service answers with."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+# --- configuration (start-up) ------------------------------------------------------------
+
+
+class ConfigError(BridgeError):
+    code = "config_error"
+
+
+class SettingsError(ConfigError):
+    """An environment variable holds a value the bridge cannot use."""
+
+    code = "invalid_setting"
+
+
+@dataclass(frozen=True)
+class MappingIssue:
+    """One problem found in a mapping file, located as precisely as we can."""
+
+    file: str
+    line: int | None
+    where: str  # "mapping.key" style location, or "" for the whole file
+    message: str
+    hint: str = ""
+    severity: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        loc = f"{self.file}:{self.line}" if self.line else self.file
+        text = f"{loc}: {self.where}: {self.message}" if self.where else f"{loc}: {self.message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        if self.severity == "warning":
+            text = "warning: " + text
+        return text
+
+
+class MappingFileError(ConfigError):
+    """One or more mapping files are invalid; every problem found is listed."""
+
+    code = "invalid_mapping"
+
+    def __init__(self, issues: list[MappingIssue]):
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues) or "invalid mapping files")
+
+
+# --- requests to the webhook --------------------------------------------------------------
+
+
+class RequestError(BridgeError):
+    code = "bad_request"
+    status = 400
+
+
+class InvalidJSON(RequestError):
+    code = "invalid_json"
+
+
+class NoEvents(RequestError):
+    code = "no_events"
+
+
+class PayloadTooLarge(RequestError):
+    code = "payload_too_large"
+    status = 413
+
+
+class InvalidSignature(RequestError):
+    code = "unauthorized"
+    status = 401
+
+
+class ServiceUnavailable(BridgeError):
+    """Dub could not take every event now; Segment should retry the request."""
+
+    code = "dub_unavailable"
+    status = 503
+
+
+# --- one event ---------------------------------------------------------------------------
+
+
+class EventError(BridgeError):
+    """One event cannot become a Dub request; it costs no other event."""
+
+    code = "invalid_event"
+    status = 422
+
+
+class FieldError(EventError):
+    """A Dub field could not be filled from the event."""
+
+    code = "invalid_field"
+
+    def __init__(self, field: str, message: str, *, paths: tuple[str, ...] = (), value: Any = None):
+        self.field = field
+        self.paths = paths
+        self.value = value
+        where = f" (paths tried: {', '.join(paths)})" if paths else ""
+        super().__init__(f"{field}: {message}{where}")
+
+
+# --- Dub ---------------------------------------------------------------------------------
+
+
+class DubError(BridgeError):
+    """Dub could not be reached or answered in a way we could not read."""
+
+    code = "dub_error"
+    status = 502
+
+
+class DubUnreachable(DubError):
+    code = "dub_unreachable"

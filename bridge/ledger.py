@@ -1,0 +1,362 @@
+"""The delivery ledger: every (messageId, mapping) the bridge handles, and where it stands.
+
+It is what makes Segment's at-least-once delivery exactly-once in effect toward
+Dub: a row is claimed atomically before a call, so a redelivered event, a Segment
+retry racing the first try, or two gunicorn workers make one Dub call between
+them. A claim carries a lease; a worker killed mid-call leaves an ``in_flight``
+row whose lease expires and is taken over.
+
+``Ledger`` is the interface; ``SQLiteLedger`` backs it on one machine (WAL, busy
+timeout, one connection per thread). A server database can implement the same
+methods for several instances.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .jsoncodec import dumps_str, loads
+
+DONE = frozenset({"delivered", "deduplicated", "not_recorded"})
+DEAD = frozenset({"invalid", "rejected", "uncertain", "failed"})
+STATES = DONE | DEAD | {"pending", "in_flight", "superseded"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    message_id   TEXT NOT NULL,
+    mapping      TEXT NOT NULL,
+    action       TEXT,
+    event        TEXT,
+    customer     TEXT,
+    state        TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    request_body TEXT,
+    payload      TEXT,
+    status       INTEGER,
+    error        TEXT,
+    tainted      INTEGER NOT NULL DEFAULT 0,
+    lease_until  REAL,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    PRIMARY KEY (message_id, mapping)
+);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, updated_at);
+CREATE INDEX IF NOT EXISTS deliveries_customer ON deliveries (customer, action, updated_at);
+"""
+_SELECT = (
+    "SELECT message_id, mapping, action, event, customer, state, attempts, request_body,"
+    " payload, status, error, created_at, updated_at FROM deliveries "
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer to 'may I send this now?'."""
+
+    granted: bool
+    state: str | None = None  # the row's state when not granted
+    attempts: int = 0  # attempts before this one
+    tainted: bool = False  # an earlier lead attempt may have reached Dub
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    message_id: str
+    mapping: str
+    action: str | None
+    event: str | None
+    customer: str | None
+    state: str
+    attempts: int
+    request_body: dict[str, Any] | None
+    payload: dict[str, Any] | None
+    status: int | None
+    error: Any
+    created_at: float
+    updated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "messageId": self.message_id,
+            "mapping": self.mapping,
+            "action": self.action,
+            "event": self.event,
+            "state": self.state,
+            "attempts": self.attempts,
+            "status": self.status,
+            "error": self.error,
+            "requestBody": self.request_body,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+        }
+
+
+class Ledger(Protocol):
+    def claim(
+        self,
+        message_id: str,
+        mapping: str,
+        *,
+        action: str,
+        event: str | None,
+        customer: str | None,
+        body: dict[str, Any] | None,
+        redrive: bool = False,
+    ) -> Claim: ...
+    def finish(
+        self,
+        message_id: str,
+        mapping: str,
+        state: str,
+        *,
+        status: int | None = None,
+        error: Any = None,
+        payload: Any = None,
+        tainted: bool = False,
+    ) -> None: ...
+    def record(
+        self,
+        message_id: str,
+        mapping: str,
+        state: str,
+        *,
+        action: str | None,
+        event: str | None,
+        errors: Any,
+        payload: Any,
+    ) -> None: ...
+    def lead_seen(self, customer: str, within_seconds: float) -> bool: ...
+    def dead_letters(
+        self, *, mapping: str | None = None, since: float | None = None
+    ) -> list[Row]: ...
+    def get(self, message_id: str, mapping: str) -> Row | None: ...
+    def counts(self) -> dict[str, int]: ...
+    def sweep(self, *, retention_seconds: float, give_up_seconds: float) -> dict[str, int]: ...
+
+
+class SQLiteLedger:
+    """The embedded ledger: one SQLite file, safe across threads and worker processes."""
+
+    def __init__(self, path: Path | str, *, lease_seconds: float = 30.0):
+        self.path = str(path)
+        self.lease_seconds = lease_seconds
+        self._local = threading.local()
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with self._tx() as db:
+            db.executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
+            db.execute("PRAGMA busy_timeout=10000")
+            self._local.db = db
+        return db
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection):
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            # IMMEDIATE takes the write lock up front: read-then-write is atomic across processes.
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, kind: Any, *_: Any) -> None:
+            self.db.execute("ROLLBACK" if kind else "COMMIT")
+
+    def _tx(self) -> SQLiteLedger._Tx:
+        return SQLiteLedger._Tx(self._db())
+
+    def claim(
+        self,
+        message_id: str,
+        mapping: str,
+        *,
+        action: str,
+        event: str | None,
+        customer: str | None,
+        body: dict[str, Any] | None,
+        redrive: bool = False,
+    ) -> Claim:
+        now = time.time()
+        lease = now + self.lease_seconds
+        text = dumps_str(body) if body is not None else None
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT state, lease_until, attempts, tainted FROM deliveries"
+                " WHERE message_id=? AND mapping=?",
+                (message_id, mapping),
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO deliveries (message_id, mapping, action, event, customer, state,"
+                    " attempts, request_body, lease_until, created_at, updated_at)"
+                    " VALUES (?,?,?,?,?,'in_flight',1,?,?,?,?)",
+                    (message_id, mapping, action, event, customer, text, lease, now, now),
+                )
+                return Claim(True)
+            state, lease_until, attempts, tainted = row
+            if state in DONE or state == "superseded":
+                return Claim(False, state, attempts, bool(tainted))
+            if state == "in_flight" and (lease_until or 0) > now:
+                return Claim(False, state, attempts, bool(tainted))
+            # Dead letters are sent again only by redrive, after a person looked at them.
+            if state in ("rejected", "uncertain", "failed") and not redrive:
+                return Claim(False, state, attempts, bool(tainted))
+            db.execute(
+                "UPDATE deliveries SET state='in_flight', attempts=attempts+1, lease_until=?,"
+                " request_body=?, customer=?, updated_at=? WHERE message_id=? AND mapping=?",
+                (lease, text, customer, now, message_id, mapping),
+            )
+            return Claim(True, state, attempts, bool(tainted))
+
+    def finish(
+        self,
+        message_id: str,
+        mapping: str,
+        state: str,
+        *,
+        status: int | None = None,
+        error: Any = None,
+        payload: Any = None,
+        tainted: bool = False,
+    ) -> None:
+        assert state in STATES, state
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET state=?, status=?, error=?, lease_until=NULL,"
+                " payload=COALESCE(?, payload), tainted=MAX(tainted, ?), updated_at=?"
+                " WHERE message_id=? AND mapping=?",
+                (
+                    state,
+                    status,
+                    None if error is None else dumps_str(error),
+                    None if payload is None else dumps_str(payload),
+                    int(tainted),
+                    time.time(),
+                    message_id,
+                    mapping,
+                ),
+            )
+
+    def record(
+        self,
+        message_id: str,
+        mapping: str,
+        state: str,
+        *,
+        action: str | None,
+        event: str | None,
+        errors: Any,
+        payload: Any,
+    ) -> None:
+        """Note an event that was never sent (invalid), unless the row already went further."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO deliveries (message_id, mapping, action, event, state, error, payload,"
+                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (message_id, mapping) DO UPDATE SET state=excluded.state,"
+                " error=excluded.error, payload=excluded.payload, updated_at=excluded.updated_at"
+                " WHERE deliveries.state IN ('invalid', 'pending')",
+                (
+                    message_id,
+                    mapping,
+                    action,
+                    event,
+                    state,
+                    dumps_str(errors),
+                    dumps_str(payload),
+                    now,
+                    now,
+                ),
+            )
+
+    def lead_seen(self, customer: str, within_seconds: float) -> bool:
+        row = (
+            self._db()
+            .execute(
+                "SELECT 1 FROM deliveries WHERE customer=? AND action='lead'"
+                " AND state IN ('delivered', 'deduplicated') AND updated_at>? LIMIT 1",
+                (customer, time.time() - within_seconds),
+            )
+            .fetchone()
+        )
+        return row is not None
+
+    def get(self, message_id: str, mapping: str) -> Row | None:
+        found = self._rows("WHERE message_id=? AND mapping=?", (message_id, mapping))
+        return found[0] if found else None
+
+    def dead_letters(self, *, mapping: str | None = None, since: float | None = None) -> list[Row]:
+        where = "WHERE state IN ('invalid','rejected','uncertain','failed')"
+        args: list[Any] = []
+        if mapping is not None:
+            where += " AND mapping=?"
+            args.append(mapping)
+        if since is not None:
+            where += " AND updated_at>=?"
+            args.append(since)
+        return self._rows(where + " ORDER BY created_at, message_id", tuple(args))
+
+    def all_rows(self) -> list[Row]:
+        return self._rows("ORDER BY created_at", ())
+
+    def _rows(self, clause: str, args: tuple[Any, ...]) -> list[Row]:
+        cursor = self._db().execute(_SELECT + clause, args)
+        return [
+            Row(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                loads(r[7]) if r[7] else None,
+                loads(r[8]) if r[8] else None,
+                r[9],
+                loads(r[10]) if r[10] else None,
+                r[11],
+                r[12],
+            )
+            for r in cursor.fetchall()
+        ]
+
+    def counts(self) -> dict[str, int]:
+        rows = (
+            self._db().execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
+        )
+        return {state: count for state, count in rows}
+
+    def sweep(self, *, retention_seconds: float, give_up_seconds: float) -> dict[str, int]:
+        """Give up on rows Segment stopped retrying, and prune rows past retention."""
+        now = time.time()
+        with self._tx() as db:
+            gave_up = db.execute(
+                "UPDATE deliveries SET state='failed', lease_until=NULL, updated_at=?"
+                " WHERE state IN ('pending','in_flight') AND updated_at<?"
+                " AND (lease_until IS NULL OR lease_until<?)",
+                (now, now - give_up_seconds, now),
+            ).rowcount
+            pruned = db.execute(
+                "DELETE FROM deliveries WHERE updated_at<? AND state NOT IN"
+                " ('pending','in_flight','invalid','rejected','uncertain','failed')",
+                (now - retention_seconds,),
+            ).rowcount
+        return {"gave_up": gave_up, "pruned": pruned}
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

@@ -1,0 +1,29 @@
+"""Keep personal data and secrets out of logs and error messages.
+
+Emails are masked wherever a value is shown (``jane@example.com`` -> ``j***@example.com``);
+long values are cut so one odd event cannot flood a log line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+'-])[A-Za-z0-9._%+'-]*@([A-Za-z0-9.-]+)")
+_SHOWN_MAX = 80
+
+
+def mask_emails(text: str) -> str:
+    """Replace every email address in the text by its masked form."""
+    return _EMAIL_RE.sub(r"\1***@\2", text)
+
+
+def mask_value(field: str, value: Any) -> str:
+    """A short, masked representation of a value for an error or a warning."""
+    if isinstance(value, str) and "email" in field.lower() and "@" not in value:
+        shown = repr(value[:1] + "***") if value else "''"
+    else:
+        shown = repr(value)
+    if len(shown) > _SHOWN_MAX:
+        shown = shown[: _SHOWN_MAX - 3] + "..."
+    return mask_emails(shown)

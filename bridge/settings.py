@@ -1,0 +1,109 @@
+"""All configuration, read once from the environment into one pydantic model.
+
+A bad value fails at start-up with the variable's name, what was expected and
+what was found (secrets are never echoed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import SettingsError
+
+# field name -> environment variable
+ENV = {
+    "dub_api_key": "DUB_API_KEY",
+    "dub_api_url": "DUB_API_URL",
+    "segment_shared_secret": "SEGMENT_SHARED_SECRET",
+    "mappings_dir": "BRIDGE_MAPPINGS_DIR",
+    "max_body_bytes": "BRIDGE_MAX_BODY_BYTES",
+    "deadline_seconds": "BRIDGE_DEADLINE_SECONDS",
+    "connect_timeout": "DUB_CONNECT_TIMEOUT",
+    "read_timeout": "DUB_READ_TIMEOUT",
+    "retry_after_seconds": "BRIDGE_RETRY_AFTER_SECONDS",
+    "concurrency": "BRIDGE_CONCURRENCY",
+    "rate_limit_per_minute": "DUB_RATE_LIMIT_PER_MINUTE",
+    "workers": "WEB_CONCURRENCY",
+    "db_path": "BRIDGE_DB",
+    "retention_days": "BRIDGE_RETENTION_DAYS",
+    "lease_seconds": "BRIDGE_LEASE_SECONDS",
+    "reload_seconds": "BRIDGE_RELOAD_SECONDS",
+    "max_attempts": "BRIDGE_MAX_ATTEMPTS",
+    "log_level": "BRIDGE_LOG_LEVEL",
+}
+SECRETS = {"dub_api_key", "segment_shared_secret"}
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dub_api_key: SecretStr | None = None
+    dub_api_url: str = "https://api.dub.co"
+    segment_shared_secret: SecretStr | None = None
+    mappings_dir: Path = Path("mappings")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Segment waits 5 s for an answer; 4 s leaves room for the network.
+    deadline_seconds: float = Field(4.0, gt=0, le=30)
+    connect_timeout: float = Field(1.5, gt=0)
+    read_timeout: float = Field(3.0, gt=0)
+    retry_after_seconds: int = Field(30, ge=1, le=3600)
+    concurrency: int = Field(8, ge=1, le=64)
+    rate_limit_per_minute: int = Field(1200, ge=1)
+    workers: int = Field(2, ge=1, le=64)
+    db_path: Path = Path("bridge-ledger.sqlite3")
+    retention_days: float = Field(7.0, gt=0)
+    lease_seconds: float = Field(30.0, gt=0)
+    reload_seconds: float = Field(2.0, ge=0)
+    max_attempts: int = Field(20, ge=1)
+    log_level: str = "INFO"
+
+    @field_validator("dub_api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @field_validator("dub_api_key", "segment_shared_secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
+        """Read every variable in ``ENV``; ``overrides`` (field names) win over the environment."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {f: environ[v] for f, v in ENV.items() if v in environ}
+        values.update(overrides)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(_explain(exc, values)) from None
+
+    @property
+    def api_key(self) -> str | None:
+        return self.dub_api_key.get_secret_value() if self.dub_api_key else None
+
+
+def _explain(exc: ValidationError, values: Mapping[str, Any]) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = ENV.get(field, field)
+        expected = error["msg"].removeprefix("Value error, ")
+        found = "(hidden)" if field in SECRETS else repr(values.get(field))
+        lines.append(f"{name}: expected {expected}, found {found}")
+    return "bad setting: " + "; ".join(lines)
