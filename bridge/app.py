@@ -69,7 +69,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     logs.configure(settings.log_level)
     require_api_key(settings)
     store = MappingStore(settings.mappings_dir, poll_seconds=settings.reload_seconds)
-    ledger = SQLiteLedger(settings.db_path, lease_seconds=settings.lease_seconds)
+    ledger = (
+        SQLiteLedger(settings.db_path, lease_seconds=settings.lease_seconds)
+        if settings.ledger_enabled
+        else None
+    )
     deliverer = build_deliverer(settings, ledger)
 
     app = Flask("bridge")
@@ -98,7 +102,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
 
     store.start()
-    _start_sweeper(ledger, settings)
+    if ledger is not None:
+        _start_sweeper(ledger, settings)
     log.info(
         "bridge ready",
         extra={

@@ -60,10 +60,11 @@ def _text(
             raise FieldRejected(f"must be text, got {type(value).__name__}")
         if not value:
             raise FieldRejected("must not be empty")
-        if max_len is not None and len(value) > max_len:
+        if max_len is not None and len(value) > max_len // 2 and _js_length(value) > max_len:
+            size = _js_length(value)
             if not trim:
-                raise FieldRejected(f"is {len(value)} characters, Dub allows at most {max_len}")
-            return value[:max_len], f"trimmed from {len(value)} to {max_len} characters"
+                raise FieldRejected(f"is {size} characters, Dub allows at most {max_len}")
+            return _js_trim(value, max_len), f"trimmed from {size} to {max_len} characters"
         return value, None
 
     return check
@@ -79,7 +80,7 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], tuple[Any, str | None]]
 
 
 def _email(value: Any) -> tuple[Any, str | None]:
-    if not isinstance(value, str) or len(value) > NAME_MAX or not EMAIL_RE.match(value):
+    if not isinstance(value, str) or _js_length(value) > NAME_MAX or not EMAIL_RE.match(value):
         raise FieldRejected("is not an email address Dub accepts (at most 100 characters)")
     return value, None
 
@@ -129,7 +130,19 @@ def _metadata(value: Any) -> tuple[Any, str | None]:
 
 def _js_length(text: str) -> int:
     """Length as JavaScript counts it (UTF-16 code units), which is how Dub measures."""
+    if text.isascii():
+        return len(text)
     return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+def _js_trim(text: str, limit: int) -> str:
+    """The longest prefix of at most ``limit`` UTF-16 units, never splitting a character."""
+    units = 0
+    for index, ch in enumerate(text):
+        units += 2 if ord(ch) > 0xFFFF else 1
+        if units > limit:
+            return text[:index]
+    return text
 
 
 _CUSTOMER = {

@@ -23,8 +23,12 @@ def loads(data: bytes | str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as first:
         try:
-            return json.loads(data)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            value = json.loads(data)
+            # json reads lone surrogates ("\ud800"), which orjson refuses and nothing here
+            # can write back (UTF-8, SQLite): refuse them as orjson does.
+            json.dumps(value, ensure_ascii=False).encode()
+            return value
+        except (ValueError, RecursionError) as exc:  # Unicode{De,En}codeError are ValueErrors
             raise JSONDecodeFailure(str(first)) from exc
 
 

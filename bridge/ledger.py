@@ -148,8 +148,15 @@ class SQLiteLedger:
         self._local = threading.local()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with self._tx() as db:
-            db.executescript(_SCHEMA)
+        # executescript() COMMITs an open transaction first, so it cannot run inside _tx()
+        # (the COMMIT on exit then fails); the script takes the write lock itself instead.
+        db = self._db()
+        try:
+            db.executescript("BEGIN IMMEDIATE;\n" + _SCHEMA + "COMMIT;\n")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)

@@ -80,18 +80,32 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
 
 
-def _line_of(data: Any, loc: tuple[Any, ...]) -> int | None:
-    """The line of the deepest key or item of ``loc`` that exists in the YAML."""
+def _locate(data: Any, loc: tuple[Any, ...]) -> tuple[int | None, tuple[Any, ...]]:
+    """The line of the deepest part of ``loc`` present in the YAML, and the parts present.
+
+    Shorthands are expanded before validation (``path`` becomes ``paths``, a
+    transform name becomes ``{name: ...}``); parts the author never wrote are
+    left out of the location shown.
+    """
     line = getattr(data, "line", None)
     node = data
+    shown: list[Any] = []
     for part in loc:
-        if (isinstance(node, _LineDict) and part in node) or (
-            isinstance(node, _LineList) and isinstance(part, int) and 0 <= part < len(node)
-        ):
-            line, node = node.lines[part], node[part]
-        elif part in ("path", "paths") and isinstance(node, _LineDict) and "path" in node:
-            line, node = node.lines["path"], node["path"]
-    return line
+        key = "path" if part == "paths" and isinstance(node, _LineDict) and "path" in node else part
+        if isinstance(node, _LineDict) and key in node:
+            line, node = node.lines[key], node[key]
+            shown.append(key)
+        elif isinstance(node, _LineList) and isinstance(key, int) and 0 <= key < len(node):
+            line, node = node.lines[key], node[key]
+            shown.append(key)
+        elif isinstance(node, (_LineDict, _LineList)):
+            shown.append(part)  # a missing key: worth naming
+            break
+    return line, tuple(shown)
+
+
+def _line_of(data: Any, loc: tuple[Any, ...]) -> int | None:
+    return _locate(data, loc)[0]
 
 
 @dataclass
@@ -190,13 +204,16 @@ def _read_file(path: Path, text: bytes) -> Iterator[tuple[Mapping | None, Any, l
             if isinstance(raw, dict) and isinstance(raw.get("name"), str)
             else f"mappings[{index}]"
         )
+        # Field names are checked from the raw mapping, so they are reported even when
+        # another key of the same mapping is broken.
+        problems = list(_field_names(name, data, index, raw, str(label)))
         try:
             mapping = Mapping.model_validate(raw)
         except ValidationError as exc:
             issues = _issues(name, data, exc, prefix=("mappings", index), label=str(label))
-            yield None, raw, list(issues)
+            yield None, raw, problems + list(issues)
             continue
-        problems = list(_semantic(name, data, index, mapping))
+        problems += _semantic(name, data, index, mapping)
         yield (None if any(p.severity == "error" for p in problems) else mapping), raw, problems
 
 
@@ -205,12 +222,14 @@ def _issues(
 ) -> Iterator[MappingIssue]:
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
-        where = ".".join([label] + [str(p) for p in loc]) if label else ".".join(map(str, loc))
+        line, shown = _locate(data, prefix + loc)
+        parts = [str(p) for p in shown[len(prefix) :]]
+        where = ".".join([label, *parts]) if label else ".".join(parts)
         message = error["msg"].removeprefix("Value error, ")
         hint = ""
         if error["type"] == "extra_forbidden":
             message, hint = "unknown key", _near(str(loc[-1]), _keys_at(loc))
-        yield MappingIssue(file, _line_of(data, prefix + loc), where, message, hint)
+        yield MappingIssue(file, line, where, message, hint)
 
 
 def _keys_at(loc: tuple[Any, ...]) -> list[str]:
@@ -232,28 +251,39 @@ def _near(word: str, choices: list[str]) -> str:
     return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(choices)}"
 
 
+def _field_names(file: str, data: Any, index: int, raw: Any, label: str) -> Iterator[MappingIssue]:
+    """Unknown Dub fields, and fields Dub needs that the mapping lacks."""
+    if not isinstance(raw, dict) or raw.get("action") not in DUB_FIELDS:
+        return
+    fields = raw.get("fields")
+    if not isinstance(fields, dict):
+        return
+    action = raw["action"]
+    known = DUB_FIELDS[action]
+    for key in fields:
+        if key not in known:
+            yield MappingIssue(
+                file,
+                _line_of(data, ("mappings", index, "fields", key)),
+                f"{label}.fields.{key}",
+                f"not a field of Dub's {action} request",
+                _near(str(key), sorted(known)),
+            )
+    for key in sorted(REQUIRED[action] - set(fields)):
+        yield MappingIssue(
+            file,
+            _line_of(data, ("mappings", index, "fields")),
+            f"{label}.fields",
+            f"Dub's {action} request needs {key!r}",
+            "add a path for it",
+        )
+
+
 def _semantic(file: str, data: Any, index: int, mapping: Mapping) -> Iterator[MappingIssue]:
     def at(*loc: Any) -> int | None:
         return _line_of(data, ("mappings", index, *loc))
 
     known = DUB_FIELDS[mapping.action]
-    for key in mapping.fields:
-        if key not in known:
-            yield MappingIssue(
-                file,
-                at("fields", key),
-                f"{mapping.name}.fields.{key}",
-                f"not a field of Dub's {mapping.action} request",
-                _near(key, sorted(known)),
-            )
-    for key in sorted(REQUIRED[mapping.action] - set(mapping.fields)):
-        yield MappingIssue(
-            file,
-            at("fields"),
-            f"{mapping.name}.fields",
-            f"Dub's {mapping.action} request needs {key!r}",
-            "add a path for it",
-        )
     for key, spec in mapping.fields.items():
         if key not in known:
             continue

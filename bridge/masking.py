@@ -20,8 +20,10 @@ def mask_emails(text: str) -> str:
 
 def mask_value(field: str, value: Any) -> str:
     """A short, masked representation of a value for an error or a warning."""
-    if isinstance(value, str) and "email" in field.lower() and "@" not in value:
-        shown = repr(value[:1] + "***") if value else "''"
+    if isinstance(value, str) and "email" in field.lower():
+        # Whatever an email field holds is treated as an address, well-formed or not.
+        domain = value.rpartition("@")[2] if "@" in value else ""
+        shown = repr(f"{value[:1]}***@{domain}" if domain else f"{value[:1]}***")
     else:
         shown = repr(value)
     if len(shown) > _SHOWN_MAX:

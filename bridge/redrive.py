@@ -50,8 +50,11 @@ def redrive(
         results += [
             r
             for r in engine.plan(event)
-            if (r.message_id, r.mapping) in before
-            or ledger.get(r.message_id or "", r.mapping or "") is None
+            if r.mapping is not None
+            and (
+                (r.message_id, r.mapping) in before
+                or ledger.get(r.message_id or "", r.mapping) is None
+            )
         ]
     results.sort(key=lambda r: r.action != "lead")  # leads first, across events too
     if dry_run:

@@ -30,6 +30,7 @@ ENV = {
     "rate_limit_per_minute": "DUB_RATE_LIMIT_PER_MINUTE",
     "workers": "WEB_CONCURRENCY",
     "db_path": "BRIDGE_DB",
+    "ledger_enabled": "BRIDGE_LEDGER",
     "retention_days": "BRIDGE_RETENTION_DAYS",
     "lease_seconds": "BRIDGE_LEASE_SECONDS",
     "reload_seconds": "BRIDGE_RELOAD_SECONDS",
@@ -56,6 +57,8 @@ class Settings(BaseModel):
     rate_limit_per_minute: int = Field(1200, ge=1)
     workers: int = Field(2, ge=1, le=64)
     db_path: Path = Path("bridge-ledger.sqlite3")
+    # Off only for benchmarks and experiments: without it redeliveries are sent again.
+    ledger_enabled: bool = True
     retention_days: float = Field(7.0, gt=0)
     lease_seconds: float = Field(30.0, gt=0)
     reload_seconds: float = Field(2.0, ge=0)
@@ -103,7 +106,7 @@ def _explain(exc: ValidationError, values: Mapping[str, Any]) -> str:
     for error in exc.errors(include_url=False):
         field = str(error["loc"][0]) if error["loc"] else ""
         name = ENV.get(field, field)
-        expected = error["msg"].removeprefix("Value error, ")
+        expected = error["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
         found = "(hidden)" if field in SECRETS else repr(values.get(field))
         lines.append(f"{name}: expected {expected}, found {found}")
     return "bad setting: " + "; ".join(lines)

@@ -1,0 +1,236 @@
+"""Sending: retries within the budget, Retry-After, Dub's lead trap, ledger idempotency, order."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import responses
+
+from bridge.delivery import Deliverer, RateLimiter
+from bridge.dub_client import DubClient
+from bridge.engine import Engine, plan_all
+from bridge.ledger import SQLiteLedger
+from bridge.results import Result
+from tests.conftest import DUB, lead_ok, order, sale_ok, signup
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> SQLiteLedger:
+    return SQLiteLedger(tmp_path / "l.db")
+
+
+@pytest.fixture
+def deliverer(ledger: SQLiteLedger) -> Any:
+    d = Deliverer(DubClient(DUB, "k"), ledger, concurrency=4)
+    yield d
+    d.close()
+
+
+def send(
+    deliverer: Deliverer, engine: Engine, events: list[Any], budget: float = 2.0
+) -> list[Result]:
+    results, payloads = plan_all(engine, events)
+    return deliverer.deliver(results, budget, payloads)
+
+
+def err(code: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": code}}
+
+
+def test_500_then_200_is_delivered_once(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """A transient 500 is retried within the budget and ends delivered."""
+    dub.post(f"{DUB}/track/sale", status=500, json=err("internal_server_error"))
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    (result,) = send(deliverer, engine, [order()])
+    assert (result.outcome, result.attempts, len(dub.calls)) == ("delivered", 2, 2)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 422])
+def test_final_errors_are_not_retried(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock, status: int
+) -> None:
+    """400, 401, 403 and 422 are never retried; the row is a dead letter with Dub's error."""
+    dub.post(f"{DUB}/track/sale", status=status, json=err("bad"))
+    (result,) = send(deliverer, engine, [order()])
+    assert (result.outcome, len(dub.calls)) == ("rejected", 1)
+    assert result.dub_error == {"code": "bad", "message": "bad"}
+    assert [r.state for r in deliverer.ledger.dead_letters()] == ["rejected"]  # type: ignore[union-attr]
+
+
+def test_lead_404_is_not_retried(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """A lead answered 404 is not retried: Dub would swallow the retry."""
+    dub.post(f"{DUB}/track/lead", status=404, json=err("not_found"))
+    (result,) = send(deliverer, engine, [signup()])
+    assert (result.outcome, len(dub.calls)) == ("rejected", 1)
+
+
+def test_lead_trap_is_uncertain(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """A lead that got a 500 and then link: null is 'uncertain', a dead letter, never delivered."""
+    dub.post(f"{DUB}/track/lead", status=500, json=err("internal_server_error"))
+    dub.post(f"{DUB}/track/lead", json=lead_ok() | {"link": None})
+    (result,) = send(deliverer, engine, [signup()])
+    assert result.outcome == "uncertain"
+    assert [r.state for r in deliverer.ledger.dead_letters()] == ["uncertain"]  # type: ignore[union-attr]
+
+
+def test_lead_trap_across_segment_retries(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """A lead whose 5xx came on an earlier request is still uncertain when link: null comes later."""
+    dub.post(f"{DUB}/track/lead", status=503, json=err("x"), headers={"Retry-After": "60"})
+    (first,) = send(deliverer, engine, [signup()])
+    assert first.outcome == "failed"
+    dub.replace(responses.POST, f"{DUB}/track/lead", json=lead_ok() | {"link": None})
+    (second,) = send(deliverer, engine, [signup()])
+    assert second.outcome == "uncertain"
+
+
+def test_plain_duplicate_lead_is_deduplicated(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """Without an earlier failure, link: null is Dub's de-duplication: 'deduplicated'."""
+    dub.post(f"{DUB}/track/lead", json=lead_ok() | {"link": None})
+    (result,) = send(deliverer, engine, [signup()])
+    assert result.outcome == "deduplicated"
+
+
+def test_sale_404_soon_after_lead_is_retried_later(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """A sale 404 'Lead event not found' minutes after the customer's lead is transient."""
+    dub.post(f"{DUB}/track/lead", json=lead_ok())
+    dub.post(f"{DUB}/track/sale", status=404, json=err("not_found"))
+    lead, sale = send(deliverer, engine, [signup(), order()])
+    assert (lead.outcome, sale.outcome) == ("delivered", "failed")
+    row = deliverer.ledger.get("m-1", "order-sale")  # type: ignore[union-attr]
+    assert row is not None and row.state == "pending"
+
+
+def test_sale_404_without_a_lead_is_rejected(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """A sale 404 with no recent lead of that customer is a dead letter at once."""
+    dub.post(f"{DUB}/track/sale", status=404, json=err("not_found"))
+    (result,) = send(deliverer, engine, [order()])
+    assert result.outcome == "rejected"
+
+
+def test_millisecond_retry_after_is_honoured(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """A 429 whose ms Retry-After is 0.3 s ahead is waited out, then delivered."""
+    at = str(int((time.time() + 0.3) * 1000))
+    dub.post(
+        f"{DUB}/track/sale",
+        status=429,
+        json=err("rate_limit_exceeded"),
+        headers={"Retry-After": at},
+    )
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    started = time.monotonic()
+    (result,) = send(deliverer, engine, [order()])
+    assert result.outcome == "delivered"
+    assert 0.2 < time.monotonic() - started < 1.5
+
+
+def test_retry_after_past_the_budget_ends_at_once(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """A Retry-After longer than the budget ends the attempt at once, pending for Segment."""
+    at = str(int((time.time() + 120) * 1000))
+    dub.post(
+        f"{DUB}/track/sale",
+        status=429,
+        json=err("rate_limit_exceeded"),
+        headers={"Retry-After": at},
+    )
+    started = time.monotonic()
+    (result,) = send(deliverer, engine, [order()])
+    assert time.monotonic() - started < 0.5
+    assert result.outcome == "failed" and result.retry_after and result.retry_after > 100
+    assert deliverer.ledger.get("m-1", "order-sale").state == "pending"  # type: ignore[union-attr]
+
+
+def test_redelivery_is_a_duplicate(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """The same messageId delivered once is answered 'duplicate' and not sent again."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    send(deliverer, engine, [order()])
+    (again,) = send(deliverer, engine, [order()])
+    assert again.outcome == "duplicate" and len(dub.calls) == 1
+
+
+def test_batch_retry_sends_only_what_failed(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """On Segment's retry of a batch, events already delivered are not sent again."""
+
+    def answer(request: Any) -> tuple[int, dict[str, str], str]:
+        invoice = json.loads(request.body)["invoiceId"]
+        if invoice == "o-b" and not answer.failed:  # type: ignore[attr-defined]
+            answer.failed = True  # type: ignore[attr-defined]
+            return 503, {"Retry-After": "60"}, json.dumps(err("x"))
+        return 200, {}, json.dumps(sale_ok())
+
+    answer.failed = False  # type: ignore[attr-defined]
+    dub.add_callback(responses.POST, f"{DUB}/track/sale", callback=answer)
+    events = [order("a") | {"userId": "u1"}, order("b") | {"userId": "u2"}]
+    first = send(deliverer, engine, events)
+    assert [r.outcome for r in first] == ["delivered", "failed"]
+    second = send(deliverer, engine, events)
+    assert [r.outcome for r in second] == ["duplicate", "delivered"]
+    assert len(dub.calls) == 3
+
+
+def test_leads_go_before_sales_of_the_same_customer(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """Within a batch, a customer's lead is sent before that customer's sale."""
+    dub.post(f"{DUB}/track/lead", json=lead_ok())
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    send(deliverer, engine, [signup(), order()])
+    assert [c.request.url.rsplit("/", 1)[-1] for c in dub.calls] == ["lead", "sale"]
+
+
+def test_without_ledger_it_still_sends(engine: Engine, dub: responses.RequestsMock) -> None:
+    """With the ledger off (benchmarks), delivery works but cannot de-duplicate."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    d = Deliverer(DubClient(DUB, "k"), None)
+    try:
+        assert [r.outcome for r in send(d, engine, [order(), order()])] == ["delivered"] * 2
+    finally:
+        d.close()
+
+
+def test_unreachable_dub_ends_in_budget(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """Connection errors are retried with backoff until the budget, then pending."""
+    dub.post(f"{DUB}/track/sale", body=requests.ConnectionError("refused"))
+    started = time.monotonic()
+    (result,) = send(deliverer, engine, [order()], budget=1.0)
+    assert result.outcome == "failed" and result.attempts >= 2
+    assert time.monotonic() - started < 1.2
+
+
+def test_rate_limiter_sliding_window() -> None:
+    """Bursts up to the limit pass at once; the next waits for the window or gives up."""
+    limiter = RateLimiter(3, window=0.3)
+    now = time.monotonic()
+    assert all(limiter.acquire(now + 1) for _ in range(3))
+    assert not limiter.acquire(time.monotonic() + 0.05)  # no slot frees in 50 ms
+    started = time.monotonic()
+    assert limiter.acquire(time.monotonic() + 1)
+    assert 0.15 < time.monotonic() - started < 0.6

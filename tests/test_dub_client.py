@@ -1,0 +1,170 @@
+"""The Dub client: what goes on the wire, and how every kind of answer is read."""
+
+from __future__ import annotations
+
+import json
+import time
+from email.utils import formatdate
+
+import pytest
+import requests
+import responses
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.dub_client import MAX_RETRY_AFTER, DubClient, parse_retry_after
+from tests.conftest import DUB, lead_ok, sale_ok
+
+LEAD = {"clickId": "c", "eventName": "Sign Up", "customerExternalId": "u", "mode": "wait"}
+SALE = {"customerExternalId": "u", "amount": 1999, "currency": "usd"}
+
+
+@pytest.fixture
+def dub_client() -> DubClient:
+    return DubClient(DUB, "dub_secret_key", read_timeout=2.0)
+
+
+def test_request_on_the_wire(dub: responses.RequestsMock, dub_client: DubClient) -> None:
+    """Bearer key, JSON body as built, customerExternalId (never externalId), no nulls."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    answer = dub_client.send("sale", "/track/sale", SALE)
+    assert answer.outcome == "delivered" and answer.status == 200
+    sent = dub.calls[0].request
+    assert sent.headers["Authorization"] == "Bearer dub_secret_key"
+    assert sent.headers["Content-Type"] == "application/json"
+    assert json.loads(sent.body) == SALE
+    assert "externalId" not in json.loads(sent.body)
+
+
+def test_connection_reuse(dub_client: DubClient) -> None:
+    """One pooled session serves every call; no retries hide inside the adapter."""
+    adapter = dub_client.session.get_adapter(DUB)
+    assert isinstance(adapter, requests.adapters.HTTPAdapter)
+    assert adapter.max_retries.total == 0
+
+
+def test_key_not_in_repr(dub_client: DubClient) -> None:
+    """The client never shows the API key when printed."""
+    assert "dub_secret_key" not in repr(dub_client)
+
+
+def test_lead_link_null_is_deduplicated(dub: responses.RequestsMock, dub_client: DubClient) -> None:
+    """A 200 lead with link: null is 'deduplicated', not success."""
+    dub.post(f"{DUB}/track/lead", json=lead_ok() | {"link": None})
+    assert dub_client.send("lead", "/track/lead", LEAD).outcome == "deduplicated"
+
+
+def test_sale_null_is_not_recorded(dub: responses.RequestsMock, dub_client: DubClient) -> None:
+    """A 200 sale with sale: null is 'not_recorded', not success."""
+    dub.post(f"{DUB}/track/sale", json={"eventName": "x", "customer": None, "sale": None})
+    assert dub_client.send("sale", "/track/sale", SALE).outcome == "not_recorded"
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (400, "rejected"),
+        (401, "rejected"),
+        (403, "rejected"),
+        (404, "rejected"),
+        (422, "rejected"),
+        (409, "rejected"),
+        (408, "failed"),
+        (429, "failed"),
+        (500, "failed"),
+        (502, "failed"),
+        (503, "failed"),
+    ],
+)
+def test_status_classes(
+    dub: responses.RequestsMock, dub_client: DubClient, status: int, outcome: str
+) -> None:
+    """4xx is final (rejected) except 408/429; 5xx is transient (failed); the envelope is kept."""
+    dub.post(
+        f"{DUB}/track/sale",
+        status=status,
+        json={
+            "error": {
+                "code": "some_code",
+                "message": "amount: Expected integer",
+                "doc_url": "https://dub.co/docs",
+            }
+        },
+    )
+    answer = dub_client.send("sale", "/track/sale", SALE)
+    assert (answer.outcome, answer.status) == (outcome, status)
+    assert answer.error == {"code": "some_code", "message": "amount: Expected integer"}
+
+
+def test_non_json_error_body(dub: responses.RequestsMock, dub_client: DubClient) -> None:
+    """A plain-text platform error is reported, not a crash."""
+    dub.post(f"{DUB}/track/sale", status=502, body="<html>Bad gateway</html>")
+    answer = dub_client.send("sale", "/track/sale", SALE)
+    assert answer.outcome == "failed"
+    assert answer.error == {"code": "http_502", "message": "<html>Bad gateway</html>"}
+
+
+def test_non_json_success_body(dub: responses.RequestsMock, dub_client: DubClient) -> None:
+    """A 200 without JSON counts as delivered but says the answer was unreadable."""
+    dub.post(f"{DUB}/track/sale", status=200, body="OK")
+    answer = dub_client.send("sale", "/track/sale", SALE)
+    assert answer.outcome == "delivered" and answer.error is not None
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (requests.ConnectTimeout("slow"), "timeout"),
+        (requests.ReadTimeout("slow"), "timeout"),
+        (requests.ConnectionError("refused"), "unreachable"),
+        (requests.exceptions.ChunkedEncodingError("reset"), "request_error"),
+    ],
+)
+def test_network_trouble_is_transient(
+    dub: responses.RequestsMock, dub_client: DubClient, exc: Exception, code: str
+) -> None:
+    """Unreachable, timed out or cut off: 'failed' with a reason, never an exception."""
+    dub.post(f"{DUB}/track/lead", body=exc)
+    answer = dub_client.send("lead", "/track/lead", LEAD)
+    assert (answer.outcome, answer.status, answer.error and answer.error["code"]) == (
+        "failed",
+        None,
+        code,
+    )
+
+
+def test_retry_after_on_429(dub: responses.RequestsMock, dub_client: DubClient) -> None:
+    """Dub's millisecond Retry-After on a 429 is read as seconds to wait."""
+    at_ms = int((time.time() + 7) * 1000)
+    dub.post(
+        f"{DUB}/track/sale",
+        status=429,
+        headers={"Retry-After": str(at_ms)},
+        json={"error": {"code": "rate_limit_exceeded", "message": "slow down"}},
+    )
+    answer = dub_client.send("sale", "/track/sale", SALE)
+    assert answer.outcome == "failed" and answer.retry_after is not None
+    assert 5.5 < answer.retry_after <= 7.0
+
+
+def test_retry_after_forms() -> None:
+    """Delta seconds, HTTP dates, ms and s epoch times are all read; junk is None."""
+    now = 1_800_000_000.0
+    assert parse_retry_after("120", now) == 120
+    assert parse_retry_after(str(int((now + 30) * 1000)), now) == pytest.approx(30)
+    assert parse_retry_after(str(int(now + 45)), now) == pytest.approx(45)
+    assert parse_retry_after(formatdate(now + 60, usegmt=True), now) == pytest.approx(60)
+    assert parse_retry_after(str(int((now - 5) * 1000)), now) == 0  # already past
+    assert parse_retry_after("99999", now) == MAX_RETRY_AFTER  # clamped
+    assert parse_retry_after(None, now) is None
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after("nan", now) is None
+
+
+@given(st.floats(min_value=0, max_value=86_400 * 30))
+def test_retry_after_ms_is_never_read_as_seconds(ahead: float) -> None:
+    """However far ahead Dub's millisecond time is, the wait is that far, clamped."""
+    now = 1_800_000_000.0
+    wait = parse_retry_after(str(int((now + ahead) * 1000)), now)
+    assert wait is not None and 0 <= wait <= MAX_RETRY_AFTER
+    assert wait == pytest.approx(min(ahead, MAX_RETRY_AFTER), abs=0.002)

@@ -1,0 +1,82 @@
+"""JSONPath: the compiled fast path answers exactly as jsonpath-ng does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonpath_ng.ext import parse
+
+from bridge.paths import PathSyntaxError, compile_path, simple_steps
+
+KEYS = ["a", "b", "c_1", "Dub (Actions)", "x y", "0", "properties", "where"]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(KEYS), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _step(key: str | int) -> str:
+    if isinstance(key, int):
+        return f"[{key}]"
+    # jsonpath-ng reads `where` as an operator: such keys must be quoted.
+    if key.replace("_", "").isalnum() and not key[0].isdigit() and key != "where":
+        return f".{key}"
+    return f"['{key}']"
+
+
+paths = st.lists(st.sampled_from(KEYS) | st.integers(0, 3), min_size=1, max_size=4).map(
+    lambda steps: "$" + "".join(_step(s) for s in steps)
+)
+
+
+@settings(max_examples=400)
+@given(json_values, paths)
+def test_fast_path_equals_jsonpath_ng(doc: Any, path: str) -> None:
+    """On random documents and simple paths, the fast walk returns jsonpath-ng's values."""
+    compiled = compile_path(path)
+    expected = [m.value for m in parse(path).find(doc)]
+    assert compiled.find(doc) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "fast"),
+    [
+        ("$.a.b", True),
+        ("$.a['b c']", True),
+        ('$.a["b c"]', True),
+        ("$.a[0].b", True),
+        ("$.integrations['Dub (Actions)'].dub_id", True),
+        ("$.a[*].b", False),
+        ("$.a[-1]", False),
+        ("$.a[0:2]", False),
+        ("$.a[?(@.b > 1)].b", False),
+        ("$..b", False),
+        ("$['where'].b", True),
+    ],
+)
+def test_simple_paths_take_the_fast_path(path: str, fast: bool) -> None:
+    """Plain key and index paths compile to look-ups; the rest go to jsonpath-ng."""
+    assert compile_path(path).fast is fast
+    assert (simple_steps(path) is not None) is fast
+
+
+def test_fallback_paths_still_work() -> None:
+    """Filters and wildcards are evaluated by jsonpath-ng, compiled once."""
+    doc = {"a": [{"b": 1}, {"b": 2}, {"b": 3}]}
+    assert compile_path("$.a[*].b").find(doc) == [1, 2, 3]
+    assert compile_path("$.a[?(@.b > 1)].b").find(doc) == [2, 3]
+
+
+@pytest.mark.parametrize("bad", ["a.b", "$.a[", "$.a[?(@.b >)]", "", "$$"])
+def test_bad_paths_are_refused(bad: str) -> None:
+    """A path jsonpath-ng cannot parse, or one not starting with $, is an error."""
+    with pytest.raises(PathSyntaxError):
+        compile_path(bad)

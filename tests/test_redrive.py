@@ -1,0 +1,141 @@
+"""Dead letters and redrive, through the real `bridge` command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import responses
+
+from bridge.delivery import Deliverer
+from bridge.dub_client import DubClient
+from bridge.engine import plan_all
+from bridge.ledger import SQLiteLedger
+from bridge.loader import load_mappings
+from bridge.settings import Settings
+from tests.conftest import DUB, MAPPINGS, lead_ok, order, sale_ok, signup
+
+
+@pytest.fixture
+def maps(tmp_path: Path) -> Path:
+    folder = tmp_path / "maps"
+    shutil.copytree(MAPPINGS, folder, ignore=shutil.ignore_patterns("samples"))
+    return folder
+
+
+def deliver(db: Path, maps: Path, events: list[Any]) -> list[Any]:
+    engine = load_mappings(maps).engine
+    deliverer = Deliverer(DubClient(DUB, "k"), SQLiteLedger(db))
+    try:
+        results, payloads = plan_all(engine, events)
+        return deliverer.deliver(results, 2.0, payloads)
+    finally:
+        deliverer.close()
+
+
+def cli(*args: str, db: Path, maps: Path) -> Any:
+    """Run the CLI in-process (so `responses` sees its HTTP) through its click entry point."""
+    from click.testing import CliRunner
+
+    from bridge.cli import main
+
+    env = {
+        "BRIDGE_DB": str(db),
+        "BRIDGE_MAPPINGS_DIR": str(maps),
+        "DUB_API_KEY": "k",
+        "DUB_API_URL": DUB,
+    }
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_fixed_mapping_redrives_an_invalid_event_once(
+    tmp_path: Path, maps: Path, dub: responses.RequestsMock
+) -> None:
+    """An event invalid under a broken mapping is delivered by redrive after the fix, once."""
+    db = tmp_path / "l.db"
+    sales = maps / "sales.yaml"
+    good = sales.read_text()
+    sales.write_text(good.replace("$.properties.revenue, $.properties.total", "$.properties.amt"))
+    (result,) = deliver(db, maps, [order("x1")])
+    assert result.outcome == "invalid"
+
+    listed = cli("deadletters", "--json", db=db, maps=maps)
+    (row,) = [json.loads(line) for line in listed.output.splitlines()]
+    assert (row["messageId"], row["state"], row["payload"]["messageId"]) == ("x1", "invalid", "x1")
+
+    sales.write_text(good)  # ops fix the mapping
+    dry = cli("redrive", "--dry-run", db=db, maps=maps)
+    (line,) = [json.loads(x) for x in dry.output.splitlines()]
+    assert (line["outcome"], line["before"]) == ("dry_run", "invalid")
+    assert len(dub.calls) == 0
+
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    done = cli("redrive", db=db, maps=maps)
+    assert done.exit_code == 0, done.output
+    (line,) = [json.loads(x) for x in done.output.splitlines()]
+    assert (line["outcome"], line["before"]) == ("delivered", "invalid")
+
+    again = cli("redrive", db=db, maps=maps)
+    assert again.stdout == "" and len(dub.calls) == 1  # nothing left, nothing sent twice
+    assert cli("deadletters", db=db, maps=maps).stdout == ""
+
+
+def test_redrive_rejected_with_filters_leads_first(
+    tmp_path: Path, maps: Path, dub: responses.RequestsMock
+) -> None:
+    """Rejected events are redriven by mapping filter, leads before sales, and reported."""
+    db = tmp_path / "l.db"
+    dub.post(
+        f"{DUB}/track/lead", status=403, json={"error": {"code": "forbidden", "message": "plan"}}
+    )
+    dub.post(
+        f"{DUB}/track/sale", status=403, json={"error": {"code": "forbidden", "message": "plan"}}
+    )
+    outcomes = [
+        r.outcome
+        for r in deliver(
+            db, maps, [order("o1") | {"userId": "u9"}, signup("s1") | {"userId": "u9"}]
+        )
+    ]
+    assert outcomes == ["rejected", "rejected"]
+
+    listed = cli("deadletters", "--mapping", "signup-lead", db=db, maps=maps)
+    assert "signup-lead" in listed.output and "order-sale" not in listed.output
+
+    dub.replace(responses.POST, f"{DUB}/track/lead", json=lead_ok())
+    dub.replace(responses.POST, f"{DUB}/track/sale", json=sale_ok())
+    done = cli("redrive", "--since", "1h", db=db, maps=maps)
+    lines = [json.loads(x) for x in done.output.splitlines()]
+    assert [(x["mapping"], x["outcome"]) for x in lines] == [
+        ("signup-lead", "delivered"),
+        ("order-sale", "delivered"),
+    ]
+    assert [c.request.url.rsplit("/", 1)[-1] for c in dub.calls[2:]] == ["lead", "sale"]
+
+
+def test_removed_mapping_supersedes_its_dead_letters(tmp_path: Path, maps: Path) -> None:
+    """A dead letter no current mapping sends is marked superseded and leaves the list."""
+    db = tmp_path / "l.db"
+    sales = maps / "sales.yaml"
+    sales.write_text(sales.read_text().replace("$.properties.revenue, $.properties.total", "$.x"))
+    deliver(db, maps, [order("z1")])
+    sales.unlink()
+    (maps / "leads.yaml").exists()
+    done = cli("redrive", db=db, maps=maps)
+    (line,) = [json.loads(x) for x in done.output.splitlines()]
+    assert line["outcome"] == "superseded"
+    assert SQLiteLedger(db).dead_letters() == []
+
+
+def test_since_must_be_a_time(tmp_path: Path, maps: Path) -> None:
+    """A bad --since is a usage error with the accepted forms."""
+    result = cli("deadletters", "--since", "yesterday", db=tmp_path / "l.db", maps=maps)
+    assert result.exit_code == 2 and "30m, 12h, 7d" in result.output
+
+
+def test_settings_reach_redrive(tmp_path: Path) -> None:
+    """Redrive uses the same settings model as the service."""
+    assert Settings.from_env({"BRIDGE_DB": str(tmp_path / "x.db")}).db_path == tmp_path / "x.db"

@@ -1,0 +1,77 @@
+"""Settings: one model from the environment; bad values fail at start-up, naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.app import create_app
+from bridge.errors import ConfigError, MappingFileError, SettingsError
+from bridge.settings import ENV, Settings
+
+
+def test_defaults() -> None:
+    """With nothing set, the documented defaults apply."""
+    settings = Settings.from_env({})
+    assert settings.dub_api_url == "https://api.dub.co"
+    assert settings.deadline_seconds == 4.0 and settings.rate_limit_per_minute == 1200
+    assert settings.api_key is None and settings.ledger_enabled
+
+
+def test_every_variable_is_read() -> None:
+    """Each documented variable reaches its field."""
+    env = {
+        "DUB_API_KEY": "k",
+        "DUB_API_URL": "http://127.0.0.1:9/",
+        "BRIDGE_CONCURRENCY": "3",
+        "BRIDGE_LEDGER": "off",
+        "WEB_CONCURRENCY": "4",
+        "BRIDGE_LOG_LEVEL": "debug",
+    }
+    settings = Settings.from_env(env)
+    assert settings.api_key == "k" and settings.dub_api_url == "http://127.0.0.1:9"
+    assert (settings.concurrency, settings.workers, settings.ledger_enabled) == (3, 4, False)
+    assert settings.log_level == "DEBUG"
+    assert set(ENV.values()) >= {"DUB_API_KEY", "SEGMENT_SHARED_SECRET", "BRIDGE_DB"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("BRIDGE_CONCURRENCY", "lots", "BRIDGE_CONCURRENCY: expected a valid integer"),
+        ("BRIDGE_DEADLINE_SECONDS", "0", "BRIDGE_DEADLINE_SECONDS: expected greater than 0"),
+        ("DUB_API_URL", "api.dub.co", "DUB_API_URL: expected an http:// or https:// URL"),
+        ("BRIDGE_LOG_LEVEL", "loud", "BRIDGE_LOG_LEVEL: expected one of DEBUG"),
+        ("BRIDGE_LEDGER", "maybe", "BRIDGE_LEDGER: expected a valid boolean"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str, expected: str) -> None:
+    """A bad value names the variable, what was expected and what was found."""
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: value})
+    assert expected in str(info.value) and repr(value) in str(info.value)
+
+
+def test_secrets_are_never_echoed() -> None:
+    """A bad secret's value is hidden in the error."""
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(
+            {"DUB_API_KEY": "k", "BRIDGE_CONCURRENCY": "x"}, segment_shared_secret=123
+        )
+    assert "SEGMENT_SHARED_SECRET" in str(info.value) and "123" not in str(info.value)
+
+
+def test_app_refuses_to_start_without_key(tmp_path: Path) -> None:
+    """create_app without DUB_API_KEY raises a clear configuration error."""
+    with pytest.raises(ConfigError, match="DUB_API_KEY is not set"):
+        create_app(Settings.from_env({}, db_path=tmp_path / "l.db"))
+
+
+def test_app_refuses_to_start_on_bad_mappings(tmp_path: Path) -> None:
+    """create_app with a broken mapping directory raises every mapping error."""
+    (tmp_path / "m.yaml").write_text("mappings: [{name: x}]\n")
+    with pytest.raises(MappingFileError, match="x.trigger: Field required"):
+        create_app(
+            Settings.from_env({}, dub_api_key="k", mappings_dir=tmp_path, db_path=tmp_path / "l.db")
+        )

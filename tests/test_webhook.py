@@ -1,0 +1,282 @@
+"""POST /segment through Flask's test client, with real signatures and Dub mocked at HTTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import responses
+
+from bridge.app import create_app
+from bridge.signing import first_element_texts, sign, verify
+from tests.conftest import (
+    DUB,
+    SECRET,
+    body_of,
+    lead_ok,
+    make_settings,
+    order,
+    sale_ok,
+    signed_headers,
+    signup,
+)
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Any:
+    app = create_app(make_settings(tmp_path, segment_shared_secret=SECRET))
+    yield app.test_client()
+    app.extensions["bridge"].deliverer.close()
+
+
+def post(client: Any, data: Any, **kwargs: Any) -> Any:
+    raw = data if isinstance(data, bytes) else body_of(data)
+    return client.post(
+        "/segment",
+        data=raw,
+        headers=kwargs.pop("headers", None) or {"Content-Type": "application/json"},
+        **kwargs,
+    )
+
+
+# --- forms of body ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["object", "array", "batch"])
+def test_single_array_and_batch_bodies(
+    client: Any, dub: responses.RequestsMock, shape: str
+) -> None:
+    """A single event, a JSON array and {"batch": [...]} are all accepted."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    dub.post(f"{DUB}/track/lead", json=lead_ok())
+    events = [signup(), order()]
+    data: Any = {"object": events[1], "array": events, "batch": {"batch": events}}[shape]
+    response = post(client, data)
+    assert response.status_code == 200
+    outcomes = [r["outcome"] for r in response.get_json()["results"]]
+    assert outcomes == (["delivered"] if shape == "object" else ["delivered", "delivered"])
+
+
+def test_result_shape_matches_a_replay_line(client: Any, dub: responses.RequestsMock) -> None:
+    """Each result has the replay line's keys, with the request that was sent."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    (result,) = post(client, order()).get_json()["results"]
+    assert {
+        "messageId",
+        "event",
+        "mapping",
+        "outcome",
+        "request",
+        "status",
+        "errors",
+        "warnings",
+        "reason",
+    } <= set(result)
+    assert result["request"]["path"] == "/track/sale" and result["status"] == 200
+
+
+def test_organic_and_unmatched_events_cost_nothing(
+    client: Any, dub: responses.RequestsMock
+) -> None:
+    """Skipped events answer 200 and make no Dub call."""
+    events = [
+        signup(click=None),
+        {"type": "page", "messageId": "p"},
+        {"type": "track", "event": "Other", "messageId": "o"},
+    ]
+    response = post(client, events)
+    assert response.status_code == 200
+    assert [r["outcome"] for r in response.get_json()["results"]] == ["skipped"] * 3
+    assert len(dub.calls) == 0
+
+
+def test_invalid_event_costs_no_other_event(client: Any, dub: responses.RequestsMock) -> None:
+    """One invalid event is reported; the good ones in the batch are still delivered."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    events = [order("a", revenue=-1), "junk", order("b")]
+    response = post(client, events)
+    assert response.status_code == 200
+    assert [r["outcome"] for r in response.get_json()["results"]] == [
+        "invalid",
+        "invalid",
+        "delivered",
+    ]
+    assert len(dub.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"", "no_events"),
+        (b"{not json", "invalid_json"),
+        (b"[]", "no_events"),
+        (b'{"batch": {}}', "no_events"),
+        (b"42", "no_events"),
+        (b'"x"', "no_events"),
+        (b"\xff\xfe", "invalid_json"),
+    ],
+)
+def test_bodies_without_events_are_400(client: Any, raw: bytes, code: str) -> None:
+    """Non-JSON, empty and event-less bodies get a 400 with a JSON error."""
+    response = post(client, raw)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == code
+
+
+def test_oversized_body_is_413(tmp_path: Path) -> None:
+    """A body past BRIDGE_MAX_BODY_BYTES is refused with 413 and a JSON error."""
+    app = create_app(make_settings(tmp_path, max_body_bytes=2048))
+    response = post(app.test_client(), [order(str(i)) for i in range(50)])
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "payload_too_large"
+    app.extensions["bridge"].deliverer.close()
+
+
+# --- Dub's answers and our status codes ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome", "http"),
+    [
+        (200, "delivered", 200),
+        (400, "rejected", 200),
+        (401, "rejected", 200),
+        (403, "rejected", 200),
+        (422, "rejected", 200),
+        (408, "failed", 503),
+        (429, "failed", 503),
+        (500, "failed", 503),
+        (503, "failed", 503),
+    ],
+)
+def test_status_code_for_each_dub_answer(
+    client: Any, dub: responses.RequestsMock, status: int, outcome: str, http: int
+) -> None:
+    """Delivered or finally rejected: 200. Dub unavailable (408/429/5xx): 503 so Segment retries."""
+    dub.post(
+        f"{DUB}/track/sale",
+        status=status,
+        json=sale_ok() if status == 200 else {"error": {"code": "x", "message": "m"}},
+    )
+    response = post(client, order())
+    assert response.status_code == http
+    (result,) = response.get_json()["results"]
+    assert result["outcome"] == outcome and result["status"] == status
+    if http == 503:
+        assert int(response.headers["Retry-After"]) >= 1
+        assert response.get_json()["error"]["code"] == "dub_unavailable"
+
+
+def test_unreachable_dub_is_503(client: Any, dub: responses.RequestsMock) -> None:
+    """Dub unreachable: 503 with Retry-After."""
+    dub.post(f"{DUB}/track/sale", body=requests.ConnectionError("refused"))
+    response = post(client, order())
+    assert response.status_code == 503 and "Retry-After" in response.headers
+
+
+def test_answers_within_budget_when_dub_hangs(tmp_path: Path, dub: responses.RequestsMock) -> None:
+    """When Dub hangs, the webhook still answers within the budget, with 503."""
+    release = threading.Event()
+
+    def hang(_: Any) -> tuple[int, dict[str, str], str]:
+        release.wait(5)
+        return 200, {}, json.dumps(sale_ok())
+
+    dub.add_callback(responses.POST, f"{DUB}/track/sale", callback=hang)
+    app = create_app(make_settings(tmp_path, deadline_seconds=1.0))
+    started = time.monotonic()
+    response = post(app.test_client(), order())
+    elapsed = time.monotonic() - started
+    release.set()
+    app.extensions["bridge"].deliverer.close()
+    assert response.status_code == 503
+    assert elapsed < 1.5
+    assert response.get_json()["results"][0]["outcome"] == "pending"
+
+
+# --- signatures ---------------------------------------------------------------------------
+
+
+def test_signed_single_event(secured: Any, dub: responses.RequestsMock) -> None:
+    """A body signed with the shared secret is accepted."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    raw = body_of(order())
+    assert post(secured, raw, headers=signed_headers(raw)).status_code == 200
+
+
+def test_batch_signed_on_first_element(secured: Any, dub: responses.RequestsMock) -> None:
+    """An array signed as Segment's Actions batching does (first element only) is accepted."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    events = [order("a"), order("b")]
+    raw = json.dumps(events, separators=(",", ":")).encode()
+    first = json.dumps(events[0], separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json", "X-Signature": sign(first, SECRET)}
+    assert post(secured, raw, headers=headers).status_code == 200
+
+
+def test_batch_signed_on_whole_body(secured: Any, dub: responses.RequestsMock) -> None:
+    """An array signed over the whole body is accepted too."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    raw = body_of([order("a"), order("b")])
+    assert post(secured, raw, headers=signed_headers(raw)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "signature", [None, "", "deadbeef", sign(b"other body", SECRET), sign(b"x", "wrong-secret")]
+)
+def test_bad_signatures_are_401(
+    secured: Any, dub: responses.RequestsMock, signature: str | None
+) -> None:
+    """Missing or wrong signatures get a generic 401 and nothing is sent."""
+    raw = body_of(order())
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["X-Signature"] = signature
+    response = post(secured, raw, headers=headers)
+    assert response.status_code == 401
+    assert response.get_json() == {"error": {"code": "unauthorized", "message": "unauthorized"}}
+    assert len(dub.calls) == 0
+
+
+def test_batch_signature_of_another_first_element_fails(secured: Any) -> None:
+    """Signing the first element of a different batch does not authorise this one."""
+    raw = body_of([order("a"), order("b")])
+    headers = {"Content-Type": "application/json", "X-Signature": sign(body_of(order("z")), SECRET)}
+    assert post(secured, raw, headers=headers).status_code == 401
+
+
+def test_signature_checked_before_parsing(secured: Any) -> None:
+    """An unsigned body that is not JSON is 401, not 400: nothing is parsed before the check."""
+    assert post(secured, b"{not json").status_code == 401
+
+
+def test_first_element_texts() -> None:
+    """The first element is found as sent, and as compact JSON when the sender spaced it."""
+    assert first_element_texts(b'[{"a":1},{"b":2}]') == [b'{"a":1}']
+    assert first_element_texts(b' [ {"a": 1} , 2]') == [b'{"a": 1}', b'{"a":1}']
+    assert first_element_texts(b'{"a":1}') == []
+    assert first_element_texts(b"[{broken") == []
+    assert verify(b"[1]", sign(b"1", "k"), "k") and not verify(b"[1]", None, "k")
+
+
+# --- health -------------------------------------------------------------------------------
+
+
+def test_healthz(client: Any) -> None:
+    """GET /healthz says the service is up, how many mappings and which version."""
+    data = client.get("/healthz").get_json()
+    assert data["status"] == "ok" and data["mappings"] == 2
+    assert len(data["version"]) == 12 and data["lastError"] is None
+
+
+def test_unknown_route_and_method_are_json(client: Any) -> None:
+    """Every HTTP error, even a 404 or 405, has the one JSON error shape."""
+    assert client.get("/nope").get_json()["error"]["code"] == "not_found"
+    response = client.get("/segment")
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
