@@ -23,7 +23,7 @@ from typing import Any
 from .dub_client import DubAnswer, DubClient
 from .ledger import DEAD, Ledger
 from .logs import log_result
-from .results import Result
+from .results import RETRY, Result
 
 log = logging.getLogger("bridge.delivery")
 
@@ -140,7 +140,16 @@ class Deliverer:
     def _send_group(
         self, group: list[Result], deadline: float, payloads: dict[str, Any], redrive: bool
     ) -> None:
+        lead_unsettled = False
         for result in group:
+            if lead_unsettled:
+                # Dub answers a sale for a customer it does not know yet with sale: null and
+                # records nothing (a final not_recorded): wait for the lead, sent first on retry.
+                result.finish(
+                    "pending",
+                    reason="not sent: this customer's lead is not settled; Segment will retry",
+                )
+                continue
             if deadline - time.monotonic() < MIN_CALL_SECONDS:
                 result.finish(
                     "pending", reason="not sent: the time budget ran out; Segment will retry"
@@ -156,6 +165,7 @@ class Deliverer:
                 result.finish("failed", reason="internal error while sending")
             result.elapsed_ms = round((time.monotonic() - started) * 1000, 1)
             log_result(result)
+            lead_unsettled = result.action == "lead" and result.outcome in RETRY
 
     def _send_one(self, result: Result, deadline: float, payload: Any, redrive: bool) -> None:
         assert result.body is not None
@@ -194,26 +204,16 @@ class Deliverer:
         result.attempts = attempts
         result.status = answer.status
         result.dub_error = answer.error if answer.outcome in ("rejected", "failed") else None
-        # A lead that may have reached Dub and failed there (5xx, timeout) has set Dub's
-        # de-duplication marker: a later link: null proves nothing.
+        # A lead that may have reached Dub and failed there (5xx, timeout, lost connection)
+        # may have set Dub's de-duplication marker: a later link: null proves nothing.
         tainted = tainted or (result.action == "lead" and reached)
         state = answer.outcome
         reason = None
         if state == "deduplicated" and tainted:
             # Dub's lead trap: a retry after a 5xx is swallowed; was the first one recorded?
             state, reason = "uncertain", "Dub answered link: null after an earlier failed attempt"
-        elif (
-            state == "rejected"
-            and answer.status == 404
-            and result.action == "sale"
-            and ledger is not None
-            and result.customer
-            and ledger.lead_seen(result.customer, LEAD_INGEST_SECONDS)
-        ):
-            state, reason = (
-                "failed",
-                "Dub has not finished ingesting this customer's lead; retry later",
-            )
+        elif result.action == "sale" and ledger is not None and result.customer:
+            state, reason = self._sale_before_lead(state, answer, ledger, result.customer)
         if state == "failed":
             reason = reason or "Dub did not take it now; Segment will retry"
             result.retry_after = answer.retry_after
@@ -233,6 +233,27 @@ class Deliverer:
             )
         result.finish(state, reason=reason)
 
+    @staticmethod
+    def _sale_before_lead(
+        state: str, answer: DubAnswer, ledger: Ledger, customer: str
+    ) -> tuple[str, str | None]:
+        """A sale that raced its customer's lead is retried later, not given up.
+
+        404 "Lead event not found" soon after the lead: Dub is still ingesting it.
+        ``customer: null`` while the lead is unsettled here: the lead has not reached Dub.
+        """
+        if state == "rejected" and answer.status == 404:
+            if ledger.lead_status(customer, LEAD_INGEST_SECONDS) is not None:
+                return "failed", "Dub has not finished ingesting this customer's lead; retry later"
+        elif (
+            state == "not_recorded"
+            and isinstance(answer.body, dict)
+            and answer.body.get("customer") is None
+            and ledger.lead_status(customer, LEAD_INGEST_SECONDS) == "unsettled"
+        ):
+            return "failed", "this customer's lead has not reached Dub yet; retry later"
+        return state, None
+
     def _call_with_retries(self, result: Result, deadline: float) -> tuple[DubAnswer, int, bool]:
         """(last answer, attempts, whether a failed attempt may have reached Dub)."""
         attempt = 0
@@ -251,20 +272,15 @@ class Deliverer:
                     attempt - 1,
                     reached,
                 )
-            remaining = deadline - time.monotonic()
+            # Not cut at the budget: the webhook answers at the deadline anyway (deliver()
+            # stops waiting), and a call cut short here would be sent again by Segment's retry
+            # (a second sale; a recorded lead turned `uncertain`). It runs to the read timeout.
             answer = self.client.send(
-                result.action or "",
-                result.request_path or "",
-                result.body or {},
-                timeout=remaining - 0.05,
+                result.action or "", result.request_path or "", result.body or {}
             )
             if not answer.transient:
                 return answer, attempt, reached
-            reached = (
-                reached
-                or (answer.status or 0) >= 500
-                or (answer.error or {}).get("code") == "timeout"
-            )
+            reached = reached or answer.may_have_reached
             # A lead's 5xx may have set Dub's de-duplication marker; a retry is still worth it
             # (the marker is not always written), and a swallowed retry is caught by the caller.
             wait_for = answer.retry_after

@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError
 
 from . import __version__
 from .jsoncodec import dumps, loads
@@ -19,6 +20,8 @@ from .jsoncodec import dumps, loads
 MAX_RETRY_AFTER = 300.0  # seconds; a longer wait is treated as this
 # Dub answers these when a retry may succeed; every other 4xx is final.
 TRANSIENT_STATUSES = frozenset({408, 429})
+# Failures after the request went out: Dub may have processed it.
+REACHED_CODES = frozenset({"timeout", "connection_lost", "request_error"})
 
 
 @dataclass(slots=True)
@@ -34,6 +37,12 @@ class DubAnswer:
     @property
     def transient(self) -> bool:
         return self.outcome == "failed"
+
+    @property
+    def may_have_reached(self) -> bool:
+        """Whether Dub may have acted on a call that failed (5xx, timeout, lost connection)."""
+        code = (self.error or {}).get("code")
+        return (self.status or 0) >= 500 or code in REACHED_CODES
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -114,13 +123,24 @@ class DubClient:
             response = self.session.post(
                 self.base_url + path, data=dumps(body), timeout=(connect, read)
             )
+        except requests.ConnectTimeout as exc:  # before requests.Timeout: nothing was sent
+            return DubAnswer(
+                "failed",
+                error={"code": "unreachable", "message": _reason(exc, "connect timed out")},
+            )
         except requests.Timeout as exc:
             return DubAnswer(
                 "failed", error={"code": "timeout", "message": _reason(exc, "timed out")}
             )
         except requests.ConnectionError as exc:
+            if _never_sent(exc):
+                return DubAnswer(
+                    "failed", error={"code": "unreachable", "message": _reason(exc, "unreachable")}
+                )
+            # Reset or closed after the request went out: Dub may have acted on it.
             return DubAnswer(
-                "failed", error={"code": "unreachable", "message": _reason(exc, "unreachable")}
+                "failed",
+                error={"code": "connection_lost", "message": _reason(exc, "connection lost")},
             )
         except requests.RequestException as exc:
             return DubAnswer(
@@ -129,6 +149,14 @@ class DubClient:
         return classify(
             action, response.status_code, response.content, response.headers.get("Retry-After")
         )
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """True when the connection was never made (refused, name unknown, connect timeout)."""
+    cause = exc.args[0] if exc.args else None
+    reason = getattr(cause, "reason", cause)
+    # urllib3's NewConnectionError (and NameResolutionError) derive from ConnectTimeoutError.
+    return isinstance(reason, ConnectTimeoutError)
 
 
 def _reason(exc: Exception, fallback: str) -> str:

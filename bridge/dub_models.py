@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .amounts import CURRENCY_RE, MAX_MINOR_UNITS
-from .jsoncodec import dumps_str
+from .jsoncodec import JSONEncodeFailure, dumps_str
 from .masking import mask_value
 
 ACTIONS = ("lead", "sale")
@@ -110,7 +110,10 @@ def _quantity(value: Any) -> tuple[Any, str | None]:
 def _metadata(value: Any) -> tuple[Any, str | None]:
     if not isinstance(value, dict):
         raise FieldRejected(f"must be an object, got {type(value).__name__}")
-    size = _js_length(dumps_str(value))
+    try:
+        size = _js_length(dumps_str(value))
+    except JSONEncodeFailure:
+        raise FieldRejected("cannot be written as JSON (nested too deeply)") from None
     if size <= METADATA_MAX:
         return value, None
     # Keep what fits: drop the largest keys first, so small attribution keys survive.

@@ -32,12 +32,19 @@ def loads(data: bytes | str) -> Any:
             raise JSONDecodeFailure(str(first)) from exc
 
 
+class JSONEncodeFailure(ValueError):
+    """The value cannot be written as JSON (nested too deeply, or not JSON data)."""
+
+
 def dumps(obj: Any) -> bytes:
     """Compact UTF-8 JSON, as Dub measures it."""
     try:
         return orjson.dumps(obj)
-    except TypeError:  # an integer past 64 bits, which orjson cannot write
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    except TypeError:  # past 64-bit integers or 255 levels of nesting, which orjson refuses
+        try:
+            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise JSONEncodeFailure(f"cannot write as JSON: {type(exc).__name__}") from exc
 
 
 def dumps_str(obj: Any) -> str:

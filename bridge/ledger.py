@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .jsoncodec import dumps_str, loads
+from .jsoncodec import JSONEncodeFailure, dumps_str, loads
 
 DONE = frozenset({"delivered", "deduplicated", "not_recorded"})
 DEAD = frozenset({"invalid", "rejected", "uncertain", "failed"})
@@ -52,6 +52,16 @@ _SELECT = (
     "SELECT message_id, mapping, action, event, customer, state, attempts, request_body,"
     " payload, status, error, created_at, updated_at FROM deliveries "
 )
+
+
+def _json(value: Any) -> str | None:
+    """JSON text to store; a payload that cannot be written is kept as a note instead."""
+    if value is None:
+        return None
+    try:
+        return dumps_str(value)
+    except JSONEncodeFailure as exc:
+        return dumps_str({"unstorable": str(exc)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +140,7 @@ class Ledger(Protocol):
         errors: Any,
         payload: Any,
     ) -> None: ...
-    def lead_seen(self, customer: str, within_seconds: float) -> bool: ...
+    def lead_status(self, customer: str, within_seconds: float) -> str | None: ...
     def dead_letters(
         self, *, mapping: str | None = None, since: float | None = None
     ) -> list[Row]: ...
@@ -196,7 +206,7 @@ class SQLiteLedger:
     ) -> Claim:
         now = time.time()
         lease = now + self.lease_seconds
-        text = dumps_str(body) if body is not None else None
+        text = _json(body)
         with self._tx() as db:
             row = db.execute(
                 "SELECT state, lease_until, attempts, tainted FROM deliveries"
@@ -219,6 +229,8 @@ class SQLiteLedger:
             # Dead letters are sent again only by redrive, after a person looked at them.
             if state in ("rejected", "uncertain", "failed") and not redrive:
                 return Claim(False, state, attempts, bool(tainted))
+            # A claim taken over from a dead worker is not tainted: its call most likely
+            # reached Dub and was recorded, so a later link: null is Dub's de-duplication.
             db.execute(
                 "UPDATE deliveries SET state='in_flight', attempts=attempts+1, lease_until=?,"
                 " request_body=?, customer=?, updated_at=? WHERE message_id=? AND mapping=?",
@@ -246,8 +258,8 @@ class SQLiteLedger:
                 (
                     state,
                     status,
-                    None if error is None else dumps_str(error),
-                    None if payload is None else dumps_str(payload),
+                    _json(error),
+                    _json(payload),
                     int(tainted),
                     time.time(),
                     message_id,
@@ -281,24 +293,30 @@ class SQLiteLedger:
                     action,
                     event,
                     state,
-                    dumps_str(errors),
-                    dumps_str(payload),
+                    _json(errors),
+                    _json(payload),
                     now,
                     now,
                 ),
             )
 
-    def lead_seen(self, customer: str, within_seconds: float) -> bool:
-        row = (
+    def lead_status(self, customer: str, within_seconds: float) -> str | None:
+        """'settled' if a lead of this customer reached Dub lately, 'unsettled' if one is
+        still pending or in flight, else None."""
+        rows = (
             self._db()
             .execute(
-                "SELECT 1 FROM deliveries WHERE customer=? AND action='lead'"
-                " AND state IN ('delivered', 'deduplicated') AND updated_at>? LIMIT 1",
+                "SELECT state FROM deliveries WHERE customer=? AND action='lead' AND updated_at>?",
                 (customer, time.time() - within_seconds),
             )
-            .fetchone()
+            .fetchall()
         )
-        return row is not None
+        states = {state for (state,) in rows}
+        if states & {"delivered", "deduplicated"}:
+            return "settled"
+        if states & {"pending", "in_flight"}:
+            return "unsettled"
+        return None
 
     def get(self, message_id: str, mapping: str) -> Row | None:
         found = self._rows("WHERE message_id=? AND mapping=?", (message_id, mapping))

@@ -92,16 +92,22 @@ def _locate(data: Any, loc: tuple[Any, ...]) -> tuple[int | None, tuple[Any, ...
     shown: list[Any] = []
     for part in loc:
         key = "path" if part == "paths" and isinstance(node, _LineDict) and "path" in node else part
-        if isinstance(node, _LineDict) and key in node:
-            line, node = node.lines[key], node[key]
-            shown.append(key)
-        elif isinstance(node, _LineList) and isinstance(key, int) and 0 <= key < len(node):
-            line, node = node.lines[key], node[key]
+        found, child_line, child = _child(node, key)
+        if found:
+            line, node = child_line, child
             shown.append(key)
         elif isinstance(node, (_LineDict, _LineList)):
             shown.append(part)  # a missing key: worth naming
             break
     return line, tuple(shown)
+
+
+def _child(node: Any, key: Any) -> tuple[bool, int | None, Any]:
+    if isinstance(node, _LineDict) and key in node:
+        return True, node.lines[key], node[key]
+    if isinstance(node, _LineList) and isinstance(key, int) and 0 <= key < len(node):
+        return True, node.lines[key], node[key]
+    return False, None, None
 
 
 def _line_of(data: Any, loc: tuple[Any, ...]) -> int | None:

@@ -7,10 +7,15 @@ long values are cut so one odd event cannot flood a log line.
 from __future__ import annotations
 
 import re
+import reprlib
 from typing import Any
 
 _EMAIL_RE = re.compile(r"([A-Za-z0-9._%+'-])[A-Za-z0-9._%+'-]*@([A-Za-z0-9.-]+)")
 _SHOWN_MAX = 80
+# reprlib bounds depth and width, so a huge or deeply nested value costs little to show.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist = 2, 4, 4
+_SHORT.maxstring = _SHORT.maxother = 60
 
 
 def mask_emails(text: str) -> str:
@@ -25,7 +30,7 @@ def mask_value(field: str, value: Any) -> str:
         domain = value.rpartition("@")[2] if "@" in value else ""
         shown = repr(f"{value[:1]}***@{domain}" if domain else f"{value[:1]}***")
     else:
-        shown = repr(value)
+        shown = _SHORT.repr(value)
     if len(shown) > _SHOWN_MAX:
         shown = shown[: _SHOWN_MAX - 3] + "..."
     return mask_emails(shown)

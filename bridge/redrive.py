@@ -29,7 +29,7 @@ def redrive(
     events: dict[str, Any] = {}
     unusable: list[dict[str, Any]] = []
     for row in rows:
-        if isinstance(row.payload, dict):
+        if isinstance(row.payload, dict) and "unstorable" not in row.payload:
             events.setdefault(row.message_id, row.payload)
         else:
             unusable.append(

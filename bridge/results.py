@@ -5,10 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Outcomes a caller can see. "ready" is internal: planned, not yet sent or printed.
-FINAL_OK = frozenset(
-    {"delivered", "deduplicated", "not_recorded", "duplicate", "skipped", "dry_run"}
-)
+# Outcomes that need a person (replay exits 1). "ready" is internal: planned, not yet sent.
 FAILED = frozenset({"invalid", "rejected", "failed", "uncertain", "gave_up"})
 # Segment must retry the request when any event ends in one of these.
 RETRY = frozenset({"failed", "pending"})

@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import SettingsError
 
@@ -65,6 +73,18 @@ class Settings(BaseModel):
     max_attempts: int = Field(20, ge=1)
     log_level: str = "INFO"
 
+    @model_validator(mode="after")
+    def _lease_outlives_a_call(self) -> Settings:
+        # A claim must hold until its call can no longer be running, or a second worker
+        # could take it over and send the same conversion again.
+        longest = self.deadline_seconds + self.connect_timeout + self.read_timeout
+        if self.lease_seconds <= longest:
+            raise ValueError(
+                f"lease_seconds: more than BRIDGE_DEADLINE_SECONDS + DUB_CONNECT_TIMEOUT"
+                f" + DUB_READ_TIMEOUT ({longest:g} s)"
+            )
+        return self
+
     @field_validator("dub_api_url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -104,9 +124,12 @@ class Settings(BaseModel):
 def _explain(exc: ValidationError, values: Mapping[str, Any]) -> str:
     lines = []
     for error in exc.errors(include_url=False):
-        field = str(error["loc"][0]) if error["loc"] else ""
-        name = ENV.get(field, field)
         expected = error["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+        if error["loc"]:
+            field = str(error["loc"][0])
+        else:  # a check across fields names its field first
+            field, _, expected = expected.partition(": ")
+        name = ENV.get(field, field)
         found = "(hidden)" if field in SECRETS else repr(values.get(field))
         lines.append(f"{name}: expected {expected}, found {found}")
     return "bad setting: " + "; ".join(lines)

@@ -60,7 +60,7 @@ def segment() -> Response:
     budget = settings.deadline_seconds - (time.monotonic() - started)
     results = bridge.deliverer.deliver(results, budget, payloads)
     for result in results:
-        if result.attempts == 0:  # sent ones were logged by the sender with their timing
+        if result.elapsed_ms is None:  # the sender logged what it handled, with its timing
             log_result(result)
     lines = [r.to_line() for r in results]
     if any(r.outcome in RETRY for r in results):

@@ -9,6 +9,7 @@ from email.utils import formatdate
 import pytest
 import requests
 import responses
+import urllib3
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -111,19 +112,32 @@ def test_non_json_success_body(dub: responses.RequestsMock, dub_client: DubClien
     assert answer.outcome == "delivered" and answer.error is not None
 
 
+REFUSED = requests.ConnectionError(
+    urllib3.exceptions.MaxRetryError(
+        None,
+        "/track/lead",
+        urllib3.exceptions.NewConnectionError(None, "refused"),  # type: ignore[arg-type]
+    )
+)
+RESET = requests.ConnectionError(
+    urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+)
+
+
 @pytest.mark.parametrize(
-    ("exc", "code"),
+    ("exc", "code", "reached"),
     [
-        (requests.ConnectTimeout("slow"), "timeout"),
-        (requests.ReadTimeout("slow"), "timeout"),
-        (requests.ConnectionError("refused"), "unreachable"),
-        (requests.exceptions.ChunkedEncodingError("reset"), "request_error"),
+        (requests.ConnectTimeout("slow"), "unreachable", False),
+        (requests.ReadTimeout("slow"), "timeout", True),
+        (REFUSED, "unreachable", False),
+        (RESET, "connection_lost", True),
+        (requests.exceptions.ChunkedEncodingError("cut"), "request_error", True),
     ],
 )
 def test_network_trouble_is_transient(
-    dub: responses.RequestsMock, dub_client: DubClient, exc: Exception, code: str
+    dub: responses.RequestsMock, dub_client: DubClient, exc: Exception, code: str, reached: bool
 ) -> None:
-    """Unreachable, timed out or cut off: 'failed' with a reason, never an exception."""
+    """Unreachable, timed out or cut off: 'failed', and whether Dub may have acted on it."""
     dub.post(f"{DUB}/track/lead", body=exc)
     answer = dub_client.send("lead", "/track/lead", LEAD)
     assert (answer.outcome, answer.status, answer.error and answer.error["code"]) == (
@@ -131,6 +145,7 @@ def test_network_trouble_is_transient(
         None,
         code,
     )
+    assert answer.may_have_reached is reached
 
 
 def test_retry_after_on_429(dub: responses.RequestsMock, dub_client: DubClient) -> None:

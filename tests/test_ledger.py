@@ -84,12 +84,14 @@ def test_record_does_not_overwrite_a_delivered_row(tmp_path: Path) -> None:
     assert ledger.get("m", "sale").state == "delivered"  # type: ignore[union-attr]
 
 
-def test_lead_seen(tmp_path: Path) -> None:
-    """A customer's recent delivered lead is found; another customer's is not."""
+def test_lead_status(tmp_path: Path) -> None:
+    """A customer's lead is 'unsettled' while in flight, 'settled' once delivered; others None."""
     ledger = SQLiteLedger(tmp_path / "l.db")
     claim(ledger, "l1", "lead", action="lead", customer="u1")
+    assert ledger.lead_status("u1", 60) == "unsettled"
     ledger.finish("l1", "lead", "delivered")
-    assert ledger.lead_seen("u1", 60) and not ledger.lead_seen("u2", 60)
+    assert ledger.lead_status("u1", 60) == "settled"
+    assert ledger.lead_status("u2", 60) is None
 
 
 def test_sweep_gives_up_and_prunes(tmp_path: Path) -> None:

@@ -24,8 +24,9 @@ def tool(name: str) -> str:
 
 def test_ruff() -> None:
     """ruff finds nothing to complain about in the package, tests and benchmarks."""
+    folders = [f for f in ("bridge", "tests", "bench") if (ROOT / f).is_dir()]
     done = subprocess.run(
-        [tool("ruff"), "check", "bridge", "tests", "bench"],
+        [tool("ruff"), "check", *folders],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -75,3 +75,11 @@ def test_app_refuses_to_start_on_bad_mappings(tmp_path: Path) -> None:
         create_app(
             Settings.from_env({}, dub_api_key="k", mappings_dir=tmp_path, db_path=tmp_path / "l.db")
         )
+
+
+def test_lease_must_outlive_a_call() -> None:
+    """A lease shorter than the longest call could let two workers send one conversion."""
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"BRIDGE_LEASE_SECONDS": "5"})
+    assert "BRIDGE_LEASE_SECONDS: expected more than BRIDGE_DEADLINE_SECONDS" in str(info.value)
+    assert "found '5'" in str(info.value)

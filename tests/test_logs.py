@@ -1,0 +1,59 @@
+"""Logs: one JSON line per event and mapping; no API key, no plain email, ever."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import responses
+
+from bridge.logs import JSONFormatter
+from bridge.masking import mask_emails, mask_value
+from tests.conftest import DUB, body_of, order, sale_ok, signup
+
+
+def capture() -> tuple[io.StringIO, logging.Handler]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    logging.getLogger("bridge").addHandler(handler)
+    return stream, handler
+
+
+def test_one_line_per_event_without_secrets(client: Any, dub: responses.RequestsMock) -> None:
+    """Each event and mapping logs one JSON line with its outcome; the key and emails never show."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    stream, handler = capture()
+    try:
+        event = order() | {"context": {"traits": {"email": "jane.doe@example.com"}}}
+        bad = signup("s-bad", userId=None)
+        bad["context"]["traits"]["email"] = "jane.doe@example.com"
+        client.post(
+            "/segment",
+            data=body_of([event, bad, {"type": "page", "messageId": "p"}]),
+            headers={"Content-Type": "application/json"},
+        )
+    finally:
+        logging.getLogger("bridge").removeHandler(handler)
+    text = stream.getvalue()
+    assert "dub_test_key_123" not in text and "jane.doe@example.com" not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    events = [line for line in lines if line["msg"] == "event"]
+    assert sorted((e["messageId"], e["outcome"]) for e in events) == [
+        ("m-1", "delivered"),
+        ("p", "skipped"),
+        ("s-bad", "invalid"),
+    ]
+    delivered = next(e for e in events if e["outcome"] == "delivered")
+    assert delivered["mapping"] == "order-sale" and delivered["dubStatus"] == 200
+    assert isinstance(delivered["ms"], float)
+
+
+def test_masking() -> None:
+    """Emails are masked in free text and in values, well-formed or not."""
+    assert mask_emails("to jane.doe@example.com now") == "to j***@example.com now"
+    assert mask_value("customerEmail", "jane@@bad") == "'j***@bad'"
+    assert mask_value("customerEmail", "nobody") == "'n***'"
+    assert len(mask_value("metadata", "x" * 500)) <= 80
