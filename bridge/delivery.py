@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from .dub_client import DubAnswer, DubClient
-from .ledger import DEAD, Ledger
+from .ledger import DEAD, Claim, ClaimRequest, Ledger
 from .logs import log_result
 from .results import RETRY, Result
 
@@ -100,9 +100,13 @@ class Deliverer:
                 groups.setdefault(key, []).append(index)
         if not groups:
             return results
+        claims = self._claim_all(results, [i for m in groups.values() for i in m], redrive)
         futures: dict[Future[None], list[int]] = {
             self.pool.submit(
-                self._send_group, [results[i] for i in members], deadline, payloads or {}, redrive
+                self._send_group,
+                [(results[i], claims.get(i)) for i in members],
+                deadline,
+                payloads or {},
             ): members
             for members in groups.values()
         }
@@ -122,6 +126,32 @@ class Deliverer:
             future.result()  # surface a bug in _send_group rather than hide it
         return final
 
+    def _claim_all(
+        self, results: list[Result], ready: list[int], redrive: bool
+    ) -> dict[int, Claim]:
+        """Claim every ready result in one ledger transaction, before any call goes out."""
+        if self.ledger is None:
+            return {}
+        wanted = [
+            ClaimRequest(
+                results[i].message_id or "",
+                results[i].mapping or "",
+                results[i].action or "",
+                results[i].event,
+                results[i].customer,
+                results[i].body,
+            )
+            for i in ready
+        ]
+        return dict(zip(ready, self.ledger.claim_many(wanted, redrive=redrive), strict=True))
+
+    def _release(self, result: Result, claim: Claim | None) -> None:
+        """Give back a claim that was not used, so Segment's retry can take it at once."""
+        if self.ledger is not None and claim is not None and claim.granted:
+            self.ledger.finish(
+                result.message_id or "", result.mapping or "", claim.state or "pending"
+            )
+
     def _record_invalid(self, results: Iterable[Result], payloads: dict[str, Any]) -> None:
         if self.ledger is None:
             return
@@ -138,10 +168,13 @@ class Deliverer:
                 )
 
     def _send_group(
-        self, group: list[Result], deadline: float, payloads: dict[str, Any], redrive: bool
+        self,
+        group: list[tuple[Result, Claim | None]],
+        deadline: float,
+        payloads: dict[str, Any],
     ) -> None:
         lead_unsettled = False
-        for result in group:
+        for result, claim in group:
             if lead_unsettled:
                 # Dub answers a sale for a customer it does not know yet with sale: null and
                 # records nothing (a final not_recorded): wait for the lead, sent first on retry.
@@ -149,39 +182,35 @@ class Deliverer:
                     "pending",
                     reason="not sent: this customer's lead is not settled; Segment will retry",
                 )
+                self._release(result, claim)
                 continue
             if deadline - time.monotonic() < MIN_CALL_SECONDS:
                 result.finish(
                     "pending", reason="not sent: the time budget ran out; Segment will retry"
                 )
+                self._release(result, claim)
                 continue
             started = time.monotonic()
             try:
-                self._send_one(result, deadline, payloads.get(result.message_id or ""), redrive)
+                self._send_one(result, claim, deadline, payloads.get(result.message_id or ""))
             except Exception:  # a bug must not strand the claim or the rest of the group
                 log.exception(
                     "delivery failed unexpectedly", extra={"messageId": result.message_id}
                 )
                 result.finish("failed", reason="internal error while sending")
+                self._release(result, claim)
             result.elapsed_ms = round((time.monotonic() - started) * 1000, 1)
             log_result(result)
             lead_unsettled = result.action == "lead" and result.outcome in RETRY
 
-    def _send_one(self, result: Result, deadline: float, payload: Any, redrive: bool) -> None:
+    def _send_one(self, result: Result, claim: Claim | None, deadline: float, payload: Any) -> None:
         assert result.body is not None
         assert result.request_path
         assert result.action
         ledger, key = self.ledger, (result.message_id or "", result.mapping or "")
         tainted = False
         if ledger is not None:
-            claim = ledger.claim(
-                *key,
-                action=result.action,
-                event=result.event,
-                customer=result.customer,
-                body=result.body,
-                redrive=redrive,
-            )
+            assert claim is not None
             if not claim.granted:
                 if claim.state == "in_flight":
                     result.finish("pending", reason="another request is sending this event now")

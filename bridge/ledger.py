@@ -13,15 +13,18 @@ methods for several instances.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .jsoncodec import JSONEncodeFailure, dumps_str, loads
 
+T = TypeVar("T")
 DONE = frozenset({"delivered", "deduplicated", "not_recorded"})
 DEAD = frozenset({"invalid", "rejected", "uncertain", "failed"})
 STATES = DONE | DEAD | {"pending", "in_flight", "superseded"}
@@ -54,6 +57,25 @@ _SELECT = (
 )
 
 
+LOCK_WAIT_SECONDS = 10.0
+
+
+def _retry(run: Callable[[], T]) -> T:
+    """Run a statement, retrying in sub-millisecond steps while another process writes."""
+    delay = 0.0001
+    give_up = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            return run()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > give_up:
+                raise
+        time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not secrecy
+        delay = min(delay * 2, 0.002)
+
+
 def _json(value: Any) -> str | None:
     """JSON text to store; a payload that cannot be written is kept as a note instead."""
     if value is None:
@@ -62,6 +84,18 @@ def _json(value: Any) -> str | None:
         return dumps_str(value)
     except JSONEncodeFailure as exc:
         return dumps_str({"unstorable": str(exc)})
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """A row to claim before its Dub call."""
+
+    message_id: str
+    mapping: str
+    action: str
+    event: str | None
+    customer: str | None
+    body: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +152,9 @@ class Ledger(Protocol):
         body: dict[str, Any] | None,
         redrive: bool = False,
     ) -> Claim: ...
+    def claim_many(
+        self, wanted: Sequence[ClaimRequest], *, redrive: bool = False
+    ) -> list[Claim]: ...
     def finish(
         self,
         message_id: str,
@@ -158,40 +195,48 @@ class SQLiteLedger:
         self._local = threading.local()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # executescript() COMMITs an open transaction first, so it cannot run inside _tx()
-        # (the COMMIT on exit then fails); the script takes the write lock itself instead.
-        db = self._db()
-        try:
-            db.executescript("BEGIN IMMEDIATE;\n" + _SCHEMA + "COMMIT;\n")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        # One writer per process at a time: threads queue on a Python lock (woken at
+        # once) instead of SQLite's busy handler, which sleeps whole milliseconds.
+        self._write_lock = threading.Lock()
+        with self._tx() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            # timeout=0: waiting for another process is done by _retry, in short steps.
+            db = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+            _retry(lambda: db.execute("PRAGMA journal_mode=WAL"))
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
-            db.execute("PRAGMA busy_timeout=10000")
             self._local.db = db
         return db
 
     class _Tx:
-        def __init__(self, db: sqlite3.Connection):
+        def __init__(self, db: sqlite3.Connection, lock: threading.Lock):
             self.db = db
+            self.lock = lock
 
         def __enter__(self) -> sqlite3.Connection:
-            # IMMEDIATE takes the write lock up front: read-then-write is atomic across processes.
-            self.db.execute("BEGIN IMMEDIATE")
+            self.lock.acquire()
+            try:
+                # IMMEDIATE takes the write lock up front: read-then-write is atomic
+                # across processes.
+                _retry(lambda: self.db.execute("BEGIN IMMEDIATE"))
+            except BaseException:
+                self.lock.release()
+                raise
             return self.db
 
         def __exit__(self, kind: Any, *_: Any) -> None:
-            self.db.execute("ROLLBACK" if kind else "COMMIT")
+            try:
+                self.db.execute("ROLLBACK" if kind else "COMMIT")
+            finally:
+                self.lock.release()
 
     def _tx(self) -> SQLiteLedger._Tx:
-        return SQLiteLedger._Tx(self._db())
+        return SQLiteLedger._Tx(self._db(), self._write_lock)
 
     def claim(
         self,
@@ -204,39 +249,52 @@ class SQLiteLedger:
         body: dict[str, Any] | None,
         redrive: bool = False,
     ) -> Claim:
+        wanted = ClaimRequest(message_id, mapping, action, event, customer, body)
+        return self.claim_many([wanted], redrive=redrive)[0]
+
+    def claim_many(self, wanted: Sequence[ClaimRequest], *, redrive: bool = False) -> list[Claim]:
+        """Claim several rows in one transaction (a batch's conversions), in order."""
         now = time.time()
-        lease = now + self.lease_seconds
-        text = _json(body)
+        texts = [_json(w.body) for w in wanted]
         with self._tx() as db:
-            row = db.execute(
-                "SELECT state, lease_until, attempts, tainted FROM deliveries"
-                " WHERE message_id=? AND mapping=?",
-                (message_id, mapping),
-            ).fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT INTO deliveries (message_id, mapping, action, event, customer, state,"
-                    " attempts, request_body, lease_until, created_at, updated_at)"
-                    " VALUES (?,?,?,?,?,'in_flight',1,?,?,?,?)",
-                    (message_id, mapping, action, event, customer, text, lease, now, now),
-                )
-                return Claim(True)
-            state, lease_until, attempts, tainted = row
-            if state in DONE or state == "superseded":
-                return Claim(False, state, attempts, bool(tainted))
-            if state == "in_flight" and (lease_until or 0) > now:
-                return Claim(False, state, attempts, bool(tainted))
-            # Dead letters are sent again only by redrive, after a person looked at them.
-            if state in ("rejected", "uncertain", "failed") and not redrive:
-                return Claim(False, state, attempts, bool(tainted))
-            # A claim taken over from a dead worker is not tainted: its call most likely
-            # reached Dub and was recorded, so a later link: null is Dub's de-duplication.
+            return [
+                self._claim(db, w, text, now, redrive)
+                for w, text in zip(wanted, texts, strict=True)
+            ]
+
+    def _claim(
+        self, db: sqlite3.Connection, w: ClaimRequest, text: str | None, now: float, redrive: bool
+    ) -> Claim:
+        lease = now + self.lease_seconds
+        row = db.execute(
+            "SELECT state, lease_until, attempts, tainted FROM deliveries"
+            " WHERE message_id=? AND mapping=?",
+            (w.message_id, w.mapping),
+        ).fetchone()
+        if row is None:
             db.execute(
-                "UPDATE deliveries SET state='in_flight', attempts=attempts+1, lease_until=?,"
-                " request_body=?, customer=?, updated_at=? WHERE message_id=? AND mapping=?",
-                (lease, text, customer, now, message_id, mapping),
+                "INSERT INTO deliveries (message_id, mapping, action, event, customer, state,"
+                " attempts, request_body, lease_until, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,'in_flight',1,?,?,?,?)",
+                (w.message_id, w.mapping, w.action, w.event, w.customer, text, lease, now, now),
             )
-            return Claim(True, state, attempts, bool(tainted))
+            return Claim(True)
+        state, lease_until, attempts, tainted = row
+        if state in DONE or state == "superseded":
+            return Claim(False, state, attempts, bool(tainted))
+        if state == "in_flight" and (lease_until or 0) > now:
+            return Claim(False, state, attempts, bool(tainted))
+        # Dead letters are sent again only by redrive, after a person looked at them.
+        if state in ("rejected", "uncertain", "failed") and not redrive:
+            return Claim(False, state, attempts, bool(tainted))
+        # A claim taken over from a dead worker is not tainted: its call most likely
+        # reached Dub and was recorded, so a later link: null is Dub's de-duplication.
+        db.execute(
+            "UPDATE deliveries SET state='in_flight', attempts=attempts+1, lease_until=?,"
+            " request_body=?, customer=?, updated_at=? WHERE message_id=? AND mapping=?",
+            (lease, text, w.customer, now, w.message_id, w.mapping),
+        )
+        return Claim(True, state, attempts, bool(tainted))
 
     def finish(
         self,
@@ -303,13 +361,9 @@ class SQLiteLedger:
     def lead_status(self, customer: str, within_seconds: float) -> str | None:
         """'settled' if a lead of this customer reached Dub lately, 'unsettled' if one is
         still pending or in flight, else None."""
-        rows = (
-            self._db()
-            .execute(
-                "SELECT state FROM deliveries WHERE customer=? AND action='lead' AND updated_at>?",
-                (customer, time.time() - within_seconds),
-            )
-            .fetchall()
+        rows = self._read(
+            "SELECT state FROM deliveries WHERE customer=? AND action='lead' AND updated_at>?",
+            (customer, time.time() - within_seconds),
         )
         states = {state for (state,) in rows}
         if states & {"delivered", "deduplicated"}:
@@ -337,7 +391,6 @@ class SQLiteLedger:
         return self._rows("ORDER BY created_at", ())
 
     def _rows(self, clause: str, args: tuple[Any, ...]) -> list[Row]:
-        cursor = self._db().execute(_SELECT + clause, args)
         return [
             Row(
                 r[0],
@@ -354,14 +407,16 @@ class SQLiteLedger:
                 r[11],
                 r[12],
             )
-            for r in cursor.fetchall()
+            for r in self._read(_SELECT + clause, args)
         ]
 
     def counts(self) -> dict[str, int]:
-        rows = (
-            self._db().execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
-        )
+        rows = self._read("SELECT state, COUNT(*) FROM deliveries GROUP BY state", ())
         return {state: count for state, count in rows}
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        db = self._db()
+        return _retry(lambda: db.execute(sql, args).fetchall())
 
     def sweep(self, *, retention_seconds: float, give_up_seconds: float) -> dict[str, int]:
         """Give up on rows Segment stopped retrying, and prune rows past retention."""

@@ -6,6 +6,7 @@ every email address in a message or field is masked.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -17,23 +18,33 @@ from .results import Result
 
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 result_log = logging.getLogger("bridge.events")
+_WARN = frozenset({"invalid", "rejected", "failed", "uncertain", "gave_up"})
 
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(int(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = value
+        fields = record.__dict__.get("fields")
+        if fields is not None:  # log_result's fast path: one dict, no scan of the record
+            entry.update(fields)
+        else:
+            for key, value in record.__dict__.items():
+                if key not in _RESERVED and not key.startswith("_"):
+                    entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return mask_emails(dumps_str(entry))
+        text = dumps_str(entry)
+        return mask_emails(text) if "@" in text else text
+
+
+@functools.lru_cache(maxsize=4)
+def _timestamp(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def configure(level: str = "INFO") -> None:
@@ -50,6 +61,9 @@ def configure(level: str = "INFO") -> None:
 
 def log_result(result: Result) -> None:
     """The one line per event and mapping: what happened, how long it took."""
+    level = logging.WARNING if result.outcome in _WARN else logging.INFO
+    if not result_log.isEnabledFor(level):
+        return
     fields: dict[str, Any] = {
         "messageId": result.message_id,
         "event": result.event,
@@ -68,9 +82,4 @@ def log_result(result: Result) -> None:
         fields["dubError"] = result.dub_error
     if result.reason:
         fields["reason"] = result.reason
-    level = (
-        logging.WARNING
-        if result.outcome in ("invalid", "rejected", "failed", "uncertain", "gave_up")
-        else logging.INFO
-    )
-    result_log.log(level, "event", extra=fields)
+    result_log.log(level, "event", extra={"fields": fields})

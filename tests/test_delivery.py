@@ -234,3 +234,28 @@ def test_rate_limiter_sliding_window() -> None:
     started = time.monotonic()
     assert limiter.acquire(time.monotonic() + 1)
     assert 0.15 < time.monotonic() - started < 0.6
+
+
+def test_unsent_claims_are_released(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """A claim not used before the budget ran out is given back, so a retry can take it at once."""
+    (result,) = send(deliverer, engine, [order()], budget=0.1)
+    assert result.outcome == "pending"
+    assert len(dub.calls) == 0
+    row = deliverer.ledger.get("m-1", "order-sale")  # type: ignore[union-attr]
+    assert row is not None
+    assert row.state == "pending"
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    (again,) = send(deliverer, engine, [order()])
+    assert again.outcome == "delivered"
+
+
+def test_batch_claims_in_one_transaction(tmp_path: Path) -> None:
+    """claim_many grants new rows and refuses rows already taken, in order."""
+    from bridge.ledger import ClaimRequest
+
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    wanted = [ClaimRequest(f"m{i}", "sale", "sale", "E", f"u{i}", {"a": i}) for i in range(3)]
+    assert [c.granted for c in ledger.claim_many(wanted)] == [True, True, True]
+    assert [c.granted for c in ledger.claim_many([*wanted, wanted[0]])] == [False] * 4
