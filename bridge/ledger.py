@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     status       INTEGER,
     error        TEXT,
     tainted      INTEGER NOT NULL DEFAULT 0,
+    prev_state   TEXT,
     lease_until  REAL,
     created_at   REAL NOT NULL,
     updated_at   REAL NOT NULL,
@@ -51,6 +52,32 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, updated_at);
 CREATE INDEX IF NOT EXISTS deliveries_customer ON deliveries (customer, action, updated_at);
 """
+_CLAIM = """
+INSERT INTO deliveries (message_id, mapping, action, event, customer, state, attempts,
+                        request_body, lease_until, created_at, updated_at)
+VALUES (:message_id, :mapping, :action, :event, :customer, 'in_flight', 1,
+        :body, :lease, :now, :now)
+ON CONFLICT (message_id, mapping) DO UPDATE SET
+    prev_state = deliveries.state, state = 'in_flight', attempts = deliveries.attempts + 1,
+    lease_until = :lease, request_body = :body, customer = :customer, updated_at = :now
+WHERE deliveries.state NOT IN ('delivered', 'deduplicated', 'not_recorded', 'superseded')
+  AND NOT (deliveries.state = 'in_flight' AND COALESCE(deliveries.lease_until, 0) > :now)
+  -- dead letters are sent again only by redrive, after a person looked at them
+  AND (:redrive OR deliveries.state NOT IN ('rejected', 'uncertain', 'failed'))
+RETURNING prev_state, attempts, tainted
+"""
+_FINISH = (
+    "UPDATE deliveries SET state=?, status=?, error=?, lease_until=NULL,"
+    " payload=COALESCE(?, payload), tainted=MAX(tainted, ?), updated_at=?"
+    " WHERE message_id=? AND mapping=?"
+)
+_RECORD = (
+    "INSERT INTO deliveries (message_id, mapping, action, event, state, error, payload,"
+    " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT (message_id, mapping) DO UPDATE SET state=excluded.state,"
+    " error=excluded.error, payload=excluded.payload, updated_at=excluded.updated_at"
+    " WHERE deliveries.state IN ('invalid', 'pending')"
+)
 _SELECT = (
     "SELECT message_id, mapping, action, event, customer, state, attempts, request_body,"
     " payload, status, error, created_at, updated_at FROM deliveries "
@@ -238,6 +265,12 @@ class SQLiteLedger:
     def _tx(self) -> SQLiteLedger._Tx:
         return SQLiteLedger._Tx(self._db(), self._write_lock)
 
+    def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """One write statement, its own transaction, under the process's writer lock."""
+        db = self._db()
+        with self._write_lock:
+            return _retry(lambda: run(db))
+
     def claim(
         self,
         message_id: str,
@@ -255,46 +288,37 @@ class SQLiteLedger:
     def claim_many(self, wanted: Sequence[ClaimRequest], *, redrive: bool = False) -> list[Claim]:
         """Claim several rows in one transaction (a batch's conversions), in order."""
         now = time.time()
-        texts = [_json(w.body) for w in wanted]
+        rows = [self._claim_args(w, now, redrive) for w in wanted]
+        if len(rows) == 1:  # one statement is its own transaction: no BEGIN/COMMIT
+            return [self._write(lambda db: self._claim(db, rows[0]))]
         with self._tx() as db:
-            return [
-                self._claim(db, w, text, now, redrive)
-                for w, text in zip(wanted, texts, strict=True)
-            ]
+            return [self._claim(db, args) for args in rows]
 
-    def _claim(
-        self, db: sqlite3.Connection, w: ClaimRequest, text: str | None, now: float, redrive: bool
-    ) -> Claim:
-        lease = now + self.lease_seconds
-        row = db.execute(
-            "SELECT state, lease_until, attempts, tainted FROM deliveries"
-            " WHERE message_id=? AND mapping=?",
-            (w.message_id, w.mapping),
+    def _claim_args(self, w: ClaimRequest, now: float, redrive: bool) -> dict[str, Any]:
+        return {
+            "message_id": w.message_id,
+            "mapping": w.mapping,
+            "action": w.action,
+            "event": w.event,
+            "customer": w.customer,
+            "body": _json(w.body),
+            "now": now,
+            "lease": now + self.lease_seconds,
+            "redrive": int(redrive),
+        }
+
+    @staticmethod
+    def _claim(db: sqlite3.Connection, args: dict[str, Any]) -> Claim:
+        # One statement decides and takes the row: inserted, or updated when claimable.
+        row = db.execute(_CLAIM, args).fetchone()
+        if row is not None:
+            prev_state, attempts, tainted = row
+            return Claim(True, prev_state, attempts - 1, bool(tainted))
+        state, attempts, tainted = db.execute(
+            "SELECT state, attempts, tainted FROM deliveries WHERE message_id=? AND mapping=?",
+            (args["message_id"], args["mapping"]),
         ).fetchone()
-        if row is None:
-            db.execute(
-                "INSERT INTO deliveries (message_id, mapping, action, event, customer, state,"
-                " attempts, request_body, lease_until, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,'in_flight',1,?,?,?,?)",
-                (w.message_id, w.mapping, w.action, w.event, w.customer, text, lease, now, now),
-            )
-            return Claim(True)
-        state, lease_until, attempts, tainted = row
-        if state in DONE or state == "superseded":
-            return Claim(False, state, attempts, bool(tainted))
-        if state == "in_flight" and (lease_until or 0) > now:
-            return Claim(False, state, attempts, bool(tainted))
-        # Dead letters are sent again only by redrive, after a person looked at them.
-        if state in ("rejected", "uncertain", "failed") and not redrive:
-            return Claim(False, state, attempts, bool(tainted))
-        # A claim taken over from a dead worker is not tainted: its call most likely
-        # reached Dub and was recorded, so a later link: null is Dub's de-duplication.
-        db.execute(
-            "UPDATE deliveries SET state='in_flight', attempts=attempts+1, lease_until=?,"
-            " request_body=?, customer=?, updated_at=? WHERE message_id=? AND mapping=?",
-            (lease, text, w.customer, now, w.message_id, w.mapping),
-        )
-        return Claim(True, state, attempts, bool(tainted))
+        return Claim(False, state, attempts, bool(tainted))
 
     def finish(
         self,
@@ -308,22 +332,17 @@ class SQLiteLedger:
         tainted: bool = False,
     ) -> None:
         assert state in STATES, state
-        with self._tx() as db:
-            db.execute(
-                "UPDATE deliveries SET state=?, status=?, error=?, lease_until=NULL,"
-                " payload=COALESCE(?, payload), tainted=MAX(tainted, ?), updated_at=?"
-                " WHERE message_id=? AND mapping=?",
-                (
-                    state,
-                    status,
-                    _json(error),
-                    _json(payload),
-                    int(tainted),
-                    time.time(),
-                    message_id,
-                    mapping,
-                ),
-            )
+        args = (
+            state,
+            status,
+            _json(error),
+            _json(payload),
+            int(tainted),
+            time.time(),
+            message_id,
+            mapping,
+        )
+        self._write(lambda db: db.execute(_FINISH, args))
 
     def record(
         self,
@@ -338,25 +357,8 @@ class SQLiteLedger:
     ) -> None:
         """Note an event that was never sent (invalid), unless the row already went further."""
         now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO deliveries (message_id, mapping, action, event, state, error, payload,"
-                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (message_id, mapping) DO UPDATE SET state=excluded.state,"
-                " error=excluded.error, payload=excluded.payload, updated_at=excluded.updated_at"
-                " WHERE deliveries.state IN ('invalid', 'pending')",
-                (
-                    message_id,
-                    mapping,
-                    action,
-                    event,
-                    state,
-                    _json(errors),
-                    _json(payload),
-                    now,
-                    now,
-                ),
-            )
+        args = (message_id, mapping, action, event, state, _json(errors), _json(payload), now, now)
+        self._write(lambda db: db.execute(_RECORD, args))
 
     def lead_status(self, customer: str, within_seconds: float) -> str | None:
         """'settled' if a lead of this customer reached Dub lately, 'unsettled' if one is
