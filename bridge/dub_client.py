@@ -123,32 +123,27 @@ class DubClient:
             response = self.session.post(
                 self.base_url + path, data=dumps(body), timeout=(connect, read)
             )
-        except requests.ConnectTimeout as exc:  # before requests.Timeout: nothing was sent
-            return DubAnswer(
-                "failed",
-                error={"code": "unreachable", "message": _reason(exc, "connect timed out")},
-            )
-        except requests.Timeout as exc:
-            return DubAnswer(
-                "failed", error={"code": "timeout", "message": _reason(exc, "timed out")}
-            )
-        except requests.ConnectionError as exc:
-            if _never_sent(exc):
-                return DubAnswer(
-                    "failed", error={"code": "unreachable", "message": _reason(exc, "unreachable")}
-                )
-            # Reset or closed after the request went out: Dub may have acted on it.
-            return DubAnswer(
-                "failed",
-                error={"code": "connection_lost", "message": _reason(exc, "connection lost")},
-            )
         except requests.RequestException as exc:
-            return DubAnswer(
-                "failed", error={"code": "request_error", "message": _reason(exc, "request failed")}
-            )
+            return network_failure(exc)
         return classify(
             action, response.status_code, response.content, response.headers.get("Retry-After")
         )
+
+
+def network_failure(exc: requests.RequestException) -> DubAnswer:
+    """A call that got no HTTP answer, named by whether it may have reached Dub."""
+    if isinstance(exc, requests.ConnectTimeout) or (
+        isinstance(exc, requests.ConnectionError) and _never_sent(exc)
+    ):
+        code, what = "unreachable", "unreachable"  # nothing was sent
+    elif isinstance(exc, requests.Timeout):
+        code, what = "timeout", "timed out"
+    elif isinstance(exc, requests.ConnectionError):
+        # Reset or closed after the request went out: Dub may have acted on it.
+        code, what = "connection_lost", "connection lost"
+    else:
+        code, what = "request_error", "request failed"
+    return DubAnswer("failed", error={"code": code, "message": _reason(exc, what)})
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:

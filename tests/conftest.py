@@ -21,6 +21,18 @@ MAPPINGS = ROOT / "mappings"
 SAMPLES = MAPPINGS / "samples"
 SHARED_DUB = ROOT.parent / "shared" / "dub"
 DUB = "https://dub.test"
+# The keys of a replay line and of a webhook result.
+LINE_KEYS = {
+    "messageId",
+    "event",
+    "mapping",
+    "outcome",
+    "request",
+    "status",
+    "errors",
+    "warnings",
+    "reason",
+}
 SECRET = "segment-shared-secret"
 
 

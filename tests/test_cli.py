@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MAPPINGS, SAMPLES, order, signup
+from tests.conftest import LINE_KEYS, MAPPINGS, SAMPLES, order, signup
 
 BRIDGE = Path(sys.executable).with_name("bridge")
 
@@ -51,21 +51,7 @@ def test_replay_dry_run_on_shipped_samples() -> None:
     assert done.returncode == 0, done.stderr
     out = lines(done.stdout)
     assert {"dry_run", "skipped"} == {line["outcome"] for line in out}
-    assert all(
-        set(line)
-        >= {
-            "messageId",
-            "event",
-            "mapping",
-            "outcome",
-            "request",
-            "status",
-            "errors",
-            "warnings",
-            "reason",
-        }
-        for line in out
-    )
+    assert all(set(line) >= LINE_KEYS for line in out)
     sale = next(line for line in out if line["messageId"] == "ajs-next-1700000000000-3f4c")
     assert sale["request"]["path"] == "/track/sale" and sale["request"]["body"]["amount"] == 1999
 
