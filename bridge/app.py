@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     require_api_key(settings)
     store = MappingStore(settings.mappings_dir, poll_seconds=settings.reload_seconds)
     ledger = (
-        SQLiteLedger(settings.db_path, lease_seconds=settings.lease_seconds)
+        SQLiteLedger(
+            settings.db_path, lease_seconds=settings.lease_seconds, background_checkpoints=True
+        )
         if settings.ledger_enabled
         else None
     )
@@ -103,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     store.start()
     if ledger is not None:
-        _start_sweeper(ledger, settings)
+        _start_maintenance(ledger, settings)
     log.info(
         "bridge ready",
         extra={
@@ -115,21 +118,30 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def _start_sweeper(ledger: SQLiteLedger, settings: Settings) -> None:
-    """Hourly: give up on events Segment stopped retrying, prune past retention."""
+CHECKPOINT_SECONDS = 1.0
+SWEEP_SECONDS = 3600.0
+
+
+def _start_maintenance(ledger: SQLiteLedger, settings: Settings) -> None:
+    """Every second, checkpoint the WAL (so no request pays for it); every hour, give up
+    on events Segment stopped retrying and prune rows past retention."""
 
     def run() -> None:
-        stop = threading.Event()
+        tick = threading.Event()
+        next_sweep = 0.0
         while True:
             try:
-                counts: dict[str, Any] = ledger.sweep(
-                    retention_seconds=settings.retention_days * 86400,
-                    give_up_seconds=SEGMENT_RETRY_WINDOW,
-                )
-                if any(counts.values()):
-                    log.info("ledger swept", extra=counts)
+                ledger.checkpoint()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_SECONDS
+                    counts: dict[str, Any] = ledger.sweep(
+                        retention_seconds=settings.retention_days * 86400,
+                        give_up_seconds=SEGMENT_RETRY_WINDOW,
+                    )
+                    if any(counts.values()):
+                        log.info("ledger swept", extra=counts)
             except Exception:
-                log.exception("ledger sweep failed")
-            stop.wait(3600)
+                log.exception("ledger maintenance failed")
+            tick.wait(CHECKPOINT_SECONDS)
 
-    threading.Thread(target=run, name="ledger-sweep", daemon=True).start()
+    threading.Thread(target=run, name="ledger-maintenance", daemon=True).start()

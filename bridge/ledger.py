@@ -17,7 +17,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -87,20 +87,45 @@ _SELECT = (
 LOCK_WAIT_SECONDS = 10.0
 
 
-def _retry(run: Callable[[], T]) -> T:
-    """Run a statement, retrying in sub-millisecond steps while another process writes."""
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _pauses() -> Iterator[None]:
+    """Sleep in growing sub-millisecond steps, for at most LOCK_WAIT_SECONDS in all."""
     delay = 0.0001
     give_up = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
+    while time.monotonic() < give_up:
+        time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not secrecy
+        delay = min(delay * 2, 0.002)
+        yield
+
+
+def _retry(run: Callable[[], T], lock: threading.Lock | None = None) -> T:
+    """Run a statement, retrying while another process writes.
+
+    With ``lock``, each try holds it and the pauses between tries do not, so this
+    process's other writers can go meanwhile.
+    """
+    last = sqlite3.OperationalError("database is locked")
+    for _ in _pauses_after_first():
+        if lock is not None:
+            lock.acquire()
         try:
             return run()
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not _busy(exc):
                 raise
-            if time.monotonic() > give_up:
-                raise
-        time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not secrecy
-        delay = min(delay * 2, 0.002)
+            last = exc
+        finally:
+            if lock is not None:
+                lock.release()
+    raise last
+
+
+def _pauses_after_first() -> Iterator[None]:
+    yield  # the first try goes at once
+    yield from _pauses()
 
 
 def _json(value: Any) -> str | None:
@@ -216,9 +241,12 @@ class Ledger(Protocol):
 class SQLiteLedger:
     """The embedded ledger: one SQLite file, safe across threads and worker processes."""
 
-    def __init__(self, path: Path | str, *, lease_seconds: float = 30.0):
+    def __init__(
+        self, path: Path | str, *, lease_seconds: float = 30.0, background_checkpoints: bool = False
+    ):
         self.path = str(path)
         self.lease_seconds = lease_seconds
+        self.background_checkpoints = background_checkpoints
         self._local = threading.local()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +265,9 @@ class SQLiteLedger:
             db = sqlite3.connect(self.path, timeout=0, isolation_level=None)
             _retry(lambda: db.execute("PRAGMA journal_mode=WAL"))
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
+            # Checkpoints (copying the WAL back and fsyncing) run in a background thread
+            # (checkpoint()), not inside whichever request commits the 1000th page.
+            db.execute(f"PRAGMA wal_autocheckpoint={0 if self.background_checkpoints else 1000}")
             self._local.db = db
         return db
 
@@ -246,15 +277,24 @@ class SQLiteLedger:
             self.lock = lock
 
         def __enter__(self) -> sqlite3.Connection:
-            self.lock.acquire()
-            try:
-                # IMMEDIATE takes the write lock up front: read-then-write is atomic
-                # across processes.
-                _retry(lambda: self.db.execute("BEGIN IMMEDIATE"))
-            except BaseException:
-                self.lock.release()
-                raise
-            return self.db
+            # IMMEDIATE takes SQLite's write lock up front: read-then-write is atomic across
+            # processes. The process lock is held from BEGIN to COMMIT, not while pausing.
+            last = sqlite3.OperationalError("database is locked")
+            for _ in _pauses_after_first():
+                self.lock.acquire()
+                try:
+                    self.db.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    self.lock.release()
+                    if not _busy(exc):
+                        raise
+                    last = exc
+                    continue
+                except BaseException:
+                    self.lock.release()
+                    raise
+                return self.db
+            raise last
 
         def __exit__(self, kind: Any, *_: Any) -> None:
             try:
@@ -268,8 +308,7 @@ class SQLiteLedger:
     def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
         """One write statement, its own transaction, under the process's writer lock."""
         db = self._db()
-        with self._write_lock:
-            return _retry(lambda: run(db))
+        return _retry(lambda: run(db), self._write_lock)
 
     def claim(
         self,
@@ -436,6 +475,11 @@ class SQLiteLedger:
                 (now - retention_seconds,),
             ).rowcount
         return {"gave_up": gave_up, "pruned": pruned}
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database without blocking writers (PASSIVE)."""
+        db = self._db()
+        _retry(lambda: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
