@@ -1,0 +1,216 @@
+"""Item 1: mapping throughput without HTTP, and the equivalence checks behind it.
+
+1a  the bridge's engine: bytes -> jsoncodec.loads -> Engine.plan -> jsoncodec.dumps(body)
+1b  handwritten.map_line: the same bodies built by hand
+1c  Segment's actions-core mapping-kit, via bench/node/map_segment.js (a subprocess)
+
+All three are single-threaded, so events/s is per core. Rounds alternate a, b, c so a
+noisy neighbour hits all three alike; ratios are taken per round, then the median.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import handwritten
+from bench.servers import ROOT
+from bridge.engine import Engine
+from bridge.jsoncodec import dumps, loads
+from bridge.loader import load_mappings
+
+NODE_DIR = ROOT / "bench" / "node"
+ZERO_DECIMAL = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga"}
+ZERO_DECIMAL |= {"pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+
+
+def engine_mapper(engine: Engine) -> Callable[[bytes], list[bytes]]:
+    plan = engine.plan
+
+    def map_line(line: bytes) -> list[bytes]:
+        return [dumps(r.body) for r in plan(loads(line)) if r.outcome == "ready"]
+
+    return map_line
+
+
+def events_per_second(fn: Callable[[bytes], Any], lines: list[bytes], seconds: float) -> float:
+    """One warm-up pass, then whole passes over the corpus until ``seconds`` have passed."""
+    for line in lines:
+        fn(line)
+    events = 0
+    start = now = time.perf_counter()
+    while now - start < seconds:
+        for line in lines:
+            fn(line)
+        events += len(lines)
+        now = time.perf_counter()
+    return events / (now - start)
+
+
+def node_status() -> str | None:
+    """None when 1c can run; otherwise why not. Installs node deps when they are missing."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (NODE_DIR / "node_modules" / "@segment" / "actions-core").is_dir():
+        if shutil.which("npm") is None:
+            return "npm is not installed (needed once for `npm ci --prefix bench/node`)"
+        print("  installing node deps: npm ci --prefix bench/node", flush=True)
+        done = subprocess.run(
+            ["npm", "ci", "--prefix", str(NODE_DIR)], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            return f"npm ci failed: {done.stderr.strip().splitlines()[-1:]}"
+    return None
+
+
+def node_run(corpus: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["node", str(NODE_DIR / "map_segment.js"), str(corpus), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def node_events_per_second(corpus: Path, seconds: float) -> float:
+    line = node_run(corpus, "--seconds", str(seconds)).stdout.strip().splitlines()[-1]
+    return float(json.loads(line)["events_per_second"])
+
+
+def throughput(corpus: Path, lines: list[bytes], rounds: int, seconds: float) -> dict[str, Any]:
+    engine = load_mappings(ROOT / "mappings").engine
+    skip_node = node_status()
+    a_fn = engine_mapper(engine)
+    per_round: list[dict[str, float]] = []
+    for index in range(rounds):
+        row = {
+            "a": events_per_second(a_fn, lines, seconds),
+            "b": events_per_second(handwritten.map_line, lines, seconds),
+        }
+        if skip_node is None:
+            try:
+                row["c"] = node_events_per_second(corpus, seconds)
+            except (subprocess.CalledProcessError, ValueError, KeyError) as exc:
+                skip_node = f"map_segment.js failed: {exc}"
+        per_round.append(row)
+        print(
+            f"  round {index + 1}/{rounds}: " + ", ".join(f"{k}={v:,.0f}" for k, v in row.items())
+        )
+
+    median = statistics.median
+    out: dict[str, Any] = {
+        "rounds": per_round,
+        "seconds_per_run": seconds,
+        "a_events_per_second": median(r["a"] for r in per_round),
+        "b_events_per_second": median(r["b"] for r in per_round),
+        "a_over_b": median(r["a"] / r["b"] for r in per_round),
+        "node_skipped": skip_node,  # also set when node failed part-way: then no 1c at all
+    }
+    if skip_node is None:
+        out["c_events_per_second"] = median(r["c"] for r in per_round)
+        out["a_over_c"] = median(r["a"] / r["c"] for r in per_round)
+    return out
+
+
+def engine_bodies(engine: Engine, lines: list[bytes]) -> dict[str, Any]:
+    """messageId -> (outcome summary, [(path, body)] of ready results)."""
+    out = {}
+    for line in lines:
+        event = loads(line)
+        results = engine.plan(event)
+        ready = [(r.request_path, r.body) for r in results if r.outcome == "ready"]
+        why = "; ".join(r.reason or "; ".join(r.errors) or r.outcome for r in results)
+        out[event.get("messageId")] = (why, ready)
+    return out
+
+
+def check_handwritten(lines: list[bytes]) -> dict[str, Any]:
+    """1a vs 1b on every corpus event: the (path, body) lists must be equal."""
+    engine = load_mappings(ROOT / "mappings").engine
+    expected = engine_bodies(engine, lines)
+    mismatches = []
+    bodies = 0
+    for line in lines:
+        event = loads(line)
+        got = handwritten.plan(event)
+        bodies += len(got)
+        _, want = expected[event.get("messageId")]
+        if got != want:
+            mismatches.append({"messageId": event.get("messageId"), "engine": want, "hand": got})
+    return {
+        "events": len(lines),
+        "bodies": bodies,
+        "mismatches": len(mismatches),
+        "examples": mismatches[:3],
+    }
+
+
+def _js_cents(event: dict[str, Any]) -> int | None:
+    """What map_segment.js computes: Math.round(x * 100) on a float (x for zero-decimal)."""
+    props = event.get("properties") or {}
+    raw = props.get("revenue") if props.get("revenue") is not None else props.get("total")
+    currency = props.get("currency")
+    currency = currency.lower() if isinstance(currency, str) else "usd"
+    try:
+        x = float(raw)  # type: ignore[arg-type]  # None and objects raise, as wanted
+    except (TypeError, ValueError):
+        return None
+    scaled = x if currency in ZERO_DECIMAL else x * 100
+    whole = math.floor(scaled)
+    return whole + (1 if scaled - whole >= 0.5 else 0)  # Math.round: halves go up
+
+
+def check_node(corpus: Path, lines: list[bytes]) -> dict[str, Any]:
+    """1a vs 1c (``--dump``): every body, field by field; known differences are classified."""
+    engine = load_mappings(ROOT / "mappings").engine
+    expected = engine_bodies(engine, lines)
+    events = {e.get("messageId"): e for e in map(loads, lines)}
+    dumped = node_run(corpus, "--dump", str(len(lines) + 1)).stdout.splitlines()
+    node = {d["messageId"]: d["body"] for d in map(json.loads, dumped)}
+    kinds: Counter[str] = Counter()
+    unexpected: list[dict[str, Any]] = []
+    for message_id, (why, ready) in expected.items():
+        body = node.get(message_id)
+        if not ready:
+            if body is not None:
+                # node has no required-field or zero-amount rule: it builds a body anyway.
+                kinds[f"node sends, bridge does not ({why[:60]})"] += 1
+            continue
+        if body is None:
+            unexpected.append({"messageId": message_id, "why": "no node body"})
+            continue
+        ours = ready[0][1]
+        for key in sorted(set(ours) | set(body)):
+            if ours.get(key) == body.get(key):
+                continue
+            if key == "amount" and body.get(key) == _js_cents(events[message_id]):
+                kinds["amount: float Math.round(x*100) vs exact decimal, off by 1"] += 1
+            elif key == "metadata" and ours.get(key) is None and body.get(key) == {}:
+                kinds["metadata: {} sent by node, omitted by the bridge (empty)"] += 1
+            else:
+                kinds[f"unexpected: {key}"] += 1
+                unexpected.append(
+                    {
+                        "messageId": message_id,
+                        "field": key,
+                        "engine": ours.get(key),
+                        "node": body.get(key),
+                    }
+                )
+    same = sum(1 for mid, (_, ready) in expected.items() if ready and node.get(mid) == ready[0][1])
+    return {
+        "engine_bodies": sum(1 for _, ready in expected.values() if ready),
+        "node_bodies": len(node),
+        "identical": same,
+        "differences": dict(kinds),
+        "unexpected": len(unexpected),
+        "examples": unexpected[:3],
+    }
