@@ -101,6 +101,18 @@ class Deliverer:
         if not groups:
             return results
         claims = self._claim_all(results, [i for m in groups.values() for i in m], redrive)
+        longest_call = self.client.connect_timeout + self.client.read_timeout
+        if len(groups) == 1 and deadline - time.monotonic() >= longest_call:
+            # One customer: send from this thread, saving the hand-off to the pool. Every
+            # call starts only if it can end (timeouts included) before the deadline.
+            (members,) = groups.values()
+            self._send_group(
+                [(results[i], claims.get(i)) for i in members],
+                deadline,
+                payloads or {},
+                guard=longest_call,
+            )
+            return results
         futures: dict[Future[None], list[int]] = {
             self.pool.submit(
                 self._send_group,
@@ -172,7 +184,9 @@ class Deliverer:
         group: list[tuple[Result, Claim | None]],
         deadline: float,
         payloads: dict[str, Any],
+        guard: float = MIN_CALL_SECONDS,
     ) -> None:
+        """Send one customer's calls in order; a call starts only with ``guard`` s left."""
         lead_unsettled = False
         for result, claim in group:
             if lead_unsettled:
@@ -184,7 +198,7 @@ class Deliverer:
                 )
                 self._release(result, claim)
                 continue
-            if deadline - time.monotonic() < MIN_CALL_SECONDS:
+            if deadline - time.monotonic() < guard:
                 result.finish(
                     "pending", reason="not sent: the time budget ran out; Segment will retry"
                 )
@@ -192,7 +206,9 @@ class Deliverer:
                 continue
             started = time.monotonic()
             try:
-                self._send_one(result, claim, deadline, payloads.get(result.message_id or ""))
+                self._send_one(
+                    result, claim, deadline, payloads.get(result.message_id or ""), guard
+                )
             except Exception:  # a bug must not strand the claim or the rest of the group
                 log.exception(
                     "delivery failed unexpectedly", extra={"messageId": result.message_id}
@@ -203,7 +219,9 @@ class Deliverer:
             log_result(result)
             lead_unsettled = result.action == "lead" and result.outcome in RETRY
 
-    def _send_one(self, result: Result, claim: Claim | None, deadline: float, payload: Any) -> None:
+    def _send_one(
+        self, result: Result, claim: Claim | None, deadline: float, payload: Any, guard: float
+    ) -> None:
         assert result.body is not None
         assert result.request_path
         assert result.action
@@ -229,7 +247,7 @@ class Deliverer:
                     "gave_up", reason=f"gave up after {claim.attempts} attempts (dead letter)"
                 )
                 return
-        answer, attempts, reached = self._call_with_retries(result, deadline)
+        answer, attempts, reached = self._call_with_retries(result, deadline, guard)
         result.attempts = attempts
         result.status = answer.status
         result.dub_error = answer.error if answer.outcome in ("rejected", "failed") else None
@@ -283,13 +301,15 @@ class Deliverer:
             return "failed", "this customer's lead has not reached Dub yet; retry later"
         return state, None
 
-    def _call_with_retries(self, result: Result, deadline: float) -> tuple[DubAnswer, int, bool]:
+    def _call_with_retries(
+        self, result: Result, deadline: float, guard: float
+    ) -> tuple[DubAnswer, int, bool]:
         """(last answer, attempts, whether a failed attempt may have reached Dub)."""
         attempt = 0
         reached = False
         while True:
             attempt += 1
-            if not self.limiter.acquire(deadline - MIN_CALL_SECONDS):
+            if not self.limiter.acquire(deadline - guard):
                 return (
                     DubAnswer(
                         "failed",
@@ -315,6 +335,6 @@ class Deliverer:
             wait_for = answer.retry_after
             if wait_for is None:
                 wait_for = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))  # noqa: S311
-            if time.monotonic() + wait_for + MIN_CALL_SECONDS > deadline:
+            if time.monotonic() + wait_for + guard > deadline:
                 return answer, attempt, reached
             time.sleep(wait_for)

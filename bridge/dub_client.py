@@ -87,8 +87,8 @@ class DubClient:
         api_key: str,
         *,
         pool_size: int = 8,
-        connect_timeout: float = 1.5,
-        read_timeout: float = 3.0,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 2.5,
     ):
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout

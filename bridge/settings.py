@@ -58,8 +58,9 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # Segment waits 5 s for an answer; 4 s leaves room for the network.
     deadline_seconds: float = Field(4.0, gt=0, le=30)
-    connect_timeout: float = Field(1.5, gt=0)
-    read_timeout: float = Field(3.0, gt=0)
+    # connect + read stay under the deadline, so a single call can be sent inline.
+    connect_timeout: float = Field(1.0, gt=0)
+    read_timeout: float = Field(2.5, gt=0)
     retry_after_seconds: int = Field(30, ge=1, le=3600)
     concurrency: int = Field(8, ge=1, le=64)
     rate_limit_per_minute: int = Field(1200, ge=1)

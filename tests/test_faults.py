@@ -289,6 +289,24 @@ def test_slow_dub_answers_within_budget_and_finishes_in_background(
     assert assert_settled(b.db) == {"delivered": 2}
 
 
+def test_single_call_sent_inline_still_answers_within_budget(
+    fake_dub: FakeDub, bridge: Callable[..., Bridge]
+) -> None:
+    """A lone call sent from the request thread ends by its timeouts, inside the budget."""
+    b = bridge(deadline_seconds=1.0, connect_timeout=0.2, read_timeout=0.5)  # 0.7 s fits: inline
+    event = sale_event("inline-slow")
+    fake_dub.script(key_for(event), Sleep(1.5))
+    first = b.post([event])
+    assert first.seconds < 1.0, f"answered after {first.seconds:.2f}s"
+    assert first.status == 503
+    assert first.outcomes() == ["failed"]
+    # Segment's retry sends it again; Dub's invoiceId de-duplication keeps one sale.
+    answers = b.deliver([event])
+    assert answers[-1].status == 200
+    assert_recorded_once(fake_dub, {key_for(event)})
+    assert_settled(b.db)
+
+
 # --- 3. 500 then 200; the lead trap --------------------------------------------------------------
 
 
