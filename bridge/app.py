@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from . import logs
 from .delivery import Deliverer
 from .dub_client import DubClient
-from .errors import BridgeError, ConfigError
+from .errors import BridgeError, ConfigError, PayloadTooLarge
 from .ledger import Ledger, SQLiteLedger
 from .reload import MappingStore
 from .settings import Settings
@@ -91,11 +91,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         code = (exc.name or "http_error").lower().replace(" ", "_")
-        status = exc.code or 500
+        if exc.code == 413:  # raised by werkzeug for MAX_CONTENT_LENGTH
+            too_large = PayloadTooLarge(f"the body is over {settings.max_body_bytes} bytes")
+            return json_response(too_large.to_dict(), too_large.status)
         message = exc.description or exc.name
-        if status == 413:
-            code, message = "payload_too_large", f"the body is over {settings.max_body_bytes} bytes"
-        return json_response({"error": {"code": code, "message": message}}, status)
+        return json_response({"error": {"code": code, "message": message}}, exc.code or 500)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -127,7 +127,7 @@ class Deliverer:
         for future in not_done:
             for i in futures[future]:
                 # The thread keeps going and the ledger gets its answer; this request must not wait.
-                if results[i].outcome in ("ready", "sending"):
+                if results[i].outcome == "ready":
                     final[i] = replace(
                         results[i],
                         outcome="pending",

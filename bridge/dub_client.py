@@ -113,16 +113,15 @@ class DubClient:
     def close(self) -> None:
         self.session.close()
 
-    def send(
-        self, action: str, path: str, body: dict[str, Any], *, timeout: float | None = None
-    ) -> DubAnswer:
-        """POST the body; never raises for network trouble or an odd answer."""
-        read = self.read_timeout if timeout is None else max(0.05, min(self.read_timeout, timeout))
-        connect = min(self.connect_timeout, read)
+    def send(self, action: str, path: str, body: dict[str, Any]) -> DubAnswer:
+        """POST the body; never raises for network trouble or an odd answer.
+
+        The call is never cut short at the webhook's deadline: a call cut off client-side
+        may still be acted on by Dub, and Segment's retry would then send it again.
+        """
+        timeout = (self.connect_timeout, self.read_timeout)
         try:
-            response = self.session.post(
-                self.base_url + path, data=dumps(body), timeout=(connect, read)
-            )
+            response = self.session.post(self.base_url + path, data=dumps(body), timeout=timeout)
         except requests.RequestException as exc:
             return network_failure(exc)
         return classify(

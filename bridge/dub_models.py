@@ -20,7 +20,6 @@ from .amounts import CURRENCY_RE, MAX_MINOR_UNITS
 from .jsoncodec import JSONEncodeFailure, dumps_str
 from .masking import mask_value
 
-ACTIONS = ("lead", "sale")
 PATHS = {"lead": "/track/lead", "sale": "/track/sale"}
 PAYMENT_PROCESSORS = (
     "stripe",

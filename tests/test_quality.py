@@ -22,34 +22,22 @@ def tool(name: str) -> str:
     return str(path)
 
 
+def assert_clean(*command: str) -> None:
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_ruff() -> None:
     """ruff finds nothing to complain about in the package, tests and benchmarks."""
     folders = [f for f in ("bridge", "tests", "bench") if (ROOT / f).is_dir()]
-    done = subprocess.run(
-        [tool("ruff"), "check", *folders],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_clean(tool("ruff"), "check", *folders)
 
 
 def test_ruff_format() -> None:
     """The package and tests are formatted as ruff formats them."""
-    done = subprocess.run(
-        [tool("ruff"), "format", "--check", "bridge", "tests"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_clean(tool("ruff"), "format", "--check", "bridge", "tests")
 
 
 def test_mypy_strict() -> None:
     """mypy --strict passes on the package."""
-    done = subprocess.run(
-        [tool("mypy"), "bridge"], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_clean(tool("mypy"), "bridge")
