@@ -14,8 +14,8 @@ import re
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from bridge.amounts import ZERO_DECIMAL_CURRENCIES
-from bridge.dub_models import EMAIL_RE
+from bridge.dub.currencies import ZERO_DECIMAL_CURRENCIES
+from bridge.dub.fields import EMAIL_RE
 from bridge.jsoncodec import dumps, loads
 
 LEAD_EVENTS = frozenset({"Sign Up", "Signed Up"})

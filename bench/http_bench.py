@@ -45,7 +45,7 @@ def ledger_switch() -> str | None:
     """The environment variable that turns the bridge's ledger off, if the bridge has one."""
     from bridge.settings import ENV  # read at run time: the setting may come and go
 
-    return ENV.get("ledger_enabled")
+    return ENV.get("ledger")
 
 
 @dataclass

@@ -23,9 +23,9 @@ from typing import Any
 
 from bench import handwritten
 from bench.servers import ROOT
-from bridge.engine import Engine
 from bridge.jsoncodec import dumps, loads
-from bridge.loader import load_mappings
+from bridge.mapping.engine import Engine
+from bridge.sources import load_directory as load_mappings
 
 NODE_DIR = ROOT / "bench" / "node"
 ZERO_DECIMAL = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga"}

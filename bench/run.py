@@ -309,7 +309,7 @@ def report(r: dict[str, Any]) -> str:
     st = r["startup"]
     add(f"\n5. Start-up in a fresh interpreter (median of {len(st['samples'])})")
     add(
-        f"   import bridge.app {st['import_s']:.3f} s + load/compile mappings "
+        f"   import bridge.web.app {st['import_s']:.3f} s + load/compile mappings "
         f"{st['load_s']:.3f} s = {st['import_and_load_s']:.3f} s (worst "
         f"{st['worst_import_and_load_s']:.3f} s), CPU {st['import_and_load_cpu_s']:.3f} s; "
         f"whole process {st['process_wall_s']:.3f} s, python -c pass "

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
-BRIDGE_APP = "bridge.app:create_app()"
+BRIDGE_APP = "bridge.web.app:create_app()"
 BARE_APP = "bench.bare_app:create_app()"
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
 

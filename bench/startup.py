@@ -1,6 +1,6 @@
 """Item 5: start-up, each sample in a fresh interpreter (no warm import cache in memory).
 
-Measured inside the child: importing ``bridge.app`` (everything a gunicorn worker
+Measured inside the child: importing ``bridge.web.app`` (everything a gunicorn worker
 imports: Flask, pydantic, requests, the engine) plus ``load_mappings`` on the default
 mappings (read, validate, compile), in wall and CPU time (CPU time does not count
 waiting for a busy core). The child's whole wall time and a bare ``python -c pass``
@@ -21,8 +21,8 @@ from bench.servers import ROOT
 _CHILD = """
 import json, time
 t0, c0 = time.perf_counter(), time.process_time()
-import bridge.app
-from bridge.loader import load_mappings
+import bridge.web.app
+from bridge.sources import load_directory as load_mappings
 t1 = time.perf_counter()
 engine = load_mappings(MAPPINGS).engine
 t2, c2 = time.perf_counter(), time.process_time()

@@ -101,6 +101,22 @@ class InvalidSignature(RequestError):
     status = 401
 
 
+# --- the ledger ---------------------------------------------------------------------------
+
+
+class LedgerError(BridgeError):
+    """The ledger cannot be used now (locked too long, unreachable); Segment should retry."""
+
+    code = "ledger_unavailable"
+    status = 503
+
+
+class LedgerConfigError(ConfigError):
+    """The ledger's setting points at something that is not a usable ledger."""
+
+    code = "invalid_ledger"
+
+
 class ServiceUnavailable(BridgeError):
     """Dub could not take every event now; Segment should retry the request."""
 

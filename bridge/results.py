@@ -1,28 +1,43 @@
-"""One result per event and mapping: what the replay prints and the webhook answers."""
+"""One result per event and mapping: what the replay prints, the webhook counts and the log says.
+
+Results are immutable: each step that learns something (the engine, the
+deliverer) makes a new one with ``replace`` or ``finish``, so a result already
+logged or answered can never change underneath.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
-# Outcomes that need a person (replay exits 1). "ready" is internal: planned, not yet sent.
-FAILED = frozenset({"invalid", "rejected", "failed", "uncertain", "gave_up"})
-# Segment must retry the request when any event ends in one of these.
-RETRY = frozenset({"failed", "pending"})
+from .outcomes import Outcome
+
+# The keys of a replay line, in order.
+LINE_KEYS = (
+    "messageId",
+    "event",
+    "mapping",
+    "outcome",
+    "request",
+    "status",
+    "errors",
+    "warnings",
+    "reason",
+)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Result:
     message_id: str | None = None
     event: str | None = None
     mapping: str | None = None
     action: str | None = None
-    outcome: str = "ready"
+    outcome: Outcome = Outcome.READY
     request_path: str | None = None
     body: dict[str, Any] | None = None
     status: int | None = None
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
     reason: str | None = None
     dub_error: dict[str, Any] | None = None
     elapsed_ms: float | None = None
@@ -30,21 +45,30 @@ class Result:
     retry_after: float | None = None  # seconds, when Dub said how long to wait
 
     def finish(
-        self, outcome: str, *, reason: str | None = None, errors: list[str] | None = None
+        self, outcome: Outcome, *, reason: str | None = None, errors: tuple[str, ...] = ()
     ) -> Result:
-        self.outcome = outcome
-        if reason is not None:
-            self.reason = reason
-        if errors:
-            self.errors = [*self.errors, *errors]
-        return self
+        """A copy with this outcome (and reason, and more errors)."""
+        return replace(
+            self,
+            outcome=outcome,
+            reason=self.reason if reason is None else reason,
+            errors=self.errors + errors,
+        )
+
+    def with_warnings(self, warnings: tuple[str, ...]) -> Result:
+        return replace(self, warnings=warnings + self.warnings) if warnings else self
 
     @property
     def customer(self) -> str | None:
         return None if self.body is None else self.body.get("customerExternalId")
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """The ledger's key: (messageId, mapping)."""
+        return (self.message_id or "", self.mapping or "")
+
     def to_line(self) -> dict[str, Any]:
-        """The stable JSON shape of a replay line and of a webhook result."""
+        """The stable JSON shape of a replay line."""
         request = None
         if self.body is not None and self.request_path is not None:
             request = {"method": "POST", "path": self.request_path, "body": self.body}
@@ -55,8 +79,8 @@ class Result:
             "outcome": self.outcome,
             "request": request,
             "status": self.status,
-            "errors": self.errors,
-            "warnings": self.warnings,
+            "errors": list(self.errors),
+            "warnings": list(self.warnings),
             "reason": self.reason,
         }
         if self.dub_error is not None:
@@ -64,14 +88,4 @@ class Result:
         return line
 
 
-class Unreadable:
-    """Stands in for an event that could not be read; the engine reports it invalid."""
-
-    __slots__ = ("message", "where")
-
-    def __init__(self, where: str, message: str):
-        self.where = where
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
+__all__ = ["LINE_KEYS", "Result"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -38,12 +38,13 @@ ENV = {
     "rate_limit_per_minute": "DUB_RATE_LIMIT_PER_MINUTE",
     "workers": "WEB_CONCURRENCY",
     "db_path": "BRIDGE_DB",
-    "ledger_enabled": "BRIDGE_LEDGER",
+    "ledger": "BRIDGE_LEDGER",
     "retention_days": "BRIDGE_RETENTION_DAYS",
     "lease_seconds": "BRIDGE_LEASE_SECONDS",
     "reload_seconds": "BRIDGE_RELOAD_SECONDS",
     "max_attempts": "BRIDGE_MAX_ATTEMPTS",
     "log_level": "BRIDGE_LOG_LEVEL",
+    "cli_budget_seconds": "BRIDGE_CLI_BUDGET_SECONDS",
 }
 SECRETS = {"dub_api_key", "segment_shared_secret"}
 
@@ -66,13 +67,17 @@ class Settings(BaseModel):
     rate_limit_per_minute: int = Field(1200, ge=1)
     workers: int = Field(2, ge=1, le=64)
     db_path: Path = Path("bridge-ledger.sqlite3")
-    # Off only for benchmarks and experiments: without it redeliveries are sent again.
-    ledger_enabled: bool = True
+    # on: the SQLite file. off (benchmarks only): redeliveries are sent again. memory: one
+    # process's memory, for tests and benchmarks (each worker would have its own).
+    ledger: Literal["on", "off", "memory"] = "on"
     retention_days: float = Field(7.0, gt=0)
     lease_seconds: float = Field(30.0, gt=0)
     reload_seconds: float = Field(2.0, ge=0)
     max_attempts: int = Field(20, ge=1)
     log_level: str = "INFO"
+    # The time budget of each chunk that `replay --send` and `redrive` send: no Segment
+    # timeout there, but still a bound.
+    cli_budget_seconds: float = Field(60.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> Settings:
@@ -92,6 +97,12 @@ class Settings(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("ledger", mode="before")
+    @classmethod
+    def _ledger(cls, value: Any) -> Any:
+        words = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
+        return words.get(value.lower(), value.lower()) if isinstance(value, str) else value
 
     @field_validator("log_level")
     @classmethod

@@ -3,37 +3,48 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import responses
 
-from bridge.app import create_app
-from bridge.engine import Engine
-from bridge.loader import load_mappings
+from bridge.mapping.engine import Engine
+from bridge.results import LINE_KEYS as _LINE_KEYS
 from bridge.settings import Settings
-from bridge.signing import sign
+from bridge.sources import load_directory
+from bridge.web.app import create_app
+from bridge.web.signing import sign
+from tests.fakedub import FakeDub
+from tests.fakes import ManualClock
+from tests.faultkit import Bridge, fault_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPPINGS = ROOT / "mappings"
 SAMPLES = MAPPINGS / "samples"
 SHARED_DUB = ROOT.parent / "shared" / "dub"
 DUB = "https://dub.test"
-# The keys of a replay line and of a webhook result.
-LINE_KEYS = {
-    "messageId",
-    "event",
-    "mapping",
-    "outcome",
-    "request",
-    "status",
-    "errors",
-    "warnings",
-    "reason",
-}
+# The keys of a replay line.
+LINE_KEYS = set(_LINE_KEYS)
 SECRET = "segment-shared-secret"
+
+
+BACKGROUND_THREADS = ("mapping-reload", "ledger-maintenance")
+
+
+@pytest.fixture(autouse=True)
+def no_background_thread_outlives_its_test() -> Iterator[None]:
+    """Every service a test starts is closed by its end: no poller thread is left running."""
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    left = [
+        t.name
+        for t in threading.enumerate()
+        if t.ident not in before and t.name in BACKGROUND_THREADS and t.is_alive()
+    ]
+    assert not left, f"background threads left running: {left}"
 
 
 def needs_shared() -> Path:
@@ -45,7 +56,7 @@ def needs_shared() -> Path:
 
 @pytest.fixture(scope="session")
 def engine() -> Engine:
-    return load_mappings(MAPPINGS).engine
+    return load_directory(MAPPINGS).engine
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -67,10 +78,16 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings) -> Iterator[Any]:
-    app = create_app(settings)
+def clock() -> ManualClock:
+    """Time that moves only when code sleeps on it: retries and waits cost nothing real."""
+    return ManualClock()
+
+
+@pytest.fixture
+def app(settings: Settings, clock: ManualClock) -> Iterator[Any]:
+    app = create_app(settings, clock=clock)
     yield app
-    app.extensions["bridge"].deliverer.close()
+    app.extensions["bridge"].close()
 
 
 @pytest.fixture
@@ -150,3 +167,28 @@ def body_of(data: Any) -> bytes:
 
 def signed_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
     return {"Content-Type": "application/json", "X-Signature": sign(body, secret)}
+
+
+@pytest.fixture
+def fake_dub() -> Iterator[FakeDub]:
+    """The fake Dub server, running (a real HTTP server, unlike conftest's `dub` mock)."""
+    fake = FakeDub(api_key="test-key").start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+def bridge(fake_dub: FakeDub, tmp_path: Path) -> Iterator[Callable[..., Bridge]]:
+    """A factory: ``bridge(deadline_seconds=1.0)`` -> an app pointed at the fake Dub."""
+    made: list[Bridge] = []
+
+    def make(**overrides: Any) -> Bridge:
+        db = tmp_path / "ledger.sqlite3"
+        made.append(Bridge(create_app(fault_settings(fake_dub.url, db, **overrides)), db))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.close()

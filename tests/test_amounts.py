@@ -8,13 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.amounts import (
-    MAX_MINOR_UNITS,
-    ZERO_DECIMAL_CURRENCIES,
-    AmountError,
-    currency_exponent,
-    minor_units,
-)
+from bridge.dub.currencies import MAX_MINOR_UNITS, ZERO_DECIMAL_CURRENCIES, currency_exponent
+from bridge.mapping.amounts import AmountError, minor_units
 from tests.conftest import needs_shared
 
 CURRENCIES = sorted(ZERO_DECIMAL_CURRENCIES) + ["usd", "eur", "gbp", "kwd", "bhd", "isk", "jod"]

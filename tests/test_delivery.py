@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import time
+import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,22 +12,40 @@ import pytest
 import requests
 import responses
 
-from bridge.delivery import Deliverer, RateLimiter
-from bridge.dub_client import DubClient
-from bridge.engine import Engine, plan_all
-from bridge.ledger import SQLiteLedger
+from bridge.delivery.deliverer import Deliverer
+from bridge.delivery.ratelimit import SlidingWindow
+from bridge.delivery.retry import RetryPolicy
+from bridge.dub.client import DubClient
+from bridge.inputs import Item
+from bridge.ledger.base import ClaimRequest, Ledger
+from bridge.ledger.sqlite import SQLiteLedger
+from bridge.mapping.engine import Engine, plan_all
 from bridge.results import Result
 from tests.conftest import DUB, lead_ok, order, sale_ok, signup
+from tests.fakes import ManualClock
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> SQLiteLedger:
-    return SQLiteLedger(tmp_path / "l.db")
+def ledger(tmp_path: Path, clock: ManualClock) -> Iterator[SQLiteLedger]:
+    ledger = SQLiteLedger(tmp_path / "l.db", clock=clock)
+    yield ledger
+    ledger.close()
+
+
+def make_deliverer(ledger: Ledger | None, clock: ManualClock, per_minute: int = 1200) -> Deliverer:
+    return Deliverer(
+        DubClient(DUB, "k"),
+        ledger,
+        limiter=SlidingWindow(per_minute, clock=clock),
+        policy=RetryPolicy(rng=random.Random(7)),
+        clock=clock,
+        concurrency=4,
+    )
 
 
 @pytest.fixture
-def deliverer(ledger: SQLiteLedger) -> Any:
-    d = Deliverer(DubClient(DUB, "k"), ledger, concurrency=4)
+def deliverer(ledger: SQLiteLedger, clock: ManualClock) -> Iterator[Deliverer]:
+    d = make_deliverer(ledger, clock)
     yield d
     d.close()
 
@@ -34,7 +53,7 @@ def deliverer(ledger: SQLiteLedger) -> Any:
 def send(
     deliverer: Deliverer, engine: Engine, events: list[Any], budget: float = 2.0
 ) -> list[Result]:
-    results, payloads = plan_all(engine, events)
+    results, payloads = plan_all(engine, [Item(e) for e in events])
     return deliverer.deliver(results, budget, payloads)
 
 
@@ -127,10 +146,10 @@ def test_sale_404_without_a_lead_is_rejected(
 
 
 def test_millisecond_retry_after_is_honoured(
-    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock, clock: ManualClock
 ) -> None:
     """A 429 whose ms Retry-After is 0.3 s ahead is waited out, then delivered."""
-    at = str(int((time.time() + 0.3) * 1000))
+    at = str(int((clock.time() + 0.3) * 1000))
     dub.post(
         f"{DUB}/track/sale",
         status=429,
@@ -138,26 +157,24 @@ def test_millisecond_retry_after_is_honoured(
         headers={"Retry-After": at},
     )
     dub.post(f"{DUB}/track/sale", json=sale_ok())
-    started = time.monotonic()
     (result,) = send(deliverer, engine, [order()])
     assert result.outcome == "delivered"
-    assert 0.2 < time.monotonic() - started < 1.5
+    assert clock.slept == [pytest.approx(0.3)]
 
 
 def test_retry_after_past_the_budget_ends_at_once(
-    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock, clock: ManualClock
 ) -> None:
     """A Retry-After longer than the budget ends the attempt at once, pending for Segment."""
-    at = str(int((time.time() + 120) * 1000))
+    at = str(int((clock.time() + 120) * 1000))
     dub.post(
         f"{DUB}/track/sale",
         status=429,
         json=err("rate_limit_exceeded"),
         headers={"Retry-After": at},
     )
-    started = time.monotonic()
     (result,) = send(deliverer, engine, [order()])
-    assert time.monotonic() - started < 0.5
+    assert clock.slept == []  # no waiting at all
     assert result.outcome == "failed" and result.retry_after and result.retry_after > 100
     assert deliverer.ledger.get("m-1", "order-sale").state == "pending"  # type: ignore[union-attr]
 
@@ -204,10 +221,12 @@ def test_leads_go_before_sales_of_the_same_customer(
     assert [c.request.url.rsplit("/", 1)[-1] for c in dub.calls] == ["lead", "sale"]
 
 
-def test_without_ledger_it_still_sends(engine: Engine, dub: responses.RequestsMock) -> None:
+def test_without_ledger_it_still_sends(
+    engine: Engine, dub: responses.RequestsMock, clock: ManualClock
+) -> None:
     """With the ledger off (benchmarks), delivery works but cannot de-duplicate."""
     dub.post(f"{DUB}/track/sale", json=sale_ok())
-    d = Deliverer(DubClient(DUB, "k"), None)
+    d = make_deliverer(None, clock)
     try:
         assert [r.outcome for r in send(d, engine, [order(), order()])] == ["delivered"] * 2
     finally:
@@ -215,25 +234,27 @@ def test_without_ledger_it_still_sends(engine: Engine, dub: responses.RequestsMo
 
 
 def test_unreachable_dub_ends_in_budget(
-    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock, clock: ManualClock
 ) -> None:
     """Connection errors are retried with backoff until the budget, then pending."""
     dub.post(f"{DUB}/track/sale", body=requests.ConnectionError("refused"))
-    started = time.monotonic()
     (result,) = send(deliverer, engine, [order()], budget=1.0)
     assert result.outcome == "failed" and result.attempts >= 2
-    assert time.monotonic() - started < 1.2
+    assert len(dub.calls) == result.attempts
+    assert 0 < sum(clock.slept) <= 1.0 - 0.25  # backoff within the budget, room for a call
 
 
-def test_rate_limiter_sliding_window() -> None:
+def test_rate_limiter_sliding_window(clock: ManualClock) -> None:
     """Bursts up to the limit pass at once; the next waits for the window or gives up."""
-    limiter = RateLimiter(3, window=0.3)
-    now = time.monotonic()
+    limiter = SlidingWindow(3, window=0.3, clock=clock)
+    now = clock.monotonic()
     assert all(limiter.acquire(now + 1) for _ in range(3))
-    assert not limiter.acquire(time.monotonic() + 0.05)  # no slot frees in 50 ms
-    started = time.monotonic()
-    assert limiter.acquire(time.monotonic() + 1)
-    assert 0.15 < time.monotonic() - started < 0.6
+    assert clock.slept == []
+    assert not limiter.acquire(clock.monotonic() + 0.05)  # no slot frees in 50 ms
+    assert clock.slept == []  # refused at once, without waiting in vain
+    started = clock.monotonic()
+    assert limiter.acquire(clock.monotonic() + 1)
+    assert clock.monotonic() - started == pytest.approx(0.3)
 
 
 def test_unsent_claims_are_released(
@@ -253,8 +274,6 @@ def test_unsent_claims_are_released(
 
 def test_batch_claims_in_one_transaction(tmp_path: Path) -> None:
     """claim_many grants new rows and refuses rows already taken, in order."""
-    from bridge.ledger import ClaimRequest
-
     ledger = SQLiteLedger(tmp_path / "l.db")
     wanted = [ClaimRequest(f"m{i}", "sale", "sale", "E", f"u{i}", {"a": i}) for i in range(3)]
     assert [c.granted for c in ledger.claim_many(wanted)] == [True, True, True]

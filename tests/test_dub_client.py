@@ -1,4 +1,4 @@
-"""The Dub client: what goes on the wire, and how every kind of answer is read."""
+"""The Dub client and decide(): what goes on the wire, and what every kind of answer means."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ import urllib3
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.dub_client import MAX_RETRY_AFTER, DubClient, parse_retry_after
+from bridge.delivery.decide import classify, may_have_reached
+from bridge.delivery.retry import MAX_RETRY_AFTER, parse_retry_after
+from bridge.dub.client import DubAnswer, DubClient
+from bridge.dub.endpoints import LEAD as LEAD_ENDPOINT
+from bridge.dub.endpoints import SALE as SALE_ENDPOINT
 from tests.conftest import DUB, lead_ok, sale_ok
 
 LEAD = {"clickId": "c", "eventName": "Sign Up", "customerExternalId": "u", "mode": "wait"}
@@ -28,8 +32,8 @@ def dub_client() -> DubClient:
 def test_request_on_the_wire(dub: responses.RequestsMock, dub_client: DubClient) -> None:
     """Bearer key, JSON body as built, customerExternalId (never externalId), no nulls."""
     dub.post(f"{DUB}/track/sale", json=sale_ok())
-    answer = dub_client.send("sale", "/track/sale", SALE)
-    assert answer.outcome == "delivered" and answer.status == 200
+    answer = dub_client.send(SALE_ENDPOINT, SALE)
+    assert classify(SALE_ENDPOINT, answer) == "delivered" and answer.status == 200
     sent = dub.calls[0].request
     assert sent.headers["Authorization"] == "Bearer dub_secret_key"
     assert sent.headers["Content-Type"] == "application/json"
@@ -52,13 +56,13 @@ def test_key_not_in_repr(dub_client: DubClient) -> None:
 def test_lead_link_null_is_deduplicated(dub: responses.RequestsMock, dub_client: DubClient) -> None:
     """A 200 lead with link: null is 'deduplicated', not success."""
     dub.post(f"{DUB}/track/lead", json=lead_ok() | {"link": None})
-    assert dub_client.send("lead", "/track/lead", LEAD).outcome == "deduplicated"
+    assert classify(LEAD_ENDPOINT, dub_client.send(LEAD_ENDPOINT, LEAD)) == "deduplicated"
 
 
 def test_sale_null_is_not_recorded(dub: responses.RequestsMock, dub_client: DubClient) -> None:
     """A 200 sale with sale: null is 'not_recorded', not success."""
     dub.post(f"{DUB}/track/sale", json={"eventName": "x", "customer": None, "sale": None})
-    assert dub_client.send("sale", "/track/sale", SALE).outcome == "not_recorded"
+    assert classify(SALE_ENDPOINT, dub_client.send(SALE_ENDPOINT, SALE)) == "not_recorded"
 
 
 @pytest.mark.parametrize(
@@ -92,24 +96,24 @@ def test_status_classes(
             }
         },
     )
-    answer = dub_client.send("sale", "/track/sale", SALE)
-    assert (answer.outcome, answer.status) == (outcome, status)
+    answer = dub_client.send(SALE_ENDPOINT, SALE)
+    assert (classify(SALE_ENDPOINT, answer), answer.status) == (outcome, status)
     assert answer.error == {"code": "some_code", "message": "amount: Expected integer"}
 
 
 def test_non_json_error_body(dub: responses.RequestsMock, dub_client: DubClient) -> None:
     """A plain-text platform error is reported, not a crash."""
     dub.post(f"{DUB}/track/sale", status=502, body="<html>Bad gateway</html>")
-    answer = dub_client.send("sale", "/track/sale", SALE)
-    assert answer.outcome == "failed"
+    answer = dub_client.send(SALE_ENDPOINT, SALE)
+    assert classify(SALE_ENDPOINT, answer) == "failed"
     assert answer.error == {"code": "http_502", "message": "<html>Bad gateway</html>"}
 
 
 def test_non_json_success_body(dub: responses.RequestsMock, dub_client: DubClient) -> None:
-    """A 200 without JSON counts as delivered but says the answer was unreadable."""
+    """A 200 without JSON counts as delivered: Dub took it, whatever it wrote back."""
     dub.post(f"{DUB}/track/sale", status=200, body="OK")
-    answer = dub_client.send("sale", "/track/sale", SALE)
-    assert answer.outcome == "delivered" and answer.error is not None
+    answer = dub_client.send(SALE_ENDPOINT, SALE)
+    assert classify(SALE_ENDPOINT, answer) == "delivered" and answer.body is None
 
 
 REFUSED = requests.ConnectionError(
@@ -139,17 +143,18 @@ def test_network_trouble_is_transient(
 ) -> None:
     """Unreachable, timed out or cut off: 'failed', and whether Dub may have acted on it."""
     dub.post(f"{DUB}/track/lead", body=exc)
-    answer = dub_client.send("lead", "/track/lead", LEAD)
-    assert (answer.outcome, answer.status, answer.error and answer.error["code"]) == (
+    answer = dub_client.send(LEAD_ENDPOINT, LEAD)
+    assert (classify(LEAD_ENDPOINT, answer), answer.status, answer.failure) == (
         "failed",
         None,
         code,
     )
-    assert answer.may_have_reached is reached
+    assert answer.error is not None and answer.error["code"] == code
+    assert may_have_reached(answer) is reached
 
 
 def test_retry_after_on_429(dub: responses.RequestsMock, dub_client: DubClient) -> None:
-    """Dub's millisecond Retry-After on a 429 is read as seconds to wait."""
+    """Dub's millisecond Retry-After on a 429 is kept and read as seconds to wait."""
     at_ms = int((time.time() + 7) * 1000)
     dub.post(
         f"{DUB}/track/sale",
@@ -157,9 +162,10 @@ def test_retry_after_on_429(dub: responses.RequestsMock, dub_client: DubClient) 
         headers={"Retry-After": str(at_ms)},
         json={"error": {"code": "rate_limit_exceeded", "message": "slow down"}},
     )
-    answer = dub_client.send("sale", "/track/sale", SALE)
-    assert answer.outcome == "failed" and answer.retry_after is not None
-    assert 5.5 < answer.retry_after <= 7.0
+    answer = dub_client.send(SALE_ENDPOINT, SALE)
+    assert classify(SALE_ENDPOINT, answer) == "failed" and answer.retry_after == str(at_ms)
+    wait = parse_retry_after(answer.retry_after, at_ms / 1000 - 7)
+    assert wait == pytest.approx(7.0)
 
 
 def test_retry_after_forms() -> None:
@@ -183,3 +189,11 @@ def test_retry_after_ms_is_never_read_as_seconds(ahead: float) -> None:
     wait = parse_retry_after(str(int((now + ahead) * 1000)), now)
     assert wait is not None and 0 <= wait <= MAX_RETRY_AFTER
     assert wait == pytest.approx(min(ahead, MAX_RETRY_AFTER), abs=0.002)
+
+
+def test_5xx_may_have_reached_dub_but_4xx_did_not() -> None:
+    """A 5xx may have been acted on (Dub's lead trap); a final 4xx or 429 was not."""
+    assert may_have_reached(DubAnswer(status=500)) and may_have_reached(DubAnswer(status=503))
+    assert not may_have_reached(DubAnswer(status=429)) and not may_have_reached(
+        DubAnswer(status=422)
+    )

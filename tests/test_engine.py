@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from bridge.engine import Engine
-from bridge.results import Result, Unreadable
+from bridge.items import Unreadable
+from bridge.mapping.engine import Engine
+from bridge.results import Result
 from tests.conftest import order, signup
 
 
@@ -58,7 +59,7 @@ def test_organic_sign_up_is_skipped(engine: Engine, click: str | None) -> None:
     """A sign-up with no click id anywhere is skipped with a reason, not an error."""
     result = one(engine, signup(click=click))
     assert result.outcome == "skipped"
-    assert result.errors == []
+    assert result.errors == ()
     assert result.reason is not None and "organic" in result.reason
 
 
@@ -87,7 +88,7 @@ def test_lead_without_user_id_is_invalid(engine: Engine) -> None:
     del event["userId"]
     result = one(engine, event)
     assert result.outcome == "invalid"
-    assert result.errors == ["customerExternalId: no value (paths tried: $.userId)"]
+    assert result.errors == ("customerExternalId: no value (paths tried: $.userId)",)
 
 
 # --- sale ---------------------------------------------------------------------------------
@@ -220,7 +221,7 @@ def test_long_name_is_trimmed(engine: Engine) -> None:
     event["context"]["traits"]["name"] = "N" * 150
     result = one(engine, event)
     assert result.body is not None and result.body["customerName"] == "N" * 100
-    assert result.warnings == ["customerName: trimmed from 150 to 100 characters"]
+    assert result.warnings == ("customerName: trimmed from 150 to 100 characters",)
 
 
 def test_oversized_metadata_drops_its_largest_keys(engine: Engine) -> None:
@@ -277,7 +278,7 @@ def test_malformed_events_are_invalid(engine: Engine, event: Any, error: str) ->
 
 def test_one_event_two_mappings_leads_first(tmp_path: Any) -> None:
     """An event that is both a sign-up and a purchase makes a lead, then a sale."""
-    from bridge.loader import load_mappings
+    from bridge.sources import load_directory
 
     (tmp_path / "both.yaml").write_text("""
 mappings:
@@ -295,7 +296,7 @@ mappings:
       eventName: $.event
       customerExternalId: $.userId
 """)
-    engine = load_mappings(tmp_path).engine
+    engine = load_directory(tmp_path).engine
     event = signup(event="Signed Up", properties={"revenue": 5})
     results = engine.plan(event)
     assert [(r.mapping, r.action) for r in results] == [

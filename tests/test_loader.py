@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import MappingFileError
-from bridge.loader import load_mappings
+from bridge.sources import load_directory
 from tests.conftest import MAPPINGS
 
 GOOD_SALE = """\
@@ -27,13 +27,13 @@ def write(tmp_path: Path, text: str, name: str = "m.yaml") -> Path:
 
 
 def messages(tmp_path: Path) -> list[str]:
-    result = load_mappings(tmp_path, strict=False)
+    result = load_directory(tmp_path, strict=False)
     return [str(issue) for issue in result.issues]
 
 
 def test_default_mappings_load_clean() -> None:
     """The shipped mappings load with no error and no warning."""
-    result = load_mappings(MAPPINGS, strict=False)
+    result = load_directory(MAPPINGS, strict=False)
     assert result.issues == []
     assert sorted(m.name for m in result.engine.mappings) == ["order-sale", "signup-lead"]
 
@@ -152,7 +152,7 @@ def test_duplicate_keys_and_names_are_errors(tmp_path: Path) -> None:
 def test_two_mappings_same_action_same_event_warn(tmp_path: Path) -> None:
     """Two mappings sending a sale for one event is a warning, not an error."""
     write(tmp_path, "mappings:\n" + GOOD_SALE + GOOD_SALE.replace("name: sale", "name: sale2"))
-    result = load_mappings(tmp_path, strict=False)
+    result = load_directory(tmp_path, strict=False)
     assert result.errors == []
     assert any("also makes a sale through 'sale'" in str(w) for w in result.warnings)
 
@@ -160,7 +160,7 @@ def test_two_mappings_same_action_same_event_warn(tmp_path: Path) -> None:
 def test_amount_without_minor_units_warns(tmp_path: Path) -> None:
     """An amount taken as is (no minor_units) is allowed but warned about."""
     write(tmp_path, "mappings:\n" + GOOD_SALE.replace(", transform: minor_units", ""))
-    result = load_mappings(tmp_path, strict=False)
+    result = load_directory(tmp_path, strict=False)
     assert result.errors == []
     assert any("no minor_units transform" in str(w) for w in result.warnings)
 
@@ -169,7 +169,7 @@ def test_strict_load_raises_with_all_issues(tmp_path: Path) -> None:
     """The service refuses to start on bad mappings, listing every error."""
     write(tmp_path, "mappings:\n  - name: x\n    action: nope\n")
     with pytest.raises(MappingFileError) as info:
-        load_mappings(tmp_path)
+        load_directory(tmp_path)
     assert len(info.value.issues) >= 3  # trigger missing, fields missing, action invalid
 
 

@@ -57,3 +57,35 @@ def test_masking() -> None:
     assert mask_value("customerEmail", "jane@@bad") == "'j***@bad'"
     assert mask_value("customerEmail", "nobody") == "'n***'"
     assert len(mask_value("metadata", "x" * 500)) <= 80
+
+
+def test_a_call_finishing_after_the_deadline_is_logged_once_at_its_final_outcome(
+    tmp_path: Any, dub: responses.RequestsMock
+) -> None:
+    """Answered `pending` to Segment, the late call is logged once: `delivered`, never `pending`."""
+    import threading
+
+    from bridge.web.app import create_app
+    from tests.conftest import make_settings
+
+    release = threading.Event()
+
+    def slow(_: Any) -> tuple[int, dict[str, str], str]:
+        assert release.wait(60)
+        return 200, {}, json.dumps(sale_ok())
+
+    dub.add_callback(responses.POST, f"{DUB}/track/sale", callback=slow)
+    app = create_app(make_settings(tmp_path, deadline_seconds=0.5))
+    stream, handler = capture()
+    try:
+        response = app.test_client().post(
+            "/segment", data=body_of(order()), headers={"Content-Type": "application/json"}
+        )
+        assert response.get_json()["counts"] == {"pending": 1}
+        release.set()
+        app.extensions["bridge"].close()  # waits for the call still under way
+    finally:
+        logging.getLogger("bridge").removeHandler(handler)
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    lines = [e for e in events if e["msg"] == "event" and e["messageId"] == "m-1"]
+    assert [line["outcome"] for line in lines] == ["delivered"]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonpath_ng.ext import parse
 
-from bridge.paths import PathSyntaxError, compile_path, simple_steps
+from bridge.mapping.paths import PathSyntaxError, compile_path, simple_steps
 
 KEYS = ["a", "b", "c_1", "Dub (Actions)", "x y", "0", "properties", "where"]
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import responses
 
-from bridge.delivery import Deliverer
-from bridge.dub_client import DubClient
-from bridge.engine import plan_all
-from bridge.ledger import SQLiteLedger
-from bridge.loader import load_mappings
+from bridge.inputs import Item
+from bridge.ledger import Access, open_ledger
+from bridge.mapping.engine import plan_all
 from bridge.settings import Settings
+from bridge.sources import load_directory
+from bridge.wiring import build_deliverer
 from tests.conftest import DUB, MAPPINGS, lead_ok, order, sale_ok, signup
 
 
@@ -26,14 +26,22 @@ def maps(tmp_path: Path) -> Path:
     return folder
 
 
+def settings_for(db: Path, maps: Path) -> Settings:
+    return Settings.from_env({}, db_path=db, mappings_dir=maps, dub_api_key="k", dub_api_url=DUB)
+
+
 def deliver(db: Path, maps: Path, events: list[Any]) -> list[Any]:
-    engine = load_mappings(maps).engine
-    deliverer = Deliverer(DubClient(DUB, "k"), SQLiteLedger(db))
+    settings = settings_for(db, maps)
+    engine = load_directory(maps).engine
+    ledger = open_ledger(settings, Access.CREATE)
+    deliverer = build_deliverer(settings, ledger)
     try:
-        results, payloads = plan_all(engine, events)
+        results, payloads = plan_all(engine, [Item(e) for e in events])
         return deliverer.deliver(results, 2.0, payloads)
     finally:
         deliverer.close()
+        assert ledger is not None
+        ledger.close()
 
 
 def cli(*args: str, db: Path, maps: Path) -> Any:
@@ -63,19 +71,19 @@ def test_fixed_mapping_redrives_an_invalid_event_once(
     assert result.outcome == "invalid"
 
     listed = cli("deadletters", "--json", db=db, maps=maps)
-    (row,) = [json.loads(line) for line in listed.output.splitlines()]
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
     assert (row["messageId"], row["state"], row["payload"]["messageId"]) == ("x1", "invalid", "x1")
 
     sales.write_text(good)  # ops fix the mapping
     dry = cli("redrive", "--dry-run", db=db, maps=maps)
-    (line,) = [json.loads(x) for x in dry.output.splitlines()]
+    (line,) = [json.loads(x) for x in dry.stdout.splitlines()]
     assert (line["outcome"], line["before"]) == ("dry_run", "invalid")
     assert len(dub.calls) == 0
 
     dub.post(f"{DUB}/track/sale", json=sale_ok())
     done = cli("redrive", db=db, maps=maps)
     assert done.exit_code == 0, done.output
-    (line,) = [json.loads(x) for x in done.output.splitlines()]
+    (line,) = [json.loads(x) for x in done.stdout.splitlines()]
     assert (line["outcome"], line["before"]) == ("delivered", "invalid")
 
     again = cli("redrive", db=db, maps=maps)
@@ -108,7 +116,7 @@ def test_redrive_rejected_with_filters_leads_first(
     dub.replace(responses.POST, f"{DUB}/track/lead", json=lead_ok())
     dub.replace(responses.POST, f"{DUB}/track/sale", json=sale_ok())
     done = cli("redrive", "--since", "1h", db=db, maps=maps)
-    lines = [json.loads(x) for x in done.output.splitlines()]
+    lines = [json.loads(x) for x in done.stdout.splitlines()]
     assert [(x["mapping"], x["outcome"]) for x in lines] == [
         ("signup-lead", "delivered"),
         ("order-sale", "delivered"),
@@ -125,9 +133,10 @@ def test_removed_mapping_supersedes_its_dead_letters(tmp_path: Path, maps: Path)
     sales.unlink()
     (maps / "leads.yaml").exists()
     done = cli("redrive", db=db, maps=maps)
-    (line,) = [json.loads(x) for x in done.output.splitlines()]
+    (line,) = [json.loads(x) for x in done.stdout.splitlines()]
     assert line["outcome"] == "superseded"
-    assert SQLiteLedger(db).dead_letters() == []
+    ledger = open_ledger(settings_for(db, maps), Access.READ)
+    assert ledger is not None and ledger.dead_letters() == []
 
 
 def test_since_must_be_a_time(tmp_path: Path, maps: Path) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.app import create_app
 from bridge.errors import ConfigError, MappingFileError, SettingsError
 from bridge.settings import ENV, Settings
+from bridge.web.app import create_app
 
 
 def test_defaults() -> None:
@@ -16,7 +16,7 @@ def test_defaults() -> None:
     settings = Settings.from_env({})
     assert settings.dub_api_url == "https://api.dub.co"
     assert settings.deadline_seconds == 4.0 and settings.rate_limit_per_minute == 1200
-    assert settings.api_key is None and settings.ledger_enabled
+    assert settings.api_key is None and settings.ledger == "on"
 
 
 def test_every_variable_is_read() -> None:
@@ -31,7 +31,7 @@ def test_every_variable_is_read() -> None:
     }
     settings = Settings.from_env(env)
     assert settings.api_key == "k" and settings.dub_api_url == "http://127.0.0.1:9"
-    assert (settings.concurrency, settings.workers, settings.ledger_enabled) == (3, 4, False)
+    assert (settings.concurrency, settings.workers, settings.ledger) == (3, 4, "off")
     assert settings.log_level == "DEBUG"
     assert set(ENV.values()) >= {"DUB_API_KEY", "SEGMENT_SHARED_SECRET", "BRIDGE_DB"}
 
@@ -43,7 +43,7 @@ def test_every_variable_is_read() -> None:
         ("BRIDGE_DEADLINE_SECONDS", "0", "BRIDGE_DEADLINE_SECONDS: expected greater than 0"),
         ("DUB_API_URL", "api.dub.co", "DUB_API_URL: expected an http:// or https:// URL"),
         ("BRIDGE_LOG_LEVEL", "loud", "BRIDGE_LOG_LEVEL: expected one of DEBUG"),
-        ("BRIDGE_LEDGER", "maybe", "BRIDGE_LEDGER: expected a valid boolean"),
+        ("BRIDGE_LEDGER", "maybe", "BRIDGE_LEDGER: expected 'on', 'off' or 'memory'"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, expected: str) -> None:

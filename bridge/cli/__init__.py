@@ -1,0 +1,18 @@
+"""The ``bridge`` command: serve, validate, replay, deadletters, redrive."""
+
+from __future__ import annotations
+
+import click
+
+from . import ledger_cmds, mapping_cmds, replay, serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="segment-dub-bridge")
+def main() -> None:
+    """Segment track events in, Dub conversions out."""
+
+
+for module in (serve, mapping_cmds, replay, ledger_cmds):
+    for command in module.COMMANDS:
+        main.add_command(command)

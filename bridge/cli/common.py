@@ -1,0 +1,81 @@
+"""What every command shares: settings read once, and errors as one line with an exit code.
+
+Exit codes: 0 fine; 1 the work found problems (invalid events, mapping errors,
+dead letters left); 2 a usage or configuration problem (a bad setting, a ledger
+setting that points at no ledger), always one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from ..errors import BridgeError, ConfigError, MappingFileError
+from ..mapping.engine import Engine
+from ..settings import Settings
+from ..sources import load_directory
+
+USAGE = 2
+PROBLEMS = 1
+
+
+def fail(message: str, code: int = USAGE) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def settings(**overrides: Any) -> Settings:
+    """The settings from the environment; a bad value ends the command with exit 2."""
+    try:
+        return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        fail(exc.message)
+
+
+def settings_for(mappings: str | None) -> Settings:
+    return settings(mappings_dir=Path(mappings) if mappings else None)
+
+
+def engine_of(config: Settings) -> Engine:
+    """The compiled mappings; every mapping error printed and exit 1 when any."""
+    try:
+        return load_directory(config.mappings_dir).engine
+    except MappingFileError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(PROBLEMS)
+
+
+def configured(exc: BridgeError) -> NoReturn:
+    """End on a configuration error (exit 2) or any other bridge error (exit 1)."""
+    fail(exc.message, USAGE if isinstance(exc, ConfigError) else PROBLEMS)
+
+
+def parse_since(text: str | None) -> float | None:
+    """An ISO date/time, or an age such as 30m, 12h, 7d."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if match:
+        seconds = float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+        return time.time() - seconds
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise click.BadParameter(
+            "an ISO date/time (2026-11-01T12:00) or an age (30m, 12h, 7d)"
+        ) from None
+
+
+since_option = click.option(
+    "--since", help="Only those last touched since: ISO time or age (12h, 7d)."
+)
+mapping_option = click.option("--mapping", "mapping", help="Only this mapping.")
+mappings_option = click.option(
+    "--mappings", type=click.Path(file_okay=False), help="Mapping directory to use."
+)

@@ -1,0 +1,108 @@
+"""``bridge deadletters`` and ``bridge redrive``: what needs a person, and sending it again."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+
+import click
+
+from .. import logs
+from ..delivery.redrive import redrive as run_redrive
+from ..errors import BridgeError
+from ..jsoncodec import dumps_str
+from ..ledger import Access, Ledger, open_ledger
+from ..outcomes import NEEDS_PERSON, RETRY
+from ..settings import Settings
+from ..wiring import build_deliverer
+from .common import (
+    configured,
+    engine_of,
+    fail,
+    mapping_option,
+    mappings_option,
+    parse_since,
+    settings,
+    settings_for,
+    since_option,
+)
+
+
+def _ledger(config: Settings, access: Access) -> Ledger:
+    try:
+        ledger = open_ledger(config, access)
+    except BridgeError as exc:
+        configured(exc)
+    if ledger is None:
+        fail("BRIDGE_LEDGER=off: there is no ledger to read")
+    return ledger
+
+
+@click.command()
+@mapping_option
+@since_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def deadletters(mapping: str | None, since: str | None, as_json: bool) -> None:
+    """List events that need a person: invalid, rejected, uncertain, given up."""
+    after = parse_since(since)
+    ledger = _ledger(settings(), Access.READ)
+    try:
+        rows = ledger.dead_letters(mapping=mapping, since=after)
+    except BridgeError as exc:
+        configured(exc)
+    finally:
+        ledger.close()
+    for row in rows:
+        if as_json:
+            line = row.to_dict()
+            line["payload"] = row.payload
+            click.echo(dumps_str(line))
+        else:
+            when = datetime.fromtimestamp(row.updated_at).isoformat(timespec="seconds")
+            error = dumps_str(row.error) if row.error is not None else ""
+            click.echo(
+                f"{when}  {row.state:<9} {row.mapping:<20} {row.message_id}  "
+                f"status={row.status}  {error[:160]}"
+            )
+    if not as_json:
+        click.echo(f"{len(rows)} dead letter(s)", err=True)
+
+
+@click.command()
+@mapping_option
+@since_option
+@click.option("--dry-run", is_flag=True, help="Show what would be sent; send nothing.")
+@mappings_option
+def redrive(mapping: str | None, since: str | None, dry_run: bool, mappings: str | None) -> None:
+    """Run dead letters again through the current mappings; report what changed."""
+    after = parse_since(since)
+    config = settings_for(mappings)
+    engine = engine_of(config)
+    ledger = _ledger(config, Access.READ if dry_run else Access.WRITE)
+    deliverer = None
+    try:
+        if not dry_run:
+            logs.configure(config.log_level)
+            deliverer = build_deliverer(config, ledger)
+        changes = run_redrive(
+            engine,
+            ledger,
+            deliverer,
+            mapping=mapping,
+            since=after,
+            budget=config.cli_budget_seconds,
+        )
+    except BridgeError as exc:
+        configured(exc)
+    finally:
+        if deliverer is not None:
+            deliverer.close()
+        ledger.close()
+    still_bad = False
+    for line in changes:
+        still_bad |= line["outcome"] in NEEDS_PERSON or line["outcome"] in RETRY
+        click.echo(dumps_str(line))
+    sys.exit(1 if still_bad else 0)
+
+
+COMMANDS = [deadletters, redrive]

@@ -1,0 +1,28 @@
+"""``bridge serve``: the webhook on Flask's own server, for trying it locally."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import BridgeError, MappingFileError
+from .common import PROBLEMS, configured, settings
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Run the webhook locally (production runs gunicorn from the Procfile)."""
+    from ..web.app import create_app
+
+    try:
+        app = create_app(settings())
+    except MappingFileError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(PROBLEMS) from None
+    except BridgeError as exc:
+        configured(exc)
+    app.run(host=host, port=port, threaded=True)
+
+
+COMMANDS = [serve]

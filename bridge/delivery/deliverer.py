@@ -1,0 +1,303 @@
+"""The part that sends: planned results in, Dub calls out, within a time budget.
+
+It combines three parts that each do one job: the ledger (claims and bookkeeping),
+``decide`` (what an answer means) and ``RetryPolicy`` (when to try again). Per
+customer, calls go out in order (leads before sales, as the engine planned them);
+different customers go out concurrently over a bounded pool. Each (event,
+mapping) is logged once, by whoever learns its final outcome: a call still under
+way when the budget ends is answered ``pending`` to Segment, and logged by its
+thread when it finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..clock import SYSTEM, Clock
+from ..dub.client import DubAnswer, DubClient
+from ..dub.endpoints import ENDPOINTS, Endpoint
+from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger
+from ..logs import log_result
+from ..outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
+from ..results import Result
+from .decide import classify, decide, may_have_reached
+from .ratelimit import RateLimiter
+from .retry import MIN_CALL_SECONDS, RetryPolicy, parse_retry_after
+
+log = logging.getLogger("bridge.delivery")
+
+# A sale answered 404 "Lead event not found" this soon after the customer's lead
+# means Dub is still ingesting the lead: try again later instead of giving up.
+LEAD_INGEST_SECONDS = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    index: int
+    result: Result
+    claim: Claim | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Calls:
+    """What the calls of one result came to."""
+
+    answer: DubAnswer
+    attempts: int  # calls made
+    reached: bool  # a failed call may have reached Dub
+
+
+class Deliverer:
+    """Sends ready results to Dub; owns the worker pool, shares the client and the ledger."""
+
+    def __init__(
+        self,
+        client: DubClient,
+        ledger: Ledger | None,
+        *,
+        limiter: RateLimiter,
+        policy: RetryPolicy | None = None,
+        clock: Clock = SYSTEM,
+        concurrency: int = 8,
+        max_attempts: int = 20,
+    ):
+        self.client = client
+        self.ledger = ledger
+        self.limiter = limiter
+        self.policy = policy or RetryPolicy()
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dub")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.client.close()
+
+    def deliver(
+        self,
+        results: Sequence[Result],
+        budget: float,
+        payloads: Mapping[str, Any] | None = None,
+        *,
+        redrive: bool = False,
+    ) -> list[Result]:
+        """Send every ready result; answer within ``budget`` seconds whatever Dub does."""
+        deadline = self.clock.monotonic() + budget
+        payloads = payloads or {}
+        final = list(results)
+        groups: dict[Any, list[int]] = {}
+        for index, result in enumerate(results):
+            if result.outcome is Outcome.READY:
+                key = result.customer if result.customer is not None else ("event", index)
+                groups.setdefault(key, []).append(index)
+            else:
+                self._record_unsent(result, payloads)
+                log_result(result)
+        if not groups:
+            return final
+        claims = self._claim_all(results, [i for m in groups.values() for i in m], redrive)
+        jobs = [
+            [_Job(i, results[i], claims.get(i)) for i in members] for members in groups.values()
+        ]
+        longest = self.client.longest_call
+        if len(jobs) == 1 and deadline - self.clock.monotonic() >= longest:
+            # One customer: send from this thread, saving the hand-off to the pool. Every
+            # call starts only if it can end (timeouts included) before the deadline.
+            for index, result in self._send_group(jobs[0], deadline, payloads, longest):
+                final[index] = result
+            return final
+        futures: dict[Future[list[tuple[int, Result]]], list[_Job]] = {
+            self.pool.submit(self._send_group, group, deadline, payloads, MIN_CALL_SECONDS): group
+            for group in jobs
+        }
+        done, not_done = self.clock.wait(futures, deadline - self.clock.monotonic())
+        for future in done:
+            for index, result in future.result():  # a bug in _send_group surfaces here
+                final[index] = result
+        for future in not_done:
+            # The thread keeps going and the ledger gets its answer; this request must not wait.
+            for job in futures[future]:
+                final[job.index] = job.result.finish(
+                    Outcome.PENDING, reason="still in flight when the time budget ran out"
+                )
+        return final
+
+    # --- the ledger's part ------------------------------------------------------------------
+
+    def _claim_all(
+        self, results: Sequence[Result], ready: list[int], redrive: bool
+    ) -> dict[int, Claim]:
+        """Claim every ready result in one ledger transaction, before any call goes out."""
+        if self.ledger is None:
+            return {}
+        wanted = [
+            ClaimRequest(
+                *results[i].key,
+                results[i].action or "",
+                results[i].event,
+                results[i].customer,
+                results[i].body,
+            )
+            for i in ready
+        ]
+        return dict(zip(ready, self.ledger.claim_many(wanted, redrive=redrive), strict=True))
+
+    def _record_unsent(self, result: Result, payloads: Mapping[str, Any]) -> None:
+        """An invalid plan is noted (with its payload) as a dead letter, for redrive."""
+        if self.ledger is None or result.outcome is not Outcome.INVALID:
+            return
+        if result.mapping and result.message_id:
+            self.ledger.record(
+                *result.key,
+                State.INVALID,
+                action=result.action,
+                event=result.event,
+                errors=list(result.errors),
+                payload=payloads.get(result.message_id),
+            )
+
+    def _release(self, job: _Job) -> None:
+        """Give back a claim that was not used, so Segment's retry can take it at once."""
+        if self.ledger is not None and job.claim is not None and job.claim.granted:
+            self.ledger.release(*job.result.key)
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def _send_group(
+        self, group: list[_Job], deadline: float, payloads: Mapping[str, Any], guard: float
+    ) -> list[tuple[int, Result]]:
+        """Send one customer's calls in order; a call starts only with ``guard`` s left."""
+        done: list[tuple[int, Result]] = []
+        lead_unsettled = False
+        for job in group:
+            if lead_unsettled:
+                # Dub answers a sale for a customer it does not know yet with sale: null and
+                # records nothing (a final not_recorded): wait for the lead, sent first on retry.
+                result = job.result.finish(
+                    Outcome.PENDING,
+                    reason="not sent: this customer's lead is not settled; Segment will retry",
+                )
+                self._release(job)
+            elif deadline - self.clock.monotonic() < guard:
+                result = job.result.finish(
+                    Outcome.PENDING, reason="not sent: the time budget ran out; Segment will retry"
+                )
+                self._release(job)
+            else:
+                started = self.clock.monotonic()
+                try:
+                    payload = payloads.get(job.result.message_id or "")
+                    result = self._send_one(job, deadline, payload, guard)
+                except Exception:  # a bug must not strand the claim or the rest of the group
+                    log.exception(
+                        "delivery failed unexpectedly", extra={"messageId": job.result.message_id}
+                    )
+                    result = job.result.finish(
+                        Outcome.FAILED, reason="internal error while sending"
+                    )
+                    self._release(job)
+                elapsed = round((self.clock.monotonic() - started) * 1000, 1)
+                result = replace(result, elapsed_ms=elapsed)
+            log_result(result)
+            done.append((job.index, result))
+            lead_unsettled = result.action == "lead" and result.outcome in RETRY
+        return done
+
+    def _send_one(self, job: _Job, deadline: float, payload: Any, guard: float) -> Result:
+        result, claim, ledger = job.result, job.claim, self.ledger
+        assert result.body is not None
+        assert result.action is not None
+        endpoint = ENDPOINTS[result.action]
+        tainted = False
+        if ledger is not None:
+            assert claim is not None
+            if not claim.granted:
+                if claim.state is State.IN_FLIGHT:
+                    return result.finish(
+                        Outcome.PENDING, reason="another request is sending this event now"
+                    )
+                return result.finish(Outcome.DUPLICATE, reason=f"already handled: {claim.state}")
+            tainted = claim.tainted
+            if claim.attempts >= self.max_attempts:
+                ledger.finish(
+                    *result.key,
+                    State.GAVE_UP,
+                    error={"code": "gave_up", "message": "too many attempts"},
+                    payload=payload,
+                )
+                return result.finish(
+                    Outcome.GAVE_UP,
+                    reason=f"gave up after {claim.attempts} attempts (dead letter)",
+                )
+        calls = self._call_with_retries(endpoint, result.body, deadline, guard)
+        answer = calls.answer
+        # A lead that may have reached Dub and failed there (5xx, timeout, lost connection)
+        # may have set Dub's de-duplication marker: a later link: null proves nothing.
+        tainted = tainted or (endpoint.action == "lead" and calls.reached)
+        decision = decide(
+            endpoint, answer, tainted=tainted, lead_status=lambda: self._lead_status(result)
+        )
+        outcome = decision.outcome
+        if ledger is not None:
+            state = STATE_AFTER[outcome]
+            ledger.finish(
+                *result.key,
+                state,
+                status=answer.status,
+                error=answer.error,
+                payload=payload if state in DEAD else None,
+                tainted=tainted,
+            )
+        failed = outcome in (Outcome.REJECTED, Outcome.FAILED)
+        return replace(
+            result.finish(outcome, reason=decision.reason),
+            attempts=calls.attempts,
+            status=answer.status,
+            dub_error=answer.error if failed else None,
+            retry_after=(
+                parse_retry_after(answer.retry_after, self.clock.time())
+                if outcome is Outcome.FAILED
+                else None
+            ),
+        )
+
+    def _lead_status(self, result: Result) -> LeadStatus | None:
+        if self.ledger is None or not result.customer:
+            return None
+        return self.ledger.lead_status(result.customer, LEAD_INGEST_SECONDS)
+
+    def _call_with_retries(
+        self, endpoint: Endpoint, body: dict[str, Any], deadline: float, guard: float
+    ) -> _Calls:
+        """Call, and call again on transient failures while the budget allows."""
+        attempt = 0
+        reached = False
+        while True:
+            if not self.limiter.acquire(deadline - guard):
+                limited = DubAnswer(
+                    error={
+                        "code": "rate_limited_locally",
+                        "message": "client-side rate limit is full",
+                    }
+                )
+                return _Calls(limited, attempt, reached)
+            attempt += 1
+            # Not cut at the budget: the webhook answers at the deadline anyway (deliver()
+            # stops waiting), and a call cut short here would be sent again by Segment's retry
+            # (a second sale; a recorded lead turned `uncertain`). It runs to the read timeout.
+            answer = self.client.send(endpoint, body)
+            if classify(endpoint, answer) is not Outcome.FAILED:
+                return _Calls(answer, attempt, reached)
+            reached = reached or may_have_reached(answer)
+            # A lead's 5xx may have set Dub's de-duplication marker; a retry is still worth it
+            # (the marker is not always written), and a swallowed retry is caught by decide().
+            wait = self.policy.wait(
+                attempt, parse_retry_after(answer.retry_after, self.clock.time())
+            )
+            if not self.policy.fits(self.clock.monotonic(), wait, guard, deadline):
+                return _Calls(answer, attempt, reached)
+            self.clock.sleep(wait)

@@ -1,0 +1,1 @@
+"""Dub: its endpoints and field rules, described once, and the HTTP client."""

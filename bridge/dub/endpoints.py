@@ -1,0 +1,163 @@
+"""Dub's endpoints, each described once: path, fields and rules, request model, answer reading.
+
+Adding a Dub action is one ``Endpoint`` here and its tests: the loader learns its
+fields, the engine its rules and model, the deliverer its path and how to read a
+2xx answer, from this table alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, create_model
+
+from ..masking import mask_value
+from ..outcomes import Outcome
+from .fields import (
+    EVENT_NAME_MAX,
+    NAME_MAX,
+    Amount,
+    Currency,
+    Email,
+    FieldRejected,
+    Metadata,
+    OneOf,
+    Quantity,
+    Rule,
+    Text,
+)
+
+PAYMENT_PROCESSORS = (
+    "stripe",
+    "shopify",
+    "polar",
+    "paddle",
+    "apple",
+    "revenuecat",
+    "dub",
+    "custom",
+)
+LEAD_MODES = ("async", "wait", "deferred")
+
+
+@dataclass(frozen=True, slots=True)
+class DubField:
+    rule: Rule
+    needed: bool = False  # Dub needs it in every body: each mapping must give it
+    strict: bool = False  # a bad value makes the event invalid instead of being dropped
+
+    @property
+    def fatal(self) -> bool:
+        return self.needed or self.strict
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    action: str
+    path: str
+    fields: Mapping[str, DubField]
+    settle: Callable[[dict[str, Any]], Outcome]  # what a 2xx JSON object means
+    model: type[BaseModel] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # An optional field defaults to absent, and an explicit null is refused like any value
+        # the rule refuses: the bridge never sends null.
+        definitions: dict[str, Any] = {
+            name: (f.rule.annotation(), ... if f.needed else None)
+            for name, f in self.fields.items()
+        }
+        model = create_model(
+            f"{self.action.capitalize()}Request",
+            __config__=ConfigDict(extra="forbid", strict=True, frozen=True),
+            **definitions,
+        )
+        object.__setattr__(self, "model", model)
+
+    @property
+    def needed(self) -> frozenset[str]:
+        return frozenset(name for name, f in self.fields.items() if f.needed)
+
+    def clean(
+        self,
+        body: Mapping[str, Any],
+        required: frozenset[str] = frozenset(),
+        sources: Mapping[str, str | None] | None = None,
+    ) -> tuple[dict[str, Any], list[str], list[str]]:
+        """Apply Dub's rules: (clean body, errors, warnings). Errors mean: do not send.
+
+        A bad value in a field Dub needs, a strict field, or one the mapping marks
+        ``required`` is an error; in any other field it is dropped with a warning.
+        """
+        clean: dict[str, Any] = {}
+        errors: list[str] = []
+        warnings: list[str] = []
+        for name, value in body.items():
+            spec = self.fields[name]
+            try:
+                cleaned, note = spec.rule.check(value)
+            except FieldRejected as exc:
+                path = (sources or {}).get(name)
+                shown = f"path {path}, value " if path else "value "
+                shown += mask_value(name, value)
+                if spec.fatal or name in required:
+                    errors.append(f"{name}: {exc} ({shown})")
+                else:
+                    warnings.append(f"{name}: dropped, {exc} ({shown})")
+                continue
+            if note:
+                warnings.append(f"{name}: {note}")
+            clean[name] = cleaned
+        return clean, errors, warnings
+
+
+def _lead_settled(body: dict[str, Any]) -> Outcome:
+    # link: null is Dub's lead de-duplication: nothing was recorded this time.
+    return Outcome.DEDUPLICATED if body.get("link", "") is None else Outcome.DELIVERED
+
+
+def _sale_settled(body: dict[str, Any]) -> Outcome:
+    # sale: null: an unknown customer without a click, or amount 0; nothing recorded.
+    return Outcome.NOT_RECORDED if body.get("sale", "") is None else Outcome.DELIVERED
+
+
+_CUSTOMER = {
+    "customerName": DubField(Text(NAME_MAX)),
+    "customerEmail": DubField(Email()),
+    "customerAvatar": DubField(Text()),
+    "metadata": DubField(Metadata()),
+}
+LEAD = Endpoint(
+    "lead",
+    "/track/lead",
+    {
+        "clickId": DubField(Text(trim=False), needed=True),
+        "eventName": DubField(Text(EVENT_NAME_MAX), needed=True),
+        "customerExternalId": DubField(Text(NAME_MAX, trim=False), needed=True),
+        "mode": DubField(OneOf(*LEAD_MODES)),
+        "eventQuantity": DubField(Quantity()),
+        **_CUSTOMER,
+    },
+    _lead_settled,
+)
+SALE = Endpoint(
+    "sale",
+    "/track/sale",
+    {
+        "customerExternalId": DubField(Text(NAME_MAX, trim=False), needed=True),
+        "amount": DubField(Amount(), needed=True),
+        # Dub defaults a missing currency to usd; a wrong one would mis-value the amount by
+        # up to 100x: invalid, never dropped.
+        "currency": DubField(Currency(), strict=True),
+        "eventName": DubField(Text(EVENT_NAME_MAX)),
+        "paymentProcessor": DubField(OneOf(*PAYMENT_PROCESSORS)),
+        "invoiceId": DubField(Text()),
+        "leadEventName": DubField(Text(EVENT_NAME_MAX)),
+        "clickId": DubField(Text()),
+        **_CUSTOMER,
+    },
+    _sale_settled,
+)
+ENDPOINTS: dict[str, Endpoint] = {e.action: e for e in (LEAD, SALE)}
+DUB_FIELDS: dict[str, frozenset[str]] = {a: frozenset(e.fields) for a, e in ENDPOINTS.items()}

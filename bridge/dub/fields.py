@@ -1,0 +1,168 @@
+"""Dub's field rules, written once: each rule cleans a value and also types the request model.
+
+A rule's ``check`` returns the value to send and a warning when it had to change
+it (an over-long name trimmed), or raises ``FieldRejected`` when Dub would refuse
+the value. The pydantic request models are built from the same rules in their
+strict form (no change allowed), so the two can never disagree. Lengths count
+UTF-16 units, as Dub's JavaScript does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+
+from ..jsoncodec import JSONEncodeFailure, dumps_str
+from .currencies import CURRENCY_RE, MAX_MINOR_UNITS
+
+# Dub's own email pattern (track-openapi.json), so we drop exactly what Dub would refuse.
+EMAIL_RE = re.compile(
+    r"^(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-\.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}$"
+)
+METADATA_MAX = 10_000
+NAME_MAX = 100
+EVENT_NAME_MAX = 255
+
+
+class FieldRejected(ValueError):
+    """Dub would refuse this value for this field."""
+
+
+class Rule:
+    """One kind of Dub field value."""
+
+    python_type: Any = str
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        """(value to send, warning when it was changed); ``FieldRejected`` when refused."""
+        raise NotImplementedError
+
+    def annotation(self) -> Any:
+        """The strict form, for the pydantic request model: valid only as it is."""
+
+        def strict(value: Any) -> Any:
+            try:
+                clean, note = self.check(value)
+            except FieldRejected as exc:
+                raise ValueError(str(exc)) from None
+            if note is not None:
+                raise ValueError(note)
+            return clean
+
+        # Before: the rule sees the raw value, so a float amount is refused, not coerced.
+        return Annotated[self.python_type, BeforeValidator(strict)]
+
+
+class Text(Rule):
+    """Non-empty text, at most ``max_len`` UTF-16 units: trimmed when ``trim``, else refused."""
+
+    def __init__(self, max_len: int | None = None, *, trim: bool = True):
+        self.max_len = max_len
+        self.trim = trim
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        if not isinstance(value, str):
+            raise FieldRejected(f"must be text, got {type(value).__name__}")
+        if not value:
+            raise FieldRejected("must not be empty")
+        limit = self.max_len
+        if limit is not None and len(value) > limit // 2 and js_length(value) > limit:
+            size = js_length(value)
+            if not self.trim:
+                raise FieldRejected(f"is {size} characters, Dub allows at most {limit}")
+            return js_trim(value, limit), f"trimmed from {size} to {limit} characters"
+        return value, None
+
+
+class OneOf(Rule):
+    def __init__(self, *choices: str):
+        self.choices = choices
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        if value not in self.choices:
+            raise FieldRejected(f"must be one of {', '.join(self.choices)}")
+        return value, None
+
+
+class Email(Rule):
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        if not isinstance(value, str) or js_length(value) > NAME_MAX or not EMAIL_RE.match(value):
+            raise FieldRejected("is not an email address Dub accepts (at most 100 characters)")
+        return value, None
+
+
+class Amount(Rule):
+    python_type = int
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        if type(value) is not int:
+            raise FieldRejected("must be an integer in minor units (hint: transform: minor_units)")
+        if not 0 <= value <= MAX_MINOR_UNITS:
+            raise FieldRejected(f"must be between 0 and {MAX_MINOR_UNITS}")
+        return value, None
+
+
+class Currency(Rule):
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        if not isinstance(value, str) or not CURRENCY_RE.match(value):
+            raise FieldRejected(
+                "must be a three-letter lower-case currency code (hint: transform: lower)"
+            )
+        return value, None
+
+
+class Quantity(Rule):
+    python_type = int
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        if type(value) is not int or not 1 <= value <= 100:
+            raise FieldRejected("must be an integer from 1 to 100")
+        return value, None
+
+
+class Metadata(Rule):
+    """An object of at most 10,000 characters as JSON; the largest keys go first when over."""
+
+    python_type = dict[str, Any]
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        if not isinstance(value, dict):
+            raise FieldRejected(f"must be an object, got {type(value).__name__}")
+        try:
+            size = js_length(dumps_str(value))
+        except JSONEncodeFailure:
+            raise FieldRejected("cannot be written as JSON (nested too deeply)") from None
+        if size <= METADATA_MAX:
+            return value, None
+        # Keep what fits: drop the largest keys first, so small attribution keys survive.
+        sizes = sorted(
+            ((js_length(dumps_str(v)) + len(k) + 4, k) for k, v in value.items()), reverse=True
+        )
+        kept = dict(value)
+        dropped: list[str] = []
+        for _, key in sizes:
+            if js_length(dumps_str(kept)) <= METADATA_MAX:
+                break
+            del kept[key]
+            dropped.append(key)
+        note = f"was {size} characters as JSON (Dub allows {METADATA_MAX}); dropped keys: "
+        return kept, note + ", ".join(dropped)
+
+
+def js_length(text: str) -> int:
+    """Length as JavaScript counts it (UTF-16 code units), which is how Dub measures."""
+    if text.isascii():
+        return len(text)
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+def js_trim(text: str, limit: int) -> str:
+    """The longest prefix of at most ``limit`` UTF-16 units, never splitting a character."""
+    units = 0
+    for index, ch in enumerate(text):
+        units += 2 if ord(ch) > 0xFFFF else 1
+        if units > limit:
+            return text[:index]
+    return text

@@ -1,0 +1,21 @@
+"""How JSON values are kept in a ledger column: text, and a note when they cannot be written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..jsoncodec import JSONEncodeFailure, dumps_str, loads
+
+
+def stored(value: Any) -> str | None:
+    """JSON text to store; a value that cannot be written is kept as a note instead."""
+    if value is None:
+        return None
+    try:
+        return dumps_str(value)
+    except JSONEncodeFailure as exc:
+        return dumps_str({"unstorable": str(exc)})
+
+
+def read(text: str | None) -> Any:
+    return loads(text) if text else None

@@ -1,0 +1,92 @@
+"""Versioned schema changes, one list for every backend.
+
+Each backend records the versions it applied in ``schema_migrations`` and applies
+what is missing at start-up, all in one transaction that only one process can
+hold at a time (SQLite: its write lock; a server database: an advisory lock), so
+instances starting together all succeed. ``bridge db status`` and ``bridge db
+upgrade`` show and apply them by hand, for a release phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: dict[str, str]  # backend kind -> statements, separated by ';'
+
+    def statements(self, kind: str) -> list[str]:
+        return [s.strip() for s in self.sql[kind].split(";") if s.strip()]
+
+
+_DELIVERIES_SQLITE = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    message_id   TEXT NOT NULL,
+    mapping      TEXT NOT NULL,
+    action       TEXT,
+    event        TEXT,
+    customer     TEXT,
+    state        TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    request_body TEXT,
+    payload      TEXT,
+    status       INTEGER,
+    error        TEXT,
+    tainted      INTEGER NOT NULL DEFAULT 0,
+    prev_state   TEXT,
+    lease_until  REAL,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    PRIMARY KEY (message_id, mapping)
+);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, updated_at);
+CREATE INDEX IF NOT EXISTS deliveries_customer ON deliveries (customer, action, updated_at)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "deliveries table", {"sqlite": _DELIVERIES_SQLITE}),
+    Migration(
+        2,
+        "rows given up on are 'gave_up', no longer 'failed'",
+        {"sqlite": "UPDATE deliveries SET state = 'gave_up' WHERE state = 'failed'"},
+    ),
+)
+LATEST = MIGRATIONS[-1].version
+
+SCHEMA_TABLE = {
+    "sqlite": (
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    ),
+}
+
+
+def missing(applied: Iterable[int]) -> list[Migration]:
+    done = set(applied)
+    return [m for m in MIGRATIONS if m.version not in done]
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaStatus:
+    current: int  # highest applied version (0: none)
+    latest: int
+    pending: tuple[Migration, ...]
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.pending
+
+    def describe(self) -> str:
+        if self.up_to_date:
+            return f"schema version {self.current} (up to date)"
+        names = ", ".join(f"{m.version} {m.name}" for m in self.pending)
+        return f"schema version {self.current}, {len(self.pending)} pending: {names}"
+
+
+def status(applied: Iterable[int]) -> SchemaStatus:
+    done = list(applied)
+    return SchemaStatus(max(done, default=0), LATEST, tuple(missing(done)))

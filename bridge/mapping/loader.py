@@ -1,0 +1,299 @@
+"""Check mapping files, report every problem at once, and compile what is good.
+
+Pure: the caller reads the files (or a stored mapping set) and hands over their
+names and bytes. Errors read ``file:line: mapping.key: message (hint)``; each
+mapping is validated on its own, so one broken mapping does not hide the
+problems of the next.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..dub.endpoints import DUB_FIELDS, ENDPOINTS
+from ..dub.fields import FieldRejected
+from ..errors import MappingFileError, MappingIssue
+from .engine import MISSING, CompiledCondition, CompiledField, CompiledMapping, Engine
+from .models import (
+    Condition,
+    FieldSpec,
+    Mapping,
+    MappingFile,
+    TransformStep,
+    Trigger,
+    cached_path,
+)
+from .transforms import NAMED, Transform, value_map
+from .yamlread import YAMLProblem, line_of, locate, read_yaml
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One mapping file's text; ``name`` is what errors show (a path, usually)."""
+
+    name: str
+    text: bytes
+
+    @property
+    def basename(self) -> str:
+        return self.name.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+@dataclass
+class LoadResult:
+    engine: Engine
+    issues: list[MappingIssue] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[MappingIssue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def warnings(self) -> list[MappingIssue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+
+def version_of(sources: Sequence[Source]) -> str:
+    """The mapping set's version: a hash of its file names and contents."""
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.basename.encode() + b"\0" + source.text + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def load_sources(
+    sources: Sequence[Source], *, strict: bool = True, where: str = "mappings"
+) -> LoadResult:
+    """Check and compile every mapping of ``sources`` (``where`` names them when empty).
+
+    With ``strict`` any error raises ``MappingFileError`` listing all of them;
+    otherwise the result carries the issues and an engine of the good mappings.
+    """
+    issues: list[MappingIssue] = []
+    compiled: list[CompiledMapping] = []
+    if not sources:
+        issues.append(MappingIssue(where, None, "", "holds no .yaml or .yml file"))
+    seen: dict[str, str] = {}
+    for source in sources:
+        for mapping, data, issue_list in _read_file(source.name, source.text):
+            issues += issue_list
+            if mapping is None:
+                continue
+            if mapping.name in seen:
+                issues.append(
+                    MappingIssue(
+                        source.name,
+                        data.lines.get("name"),
+                        mapping.name,
+                        f"name already used at {seen[mapping.name]}",
+                    )
+                )
+                continue
+            seen[mapping.name] = f"{source.name}:{data.line}"
+            compiled.append(_compile(mapping, source.name))
+    issues += _overlap_warnings(compiled)
+    engine = Engine(compiled, version_of(sources))
+    result = LoadResult(engine, issues, [s.name for s in sources])
+    if strict and result.errors:
+        raise MappingFileError(result.errors)
+    return result
+
+
+def _read_file(name: str, text: bytes) -> Iterator[tuple[Mapping | None, Any, list[MappingIssue]]]:
+    try:
+        data, duplicates = read_yaml(text)
+    except YAMLProblem as exc:
+        yield None, None, [MappingIssue(name, exc.line, "", str(exc))]
+        return
+    dupes = [MappingIssue(name, line, str(key), "key given twice") for line, key in duplicates]
+    try:
+        top = MappingFile.model_validate(data)
+    except ValidationError as exc:
+        yield None, None, dupes + list(_issues(name, data, exc, prefix=()))
+        return
+    if dupes:
+        yield None, None, dupes
+    for index, raw in enumerate(top.mappings):
+        label = (
+            raw.get("name")
+            if isinstance(raw, dict) and isinstance(raw.get("name"), str)
+            else f"mappings[{index}]"
+        )
+        # Field names are checked from the raw mapping, so they are reported even when
+        # another key of the same mapping is broken.
+        problems = list(_field_names(name, data, index, raw, str(label)))
+        try:
+            mapping = Mapping.model_validate(raw)
+        except ValidationError as exc:
+            issues = _issues(name, data, exc, prefix=("mappings", index), label=str(label))
+            yield None, raw, problems + list(issues)
+            continue
+        problems += _semantic(name, data, index, mapping)
+        yield (None if any(p.severity == "error" for p in problems) else mapping), raw, problems
+
+
+def _issues(
+    file: str, data: Any, exc: ValidationError, prefix: tuple[Any, ...], label: str = ""
+) -> Iterator[MappingIssue]:
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        line, shown = locate(data, prefix + loc)
+        parts = [str(p) for p in shown[len(prefix) :]]
+        where = ".".join([label, *parts]) if label else ".".join(parts)
+        message = error["msg"].removeprefix("Value error, ")
+        hint = ""
+        if error["type"] == "extra_forbidden":
+            message, hint = "unknown key", _near(str(loc[-1]), _keys_at(loc))
+        yield MappingIssue(file, line, where, message, hint)
+
+
+def _keys_at(loc: tuple[Any, ...]) -> list[str]:
+    parents: dict[str, type[BaseModel]] = {
+        "trigger": Trigger,
+        "conditions": Condition,
+        "transform": TransformStep,
+    }
+    for part in reversed(loc[:-1]):
+        if part in parents:
+            return list(parents[part].model_fields)
+        if part == "fields":
+            return ["path", "paths", "value", "default", "transform", "required"]
+    return list(Mapping.model_fields) + list(MappingFile.model_fields)
+
+
+def _near(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(choices)}"
+
+
+def _field_names(file: str, data: Any, index: int, raw: Any, label: str) -> Iterator[MappingIssue]:
+    """Unknown Dub fields, and fields Dub needs that the mapping lacks."""
+    if not isinstance(raw, dict) or raw.get("action") not in DUB_FIELDS:
+        return
+    fields = raw.get("fields")
+    if not isinstance(fields, dict):
+        return
+    action = raw["action"]
+    known = DUB_FIELDS[action]
+    needed = ENDPOINTS[action].needed
+    for key in fields:
+        if key not in known:
+            yield MappingIssue(
+                file,
+                line_of(data, ("mappings", index, "fields", key)),
+                f"{label}.fields.{key}",
+                f"not a field of Dub's {action} request",
+                _near(str(key), sorted(known)),
+            )
+    for key in sorted(needed - set(fields)):
+        yield MappingIssue(
+            file,
+            line_of(data, ("mappings", index, "fields")),
+            f"{label}.fields",
+            f"Dub's {action} request needs {key!r}",
+            "add a path for it",
+        )
+
+
+def _semantic(file: str, data: Any, index: int, mapping: Mapping) -> Iterator[MappingIssue]:
+    def at(*loc: Any) -> int | None:
+        return line_of(data, ("mappings", index, *loc))
+
+    known = DUB_FIELDS[mapping.action]
+    for key, spec in mapping.fields.items():
+        if key not in known:
+            continue
+        for word in ("value", "default"):
+            literal = getattr(spec, word)
+            if spec.has_value if word == "value" else spec.has_default:
+                try:
+                    ENDPOINTS[mapping.action].fields[key].rule.check(literal)
+                except FieldRejected as exc:
+                    yield MappingIssue(
+                        file,
+                        at("fields", key, word),
+                        f"{mapping.name}.fields.{key}.{word}",
+                        f"{literal!r} {exc}",
+                    )
+    amount = mapping.fields.get("amount")
+    if (
+        amount is not None
+        and not any(t.name == "minor_units" for t in amount.transform)
+        and not amount.has_value
+    ):
+        yield MappingIssue(
+            file,
+            at("fields", "amount"),
+            f"{mapping.name}.fields.amount",
+            "no minor_units transform: the event must already carry integer minor units",
+            "add `transform: minor_units` for amounts like 19.99",
+            "warning",
+        )
+
+
+def _overlap_warnings(mappings: list[CompiledMapping]) -> Iterator[MappingIssue]:
+    seen: dict[tuple[str, str], CompiledMapping] = {}
+    for mapping in mappings:
+        for event in sorted(mapping.event_names):
+            first = seen.setdefault((event, mapping.action), mapping)
+            if first is not mapping:
+                yield MappingIssue(
+                    mapping.source,
+                    None,
+                    mapping.name,
+                    f"event {event!r} also makes a {mapping.action} through {first.name!r} "
+                    f"({first.source}): one event would send two {mapping.action}s",
+                    "narrow one trigger with a condition",
+                    "warning",
+                )
+
+
+def _compile(mapping: Mapping, source: str) -> CompiledMapping:
+    fields = [_compile_field(name, spec) for name, spec in mapping.fields.items()]
+    # minor_units reads the resolved currency, so currency is resolved first.
+    fields.sort(key=lambda f: f.name != "currency")
+    conditions = tuple(
+        CompiledCondition(
+            paths=tuple(cached_path(p) for p in c.paths),
+            test=next(t for t in ("exists", "equals", "not_empty") if t in c.model_fields_set),
+            expected=c.exists
+            if c.exists is not None
+            else c.not_empty
+            if c.not_empty is not None
+            else c.equals,
+            reason=c.reason or f"condition not met on {', '.join(c.paths)}",
+        )
+        for c in mapping.trigger.conditions
+    )
+    return CompiledMapping(
+        mapping.name,
+        ENDPOINTS[mapping.action],
+        frozenset(mapping.trigger.event),
+        conditions,
+        tuple(fields),
+        source,
+    )
+
+
+def _compile_field(name: str, spec: FieldSpec) -> CompiledField:
+    steps: list[Transform] = []
+    for step in spec.transform:
+        if step.name is not None:
+            steps.append(NAMED[step.name])
+        else:
+            steps.append(value_map(step.map or {}, step.fallback, step.has_fallback))
+    return CompiledField(
+        name=name,
+        paths=tuple(cached_path(p) for p in spec.paths),
+        literal=spec.value,
+        default=spec.default if spec.has_default else MISSING,
+        transforms=tuple(steps),
+        required=spec.required,
+    )

@@ -1,0 +1,74 @@
+"""The Flask app factory: all set-up happens in ``create_app``, nothing at import time.
+
+Gunicorn runs ``bridge.web.app:create_app()`` (see the Procfile and
+``gunicorn.conf.py``); each worker builds its own service (mappings, Dub
+session, thread pool, ledger connection) and closes it when it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from .. import logs
+from ..clock import SYSTEM, Clock
+from ..errors import BridgeError, PayloadTooLarge
+from ..settings import Settings
+from ..wiring import Service, build_service
+from .health import health
+from .responses import json_response
+from .webhook import webhook
+
+log = logging.getLogger("bridge.app")
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Flask:
+    """Build the service; raises ``ConfigError`` (naming the problem) on bad configuration."""
+    settings = settings or Settings.from_env()
+    logs.configure(settings.log_level)
+    service = build_service(settings, clock=clock)
+
+    app = Flask("bridge")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["bridge"] = service
+    app.register_blueprint(webhook)
+    app.register_blueprint(health)
+
+    @app.errorhandler(BridgeError)
+    def _bridge_error(exc: BridgeError) -> Response:
+        return json_response(exc.to_dict(), exc.status)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        if exc.code == 413:  # raised by werkzeug for MAX_CONTENT_LENGTH
+            too_large = PayloadTooLarge(f"the body is over {settings.max_body_bytes} bytes")
+            return json_response(too_large.to_dict(), too_large.status)
+        code = (exc.name or "http_error").lower().replace(" ", "_")
+        message = exc.description or exc.name
+        return json_response({"error": {"code": code, "message": message}}, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return json_response(
+            {"error": {"code": "internal_error", "message": "internal error"}}, 500
+        )
+
+    service.start()
+    log.info(
+        "bridge ready",
+        extra={
+            "mappings": len(service.store.engine),
+            "version": service.store.engine.version,
+            "dubApiUrl": settings.dub_api_url,
+            "ledger": service.ledger.kind if service.ledger is not None else "off",
+        },
+    )
+    return app
+
+
+def service_of(app: Flask) -> Service:
+    service: Service = app.extensions["bridge"]
+    return service

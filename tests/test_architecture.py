@@ -1,0 +1,81 @@
+"""The layout keeps its promises: the mapping package is pure, and one place builds a ledger."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "bridge"
+# Modules that do I/O (files, network, processes, databases, time, threads) or logging.
+IO_MODULES = {
+    "os", "io", "pathlib", "shutil", "socket", "ssl", "http", "urllib", "requests", "urllib3",
+    "sqlite3", "psycopg", "psycopg_pool", "subprocess", "threading", "multiprocessing",
+    "concurrent", "asyncio", "time", "logging", "flask", "werkzeug", "gunicorn", "gzip",
+    "tempfile", "glob", "fcntl", "select", "signal",
+}  # fmt: skip
+IO_CALLS = {"open", "print", "input", "exec", "eval", "__import__"}
+# What the pure mapping package may import from the rest of the bridge (pure modules).
+PURE_BRIDGE = {"dub.endpoints", "dub.fields", "dub.currencies", "masking", "outcomes",
+               "results", "items", "jsoncodec", "errors"}  # fmt: skip
+
+
+def imports(path: Path) -> set[str]:
+    """The absolute names of the modules a file imports (relative imports resolved)."""
+    package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                found.add(node.module or "")
+            else:
+                base = package[: len(package) - node.level + 1]
+                found.add(".".join([*base, node.module] if node.module else base))
+    return found
+
+
+def pure_modules() -> list[Path]:
+    mapping = sorted((PACKAGE / "mapping").glob("*.py"))
+    bridge_side = [PACKAGE / f"{name.replace('.', '/')}.py" for name in sorted(PURE_BRIDGE)]
+    return mapping + bridge_side
+
+
+@pytest.mark.parametrize("path", pure_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_mapping_engine_does_no_io(path: Path) -> None:
+    """The mapping package, and what it imports from the bridge, neither import nor call I/O."""
+    allowed = {f"bridge.{name}" for name in PURE_BRIDGE}
+    for name in imports(path):
+        if name.startswith("bridge."):
+            assert name.startswith("bridge.mapping") or name in allowed, (
+                f"{path.name} imports {name}, which may do I/O"
+            )
+        else:
+            assert name.split(".")[0] not in IO_MODULES, f"{path.name} imports {name}"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            assert node.func.id not in IO_CALLS, f"{path.name} calls {node.func.id}()"
+
+
+def test_only_open_ledger_builds_a_backend() -> None:
+    """Backends are constructed in one place: ledger/__init__.py's open_ledger()."""
+    builders = {"SQLiteLedger", "MemoryLedger", "PostgresLedger"}
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in builders
+            ):
+                assert path == PACKAGE / "ledger" / "__init__.py", (
+                    f"{path.relative_to(PACKAGE)} builds a {node.func.id}"
+                )
+
+
+def test_modules_stay_readable() -> None:
+    """No module grows past 400 lines (most stay under 300)."""
+    sizes = {p.relative_to(PACKAGE): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {p: n for p, n in sizes.items() if n > 400} == {}
