@@ -206,12 +206,20 @@ class Engine:
         return [mapping.apply(event, message_id, str(name)) for mapping in candidates]
 
 
-def plan_all(engine: Engine, events: Iterable[Any]) -> tuple[list[Result], dict[str, Any]]:
-    """Plan a batch: every result in order, and the payload of each event that may be kept."""
+def plan_all(
+    engine: Engine, events: Iterable[Any], notes: Mapping[int, list[str]] | None = None
+) -> tuple[list[Result], dict[str, Any]]:
+    """Plan a batch: every result in order, and the payload of each event that may be kept.
+
+    ``notes``: warnings by event index (text repaired while reading), added to its results.
+    """
     results: list[Result] = []
     payloads: dict[str, Any] = {}
-    for event in events:
+    for index, event in enumerate(events):
         planned = engine.plan(event)
+        if notes and index in notes:
+            for result in planned:
+                result.warnings = [*notes[index], *result.warnings]
         results += planned
         first = planned[0]
         if first.message_id and first.outcome != "skipped":

@@ -9,6 +9,7 @@ one event invalid rather than the whole request unreadable.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -18,18 +19,52 @@ class JSONDecodeFailure(ValueError):
     """The bytes are not JSON (or not UTF-8); the message says where."""
 
 
+# A lone UTF-16 surrogate, as JavaScript's JSON.stringify writes text cut inside a
+# character ("\\ud800"); also what an invalid UTF-8 byte decodes to (surrogateescape).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+Repair = tuple[Any, ...]  # the path (keys and indexes) of a text that was repaired
+
+
 def loads(data: bytes | str) -> Any:
+    return loads_repaired(data)[0]
+
+
+def loads_repaired(data: bytes | str) -> tuple[Any, list[Repair]]:
+    """Parse JSON; text orjson refuses for one odd character is repaired, not refused.
+
+    A lone surrogate escape or an invalid UTF-8 byte becomes U+FFFD, and its path is
+    returned, so that it costs at most a warning on its own event, never the whole body.
+    """
     try:
-        return orjson.loads(data)
+        return orjson.loads(data), []
     except orjson.JSONDecodeError as first:
         try:
-            value = json.loads(data)
-            # json reads lone surrogates ("\ud800"), which orjson refuses and nothing here
-            # can write back (UTF-8, SQLite): refuse them as orjson does.
-            json.dumps(value, ensure_ascii=False).encode()
-            return value
-        except (ValueError, RecursionError) as exc:  # Unicode{De,En}codeError are ValueErrors
+            text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
+            value = json.loads(text)
+            repairs: list[Repair] = []
+            return _repair(value, (), repairs), repairs
+        except (ValueError, RecursionError) as exc:
             raise JSONDecodeFailure(str(first)) from exc
+
+
+def _repair(value: Any, path: Repair, repairs: list[Repair]) -> Any:
+    if isinstance(value, str):
+        if _SURROGATE.search(value) is None:
+            return value
+        repairs.append(path)
+        return _SURROGATE.sub(REPLACEMENT, value)
+    if isinstance(value, list):
+        return [_repair(item, (*path, index), repairs) for index, item in enumerate(value)]
+    if isinstance(value, dict):
+        fixed = {}
+        for key, item in value.items():
+            if _SURROGATE.search(key) is not None:
+                key = _SURROGATE.sub(REPLACEMENT, key)
+                repairs.append((*path, key))
+            fixed[key] = _repair(item, (*path, key), repairs)
+        return fixed
+    return value
 
 
 class JSONEncodeFailure(ValueError):

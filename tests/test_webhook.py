@@ -16,7 +16,6 @@ from bridge.app import create_app
 from bridge.signing import first_element_texts, sign, verify
 from tests.conftest import (
     DUB,
-    LINE_KEYS,
     SECRET,
     body_of,
     lead_ok,
@@ -59,16 +58,70 @@ def test_single_array_and_batch_bodies(
     data: Any = {"object": events[1], "array": events, "batch": {"batch": events}}[shape]
     response = post(client, data)
     assert response.status_code == 200
-    outcomes = [r["outcome"] for r in response.get_json()["results"]]
-    assert outcomes == (["delivered"] if shape == "object" else ["delivered", "delivered"])
+    answer = response.get_json()
+    assert answer["counts"] == {"delivered": 1 if shape == "object" else 2}
+    assert answer["results"] == [] and answer["omitted"] == 0
 
 
-def test_result_shape_matches_a_replay_line(client: Any, dub: responses.RequestsMock) -> None:
-    """Each result has the replay line's keys, with the request that was sent."""
+def test_answer_lists_only_results_needing_attention(
+    client: Any, dub: responses.RequestsMock
+) -> None:
+    """The answer counts every result and lists only those needing a person, in short form."""
     dub.post(f"{DUB}/track/sale", json=sale_ok())
-    (result,) = post(client, order()).get_json()["results"]
-    assert set(result) >= LINE_KEYS
-    assert result["request"]["path"] == "/track/sale" and result["status"] == 200
+    answer = post(client, [order("ok"), order("bad", revenue=-1)]).get_json()
+    assert answer["counts"] == {"delivered": 1, "invalid": 1}
+    (entry,) = answer["results"]
+    assert set(entry) == {"messageId", "mapping", "outcome", "reason"}
+    assert entry["messageId"] == "bad" and entry["mapping"] == "order-sale"
+    assert entry["outcome"] == "invalid" and "negative" in entry["reason"]
+    assert answer["omitted"] == 0
+
+
+def test_answer_of_a_big_batch_stays_under_8_kib(client: Any, dub: responses.RequestsMock) -> None:
+    """A batch of 1,000 results needing attention still gets an answer under 8 KiB."""
+    events = [order(f"neg-{i}", revenue=-1, email=f"buyer{i}@example.com") for i in range(1000)]
+    response = post(client, events)
+    assert response.status_code == 200
+    assert len(response.data) < 8 * 1024
+    answer = response.get_json()
+    assert answer["counts"] == {"invalid": 1000}
+    assert len(answer["results"]) + answer["omitted"] == 1000
+    assert answer["results"][0]["messageId"] == "neg-0"  # in input order
+    assert len(dub.calls) == 0
+
+
+def test_lone_surrogate_costs_only_its_own_event_a_warning(
+    client: Any, dub: responses.RequestsMock
+) -> None:
+    """JavaScript's lone-surrogate escape is replaced by U+FFFD; the batch is not refused."""
+    dub.post(f"{DUB}/track/lead", json=lead_ok())
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    raw = (
+        b"["
+        + body_of(signup("l-1"))
+        + b","
+        + body_of(order("s-1", coupon="COUPON")).replace(b"COUPON", b"ab\\ud800cd")
+        + b","
+        + body_of(order("s-2"))
+        + b"]"
+    )
+    response = post(client, raw)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["counts"] == {"delivered": 3}
+    sent = [json.loads(call.request.body) for call in dub.calls]
+    assert sent[1]["metadata"]["coupon"] == "ab\ufffdcd"
+    assert "coupon" not in json.dumps(sent[0]) and "\ufffd" not in json.dumps(sent[2])
+
+
+def test_invalid_utf8_byte_costs_only_its_own_event(
+    client: Any, dub: responses.RequestsMock
+) -> None:
+    """A byte that is not UTF-8 is replaced by U+FFFD in its own text; the batch goes through."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    raw = body_of([order("a", coupon="X"), order("b")]).replace(b'"X"', b'"\xff"')
+    response = post(client, raw)
+    assert response.status_code == 200
+    assert response.get_json()["counts"] == {"delivered": 2}
 
 
 def test_organic_and_unmatched_events_cost_nothing(
@@ -82,7 +135,7 @@ def test_organic_and_unmatched_events_cost_nothing(
     ]
     response = post(client, events)
     assert response.status_code == 200
-    assert [r["outcome"] for r in response.get_json()["results"]] == ["skipped"] * 3
+    assert response.get_json() == {"counts": {"skipped": 3}, "results": [], "omitted": 0}
     assert len(dub.calls) == 0
 
 
@@ -92,11 +145,9 @@ def test_invalid_event_costs_no_other_event(client: Any, dub: responses.Requests
     events = [order("a", revenue=-1), "junk", order("b")]
     response = post(client, events)
     assert response.status_code == 200
-    assert [r["outcome"] for r in response.get_json()["results"]] == [
-        "invalid",
-        "invalid",
-        "delivered",
-    ]
+    answer = response.get_json()
+    assert answer["counts"] == {"invalid": 2, "delivered": 1}
+    assert [r["outcome"] for r in answer["results"]] == ["invalid", "invalid"]
     assert len(dub.calls) == 1
 
 
@@ -156,8 +207,11 @@ def test_status_code_for_each_dub_answer(
     )
     response = post(client, order())
     assert response.status_code == http
-    (result,) = response.get_json()["results"]
-    assert result["outcome"] == outcome and result["status"] == status
+    answer = response.get_json()
+    assert answer["counts"] == {outcome: 1}
+    if outcome != "delivered":
+        (result,) = answer["results"]
+        assert result["outcome"] == outcome and f"Dub answered {status}" in result["reason"]
     if http == 503:
         assert int(response.headers["Retry-After"]) >= 1
         assert response.get_json()["error"]["code"] == "dub_unavailable"
@@ -188,6 +242,7 @@ def test_answers_within_budget_when_dub_hangs(tmp_path: Path, dub: responses.Req
     assert response.status_code == 503
     assert elapsed < 1.5
     assert response.get_json()["results"][0]["outcome"] == "pending"
+    assert response.get_json()["counts"] == {"pending": 1}
 
 
 # --- signatures ---------------------------------------------------------------------------
