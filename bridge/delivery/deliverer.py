@@ -11,6 +11,7 @@ thread when it finishes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +21,7 @@ from typing import Any
 from ..clock import SYSTEM, Clock
 from ..dub.client import DubAnswer, DubClient
 from ..dub.endpoints import ENDPOINTS, Endpoint
+from ..errors import LedgerError
 from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger
 from ..logs import log_result
 from ..outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
@@ -64,6 +66,7 @@ class Deliverer:
         clock: Clock = SYSTEM,
         concurrency: int = 8,
         max_attempts: int = 20,
+        outbox_after: float | None = None,
     ):
         self.client = client
         self.ledger = ledger
@@ -71,6 +74,8 @@ class Deliverer:
         self.policy = policy or RetryPolicy()
         self.clock = clock
         self.max_attempts = max_attempts
+        # Rows first seen longer ago than this belong to the outbox, not to Segment's retry.
+        self.outbox_after = outbox_after
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dub")
 
     def close(self) -> None:
@@ -99,7 +104,10 @@ class Deliverer:
                 log_result(result)
         if not groups:
             return final
-        claims = self._claim_all(results, [i for m in groups.values() for i in m], redrive)
+        ready = [i for m in groups.values() for i in m]
+        # A claim must hold until its last call can no longer be running.
+        lease = budget + self.client.longest_call + 1.0
+        claims = self._claim_all(results, ready, redrive, lease)
         jobs = [
             [_Job(i, results[i], claims.get(i)) for i in members] for members in groups.values()
         ]
@@ -129,7 +137,7 @@ class Deliverer:
     # --- the ledger's part ------------------------------------------------------------------
 
     def _claim_all(
-        self, results: Sequence[Result], ready: list[int], redrive: bool
+        self, results: Sequence[Result], ready: list[int], redrive: bool, lease: float
     ) -> dict[int, Claim]:
         """Claim every ready result in one ledger transaction, before any call goes out."""
         if self.ledger is None:
@@ -144,7 +152,8 @@ class Deliverer:
             )
             for i in ready
         ]
-        return dict(zip(ready, self.ledger.claim_many(wanted, redrive=redrive), strict=True))
+        granted = self.ledger.claim_many(wanted, redrive=redrive, lease=lease)
+        return dict(zip(ready, granted, strict=True))
 
     def _record_unsent(self, result: Result, payloads: Mapping[str, Any]) -> None:
         """An invalid plan is noted (with its payload) as a dead letter, for redrive."""
@@ -160,10 +169,11 @@ class Deliverer:
                 payload=payloads.get(result.message_id),
             )
 
-    def _release(self, job: _Job) -> None:
-        """Give back a claim that was not used, so Segment's retry can take it at once."""
+    def _release(self, job: _Job, payload: Any) -> None:
+        """Give back a claim that was not used, so Segment's retry can take it at once; the
+        payload stays with the row, for redrive should it never be sent."""
         if self.ledger is not None and job.claim is not None and job.claim.granted:
-            self.ledger.release(*job.result.key)
+            self.ledger.release(*job.result.key, payload=payload)
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -174,6 +184,7 @@ class Deliverer:
         done: list[tuple[int, Result]] = []
         lead_unsettled = False
         for job in group:
+            payload = payloads.get(job.result.message_id or "")
             if lead_unsettled:
                 # Dub answers a sale for a customer it does not know yet with sale: null and
                 # records nothing (a final not_recorded): wait for the lead, sent first on retry.
@@ -181,16 +192,15 @@ class Deliverer:
                     Outcome.PENDING,
                     reason="not sent: this customer's lead is not settled; Segment will retry",
                 )
-                self._release(job)
+                self._release(job, payload)
             elif deadline - self.clock.monotonic() < guard:
                 result = job.result.finish(
                     Outcome.PENDING, reason="not sent: the time budget ran out; Segment will retry"
                 )
-                self._release(job)
+                self._release(job, payload)
             else:
                 started = self.clock.monotonic()
                 try:
-                    payload = payloads.get(job.result.message_id or "")
                     result = self._send_one(job, deadline, payload, guard)
                 except Exception:  # a bug must not strand the claim or the rest of the group
                     log.exception(
@@ -199,9 +209,11 @@ class Deliverer:
                     result = job.result.finish(
                         Outcome.FAILED, reason="internal error while sending"
                     )
-                    self._release(job)
+                    with contextlib.suppress(Exception):
+                        self._release(job, payload)
                 elapsed = round((self.clock.monotonic() - started) * 1000, 1)
                 result = replace(result, elapsed_ms=elapsed)
+            result = self._handed_to_outbox(result, job.claim)
             log_result(result)
             done.append((job.index, result))
             lead_unsettled = result.action == "lead" and result.outcome in RETRY
@@ -242,19 +254,28 @@ class Deliverer:
             endpoint, answer, tainted=tainted, lead_status=lambda: self._lead_status(result)
         )
         outcome = decision.outcome
+        reason = decision.reason
         if ledger is not None:
             state = STATE_AFTER[outcome]
-            ledger.finish(
-                *result.key,
-                state,
-                status=answer.status,
-                error=answer.error,
-                payload=payload if state in DEAD else None,
-                tainted=tainted,
-            )
+            try:
+                ledger.finish(
+                    *result.key,
+                    state,
+                    calls=calls.attempts,
+                    status=answer.status,
+                    error=answer.error,
+                    payload=payload if state in DEAD or state is State.PENDING else None,
+                    tainted=tainted,
+                )
+            except LedgerError as exc:
+                # Dub has its answer but the ledger does not: Segment's retry finds the claim
+                # (until its lease ends) and then sends again, which Dub de-duplicates.
+                log.error("could not record a Dub answer", extra={"messageId": result.message_id,
+                          "outcome": outcome, "error": exc.message})  # fmt: skip
+                outcome, reason = Outcome.PENDING, f"sent, but not recorded: {exc.message}"
         failed = outcome in (Outcome.REJECTED, Outcome.FAILED)
         return replace(
-            result.finish(outcome, reason=decision.reason),
+            result.finish(outcome, reason=reason),
             attempts=calls.attempts,
             status=answer.status,
             dub_error=answer.error if failed else None,
@@ -264,6 +285,21 @@ class Deliverer:
                 else None
             ),
         )
+
+    def _handed_to_outbox(self, result: Result, claim: Claim | None) -> Result:
+        """An unsettled row older than Segment's retry window is the outbox's: no 503 for it."""
+        if (
+            result.outcome in RETRY
+            and self.outbox_after is not None
+            and claim is not None
+            and claim.created_at
+            and claim.created_at < self.clock.time() - self.outbox_after
+        ):
+            return result.finish(
+                Outcome.QUEUED,
+                reason=f"{result.reason}; the bridge's outbox retries it from now on",
+            )
+        return result
 
     def _lead_status(self, result: Result) -> LeadStatus | None:
         if self.ledger is None or not result.customer:
@@ -278,6 +314,7 @@ class Deliverer:
         reached = False
         while True:
             if not self.limiter.acquire(deadline - guard):
+                # No call was made: no attempt is counted, and Segment's retry goes on.
                 limited = DubAnswer(
                     error={
                         "code": "rate_limited_locally",
@@ -293,11 +330,12 @@ class Deliverer:
             if classify(endpoint, answer) is not Outcome.FAILED:
                 return _Calls(answer, attempt, reached)
             reached = reached or may_have_reached(answer)
+            told = parse_retry_after(answer.retry_after, self.clock.time())
+            if answer.status == 429 and told:
+                self.limiter.pause(told)  # every worker of every instance waits, not this one only
             # A lead's 5xx may have set Dub's de-duplication marker; a retry is still worth it
             # (the marker is not always written), and a swallowed retry is caught by decide().
-            wait = self.policy.wait(
-                attempt, parse_retry_after(answer.retry_after, self.clock.time())
-            )
+            wait = self.policy.wait(attempt, told)
             if not self.policy.fits(self.clock.monotonic(), wait, guard, deadline):
                 return _Calls(answer, attempt, reached)
             self.clock.sleep(wait)
