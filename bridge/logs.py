@@ -47,16 +47,22 @@ def _timestamp(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
+# Libraries whose warnings belong in the bridge's log, as JSON like the rest.
+LIBRARIES = ("psycopg",)
+
+
 def configure(level: str = "INFO") -> None:
-    """Send the bridge's logs to stderr as JSON lines (idempotent)."""
-    root = logging.getLogger("bridge")
-    root.setLevel(level)
-    if not any(getattr(h, "_bridge", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JSONFormatter())
-        handler._bridge = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        root.propagate = False
+    """Send the bridge's logs (and its libraries' warnings) to stderr as JSON lines
+    (idempotent)."""
+    for name, at in (("bridge", level), *((lib, "WARNING") for lib in LIBRARIES)):
+        logger = logging.getLogger(name)
+        logger.setLevel(at)
+        if not any(getattr(h, "_bridge", False) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(JSONFormatter())
+            handler._bridge = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+            logger.propagate = False
 
 
 def log_result(result: Result) -> None:

@@ -188,9 +188,11 @@ def bridge(fake_dub: FakeDub, tmp_path: Path) -> Iterator[Callable[..., Bridge]]
     """A factory: ``bridge(deadline_seconds=1.0)`` -> an app pointed at the fake Dub."""
     made: list[Bridge] = []
 
-    def make(**overrides: Any) -> Bridge:
+    def make(clock: Any = None, **overrides: Any) -> Bridge:
         db = tmp_path / "ledger.sqlite3"
-        made.append(Bridge(create_app(fault_settings(fake_dub.url, db, **overrides)), db))
+        settings = fault_settings(fake_dub.url, db, **overrides)
+        app = create_app(settings, clock=clock) if clock is not None else create_app(settings)
+        made.append(Bridge(app, db))
         return made[-1]
 
     yield make

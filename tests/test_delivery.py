@@ -255,12 +255,12 @@ def test_rate_limiter_sliding_window(clock: ManualClock) -> None:
     """Bursts up to the limit pass at once; the next waits for the window or gives up."""
     limiter = SlidingWindow(3, window=0.3, clock=clock)
     now = clock.monotonic()
-    assert all(limiter.acquire(now + 1) for _ in range(3))
+    assert [limiter.acquire(now + 1) for _ in range(3)] == [0, 0, 0]
     assert clock.slept == []
-    assert not limiter.acquire(clock.monotonic() + 0.05)  # no slot frees in 50 ms
+    assert limiter.acquire(clock.monotonic() + 0.05) == pytest.approx(0.3)  # none frees in time
     assert clock.slept == []  # refused at once, without waiting in vain
     started = clock.monotonic()
-    assert limiter.acquire(clock.monotonic() + 1)
+    assert limiter.acquire(clock.monotonic() + 1) == 0
     assert clock.monotonic() - started == pytest.approx(0.3)
 
 

@@ -1,10 +1,10 @@
-"""The ``bridge`` command: serve, validate, replay, deadletters, redrive."""
+"""The ``bridge`` command: serve, validate, replay, deadletters, redrive, db."""
 
 from __future__ import annotations
 
 import click
 
-from . import ledger_cmds, mapping_cmds, replay, serve
+from . import db_cmds, ledger_cmds, mapping_cmds, replay, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,6 +13,6 @@ def main() -> None:
     """Segment track events in, Dub conversions out."""
 
 
-for module in (serve, mapping_cmds, replay, ledger_cmds):
+for module in (serve, mapping_cmds, replay, ledger_cmds, db_cmds):
     for command in module.COMMANDS:
         main.add_command(command)

@@ -11,7 +11,6 @@ thread when it finishes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +41,17 @@ class _Job:
     index: int
     result: Result
     claim: Claim | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """How one deliver() sends: its deadline, the time a call needs, the payloads, and
+    whether each row gets one call only (the outbox, whose own backoff spaces the tries)."""
+
+    deadline: float
+    guard: float
+    payloads: Mapping[str, Any]
+    once: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +99,12 @@ class Deliverer:
         payloads: Mapping[str, Any] | None = None,
         *,
         redrive: bool = False,
+        once: bool = False,
     ) -> list[Result]:
-        """Send every ready result; answer within ``budget`` seconds whatever Dub does."""
+        """Send every ready result; answer within ``budget`` seconds whatever Dub does.
+
+        ``once``: one call per result and no cap on attempts (the outbox's own backoff and
+        age limit govern), instead of retrying within the budget."""
         deadline = self.clock.monotonic() + budget
         payloads = payloads or {}
         final = list(results)
@@ -115,12 +129,13 @@ class Deliverer:
         if len(jobs) == 1 and deadline - self.clock.monotonic() >= longest:
             # One customer: send from this thread, saving the hand-off to the pool. Every
             # call starts only if it can end (timeouts included) before the deadline.
-            for index, result in self._send_group(jobs[0], deadline, payloads, longest):
+            inline = _Pass(deadline, longest, payloads, once)
+            for index, result in self._send_group(jobs[0], inline):
                 final[index] = result
             return final
+        pooled = _Pass(deadline, MIN_CALL_SECONDS, payloads, once)
         futures: dict[Future[list[tuple[int, Result]]], list[_Job]] = {
-            self.pool.submit(self._send_group, group, deadline, payloads, MIN_CALL_SECONDS): group
-            for group in jobs
+            self.pool.submit(self._send_group, group, pooled): group for group in jobs
         }
         done, not_done = self.clock.wait(futures, deadline - self.clock.monotonic())
         for future in done:
@@ -173,18 +188,19 @@ class Deliverer:
         """Give back a claim that was not used, so Segment's retry can take it at once; the
         payload stays with the row, for redrive should it never be sent."""
         if self.ledger is not None and job.claim is not None and job.claim.granted:
-            self.ledger.release(*job.result.key, payload=payload)
+            try:
+                self.ledger.release(*job.result.key, payload=payload)
+            except LedgerError as exc:  # the claim's lease ends by itself
+                log.warning("could not give a claim back", extra={"error": exc.message})
 
     # --- sending ----------------------------------------------------------------------------
 
-    def _send_group(
-        self, group: list[_Job], deadline: float, payloads: Mapping[str, Any], guard: float
-    ) -> list[tuple[int, Result]]:
+    def _send_group(self, group: list[_Job], pass_: _Pass) -> list[tuple[int, Result]]:
         """Send one customer's calls in order; a call starts only with ``guard`` s left."""
         done: list[tuple[int, Result]] = []
         lead_unsettled = False
         for job in group:
-            payload = payloads.get(job.result.message_id or "")
+            payload = pass_.payloads.get(job.result.message_id or "")
             if lead_unsettled:
                 # Dub answers a sale for a customer it does not know yet with sale: null and
                 # records nothing (a final not_recorded): wait for the lead, sent first on retry.
@@ -193,7 +209,7 @@ class Deliverer:
                     reason="not sent: this customer's lead is not settled; Segment will retry",
                 )
                 self._release(job, payload)
-            elif deadline - self.clock.monotonic() < guard:
+            elif pass_.deadline - self.clock.monotonic() < pass_.guard:
                 result = job.result.finish(
                     Outcome.PENDING, reason="not sent: the time budget ran out; Segment will retry"
                 )
@@ -201,7 +217,7 @@ class Deliverer:
             else:
                 started = self.clock.monotonic()
                 try:
-                    result = self._send_one(job, deadline, payload, guard)
+                    result = self._send_one(job, payload, pass_)
                 except Exception:  # a bug must not strand the claim or the rest of the group
                     log.exception(
                         "delivery failed unexpectedly", extra={"messageId": job.result.message_id}
@@ -209,8 +225,7 @@ class Deliverer:
                     result = job.result.finish(
                         Outcome.FAILED, reason="internal error while sending"
                     )
-                    with contextlib.suppress(Exception):
-                        self._release(job, payload)
+                    self._release(job, payload)
                 elapsed = round((self.clock.monotonic() - started) * 1000, 1)
                 result = replace(result, elapsed_ms=elapsed)
             result = self._handed_to_outbox(result, job.claim)
@@ -219,7 +234,7 @@ class Deliverer:
             lead_unsettled = result.action == "lead" and result.outcome in RETRY
         return done
 
-    def _send_one(self, job: _Job, deadline: float, payload: Any, guard: float) -> Result:
+    def _send_one(self, job: _Job, payload: Any, pass_: _Pass) -> Result:
         result, claim, ledger = job.result, job.claim, self.ledger
         assert result.body is not None
         assert result.action is not None
@@ -234,7 +249,7 @@ class Deliverer:
                     )
                 return result.finish(Outcome.DUPLICATE, reason=f"already handled: {claim.state}")
             tainted = claim.tainted
-            if claim.attempts >= self.max_attempts:
+            if claim.attempts >= self.max_attempts and not pass_.once:
                 ledger.finish(
                     *result.key,
                     State.GAVE_UP,
@@ -245,7 +260,7 @@ class Deliverer:
                     Outcome.GAVE_UP,
                     reason=f"gave up after {claim.attempts} attempts (dead letter)",
                 )
-        calls = self._call_with_retries(endpoint, result.body, deadline, guard)
+        calls = self._call_with_retries(endpoint, result.body, pass_)
         answer = calls.answer
         # A lead that may have reached Dub and failed there (5xx, timeout, lost connection)
         # may have set Dub's de-duplication marker: a later link: null proves nothing.
@@ -306,20 +321,22 @@ class Deliverer:
             return None
         return self.ledger.lead_status(result.customer, LEAD_INGEST_SECONDS)
 
-    def _call_with_retries(
-        self, endpoint: Endpoint, body: dict[str, Any], deadline: float, guard: float
-    ) -> _Calls:
+    def _call_with_retries(self, endpoint: Endpoint, body: dict[str, Any], pass_: _Pass) -> _Calls:
         """Call, and call again on transient failures while the budget allows."""
+        deadline, guard = pass_.deadline, pass_.guard
         attempt = 0
         reached = False
         while True:
-            if not self.limiter.acquire(deadline - guard):
-                # No call was made: no attempt is counted, and Segment's retry goes on.
+            wait = self.limiter.acquire(deadline - guard)
+            if wait > 0:
+                # No call was made: no attempt is counted, and Segment's retry (told how long
+                # the window or Dub's pause still holds) goes on.
                 limited = DubAnswer(
                     error={
                         "code": "rate_limited_locally",
-                        "message": "client-side rate limit is full",
-                    }
+                        "message": "the Dub rate limit (shared by every worker) is full",
+                    },
+                    retry_after=f"{wait:.3f}",
                 )
                 return _Calls(limited, attempt, reached)
             attempt += 1
@@ -327,7 +344,8 @@ class Deliverer:
             # stops waiting), and a call cut short here would be sent again by Segment's retry
             # (a second sale; a recorded lead turned `uncertain`). It runs to the read timeout.
             answer = self.client.send(endpoint, body)
-            if classify(endpoint, answer) is not Outcome.FAILED:
+            if classify(endpoint, answer) is not Outcome.FAILED or pass_.once:
+                reached = reached or may_have_reached(answer)
                 return _Calls(answer, attempt, reached)
             reached = reached or may_have_reached(answer)
             told = parse_retry_after(answer.retry_after, self.clock.time())

@@ -60,6 +60,7 @@ class Outbox:
                 [_ready(row) for row in rows],
                 PASS_BUDGET,
                 {row.message_id: row.payload for row in rows if row.payload is not None},
+                once=True,
             )
             for row, result in zip(rows, results, strict=True):
                 if result.outcome in RETRY or result.outcome is Outcome.QUEUED:

@@ -18,9 +18,9 @@ WINDOW = 60.0
 
 
 class RateLimiter(Protocol):
-    def acquire(self, deadline: float) -> bool:
-        """Take one slot, waiting until ``deadline`` (monotonic) at most; False if none frees
-        in time (then no call is made, and none is counted)."""
+    def acquire(self, deadline: float) -> float:
+        """Take one slot, waiting until ``deadline`` (monotonic) at most: 0 when taken, else
+        the seconds until one frees (then no call is made, and none is counted)."""
 
     def pause(self, seconds: float) -> None:
         """Give no slot for this long (Dub answered 429 with a Retry-After)."""
@@ -37,7 +37,7 @@ class SlidingWindow:
         self._paused_until = 0.0
         self._lock = threading.Lock()
 
-    def acquire(self, deadline: float) -> bool:
+    def acquire(self, deadline: float) -> float:
         while True:
             with self._lock:
                 now = self.clock.monotonic()
@@ -46,10 +46,10 @@ class SlidingWindow:
                 full = len(self._sent) >= self.per_minute
                 if now >= self._paused_until and not full:
                     self._sent.append(now)
-                    return True
+                    return 0.0
                 free_at = max(self._paused_until, self._sent[0] + self.window if full else now)
             if free_at > deadline:
-                return False
+                return free_at - now
             self.clock.sleep(min(free_at - now, 0.5))
 
     def pause(self, seconds: float) -> None:
@@ -67,13 +67,13 @@ class SharedWindow:
         self.per_minute = max(1, per_minute)
         self.clock = clock
 
-    def acquire(self, deadline: float) -> bool:
+    def acquire(self, deadline: float) -> float:
         while True:
             wait = self.ledger.take_slot(self.key, self.per_minute)
             if wait <= 0:
-                return True
+                return 0.0
             if self.clock.monotonic() + wait > deadline:
-                return False
+                return wait
             self.clock.sleep(wait)
 
     def pause(self, seconds: float) -> None:

@@ -18,7 +18,7 @@ from ..errors import LedgerConfigError, LedgerError
 from ..settings import Settings
 from .base import Claim, ClaimRequest, LeadStatus, Ledger, Retention, Row
 from .memory import MemoryLedger
-from .postgres import PostgresLedger, describe
+from .postgres import PostgresLedger
 from .sql import SQLLedger
 from .sqlite import SQLiteLedger
 
@@ -41,7 +41,8 @@ class Access(StrEnum):
     CREATE = "create"  # the service, `replay --send`, `db upgrade`: created and migrated
     WRITE = "write"  # redrive: must exist, migrated, will be written
     READ = "read"  # deadletters: must exist and be current, never written
-    SCHEMA = "schema"  # `db status`: must exist, may be behind, never written
+    SCHEMA = "schema"  # `db status`: may be empty or behind, never written
+    MIGRATE = "migrate"  # `db upgrade`: created when missing; the caller applies migrations
 
 
 def open_ledger(
@@ -63,7 +64,7 @@ def open_ledger(
         return MemoryLedger(lease_seconds=settings.lease_seconds, clock=clock)
     url = settings.postgres_url
     if url is not None:
-        where = f"DATABASE_URL ({describe(url)})"
+        where = "DATABASE_URL"
         return _opened(
             where,
             access,
@@ -95,7 +96,7 @@ def _opened(where: str, access: Access, build: Callable[[bool], SQLLedger]) -> S
     changes the file), and migrate only where this access writes."""
     readonly = access in (Access.READ, Access.SCHEMA)
     try:
-        if access is not Access.CREATE:
+        if access in (Access.READ, Access.WRITE):
             probe = build(True)
             try:
                 _check(probe, where, must_be_current=access is Access.READ)
@@ -104,7 +105,7 @@ def _opened(where: str, access: Access, build: Callable[[bool], SQLLedger]) -> S
         ledger = build(readonly)
     except LedgerError as exc:
         raise LedgerConfigError(f"{where}: {exc.message}") from exc
-    if readonly:
+    if readonly or access is Access.MIGRATE:
         return ledger
     try:
         ledger.upgrade()
@@ -129,8 +130,9 @@ def _checked_sqlite_path(path: Path, access: Access) -> Path:
         raise LedgerConfigError(f"{where}: the folder {path.parent} does not exist")
     if path.is_dir():
         raise LedgerConfigError(f"{where}: is a folder, not a ledger file")
+    creates = access in (Access.CREATE, Access.MIGRATE)
     if not path.exists():
-        if access is Access.CREATE:
+        if creates:
             return path
         raise LedgerConfigError(
             f"{where}: no ledger there (the file does not exist; the service or "
@@ -143,10 +145,10 @@ def _checked_sqlite_path(path: Path, access: Access) -> Path:
         raise LedgerConfigError(f"{where}: cannot be read: {exc.strerror}") from exc
     if header and header != _SQLITE_HEADER:
         raise LedgerConfigError(f"{where}: is not a SQLite database (left untouched)")
-    if not header and access is not Access.CREATE:
+    if not header and not creates:
         raise LedgerConfigError(f"{where}: is an empty file, not a ledger")
     # Write permission bits, not os.access: the operator's read-only mark holds for root too.
-    writes = access in (Access.CREATE, Access.WRITE)
+    writes = access in (Access.CREATE, Access.WRITE, Access.MIGRATE)
     if writes and not (path.stat().st_mode & 0o222 and os.access(path, os.W_OK)):
         raise LedgerConfigError(f"{where}: is read-only, and this command writes to the ledger")
     return path

@@ -13,6 +13,7 @@ never granted twice).
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
@@ -27,6 +28,9 @@ from ..errors import LedgerError
 from .sql import DB, Cursor, SQLLedger
 
 T = TypeVar("T")
+# The pool logs each failed connection; where the bridge has not set up its JSON log (a
+# one-off command), that is noise beside the one line of error the command prints.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 # Keys of the transaction-scoped advisory locks (any fixed numbers the bridge owns).
 MIGRATION_LOCK = 0x62726964  # "brid"
 
@@ -85,12 +89,12 @@ class PostgresLedger(SQLLedger):
             check=psycopg_pool.ConnectionPool.check_connection,
         )
         try:
+            # One direct connection first: it fails fast, with the server's own reason.
+            psycopg.connect(url, connect_timeout=max(1, round(timeout))).close()
             self.pool.open(wait=True, timeout=timeout)
-        except psycopg_pool.PoolTimeout as exc:
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             self.pool.close()
-            raise LedgerError(
-                f"cannot reach PostgreSQL at {self.where} within {timeout:g} s"
-            ) from exc
+            raise LedgerError(f"cannot reach PostgreSQL at {self.where}: {_reason(exc)}") from exc
 
     def _run(self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True) -> T:
         if write and self.readonly:
@@ -154,3 +158,10 @@ class PostgresLedger(SQLLedger):
 
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _reason(exc: Exception) -> str:
+    """The useful end of a libpq message ("Connection refused", "database ... does not
+    exist"), without the user name or password."""
+    text = _first_line(exc)
+    return text.rsplit(" failed: ", 1)[-1] if " failed: " in text else text

@@ -135,7 +135,7 @@ class SQLiteLedger(SQLLedger):
         taken = self._changed(
             "INSERT INTO locks (name, owner, until) VALUES (:name, :owner, :until)"
             " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until"
-            " WHERE locks.until < :now OR locks.owner = :owner",
+            " WHERE locks.until < :now",
             args,
         )
         try:

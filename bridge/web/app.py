@@ -38,7 +38,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
 
     @app.errorhandler(BridgeError)
     def _bridge_error(exc: BridgeError) -> Response:
-        return json_response(exc.to_dict(), exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        if exc.status >= 500:
+            log.warning("request refused", extra={"code": exc.code, "error": exc.message})
+        return json_response(exc.to_dict(), exc.status, headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
