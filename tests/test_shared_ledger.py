@@ -19,7 +19,7 @@ from bridge.delivery.outbox import Outbox
 from bridge.delivery.retry import RetryPolicy
 from bridge.inputs import Item
 from bridge.ledger import open_ledger
-from bridge.ledger.base import Ledger
+from bridge.ledger.base import ClaimRequest, Ledger
 from bridge.mapping.engine import Engine, plan_all
 from bridge.outcomes import State
 from bridge.settings import Settings
@@ -228,3 +228,30 @@ def test_segment_is_told_200_once_the_outbox_owns_a_row(
         assert entry["outcome"] == "queued" and "outbox" in entry["reason"]
     finally:
         app.extensions["bridge"].close()
+
+
+def test_a_sweeper_killed_mid_pass_loses_nothing(
+    workers: Callable[..., Deliverer], engine: Engine, dub: responses.RequestsMock,
+    clock: ManualClock,
+) -> None:  # fmt: skip
+    """A worker that claimed an outbox row and died holds it only until its lease ends; the
+    next pass, on another worker, sends it, once."""
+    dub.post(f"{DUB}/track/sale", status=503, json={"error": {"code": "x", "message": "down"}})
+    first = workers()
+    send(first, engine, [order("orphan")])
+    clock.advance(4 * 3600 + 1)
+    assert first.ledger is not None
+    (row,) = first.ledger.due(first_seen_before=clock.time(), limit=10)
+    claim = ClaimRequest(
+        row.message_id, row.mapping, "sale", row.event, row.customer, row.request_body
+    )
+    assert first.ledger.claim_many([claim], lease=60)[0].granted  # ...and the worker dies here
+    dub.replace(responses.POST, f"{DUB}/track/sale", json=sale_ok())
+    tried = len(dub.calls)
+    second = workers()
+    assert second.ledger is not None
+    outbox = Outbox(second.ledger, second, after_seconds=4 * 3600, clock=clock)
+    assert outbox.run_once() == Counter()  # still held by the dead worker's lease
+    clock.advance(61)
+    assert outbox.run_once() == Counter({"delivered": 1})
+    assert len(dub.calls) == tried + 1

@@ -27,7 +27,8 @@ from .sql import DB, SQLLedger
 T = TypeVar("T")
 LOCK_WAIT_SECONDS = 10.0
 LOCK_LEASE_SECONDS = 600.0  # a cluster lock left by a killed process frees itself after this
-VACUUM_PAGES = 1000  # pages returned to the file system per housekeeping pass
+VACUUM_PAGES = 1000  # pages returned to the file system per step of housekeeping
+VACUUM_CHUNKS = 1000  # steps per pass at most (about 4 GB)
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -152,9 +153,13 @@ class SQLiteLedger(SQLLedger):
         done = super().sweep(retention)
         if done["pruned"] and not self.readonly:
             # Give the pages freed by pruning back, so the file stops growing.
-            self._run(
-                lambda db: db.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
-            )
+            # A chunk at a time, so no other writer waits long; executescript steps the pragma
+            # to its end, where execute() would free a single page.
+            vacuum = f"PRAGMA incremental_vacuum({VACUUM_PAGES});"
+            for _ in range(VACUUM_CHUNKS):
+                self._attempt(self._db(), lambda db: db.executescript(vacuum))
+                if not self._run(lambda db: db.execute("PRAGMA freelist_count").fetchone()[0]):
+                    break
         return done
 
     def maintain(self) -> None:
