@@ -52,8 +52,10 @@ ENV = {
     "outbox_after_hours": "BRIDGE_OUTBOX_AFTER_HOURS",
     "outbox_max_age_hours": "BRIDGE_OUTBOX_MAX_AGE_HOURS",
     "dead_letter_retention_days": "BRIDGE_DEAD_LETTER_RETENTION_DAYS",
+    "mappings_source": "BRIDGE_MAPPINGS_SOURCE",
+    "metrics_token": "BRIDGE_METRICS_TOKEN",
 }
-SECRETS = {"dub_api_key", "segment_shared_secret", "database_url"}
+SECRETS = {"dub_api_key", "segment_shared_secret", "database_url", "metrics_token"}
 
 
 class Settings(BaseModel):
@@ -97,6 +99,10 @@ class Settings(BaseModel):
     outbox_after_hours: float = Field(4.0, gt=0)
     outbox_max_age_hours: float = Field(24.0, gt=0)
     dead_letter_retention_days: float = Field(30.0, gt=0)
+    # files: each instance follows its mapping files; database: every instance follows the
+    # set published with `bridge mappings publish`.
+    mappings_source: Literal["files", "database"] = "files"
+    metrics_token: SecretStr | None = None  # when set, /metrics wants `Bearer <token>`
 
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> Settings:
@@ -107,6 +113,14 @@ class Settings(BaseModel):
             raise ValueError(
                 f"lease_seconds: more than BRIDGE_DEADLINE_SECONDS + DUB_CONNECT_TIMEOUT"
                 f" + DUB_READ_TIMEOUT ({longest:g} s)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _published_mappings_need_a_database(self) -> Settings:
+        if self.mappings_source == "database" and self.ledger != "on":
+            raise ValueError(
+                "mappings_source: 'files' unless the ledger is a database (BRIDGE_LEDGER=on)"
             )
         return self
 
@@ -157,7 +171,9 @@ class Settings(BaseModel):
             raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
         return level
 
-    @field_validator("dub_api_key", "segment_shared_secret", "database_url", mode="before")
+    @field_validator(
+        "dub_api_key", "segment_shared_secret", "database_url", "metrics_token", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

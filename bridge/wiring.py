@@ -78,6 +78,7 @@ class Service:
     maintenance: Maintenance | None
     outbox: Outbox | None
     jobs: list[Poller] = field(default_factory=list)
+    draining: bool = False  # SIGTERM came: finish what is under way, take nothing new
     _closed: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -108,8 +109,19 @@ class Service:
 def build_service(settings: Settings, *, clock: Clock = SYSTEM) -> Service:
     """The webhook's object graph; raises ``ConfigError`` naming what is wrong."""
     require_api_key(settings)
-    store = MappingStore(settings.mappings_dir, poll_seconds=settings.reload_seconds, clock=clock)
     ledger = open_ledger(settings, Access.CREATE, clock=clock, background=True)
+    try:
+        store = MappingStore(
+            settings.mappings_dir,
+            source=settings.mappings_source,
+            ledger=ledger,
+            poll_seconds=settings.reload_seconds,
+            clock=clock,
+        )
+    except BaseException:
+        if ledger is not None:
+            ledger.close()
+        raise
     deliverer = build_deliverer(settings, ledger, clock=clock)
     if ledger is None:
         return Service(settings, store, deliverer, None, None, None)

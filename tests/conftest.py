@@ -203,7 +203,14 @@ def bridge(fake_dub: FakeDub, tmp_path: Path) -> Iterator[Callable[..., Bridge]]
 # --- PostgreSQL ------------------------------------------------------------------------------
 
 PG_ENV = "BRIDGE_TEST_DATABASE_URL"
-PG_TABLES = ("deliveries", "rate_slots", "rate_pauses", "locks")
+PG_TABLES = (
+    "deliveries",
+    "rate_slots",
+    "rate_pauses",
+    "locks",
+    "mapping_sets",
+    "mapping_activations",
+)
 
 
 def pg_base_url() -> str:

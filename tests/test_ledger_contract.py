@@ -466,3 +466,70 @@ def test_read_only_access_never_writes(settings_for: Settings, clock: ManualCloc
     with pytest.raises(Exception, match="readonly|read-only"):
         claim(reader, "y")
     reader.close()
+
+
+# --- mapping sets ---------------------------------------------------------------------------------
+
+
+def test_mapping_sets_are_kept_and_the_last_good_one_found(
+    make_ledger: MakeLedger, clock: ManualClock
+) -> None:
+    """A set kept by one worker is found by another; the last loaded is the last good one,
+    and loading an old set again makes it the last good one."""
+    first, second = make_ledger(), make_ledger()
+    assert second.last_good_mapping_set() is None
+    first.keep_mapping_set("v1", [("a.yaml", "one: 1\n")], "files")
+    clock.advance(1)
+    first.keep_mapping_set("v2", [("a.yaml", "two: 2\n"), ("b.yaml", "é\n")], "files")
+    last = second.last_good_mapping_set()
+    assert last is not None and last.version == "v2"
+    assert last.files == (("a.yaml", "two: 2\n"), ("b.yaml", "é\n"))
+    clock.advance(1)
+    second.keep_mapping_set("v1", [("a.yaml", "one: 1\n")], "files")
+    again = first.last_good_mapping_set()
+    assert again is not None and again.version == "v1" and again.created_at < again.loaded_at
+    assert first.mapping_set("nope") is None
+
+
+def test_activations_pick_the_set_every_instance_follows(
+    make_ledger: MakeLedger, clock: ManualClock
+) -> None:
+    """The latest activation is the active set, for every handle; history is newest first."""
+    first, second = make_ledger(), make_ledger()
+    assert second.active_mapping_set() is None
+    for version in ("v1", "v2"):
+        first.keep_mapping_set(version, [("m.yaml", version)], "publish")
+    first.activate_mapping_set("v1", "publish")
+    clock.advance(1)
+    first.activate_mapping_set("v2", "publish")
+    clock.advance(1)
+    first.activate_mapping_set("v1", "rollback")
+    active = second.active_mapping_set()
+    assert active is not None and active.version == "v1"
+    history = second.activations()
+    assert [(a.version, a.origin) for a in history] == [
+        ("v1", "rollback"),
+        ("v2", "publish"),
+        ("v1", "publish"),
+    ]
+    assert len(second.activations(limit=1)) == 1
+
+
+def test_ping_answers_when_the_ledger_does(ledger: Ledger) -> None:
+    """ping() returns quietly while the ledger answers."""
+    ledger.ping()
+
+
+def test_oldest_unsettled_is_the_first_seen_of_what_is_open(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    """The age alert's figure: the first sighting of the oldest pending or in-flight row."""
+    assert ledger.oldest_unsettled() is None
+    claim(ledger, "done")
+    ledger.finish("done", "sale", State.DELIVERED)
+    start = clock.time()
+    clock.advance(5)
+    claim(ledger, "open")
+    assert ledger.oldest_unsettled() == pytest.approx(start + 5)
+    ledger.finish("open", "sale", State.PENDING)
+    assert ledger.oldest_unsettled() == pytest.approx(start + 5)

@@ -13,7 +13,9 @@ from tests.fakes import ManualClock
 
 def fill(ledger: object, prefix: str, count: int) -> None:
     body = {"metadata": {"note": "x" * 2000}}
-    wanted = [ClaimRequest(f"{prefix}{i}", "sale", "sale", "E", f"u{i}", body) for i in range(count)]
+    wanted = [
+        ClaimRequest(f"{prefix}{i}", "sale", "sale", "E", f"u{i}", body) for i in range(count)
+    ]
     ledger.claim_many(wanted)  # type: ignore[attr-defined]
     for w in wanted:
         ledger.finish(w.message_id, "sale", State.DELIVERED, calls=1)  # type: ignore[attr-defined]

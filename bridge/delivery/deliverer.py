@@ -11,7 +11,9 @@ thread when it finishes.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -21,8 +23,9 @@ from ..clock import SYSTEM, Clock
 from ..dub.client import DubAnswer, DubClient
 from ..dub.endpoints import ENDPOINTS, Endpoint
 from ..errors import LedgerError
+from ..eventlog import log_result
 from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger
-from ..logs import log_result
+from ..metrics import metrics
 from ..outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
 from ..results import Result
 from .decide import classify, decide, may_have_reached
@@ -87,6 +90,17 @@ class Deliverer:
         # Rows first seen longer ago than this belong to the outbox, not to Segment's retry.
         self.outbox_after = outbox_after
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dub")
+        self._in_flight = 0
+        self._counting = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls to Dub under way now (a drain waits for them)."""
+        return self._in_flight
+
+    def _count(self, delta: int) -> None:
+        with self._counting:
+            self._in_flight += delta
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -134,8 +148,11 @@ class Deliverer:
                 final[index] = result
             return final
         pooled = _Pass(deadline, MIN_CALL_SECONDS, payloads, once)
+        # Each thread runs in a copy of this request's context: its log lines keep the
+        # request id, also when they come after the answer.
         futures: dict[Future[list[tuple[int, Result]]], list[_Job]] = {
-            self.pool.submit(self._send_group, group, pooled): group for group in jobs
+            self.pool.submit(contextvars.copy_context().run, self._send_group, group, pooled): group
+            for group in jobs
         }
         done, not_done = self.clock.wait(futures, deadline - self.clock.monotonic())
         for future in done:
@@ -216,6 +233,7 @@ class Deliverer:
                 self._release(job, payload)
             else:
                 started = self.clock.monotonic()
+                self._count(1)
                 try:
                     result = self._send_one(job, payload, pass_)
                 except Exception:  # a bug must not strand the claim or the rest of the group
@@ -226,6 +244,8 @@ class Deliverer:
                         Outcome.FAILED, reason="internal error while sending"
                     )
                     self._release(job, payload)
+                finally:
+                    self._count(-1)
                 elapsed = round((self.clock.monotonic() - started) * 1000, 1)
                 result = replace(result, elapsed_ms=elapsed)
             result = self._handed_to_outbox(result, job.claim)
@@ -357,3 +377,4 @@ class Deliverer:
             if not self.policy.fits(self.clock.monotonic(), wait, guard, deadline):
                 return _Calls(answer, attempt, reached)
             self.clock.sleep(wait)
+            metrics().retries.inc()

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from ..clock import SYSTEM, Clock
 from ..ledger.base import Ledger
+from ..metrics import metrics
 
 WINDOW = 60.0
 
@@ -48,6 +49,7 @@ class SlidingWindow:
                     self._sent.append(now)
                     return 0.0
                 free_at = max(self._paused_until, self._sent[0] + self.window if full else now)
+            metrics().rate_limit_waits.inc()
             if free_at > deadline:
                 return free_at - now
             self.clock.sleep(min(free_at - now, 0.5))
@@ -72,6 +74,7 @@ class SharedWindow:
             wait = self.ledger.take_slot(self.key, self.per_minute)
             if wait <= 0:
                 return 0.0
+            metrics().rate_limit_waits.inc()
             if self.clock.monotonic() + wait > deadline:
                 return wait
             self.clock.sleep(wait)

@@ -79,6 +79,26 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
+class MappingSet:
+    """A set of mapping files that loaded cleanly, kept by version."""
+
+    version: str
+    files: tuple[tuple[str, str], ...]  # (file name, its text)
+    origin: str  # files | publish | rollback
+    created_at: float
+    loaded_at: float  # the last time an instance loaded it
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """A mapping set made the one every instance follows."""
+
+    version: str
+    origin: str  # publish | rollback
+    activated_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Retention:
     """How long rows are kept, and how much one housekeeping statement may delete."""
 
@@ -155,6 +175,9 @@ class Ledger(Protocol):
 
     def counts(self) -> dict[State, int]: ...
 
+    def oldest_unsettled(self) -> float | None:
+        """When the oldest row still pending or in flight was first seen, if any."""
+
     def due(self, *, first_seen_before: float, limit: int) -> list[Row]:
         """Unsettled rows first seen before then, whose backoff has passed, that nobody
         holds: what the outbox sends now, oldest first."""
@@ -172,7 +195,28 @@ class Ledger(Protocol):
     def pause(self, key: str, until: float) -> None:
         """No slot of ``key`` is given before ``until`` (Dub said so, with a 429)."""
 
+    # --- mapping sets -----------------------------------------------------------------------
+
+    def keep_mapping_set(self, version: str, files: Sequence[tuple[str, str]], origin: str) -> None:
+        """Remember a set that loaded cleanly (again): the last good one survives restarts."""
+
+    def mapping_set(self, version: str) -> MappingSet | None: ...
+
+    def last_good_mapping_set(self) -> MappingSet | None:
+        """The set most recently loaded cleanly, by any instance."""
+
+    def activate_mapping_set(self, version: str, origin: str) -> None:
+        """Make a kept set the one every instance that follows the database uses."""
+
+    def active_mapping_set(self) -> MappingSet | None: ...
+
+    def activations(self, limit: int = 20) -> list[Activation]:
+        """The latest activations, newest first."""
+
     # --- housekeeping -----------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise ``LedgerError`` unless the ledger answers now."""
 
     def sweep(self, retention: Retention) -> dict[str, int]:
         """Give up on rows too old to send; prune settled rows and dead letters past their

@@ -27,7 +27,16 @@ from ..outcomes import (
     State,
 )
 from . import migrations
-from .base import Claim, ClaimRequest, LeadStatus, Retention, Row, check_finish
+from .base import (
+    Activation,
+    Claim,
+    ClaimRequest,
+    LeadStatus,
+    MappingSet,
+    Retention,
+    Row,
+    check_finish,
+)
 from .codec import stored
 from .sql import WINDOW
 
@@ -54,6 +63,8 @@ class MemoryLedger:
         self._slots: dict[str, deque[float]] = {}
         self._pauses: dict[str, float] = {}
         self._locks: set[str] = set()
+        self._sets: dict[str, MappingSet] = {}
+        self._activations: list[Activation] = []
         self._lock = threading.Lock()
 
     # --- claims and outcomes ----------------------------------------------------------------
@@ -227,6 +238,11 @@ class MemoryLedger:
                 counts[row.state] = counts.get(row.state, 0) + 1
         return counts
 
+    def oldest_unsettled(self) -> float | None:
+        with self._lock:
+            found = [r.created_at for r in self._rows.values() if r.state in ACTIVE]
+        return min(found, default=None)
+
     def due(self, *, first_seen_before: float, limit: int) -> list[Row]:
         now = self.clock.time()
         with self._lock:
@@ -299,6 +315,43 @@ class MemoryLedger:
 
     def maintain(self) -> None:
         """Nothing to maintain in memory."""
+
+    def ping(self) -> None:
+        """Memory always answers."""
+
+    # --- mapping sets -------------------------------------------------------------------------
+
+    def keep_mapping_set(self, version: str, files: Sequence[tuple[str, str]], origin: str) -> None:
+        now = self.clock.time()
+        with self._lock:
+            kept = self._sets.get(version)
+            if kept is None:
+                self._sets[version] = MappingSet(version, tuple(files), origin, now, now)
+            else:
+                self._sets[version] = replace(kept, loaded_at=now)
+
+    def mapping_set(self, version: str) -> MappingSet | None:
+        with self._lock:
+            return self._sets.get(version)
+
+    def last_good_mapping_set(self) -> MappingSet | None:
+        with self._lock:
+            ranked = sorted(self._sets.values(), key=lambda s: (-s.loaded_at, s.version))
+        return ranked[0] if ranked else None
+
+    def activate_mapping_set(self, version: str, origin: str) -> None:
+        with self._lock:
+            self._activations.append(Activation(version, origin, self.clock.time()))
+
+    def active_mapping_set(self) -> MappingSet | None:
+        with self._lock:
+            if not self._activations:
+                return None
+            return self._sets.get(self._activations[-1].version)
+
+    def activations(self, limit: int = 20) -> list[Activation]:
+        with self._lock:
+            return list(reversed(self._activations))[:limit]
 
     def schema(self) -> migrations.SchemaStatus:
         return migrations.status(m.version for m in migrations.MIGRATIONS)

@@ -54,6 +54,21 @@ CREATE INDEX IF NOT EXISTS rate_slots_key ON rate_slots (key, at);
 CREATE TABLE IF NOT EXISTS rate_pauses (key TEXT PRIMARY KEY, until {real} NOT NULL);
 CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until {real} NOT NULL)
 """
+_MAPPINGS = """
+CREATE TABLE IF NOT EXISTS mapping_sets (
+    version    TEXT PRIMARY KEY,
+    files      TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    loaded_at  {real} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mapping_activations (
+    version      TEXT NOT NULL,
+    origin       TEXT NOT NULL,
+    activated_at {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mapping_activations_at ON mapping_activations (activated_at)
+"""
 _TYPES = {"sqlite": {"real": "REAL"}, "postgres": {"real": "DOUBLE PRECISION"}}
 
 
@@ -69,6 +84,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _both("UPDATE deliveries SET state = 'gave_up' WHERE state = 'failed'"),
     ),
     Migration(3, "outbox backoff, shared rate limit, cluster locks", _both(_SHARED)),
+    Migration(4, "mapping sets: the last good one, and the published one", _both(_MAPPINGS)),
 )
 LATEST = MIGRATIONS[-1].version
 

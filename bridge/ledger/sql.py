@@ -23,6 +23,7 @@ from ..outcomes import (
 from . import migrations
 from .base import Claim, ClaimRequest, LeadStatus, Retention, Row, check_finish
 from .codec import read, stored
+from .sql_mappings import MappingSetsSQL
 from .statements import (
     CLAIM,
     COLUMNS,
@@ -54,7 +55,7 @@ class DB(Protocol):
     def execute(self, sql: str, params: Mapping[str, Any] = ...) -> Cursor: ...
 
 
-class SQLLedger:
+class SQLLedger(MappingSetsSQL):
     """Everything of the contract that is plain SQL; see the subclasses for the rest."""
 
     kind = "sql"
@@ -240,6 +241,11 @@ class SQLLedger:
         rows = self._read("SELECT state, COUNT(*) FROM deliveries GROUP BY state", {})
         return {State(state): count for state, count in rows}
 
+    def oldest_unsettled(self) -> float | None:
+        sql = f"SELECT MIN(created_at) FROM deliveries WHERE state IN {states(ACTIVE)}"
+        (oldest,) = self._read(sql, {})[0]
+        return None if oldest is None else float(oldest)
+
     def due(self, *, first_seen_before: float, limit: int) -> list[Row]:
         args = {"before": first_seen_before, "now": self.clock.time(), "limit": limit}
         return [_row(r) for r in self._read(DUE, args)]
@@ -270,7 +276,8 @@ class SQLLedger:
                 return 0.0
             return max(float(oldest) + WINDOW - now, 0.001)
 
-        return self._run(take, tx=True)
+        wait: float = self._run(take, tx=True)
+        return wait
 
     def pause(self, key: str, until: float) -> None:
         self._run(lambda db: db.execute(self._pause, {"key": key, "until": until}))
@@ -304,6 +311,9 @@ class SQLLedger:
 
     def maintain(self) -> None:
         """Nothing beyond the SQL; a backend may do more."""
+
+    def ping(self) -> None:
+        self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)
 
     def close(self) -> None:
         raise NotImplementedError

@@ -117,10 +117,17 @@ class SQLiteLedger(SQLLedger):
                     if not _busy(exc):
                         raise LedgerError(f"ledger {self.path}: {exc}") from exc
                     last = exc
+                except sqlite3.Error as exc:  # not a database, corrupt, ...
+                    raise LedgerError(f"ledger {self.path}: {exc}") from exc
         raise LedgerError(f"ledger {self.path} stayed locked for {LOCK_WAIT_SECONDS:g} s") from last
 
     def _run(self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True) -> T:
-        return self._attempt(self._db(), work, tx=tx, write=write)
+        """The one boundary where sqlite3's exceptions become ``LedgerError``."""
+        try:
+            db = self._db()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path}: {exc}") from exc
+        return self._attempt(db, work, tx=tx, write=write)
 
     def _has_table(self, db: DB, name: str) -> bool:
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name"
