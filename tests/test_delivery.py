@@ -19,7 +19,8 @@ from bridge.dub.client import DubClient
 from bridge.inputs import Item
 from bridge.ledger import open_ledger
 from bridge.ledger.base import ClaimRequest, Ledger
-from bridge.mapping.engine import Engine, plan_all
+from bridge.mapping.batch import plan_all
+from bridge.mapping.engine import Engine
 from bridge.results import Result
 from bridge.settings import Settings
 from tests.conftest import DUB, lead_ok, order, sale_ok, signup

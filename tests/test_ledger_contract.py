@@ -209,8 +209,8 @@ def into(ledger: Ledger, state: State | None, key: str) -> None:
     """Drive a fresh row into ``state`` through the public operations only."""
     if state is None:
         return
-    if state is State.INVALID:
-        assert ledger.record(key, "sale", State.INVALID, action="sale", event="E", errors=["x"],
+    if state in (State.INVALID, State.UNVERIFIED):
+        assert ledger.record(key, "sale", state, action="sale", event="E", errors=["x"],
                              payload={"messageId": key})  # fmt: skip
         return
     assert claim(ledger, key).granted
@@ -257,10 +257,15 @@ def test_record_supersede_and_release_follow_the_table(ledger: Ledger) -> None:
     """record() never downgrades a protected row; supersede() settles only dead letters;
     release() only an in-flight claim, back to a state the table allows."""
     for source in SOURCES:
-        into(ledger, source, f"rec-{source}")
-        changed = ledger.record(f"rec-{source}", "sale", State.INVALID, action="sale",
-                                event="E", errors=["x"], payload={})  # fmt: skip
-        assert changed == allowed(source, State.INVALID, Via.RECORD), source
+        for target in (State.INVALID, State.UNVERIFIED):
+            key = f"rec-{source}-{target}"
+            into(ledger, source, key)
+            changed = ledger.record(key, "sale", target, action="sale", event="E", errors=["x"],
+                                    payload={})  # fmt: skip
+            assert changed == allowed(source, target, Via.RECORD), (source, target)
+        with pytest.raises(ValueError, match="record\\(\\) notes only"):
+            ledger.record(f"rec-{source}", "sale", State.DELIVERED, action="sale", event="E",
+                          errors=[], payload={})  # fmt: skip
         into(ledger, source, f"sup-{source}")
         assert ledger.supersede(f"sup-{source}", "sale") == allowed(
             source, State.SUPERSEDED, Via.SUPERSEDE
@@ -533,3 +538,17 @@ def test_oldest_unsettled_is_the_first_seen_of_what_is_open(
     assert ledger.oldest_unsettled() == pytest.approx(start + 5)
     ledger.finish("open", "sale", State.PENDING)
     assert ledger.oldest_unsettled() == pytest.approx(start + 5)
+
+
+def test_a_signature_vouches_for_what_it_first_came_with(
+    make_ledger: MakeLedger, clock: ManualClock
+) -> None:
+    """The first sighting of a signature fixes what it vouches for, for every handle; the set
+    is forgotten with the rows it could replay."""
+    first, second = make_ledger(), make_ledger()
+    assert first.vouch("sig", ["a", "b"]) == {"a", "b"}
+    assert second.vouch("sig", ["a", "x"]) == {"a", "b"}
+    assert second.vouch("other", ["x"]) == {"x"}
+    clock.advance(8 * 86400)
+    first.sweep(Retention(give_up_after=1e9, settled=7 * 86400, dead=1e9))
+    assert second.vouch("sig", ["x"]) == {"x"}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from ..outcomes import FINISHED, State
+from ..outcomes import FINISHED, TRANSITIONS, State, Via
 from .migrations import Migration, SchemaStatus
 
 
@@ -195,6 +195,12 @@ class Ledger(Protocol):
     def pause(self, key: str, until: float) -> None:
         """No slot of ``key`` is given before ``until`` (Dub said so, with a 429)."""
 
+    # --- signatures -------------------------------------------------------------------------
+
+    def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
+        """The messageIds a signature vouches for: those it came with the first time it was
+        seen (these, when it is new), whichever instance saw it."""
+
     # --- mapping sets -----------------------------------------------------------------------
 
     def keep_mapping_set(self, version: str, files: Sequence[tuple[str, str]], origin: str) -> None:
@@ -237,4 +243,15 @@ def check_finish(state: State) -> State:
     state = State(state)
     if state not in FINISHED:
         raise ValueError(f"a call cannot end in {state!r} (allowed: {sorted(FINISHED)})")
+    return state
+
+
+# What record() may note: events never sent, invalid or with an unproven signature.
+RECORDED = frozenset(t.target for t in TRANSITIONS if t.via is Via.RECORD)
+
+
+def check_record(state: State) -> State:
+    state = State(state)
+    if state not in RECORDED:
+        raise ValueError(f"record() notes only {sorted(RECORDED)}, not {state!r}")
     return state

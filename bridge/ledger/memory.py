@@ -20,11 +20,12 @@ from ..outcomes import (
     CLAIMABLE,
     DEAD,
     FINAL,
-    RECORDABLE,
     REDRIVABLE,
     RELEASABLE,
     SWEEPABLE,
     State,
+    Via,
+    sources,
 )
 from . import migrations
 from .base import (
@@ -36,6 +37,7 @@ from .base import (
     Retention,
     Row,
     check_finish,
+    check_record,
 )
 from .codec import stored
 from .sql import WINDOW
@@ -64,6 +66,7 @@ class MemoryLedger:
         self._pauses: dict[str, float] = {}
         self._locks: set[str] = set()
         self._sets: dict[str, MappingSet] = {}
+        self._signatures: dict[str, tuple[float, frozenset[str]]] = {}
         self._activations: list[Activation] = []
         self._lock = threading.Lock()
 
@@ -176,7 +179,8 @@ class MemoryLedger:
         key, now = (message_id, mapping), self.clock.time()
         with self._lock:
             row = self._rows.get(key)
-            if row is not None and row.state not in RECORDABLE:
+            target = check_record(state)
+            if row is not None and row.state not in sources(target, Via.RECORD):
                 return False
             if row is None:
                 row = Row(message_id, mapping, action, event, None, State(state), 0, None, None,
@@ -286,6 +290,12 @@ class MemoryLedger:
                 return 0.0
             return max(slots[0] + WINDOW - now, 0.001)
 
+    def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
+        with self._lock:
+            if key not in self._signatures:
+                self._signatures[key] = (self.clock.time(), frozenset(message_ids))
+            return self._signatures[key][1]
+
     def pause(self, key: str, until: float) -> None:
         with self._lock:
             self._pauses[key] = max(self._pauses.get(key, 0.0), until)
@@ -311,6 +321,9 @@ class MemoryLedger:
                 ):
                     del self._rows[key], self._extra[key]
                     pruned += 1
+            for signature, (seen, _) in list(self._signatures.items()):
+                if seen < now - retention.settled:
+                    del self._signatures[signature]
         return {"gave_up": gave_up, "pruned": pruned}
 
     def maintain(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..dub.endpoints import Endpoint
-from ..items import Item, Unreadable
+from ..items import Unreadable
 from ..masking import mask_value
 from ..outcomes import Outcome
 from ..results import Result
@@ -210,21 +210,3 @@ class Engine:
                 for m in candidates
             ]
         return [mapping.apply(event, message_id, str(name)) for mapping in candidates]
-
-
-def plan_all(engine: Engine, items: Iterable[Item]) -> tuple[list[Result], dict[str, Any]]:
-    """Plan a batch: every result in order, and the payload of each event that may be kept.
-
-    An item's notes (text repaired while reading) become warnings on its results.
-    """
-    results: list[Result] = []
-    payloads: dict[str, Any] = {}
-    for item in items:
-        planned = engine.plan(item.event)
-        if item.notes:
-            planned = [r.with_warnings(item.notes) for r in planned]
-        results += planned
-        first = planned[0]
-        if first.message_id and first.outcome is not Outcome.SKIPPED:
-            payloads[first.message_id] = item.event
-    return results, payloads
