@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bridge.ledger import Access, open_ledger
-from bridge.ledger.base import ClaimRequest, LeadStatus, Ledger, Retention
+from bridge.ledger.base import HELD_SECONDS, ClaimRequest, LeadStatus, Ledger, Retention
 from bridge.outcomes import DEAD, FINAL, FINISHED, TRANSITIONS, State, Via, allowed
 from bridge.settings import Settings
 from tests.fakes import ManualClock
@@ -412,16 +412,18 @@ def test_due_lists_old_unsettled_rows_nobody_holds(ledger: Ledger, clock: Manual
 
 def test_rate_limit_window_is_shared(make_ledger: MakeLedger, clock: ManualClock) -> None:
     """Slots of one key are counted over every handle: the limit holds for all of them
-    together, frees as the minute slides, and another key is untouched."""
+    together (a batch gets what is left), frees as the window slides (a minute and the
+    second a slot may wait to be used), and another key is untouched."""
     first, second = make_ledger(), make_ledger()
-    assert [first.take_slot("k", 3) for _ in range(2)] == [0.0, 0.0]
-    assert second.take_slot("k", 3) == 0.0
-    assert first.take_slot("k", 3) == pytest.approx(60.0)
-    assert second.take_slot("other", 3) == 0.0
+    assert first.take_slots("k", 3, 2) == (2, 0.0)
+    assert second.take_slots("k", 3, 5) == (1, 0.0)
+    granted, wait = first.take_slots("k", 3, 1)
+    assert granted == 0 and wait == pytest.approx(HELD_SECONDS)
+    assert second.take_slots("other", 3, 1) == (1, 0.0)
     clock.advance(30)
-    assert second.take_slot("k", 3) == pytest.approx(30.0)
-    clock.advance(30)
-    assert second.take_slot("k", 3) == 0.0
+    assert second.take_slots("k", 3, 1)[1] == pytest.approx(HELD_SECONDS - 30)
+    clock.advance(HELD_SECONDS - 30)
+    assert second.take_slots("k", 3, 3) == (3, 0.0)
 
 
 def test_a_pause_stops_every_handle(make_ledger: MakeLedger, clock: ManualClock) -> None:
@@ -429,9 +431,9 @@ def test_a_pause_stops_every_handle(make_ledger: MakeLedger, clock: ManualClock)
     first, second = make_ledger(), make_ledger()
     first.pause("k", clock.time() + 20)
     first.pause("k", clock.time() + 5)  # an earlier end never shortens a pause
-    assert second.take_slot("k", 100) == pytest.approx(20.0)
+    assert second.take_slots("k", 100, 1) == (0, pytest.approx(20.0))
     clock.advance(20)
-    assert second.take_slot("k", 100) == 0.0
+    assert second.take_slots("k", 100, 1) == (1, 0.0)
 
 
 def test_exclusive_is_held_by_one_at_a_time(make_ledger: MakeLedger) -> None:

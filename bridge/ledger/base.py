@@ -17,6 +17,9 @@ from typing import Any, Protocol
 from ..outcomes import FINISHED, TRANSITIONS, State, Via
 from .migrations import Migration, SchemaStatus
 
+USE_WITHIN = 1.0  # a slot taken is used within this, or not at all
+HELD_SECONDS = 60.0 + USE_WITHIN  # so calls in any minute never exceed the limit
+
 
 class LeadStatus(StrEnum):
     SETTLED = "settled"  # a lead of this customer reached Dub lately
@@ -188,9 +191,11 @@ class Ledger(Protocol):
         """Hold the named lock across every instance for the block: True when held, False
         when another process has it (then do nothing)."""
 
-    def take_slot(self, key: str, per_minute: int) -> float:
-        """Take one call of ``key``'s one-minute sliding window, shared by every process:
-        0 when taken, else the seconds until one may free up (or a pause ends)."""
+    def take_slots(self, key: str, per_minute: int, count: int) -> tuple[int, float]:
+        """Take up to ``count`` calls of ``key``'s sliding window, shared by every process:
+        (how many were taken, and when none was: the seconds until one may free up, or a
+        pause ends). A slot counts for ``HELD_SECONDS``: a minute, and the second within
+        which its taker must use it."""
 
     def pause(self, key: str, until: float) -> None:
         """No slot of ``key`` is given before ``until`` (Dub said so, with a 429)."""

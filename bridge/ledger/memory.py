@@ -29,6 +29,7 @@ from ..outcomes import (
 )
 from . import migrations
 from .base import (
+    HELD_SECONDS,
     Activation,
     Claim,
     ClaimRequest,
@@ -40,7 +41,6 @@ from .base import (
     check_record,
 )
 from .codec import stored
-from .sql import WINDOW
 
 
 @dataclass
@@ -277,18 +277,19 @@ class MemoryLedger:
                 with self._lock:
                     self._locks.discard(name)
 
-    def take_slot(self, key: str, per_minute: int) -> float:
+    def take_slots(self, key: str, per_minute: int, count: int) -> tuple[int, float]:
         now = self.clock.time()
         with self._lock:
             if self._pauses.get(key, 0.0) > now:
-                return self._pauses[key] - now
+                return 0, self._pauses[key] - now
             slots = self._slots.setdefault(key, deque())
-            while slots and slots[0] <= now - WINDOW:
+            while slots and slots[0] <= now - HELD_SECONDS:
                 slots.popleft()
-            if len(slots) < per_minute:
-                slots.append(now)
-                return 0.0
-            return max(slots[0] + WINDOW - now, 0.001)
+            granted = min(count, per_minute - len(slots))
+            if granted <= 0:
+                return 0, max(slots[0] + HELD_SECONDS - now, 0.001)
+            slots.extend([now] * granted)
+            return granted, 0.0
 
     def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
         with self._lock:

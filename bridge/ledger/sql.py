@@ -18,6 +18,7 @@ from ..jsoncodec import dumps_str, loads
 from ..outcomes import ACTIVE, DEAD, FINAL, State, Via, sources
 from . import migrations
 from .base import (
+    HELD_SECONDS,
     RECORDED,
     Claim,
     ClaimRequest,
@@ -44,7 +45,6 @@ from .statements import (
 )
 
 T = TypeVar("T")
-WINDOW = 60.0  # Dub's rate limit: a one-minute sliding window per API key
 
 
 class Cursor(Protocol):
@@ -268,26 +268,28 @@ class SQLLedger(MappingSetsSQL):
 
     # --- the shared rate limit --------------------------------------------------------------
 
-    def take_slot(self, key: str, per_minute: int) -> float:
+    def take_slots(self, key: str, per_minute: int, count: int) -> tuple[int, float]:
         now = self.clock.time()
 
-        def take(db: DB) -> float:
+        def take(db: DB) -> tuple[int, float]:
             self._serialise_slots(db, key)
-            args = {"key": key, "now": now, "edge": now - WINDOW}
+            args = {"key": key, "now": now, "edge": now - HELD_SECONDS}
             db.execute("DELETE FROM rate_slots WHERE key = :key AND at <= :edge", args)
             paused = db.execute("SELECT until FROM rate_pauses WHERE key = :key", args).fetchone()
             if paused is not None and paused[0] > now:
-                return float(paused[0] - now)
-            count, oldest = db.execute(
+                return 0, float(paused[0] - now)
+            used, oldest = db.execute(
                 "SELECT COUNT(*), MIN(at) FROM rate_slots WHERE key = :key", args
             ).fetchone()
-            if count < per_minute:
+            granted = min(count, per_minute - used)
+            if granted <= 0:
+                return 0, max(float(oldest) + HELD_SECONDS - now, 0.001)
+            for _ in range(granted):
                 db.execute("INSERT INTO rate_slots (key, at) VALUES (:key, :now)", args)
-                return 0.0
-            return max(float(oldest) + WINDOW - now, 0.001)
+            return granted, 0.0
 
-        wait: float = self._run(take, tx=True)
-        return wait
+        taken: tuple[int, float] = self._run(take, tx=True)
+        return taken
 
     def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
         args = {"key": key, "ids": dumps_str(sorted(set(message_ids))), "now": self.clock.time()}
