@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import random
 import string
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,9 @@ LAST = ["Doe", "Smith", "Okafor", "Tanaka", "Müller", "García", "Nguyen", "Ros
 class Gen:
     def __init__(self, seed: int):
         self.r = random.Random(seed)
-        self.clock = 1_763_600_000_000  # ms; advances a little per event
+        # ms; advances a little per event. A day before now: the bridge refuses events older
+        # than its ledger remembers (6 days), and a corpus is measured soon after it is made.
+        self.clock = (int(time.time()) // 3600 - 24) * 3_600_000
 
     def hexid(self, n: int = 32) -> str:
         return "".join(self.r.choices("0123456789abcdef", k=n))
@@ -84,12 +88,8 @@ class Gen:
         return self.r.choices(values, weights=weights)[0]
 
     def iso(self, ms: int) -> str:
-        seconds, millis = divmod(ms, 1000)
-        days, rem = divmod(seconds, 86400)
-        # Days since 2025-11-20 are fine as the day of month for a corpus: keep it simple.
-        hh, rem = divmod(rem, 3600)
-        mm, ss = divmod(rem, 60)
-        return f"2025-11-{20 + days % 9:02d}T{hh:02d}:{mm:02d}:{ss:02d}.{millis:03d}Z"
+        when = datetime.fromtimestamp(ms / 1000, UTC)
+        return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
     def person(self) -> dict[str, Any]:
         first, last = self.r.choice(FIRST), self.r.choice(LAST)

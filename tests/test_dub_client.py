@@ -197,3 +197,13 @@ def test_5xx_may_have_reached_dub_but_4xx_did_not() -> None:
     assert not may_have_reached(DubAnswer(status=429)) and not may_have_reached(
         DubAnswer(status=422)
     )
+
+
+def test_proxies_come_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTPS_PROXY set when the client is made is used; the environment is not read per call."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    client = DubClient("https://api.dub.co", "k")
+    assert client.session.proxies == {"https": "http://proxy.internal:3128"}
+    assert client.session.trust_env is False
+    monkeypatch.setenv("NO_PROXY", "api.dub.co")
+    assert DubClient("https://api.dub.co", "k").session.proxies == {}

@@ -58,6 +58,10 @@ class DubClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.session = requests.Session()
+        # Proxies from the environment (HTTPS_PROXY, NO_PROXY) are read once, here: requests
+        # would otherwise scan the whole environment again on every call.
+        self.session.proxies = requests.utils.get_environ_proxies(self.base_url)
+        self.session.trust_env = False
         # No retries here: the delivery loop owns retries, with the budget in view.
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
