@@ -6,22 +6,38 @@
 
 All three are single-threaded, so events/s is per core. Rounds alternate a, b, c so a
 noisy neighbour hits all three alike; ratios are taken per round, then the median.
+
+Run alone, it times the engine only (1a), on one or more mapping folders side by side:
+
+    python bench/mapping.py [--mappings DIR ...] [--rounds N] [--seconds S] [--events N]
+
+Each round times every folder once, in turn; the report gives the median events/s of each
+and its median per-round ratio to the first folder, after checking that every folder
+makes the same Dub bodies on the corpus (so a rewrite of a mapping with new constructs
+can be timed against the original). Run it under two checkouts (``PYTHONPATH=OTHER``)
+to compare engine versions on the same mappings.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import handwritten
+if __package__ in (None, ""):  # `python bench/mapping.py`: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import corpus, handwritten
 from bench.servers import ROOT
 from bridge.jsoncodec import dumps, loads
 from bridge.mapping.engine import Engine
@@ -214,3 +230,66 @@ def check_node(corpus: Path, lines: list[bytes]) -> dict[str, Any]:
         "unexpected": len(unexpected),
         "examples": unexpected[:3],
     }
+
+
+def compare_folders(
+    folders: list[Path], lines: list[bytes], rounds: int, seconds: float
+) -> dict[str, Any]:
+    """Engine-only events/s of each mapping folder, interleaved per round."""
+    engines = [load_mappings(folder).engine for folder in folders]
+    bodies = [engine_bodies(engine, lines) for engine in engines]
+    different = [
+        str(folder)
+        for folder, got in zip(folders[1:], bodies[1:], strict=True)
+        if {k: v[1] for k, v in got.items()} != {k: v[1] for k, v in bodies[0].items()}
+    ]
+    mappers = [engine_mapper(engine) for engine in engines]
+    per_round = []
+    for index in range(rounds):
+        row = [events_per_second(fn, lines, seconds) for fn in mappers]
+        per_round.append(row)
+        print(f"  round {index + 1}/{rounds}: " + ", ".join(f"{v:,.0f}" for v in row), flush=True)
+    return {
+        "folders": [str(f) for f in folders],
+        "events_per_second": [
+            statistics.median(r[i] for r in per_round) for i in range(len(folders))
+        ],
+        "ratio_to_first": [
+            statistics.median(r[i] / r[0] for r in per_round) for i in range(len(folders))
+        ],
+        "bodies_differ": different,
+        "rounds": per_round,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="engine-only mapping throughput (item 1a)")
+    parser.add_argument(
+        "--mappings", type=Path, action="append", help="a mapping folder (repeat to compare)"
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per folder and round")
+    parser.add_argument("--events", type=int, default=corpus.DEFAULT_EVENTS)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    folders = args.mappings or [ROOT / "mappings"]
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = corpus.read_lines(corpus.write(Path(tmp) / "corpus.jsonl", args.events))
+    import bridge
+
+    print(f"engine: {Path(bridge.__file__).parent}, corpus: {len(lines)} events (seed 4)")
+    out = compare_folders(folders, lines, args.rounds, args.seconds)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    for folder, eps, ratio in zip(
+        out["folders"], out["events_per_second"], out["ratio_to_first"], strict=True
+    ):
+        print(f"{eps:>12,.0f} events/s  x{ratio:.3f}  {folder}")
+    if out["bodies_differ"]:
+        print(f"bodies differ from the first folder: {', '.join(out['bodies_differ'])}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
