@@ -17,6 +17,7 @@ from ..mapping.engine import plan_all
 from ..outcomes import NEEDS_PERSON, RETRY, Outcome
 from ..wiring import build_deliverer
 from .common import configured, engine_of, mappings_option, settings_for
+from .summary import Progress, Summary
 
 CHUNK = 100  # events sent together (concurrently) by --send
 
@@ -45,6 +46,7 @@ def replay(files: tuple[Path, ...], dry_run: bool, mappings: str | None) -> None
         except BridgeError as exc:
             configured(exc)
     bad = False
+    progress, summary = Progress(sys.stderr), Summary()
     try:
         for chunk in _chunks(_items(files)):
             results, payloads = plan_all(engine, chunk)
@@ -57,11 +59,15 @@ def replay(files: tuple[Path, ...], dry_run: bool, mappings: str | None) -> None
             for result in results:
                 bad |= result.outcome in NEEDS_PERSON or result.outcome in RETRY
                 click.echo(dumps_str(result.to_line()))
+            summary.add(results, len(chunk))
+            progress.advance(len(chunk))
     finally:
+        progress.close()
         if deliverer is not None:
             deliverer.close()
             if deliverer.ledger is not None:
                 deliverer.ledger.close()
+    click.echo("\n".join(summary.lines()), err=True)
     sys.exit(1 if bad else 0)
 
 
