@@ -6,16 +6,17 @@ away from zero. A JSON number arrives as a Python float; ``repr`` gives back the
 shortest decimal text that round-trips it, which is the sender's text for any
 amount with up to 15 significant digits (send longer amounts as strings).
 
-Arithmetic runs in a context as precise as the amount's own digits: the default
+Arithmetic runs in a context that never rounds before the last step: the default
 context keeps 28 digits, and rounding there first (12.344999...9 with 32 digits
-to 12.345) and then to cents would round twice and land a cent off.
+to 12.345) and then to cents would round twice and land a cent off. Only scaling
+and rounding run in it, so its unbounded precision costs nothing on ordinary amounts.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from decimal import MAX_EMAX, MIN_EMIN, ROUND_HALF_UP, Context, Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any
 
 from ..dub.currencies import MAX_MINOR_UNITS, currency_exponent
@@ -24,8 +25,7 @@ from ..dub.currencies import MAX_MINOR_UNITS, currency_exponent
 # amount text must be a plain decimal number, nothing else.
 _NUMBER_RE = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 _ONE = Decimal(1)
-# Digits enough for any integer part that passes the MAX_MINOR_UNITS check, and some.
-_MIN_PRECISION = 24
+_EXACT = Context(prec=MAX_PREC, rounding=ROUND_HALF_UP, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 class AmountError(ValueError):
@@ -63,26 +63,14 @@ def minor_units(value: Any, currency: str = "usd") -> int:
     amount = to_decimal(value)
     if amount < 0:
         raise AmountError("amount is negative")
-    exact = exact_context(amount)
-    scaled = amount if currency_exponent(currency.lower()) == 0 else amount.scaleb(2, exact)
+    scaled = amount if currency_exponent(currency.lower()) == 0 else amount.scaleb(2, _EXACT)
     # Compare before quantize: a huge exponent ("1e999999") would overflow it.
     if scaled > MAX_MINOR_UNITS + 1:
         raise AmountError(f"amount is above {MAX_MINOR_UNITS} minor units")
     try:
-        result = int(scaled.quantize(_ONE, rounding=ROUND_HALF_UP, context=exact))
+        result = int(scaled.quantize(_ONE, context=_EXACT))
     except InvalidOperation as exc:  # pragma: no cover - guarded by the bound above
         raise AmountError("amount cannot be rounded") from exc
     if result > MAX_MINOR_UNITS:
         raise AmountError(f"amount is above {MAX_MINOR_UNITS} minor units")
     return result
-
-
-def exact_context(*numbers: Decimal) -> Context:
-    """A context that holds every digit of ``numbers``: no step rounds before the last."""
-    digits = max((len(n.as_tuple().digits) for n in numbers), default=0)
-    return Context(
-        prec=max(digits, _MIN_PRECISION) + 4,
-        rounding=ROUND_HALF_UP,
-        Emax=MAX_EMAX,
-        Emin=MIN_EMIN,
-    )

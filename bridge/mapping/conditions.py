@@ -254,6 +254,11 @@ def _combine(kind: str, children: tuple[Condition, ...]) -> Holds:
         return lambda event: not inner(event)
     if len(tests) == 1:
         return tests[0]
+    if len(tests) == 2:  # the usual size: two calls, no generator
+        first, second = tests
+        if kind == "all":
+            return lambda event: first(event) and second(event)
+        return lambda event: first(event) or second(event)
     if kind == "all":
         return lambda event: all(test(event) for test in tests)
     return lambda event: any(test(event) for test in tests)
@@ -267,6 +272,14 @@ def _exists(paths: tuple[CompiledPath, ...], wanted: bool) -> Holds:
 def _first(paths: tuple[CompiledPath, ...]) -> Callable[[Any], Any]:
     """The first non-empty value the paths find, or MISSING."""
     finds = tuple(p.find for p in paths)
+    if len(finds) == 1:
+        (find,) = finds
+
+        def only(event: Any) -> Any:
+            found = find(event)
+            return found[0] if found and not is_empty(found[0]) else MISSING
+
+        return only
 
     def first(event: Any) -> Any:
         for find in finds:

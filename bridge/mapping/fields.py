@@ -86,10 +86,8 @@ class CompiledField:
     @property
     def source(self) -> str:
         """What the field reads, as a message names it."""
-        if isinstance(self.computed, Template):
-            return f"template {self.computed.text!r}"
-        if isinstance(self.computed, Sum):
-            return self.computed.text
+        if self.computed is not None:
+            return self.computed.label
         return ", ".join(p.text for p in self.paths)
 
     @property

@@ -46,17 +46,14 @@ class SumError(ValueError):
 class Sum:
     """A compiled ``sum``: ``total(event)`` is a ``Decimal``, or MISSING for no items."""
 
-    __slots__ = ("items", "times", "value")
+    __slots__ = ("items", "label", "times", "value")
 
     def __init__(self, spec: SumSpec):
         self.items = cached_path(spec.items)
         self.value = spec.value
         self.times = spec.times
-
-    @property
-    def text(self) -> str:
         times = f" * {self.times}" if self.times else ""
-        return f"sum of {self.value}{times} over {self.items.text}"
+        self.label = f"sum of {self.value}{times} over {self.items.text}"
 
     def total(self, event: Any) -> Any:
         found = self.items.find(event)

@@ -49,10 +49,11 @@ def _value(found: list[Any]) -> Any:
 class Template:
     """A parsed template: ``render(event)`` is its text, or MISSING when it is empty."""
 
-    __slots__ = ("literals", "paths", "text")
+    __slots__ = ("label", "literals", "paths", "text")
 
     def __init__(self, text: str):
         self.text = text
+        self.label = f"template {text!r}"  # how messages name where a value came from
         self.literals, path_texts = parse(text)
         self.paths: tuple[CompiledPath, ...] = tuple(cached_path(p) for p in path_texts)
 
