@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,9 +15,10 @@ from tests.test_cli import run, run_script
 EXAMPLES = MAPPINGS / "examples"
 
 
-def test_shipped_mappings_pass_their_golden_tests_through_the_installed_script() -> None:
-    """`bridge test mappings` (the real script, as CI runs it) passes every shipped test."""
-    done = run_script("test", "mappings")
+@pytest.mark.parametrize("runner", [run, pytest.param(run_script, marks=pytest.mark.slow)])
+def test_shipped_mappings_pass_their_golden_tests(runner: Any) -> None:
+    """`bridge test mappings` passes every shipped test: in-process, and as the real script."""
+    done = runner("test", "mappings")
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[-1].startswith("13 test(s) in mappings: 13 ok, 0 failed")
