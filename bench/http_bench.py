@@ -39,6 +39,7 @@ from bench.servers import (
 )
 
 BRIDGE, NO_LEDGER, BARE = "bridge", "bridge-noledger", "bare"
+POSTGRES = "bridge-postgres"  # the ledger in PostgreSQL (DATABASE_URL), when a server is given
 
 
 def ledger_switch() -> str | None:
@@ -55,6 +56,7 @@ class Stack:
     dub_port: int
     servers: dict[str, Server]
     ports: dict[str, int]
+    database: str | None = None  # the benchmark's own PostgreSQL database, dropped at stop
 
     def url(self, target: str, path: str = "/segment") -> str:
         return f"http://127.0.0.1:{self.ports[target]}{path}"
@@ -71,6 +73,27 @@ class Stack:
     def stop(self) -> None:
         for server in [*self.servers.values(), self.fakedub]:
             server.stop()
+        if self.database is not None:
+            drop_database(self.database)
+
+
+def create_database(server_url: str) -> str:
+    """A fresh database on the given PostgreSQL server, for this run only; its URL."""
+    import psycopg
+
+    name = f"bridge_bench_{os.getpid()}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(url: str) -> None:
+    import psycopg
+
+    server, name = url.rsplit("/", 1)
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def bench_env(ledger_dir: Path, dub_port: int) -> dict[str, str]:
@@ -91,7 +114,8 @@ def bench_env(ledger_dir: Path, dub_port: int) -> dict[str, str]:
     return env
 
 
-def start_stack(tmp: Path, ledger_dir: Path) -> Stack:
+def start_stack(tmp: Path, ledger_dir: Path, postgres: str | None = None) -> Stack:
+    """Every app side by side; ``postgres`` (a server URL) adds the PostgreSQL ledger."""
     fakedub, dub_port = start_fakedub(tmp / "fakedub.log")
     servers: dict[str, Server] = {}
     ports: dict[str, int] = {}
@@ -99,6 +123,9 @@ def start_stack(tmp: Path, ledger_dir: Path) -> Stack:
     try:
         env = bench_env(ledger_dir, dub_port)
         apps = [(BRIDGE, BRIDGE_APP, env)]
+        if postgres is not None:
+            stack.database = create_database(postgres)
+            apps.append((POSTGRES, BRIDGE_APP, {**env, "DATABASE_URL": stack.database}))
         switch = ledger_switch()
         if switch is not None:
             apps.append((NO_LEDGER, BRIDGE_APP, {**env, switch: "false"}))
@@ -277,10 +304,11 @@ def big_batch(
                 seconds = time.monotonic() - started
                 conn.close()
                 calls = sum(stack.dub("/_bench/stats").values()) - calls_before
+                parsed = orjson.loads(answer)
                 delivered = (
-                    answer.count(b'"outcome":"delivered"')
+                    parsed.get("counts", {}).get("delivered", 0)
                     if target != BARE
-                    else orjson.loads(answer).get("calls")
+                    else parsed.get("calls")
                 )
                 runs[target].append(
                     {

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the `bench` package
 import orjson
 
 from bench import corpus, http_bench, mapping, startup
-from bench.http_bench import BARE, BRIDGE, NO_LEDGER
+from bench.http_bench import BARE, BRIDGE, NO_LEDGER, POSTGRES
 from bench.servers import ROOT
 
 # Seconds are per measured run; each round runs every compared variant once.
@@ -89,7 +89,9 @@ def webhook_phases(
     }
 
 
-def run(profile: str, out_dir: Path, ledger_dir: Path | None, keep: bool) -> dict[str, Any]:
+def run(
+    profile: str, out_dir: Path, ledger_dir: Path | None, keep: bool, postgres: str | None = None
+) -> dict[str, Any]:
     cfg = PROFILES[profile]
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -135,7 +137,7 @@ def run(profile: str, out_dir: Path, ledger_dir: Path | None, keep: bool) -> dic
     section("2-4. webhook under gunicorn (Procfile flags, 127.0.0.1), fake Dub on loopback")
     tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
     db_dir = Path(tempfile.mkdtemp(prefix="bridge-bench-db-", dir=ledger_dir or tmp))
-    stack = http_bench.start_stack(tmp, db_dir)
+    stack = http_bench.start_stack(tmp, db_dir, postgres)
     switch = http_bench.ledger_switch()
     results["ledger"] = {
         "dir": str(db_dir),
@@ -243,7 +245,7 @@ def _row(cmp: dict[str, Any], label: str, key: str, spec: str, ratio: str | None
 
 def _webhook_report(r: dict[str, Any], add: Any) -> None:
     w = r["webhook"]
-    short = {BRIDGE: "bridge", NO_LEDGER: "no ledger", BARE: "bare"}
+    short = {BRIDGE: "bridge", NO_LEDGER: "no ledger", BARE: "bare", POSTGRES: "postgres"}
     head = "".join(f"{short[t]:>11}" for t in w["single"]["sides"])
     head += "".join(f"{short[t] + '/bare':>16}" for t in w["single"]["vs_bare"])
     add("\n2. Webhook under gunicorn (Procfile flags): bridge (ledger on), no ledger, bare app")
@@ -273,6 +275,15 @@ def _webhook_report(r: dict[str, Any], add: Any) -> None:
         add(f"   ledger off: {r['ledger']['note']}")
     else:
         add(f"   ledger off = {r['ledger']['off_switch']}; ledger file in {r['ledger']['dir']}")
+    if POSTGRES in w["single"]["sides"]:
+        add("   ledger backends, throughput ratios (median of per-round ratios to bare):")
+        for name in ("single", "batch100"):
+            vs = w[name]["vs_bare"]
+            pg, lite, off = (vs[t]["throughput_ratio"] for t in (POSTGRES, BRIDGE, NO_LEDGER))
+            add(
+                f"     {name:9} postgres/sqlite {pg / lite:.2f}   postgres/no ledger {pg / off:.2f}"
+                f"   sqlite/no ledger {lite / off:.2f}"
+            )
 
 
 def report(r: dict[str, Any]) -> str:
@@ -337,11 +348,19 @@ def main() -> None:
         "--ledger-dir", type=Path, help="where BRIDGE_DB goes (default: a temp dir under /tmp)"
     )
     parser.add_argument("--keep", action="store_true", help="keep server logs and the ledger")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("BRIDGE_BENCH_POSTGRES"),
+        help="a PostgreSQL server URL (postgresql://user@host:port/db): also measure the "
+        "PostgreSQL ledger, in a fresh database of its own (default: $BRIDGE_BENCH_POSTGRES)",
+    )
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.out.mkdir(parents=True, exist_ok=True)
-    results = run("quick" if args.quick else "full", args.out, args.ledger_dir, args.keep)
+    results = run(
+        "quick" if args.quick else "full", args.out, args.ledger_dir, args.keep, args.postgres
+    )
     text = report(results)
     results["report"] = text
     results["targets"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(results)]

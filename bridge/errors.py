@@ -17,6 +17,7 @@ class BridgeError(Exception):
 
     code = "bridge_error"
     status = 500
+    retry_after: int | None = None  # seconds, sent as Retry-After with a 503
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
         super().__init__(message)
@@ -105,10 +106,13 @@ class InvalidSignature(RequestError):
 
 
 class LedgerError(BridgeError):
-    """The ledger cannot be used now (locked too long, unreachable); Segment should retry."""
+    """The ledger cannot be used now (locked too long, unreachable); Segment should retry.
+
+    No Dub call is made without a claim, so the whole request waits for the ledger."""
 
     code = "ledger_unavailable"
     status = 503
+    retry_after = 10
 
 
 class LedgerConfigError(ConfigError):

@@ -1,24 +1,27 @@
 """Structured logs: one JSON line per record, one record per event and mapping.
 
-The API key never reaches a log (it lives only in the HTTP session's headers), and
-every email address in a message or field is masked.
+Every line carries the worker's pid and, inside a request, its request id (also on
+the lines a background call writes after the answer). The API key never reaches a
+log (it lives only in the HTTP session's headers), and every email address in a
+message or field is masked.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
+import os
 import sys
 import time
 from typing import Any
 
 from .jsoncodec import dumps_str
 from .masking import mask_emails
-from .results import Result
 
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-result_log = logging.getLogger("bridge.events")
-_WARN = frozenset({"invalid", "rejected", "failed", "uncertain", "gave_up"})
+# The request being handled by this thread (and by the threads sending its calls).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
 class JSONFormatter(logging.Formatter):
@@ -28,7 +31,11 @@ class JSONFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            "pid": record.process or os.getpid(),
         }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            entry["requestId"] = request_id
         fields = record.__dict__.get("fields")
         if fields is not None:  # log_result's fast path: one dict, no scan of the record
             entry.update(fields)
@@ -47,39 +54,19 @@ def _timestamp(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
+# Libraries whose warnings belong in the bridge's log, as JSON like the rest.
+LIBRARIES = ("psycopg",)
+
+
 def configure(level: str = "INFO") -> None:
-    """Send the bridge's logs to stderr as JSON lines (idempotent)."""
-    root = logging.getLogger("bridge")
-    root.setLevel(level)
-    if not any(getattr(h, "_bridge", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JSONFormatter())
-        handler._bridge = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        root.propagate = False
-
-
-def log_result(result: Result) -> None:
-    """The one line per event and mapping: what happened, how long it took."""
-    level = logging.WARNING if result.outcome in _WARN else logging.INFO
-    if not result_log.isEnabledFor(level):
-        return
-    fields: dict[str, Any] = {
-        "messageId": result.message_id,
-        "event": result.event,
-        "mapping": result.mapping,
-        "outcome": result.outcome,
-        "dubStatus": result.status,
-        "ms": result.elapsed_ms,
-    }
-    if result.attempts > 1:
-        fields["attempts"] = result.attempts
-    if result.errors:
-        fields["errors"] = result.errors
-    if result.warnings:
-        fields["warnings"] = result.warnings
-    if result.dub_error:
-        fields["dubError"] = result.dub_error
-    if result.reason:
-        fields["reason"] = result.reason
-    result_log.log(level, "event", extra={"fields": fields})
+    """Send the bridge's logs (and its libraries' warnings) to stderr as JSON lines
+    (idempotent)."""
+    for name, at in (("bridge", level), *((lib, "WARNING") for lib in LIBRARIES)):
+        logger = logging.getLogger(name)
+        logger.setLevel(at)
+        if not any(getattr(h, "_bridge", False) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(JSONFormatter())
+            handler._bridge = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+            logger.propagate = False

@@ -30,6 +30,7 @@ class Outcome(StrEnum):
     REJECTED = "rejected"  # Dub answered a final 4xx
     FAILED = "failed"  # unreachable, timeout, 408/429/5xx: Segment retries
     PENDING = "pending"  # not sent within the time budget: Segment retries
+    QUEUED = "queued"  # older than Segment's retry window: the bridge's outbox retries it
     UNCERTAIN = "uncertain"  # Dub's lead trap: was the first attempt recorded?
     GAVE_UP = "gave_up"
     SKIPPED = "skipped"
@@ -140,6 +141,7 @@ STATE_AFTER: dict[Outcome, State] = {
     Outcome.UNCERTAIN: _S.UNCERTAIN,
     Outcome.FAILED: _S.PENDING,
     Outcome.PENDING: _S.PENDING,
+    Outcome.QUEUED: _S.PENDING,
     Outcome.GAVE_UP: _S.GAVE_UP,
     Outcome.INVALID: _S.INVALID,
     Outcome.SUPERSEDED: _S.SUPERSEDED,

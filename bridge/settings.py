@@ -45,8 +45,17 @@ ENV = {
     "max_attempts": "BRIDGE_MAX_ATTEMPTS",
     "log_level": "BRIDGE_LOG_LEVEL",
     "cli_budget_seconds": "BRIDGE_CLI_BUDGET_SECONDS",
+    "database_url": "DATABASE_URL",
+    "threads": "GUNICORN_THREADS",
+    "db_pool_size": "BRIDGE_DB_POOL_SIZE",
+    "db_timeout": "BRIDGE_DB_TIMEOUT",
+    "outbox_after_hours": "BRIDGE_OUTBOX_AFTER_HOURS",
+    "outbox_max_age_hours": "BRIDGE_OUTBOX_MAX_AGE_HOURS",
+    "dead_letter_retention_days": "BRIDGE_DEAD_LETTER_RETENTION_DAYS",
+    "mappings_source": "BRIDGE_MAPPINGS_SOURCE",
+    "metrics_token": "BRIDGE_METRICS_TOKEN",
 }
-SECRETS = {"dub_api_key", "segment_shared_secret"}
+SECRETS = {"dub_api_key", "segment_shared_secret", "database_url", "metrics_token"}
 
 
 class Settings(BaseModel):
@@ -78,6 +87,22 @@ class Settings(BaseModel):
     # The time budget of each chunk that `replay --send` and `redrive` send: no Segment
     # timeout there, but still a bound.
     cli_budget_seconds: float = Field(60.0, gt=0, le=3600)
+    # postgresql://user:password@host:port/db: one ledger for every instance.
+    database_url: SecretStr | None = None
+    threads: int = Field(4, ge=1, le=256)  # gunicorn's threads per worker (the Procfile)
+    # Connections per process; default: one per request thread, one for the delivery pool's
+    # bookkeeping, one for the background jobs.
+    db_pool_size: int | None = Field(None, ge=1, le=100)
+    db_timeout: float = Field(2.0, gt=0, le=30)
+    # Segment retries for about four hours; after that the bridge's own outbox retries
+    # what is still unsettled, until it is this old, and then it becomes a dead letter.
+    outbox_after_hours: float = Field(4.0, gt=0)
+    outbox_max_age_hours: float = Field(24.0, gt=0)
+    dead_letter_retention_days: float = Field(30.0, gt=0)
+    # files: each instance follows its mapping files; database: every instance follows the
+    # set published with `bridge mappings publish`.
+    mappings_source: Literal["files", "database"] = "files"
+    metrics_token: SecretStr | None = None  # when set, /metrics wants `Bearer <token>`
 
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> Settings:
@@ -90,6 +115,40 @@ class Settings(BaseModel):
                 f" + DUB_READ_TIMEOUT ({longest:g} s)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _published_mappings_need_a_database(self) -> Settings:
+        if self.mappings_source == "database" and self.ledger != "on":
+            raise ValueError(
+                "mappings_source: 'files' unless the ledger is a database (BRIDGE_LEDGER=on)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _outbox_window(self) -> Settings:
+        if self.outbox_max_age_hours <= self.outbox_after_hours:
+            raise ValueError(
+                "outbox_max_age_hours: more than BRIDGE_OUTBOX_AFTER_HOURS "
+                f"({self.outbox_after_hours:g} h)"
+            )
+        return self
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("a postgresql:// URL")
+        return value
+
+    @property
+    def pool_size(self) -> int:
+        return self.db_pool_size or self.threads + 2
+
+    @property
+    def postgres_url(self) -> str | None:
+        return self.database_url.get_secret_value() if self.database_url else None
 
     @field_validator("dub_api_url")
     @classmethod
@@ -112,7 +171,9 @@ class Settings(BaseModel):
             raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
         return level
 
-    @field_validator("dub_api_key", "segment_shared_secret", mode="before")
+    @field_validator(
+        "dub_api_key", "segment_shared_secret", "database_url", "metrics_token", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

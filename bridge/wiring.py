@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
 
 from .clock import SYSTEM, Clock
 from .delivery.deliverer import Deliverer
-from .delivery.ratelimit import SlidingWindow
+from .delivery.outbox import Outbox
+from .delivery.ratelimit import RateLimiter, SharedWindow, SlidingWindow
 from .dub.client import DubClient
 from .errors import ConfigError
-from .ledger import Access, Ledger, open_ledger
+from .ledger import Access, Ledger, open_ledger, retention_of
 from .ledger.maintenance import Maintenance
+from .poller import Poller
 from .settings import Settings
 from .store import MappingStore
+
+OUTBOX_POLL_SECONDS = 30.0
 
 log = logging.getLogger("bridge.wiring")
 
@@ -38,16 +43,28 @@ def build_deliverer(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
     )
-    # With several workers, each takes its share of Dub's per-key limit.
-    share = max(1, settings.rate_limit_per_minute // settings.workers)
     return Deliverer(
         client,
         ledger,
-        limiter=SlidingWindow(share, clock=clock),
+        limiter=rate_limiter(settings, ledger, clock=clock),
         clock=clock,
         concurrency=settings.concurrency,
         max_attempts=settings.max_attempts,
+        outbox_after=settings.outbox_after_hours * 3600,
     )
+
+
+def rate_limiter(
+    settings: Settings, ledger: Ledger | None, *, clock: Clock = SYSTEM
+) -> RateLimiter:
+    """Dub's per-key limit, shared by every process through the ledger; without a ledger
+    (benchmarks) each worker takes its share."""
+    if ledger is None:
+        share = max(1, settings.rate_limit_per_minute // settings.workers)
+        return SlidingWindow(share, clock=clock)
+    # The window is kept under a hash of the API key, never the key itself.
+    key = hashlib.sha256(require_api_key(settings).encode()).hexdigest()[:16]
+    return SharedWindow(ledger, f"dub:{key}", settings.rate_limit_per_minute, clock=clock)
 
 
 @dataclass
@@ -59,22 +76,30 @@ class Service:
     deliverer: Deliverer
     ledger: Ledger | None
     maintenance: Maintenance | None
+    outbox: Outbox | None
+    jobs: list[Poller] = field(default_factory=list)
+    draining: bool = False  # SIGTERM came: finish what is under way, take nothing new
     _closed: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def start(self) -> None:
-        self.store.start()
+    def __post_init__(self) -> None:
+        self.jobs = [self.store.poller]
         if self.maintenance is not None:
-            self.maintenance.start()
+            self.jobs.append(self.maintenance.poller)
+        if self.outbox is not None:
+            self.jobs.append(Poller("outbox", OUTBOX_POLL_SECONDS, self.outbox.run_once))
+
+    def start(self) -> None:
+        for job in self.jobs:
+            job.start()
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self.store.stop()
-        if self.maintenance is not None:
-            self.maintenance.stop()
+        for job in self.jobs:
+            job.stop()
         self.deliverer.close()
         if self.ledger is not None:
             self.ledger.close()
@@ -84,13 +109,24 @@ class Service:
 def build_service(settings: Settings, *, clock: Clock = SYSTEM) -> Service:
     """The webhook's object graph; raises ``ConfigError`` naming what is wrong."""
     require_api_key(settings)
-    store = MappingStore(settings.mappings_dir, poll_seconds=settings.reload_seconds, clock=clock)
     ledger = open_ledger(settings, Access.CREATE, clock=clock, background=True)
-    maintenance = (
-        Maintenance(ledger, retention_days=settings.retention_days, clock=clock)
-        if ledger is not None
-        else None
+    try:
+        store = MappingStore(
+            settings.mappings_dir,
+            source=settings.mappings_source,
+            ledger=ledger,
+            poll_seconds=settings.reload_seconds,
+            clock=clock,
+        )
+    except BaseException:
+        if ledger is not None:
+            ledger.close()
+        raise
+    deliverer = build_deliverer(settings, ledger, clock=clock)
+    if ledger is None:
+        return Service(settings, store, deliverer, None, None, None)
+    maintenance = Maintenance(ledger, retention_of(settings), clock=clock)
+    outbox = Outbox(
+        ledger, deliverer, after_seconds=settings.outbox_after_hours * 3600, clock=clock
     )
-    return Service(
-        settings, store, build_deliverer(settings, ledger, clock=clock), ledger, maintenance
-    )
+    return Service(settings, store, deliverer, ledger, maintenance, outbox)

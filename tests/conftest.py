@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import responses
 
@@ -184,11 +188,81 @@ def bridge(fake_dub: FakeDub, tmp_path: Path) -> Iterator[Callable[..., Bridge]]
     """A factory: ``bridge(deadline_seconds=1.0)`` -> an app pointed at the fake Dub."""
     made: list[Bridge] = []
 
-    def make(**overrides: Any) -> Bridge:
+    def make(clock: Any = None, **overrides: Any) -> Bridge:
         db = tmp_path / "ledger.sqlite3"
-        made.append(Bridge(create_app(fault_settings(fake_dub.url, db, **overrides)), db))
+        settings = fault_settings(fake_dub.url, db, **overrides)
+        app = create_app(settings, clock=clock) if clock is not None else create_app(settings)
+        made.append(Bridge(app, db))
         return made[-1]
 
     yield make
     for b in made:
         b.close()
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+PG_ENV = "BRIDGE_TEST_DATABASE_URL"
+PG_TABLES = (
+    "deliveries",
+    "rate_slots",
+    "rate_pauses",
+    "locks",
+    "mapping_sets",
+    "mapping_activations",
+)
+
+
+def pg_base_url() -> str:
+    """The test server's URL; skips (saying how to run them) when unset, fails when unreachable."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(
+            f"PostgreSQL tests need {PG_ENV}, e.g. postgresql://postgres@127.0.0.1:5432/test"
+            " (.ci/run sets it and starts the server)"
+        )
+    try:
+        with psycopg.connect(base, connect_timeout=5):
+            pass
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"{PG_ENV} is set, but PostgreSQL is unreachable: {exc}")
+    return base
+
+
+def with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@contextlib.contextmanager
+def fresh_database(base: str) -> Iterator[str]:
+    """A new, empty database on the test server, dropped afterwards."""
+    name = f"bridge_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(base, name)
+    finally:
+        with psycopg.connect(base, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_session_database() -> Iterator[str]:
+    """One database for the whole test run, created at its start and dropped at its end."""
+    with fresh_database(pg_base_url()) as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url(pg_session_database: str) -> str:
+    """The run's database, emptied of every row (the schema stays)."""
+    with psycopg.connect(pg_session_database, autocommit=True) as conn:
+        present = [
+            t for t in PG_TABLES if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0]
+        ]
+        if present:
+            conn.execute(f"TRUNCATE {', '.join(present)}")
+    return pg_session_database

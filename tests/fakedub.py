@@ -97,6 +97,15 @@ class Sleep:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Hold the request until the test opens ``gate`` (at most 60 s), then do ``then``: Dub
+    slower than anything, without the test guessing how long "slow" must be."""
+
+    gate: threading.Event
+    then: Action = field(default_factory=Normal)
+
+
+@dataclass(frozen=True)
 class Reset:
     """Write the start of an answer, then reset the connection (RST, SO_LINGER 0).
 
@@ -109,7 +118,7 @@ class Reset:
     partial: bytes = b"HTTP/1.1 200 OK\r\nContent-Type: applic"
 
 
-Action = Normal | Status | Sleep | Reset
+Action = Normal | Status | Sleep | Hold | Reset
 
 
 @dataclass(frozen=True)
@@ -395,8 +404,11 @@ class FakeDub:
             received = Received(len(self.requests), path, body, dict(handler.headers), at, key)
             self.requests.append(received)
         action = self._action_for(Call(received.index, path, body, key))
-        while isinstance(action, Sleep):
-            time.sleep(action.seconds)
+        while isinstance(action, (Sleep, Hold)):
+            if isinstance(action, Hold):
+                action.gate.wait(60)
+            else:
+                time.sleep(action.seconds)
             action = action.then
         if self._generation != generation:  # stopped while sleeping: Dub died first
             received.action = "lost"

@@ -100,6 +100,17 @@ class ProcfileWeb:
             time.sleep(0.1)  # polling for the server to come up
         pytest.fail(f"{self.name} did not answer /healthz within {timeout} s:\n{self.tail()}")
 
+    def wait_workers(self, count: int, timeout: float = 30) -> None:
+        """Wait until ``count`` workers said they are ready (their services are built)."""
+        deadline = time.monotonic() + timeout
+        while self.tail_all().count('"msg":"bridge ready"') < count:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.name}: fewer than {count} workers ready:\n{self.tail()}")
+            time.sleep(0.05)  # polling for the workers to come up
+
+    def tail_all(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
     def stop(self) -> None:
         """SIGTERM (gunicorn's graceful stop), SIGKILL if it is still there after a deadline."""
         if self.proc is None or self.proc.poll() is not None:

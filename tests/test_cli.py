@@ -71,6 +71,7 @@ def test_entry_point_is_installed() -> None:
     assert BRIDGE.exists(), "install the project: pip install -e '.[test]'"
 
 
+@pytest.mark.slow  # the installed script, as a real process
 def test_replay_dry_run_on_shipped_samples() -> None:
     """The quickstart command: dry run on the samples, no key, one JSON line each, exit 0."""
     files = sorted(str(p) for p in SAMPLES.glob("*json"))
@@ -83,6 +84,7 @@ def test_replay_dry_run_on_shipped_samples() -> None:
     assert sale["request"]["path"] == "/track/sale" and sale["request"]["body"]["amount"] == 1999
 
 
+@pytest.mark.slow  # the installed script, as a real process
 def test_replay_reports_bad_events_and_exits_1() -> None:
     """Bad events are invalid lines naming the problem; the good ones still print; exit 1."""
     done = run_script("replay", str(SAMPLES / "problems" / "bad-events.ndjson"))
@@ -119,6 +121,7 @@ def test_replay_usage_errors_exit_2(tmp_path: Path) -> None:
     assert run("replay").returncode == 2
 
 
+@pytest.mark.slow  # the installed script, as a real process
 def test_send_without_key_refuses(tmp_path: Path) -> None:
     """--send without DUB_API_KEY refuses to start with one clear line, exit 2."""
     path = tmp_path / "e.json"
@@ -135,6 +138,7 @@ def test_serve_without_key_refuses() -> None:
     assert done.returncode == 2 and "DUB_API_KEY is not set" in done.stderr
 
 
+@pytest.mark.slow  # the installed script, as a real process
 def test_bad_setting_names_the_variable(tmp_path: Path) -> None:
     """A bad environment value fails naming the variable, the expectation and the value."""
     path = tmp_path / "e.json"

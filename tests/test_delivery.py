@@ -17,17 +17,24 @@ from bridge.delivery.ratelimit import SlidingWindow
 from bridge.delivery.retry import RetryPolicy
 from bridge.dub.client import DubClient
 from bridge.inputs import Item
+from bridge.ledger import open_ledger
 from bridge.ledger.base import ClaimRequest, Ledger
-from bridge.ledger.sqlite import SQLiteLedger
 from bridge.mapping.engine import Engine, plan_all
 from bridge.results import Result
+from bridge.settings import Settings
 from tests.conftest import DUB, lead_ok, order, sale_ok, signup
 from tests.fakes import ManualClock
 
 
+def sqlite_ledger(tmp_path: Path, clock: ManualClock) -> Ledger:
+    ledger = open_ledger(Settings.from_env({}, db_path=tmp_path / "l.db"), clock=clock)
+    assert ledger is not None
+    return ledger
+
+
 @pytest.fixture
-def ledger(tmp_path: Path, clock: ManualClock) -> Iterator[SQLiteLedger]:
-    ledger = SQLiteLedger(tmp_path / "l.db", clock=clock)
+def ledger(tmp_path: Path, clock: ManualClock) -> Iterator[Ledger]:
+    ledger = sqlite_ledger(tmp_path, clock)
     yield ledger
     ledger.close()
 
@@ -44,7 +51,7 @@ def make_deliverer(ledger: Ledger | None, clock: ManualClock, per_minute: int = 
 
 
 @pytest.fixture
-def deliverer(ledger: SQLiteLedger, clock: ManualClock) -> Iterator[Deliverer]:
+def deliverer(ledger: Ledger, clock: ManualClock) -> Iterator[Deliverer]:
     d = make_deliverer(ledger, clock)
     yield d
     d.close()
@@ -248,12 +255,12 @@ def test_rate_limiter_sliding_window(clock: ManualClock) -> None:
     """Bursts up to the limit pass at once; the next waits for the window or gives up."""
     limiter = SlidingWindow(3, window=0.3, clock=clock)
     now = clock.monotonic()
-    assert all(limiter.acquire(now + 1) for _ in range(3))
+    assert [limiter.acquire(now + 1) for _ in range(3)] == [0, 0, 0]
     assert clock.slept == []
-    assert not limiter.acquire(clock.monotonic() + 0.05)  # no slot frees in 50 ms
+    assert limiter.acquire(clock.monotonic() + 0.05) == pytest.approx(0.3)  # none frees in time
     assert clock.slept == []  # refused at once, without waiting in vain
     started = clock.monotonic()
-    assert limiter.acquire(clock.monotonic() + 1)
+    assert limiter.acquire(clock.monotonic() + 1) == 0
     assert clock.monotonic() - started == pytest.approx(0.3)
 
 
@@ -272,9 +279,9 @@ def test_unsent_claims_are_released(
     assert again.outcome == "delivered"
 
 
-def test_batch_claims_in_one_transaction(tmp_path: Path) -> None:
+def test_batch_claims_in_one_transaction(tmp_path: Path, clock: ManualClock) -> None:
     """claim_many grants new rows and refuses rows already taken, in order."""
-    ledger = SQLiteLedger(tmp_path / "l.db")
+    ledger = sqlite_ledger(tmp_path, clock)
     wanted = [ClaimRequest(f"m{i}", "sale", "sale", "E", f"u{i}", {"a": i}) for i in range(3)]
     assert [c.granted for c in ledger.claim_many(wanted)] == [True, True, True]
     assert [c.granted for c in ledger.claim_many([*wanted, wanted[0]])] == [False] * 4

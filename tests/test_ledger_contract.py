@@ -1,5 +1,6 @@
-"""The ledger contract, one suite run against every backend: claims, leases, concurrent claims
-from threads and processes, every state transition of the table, dead letters and pruning."""
+"""The ledger contract, one suite run against every backend (SQLite, memory, PostgreSQL): claims,
+leases, concurrent claims from threads and processes, every transition of the table, dead
+letters, the outbox's view, the shared rate limit, cluster locks and housekeeping."""
 
 from __future__ import annotations
 
@@ -12,39 +13,51 @@ from typing import Any
 import pytest
 
 from bridge.ledger import Access, open_ledger
-from bridge.ledger.base import ClaimRequest, LeadStatus, Ledger
+from bridge.ledger.base import ClaimRequest, LeadStatus, Ledger, Retention
 from bridge.outcomes import DEAD, FINAL, FINISHED, TRANSITIONS, State, Via, allowed
 from bridge.settings import Settings
 from tests.fakes import ManualClock
 
-BACKENDS = ["sqlite", "memory"]
+BACKENDS = ["sqlite", "memory", "postgres"]
 LEASE = 30.0
 MakeLedger = Callable[[], Ledger]
+SOURCES: list[State | None] = [None, *State]
 
 
-def backend_settings(kind: str, tmp_path: Path) -> Settings:
-    ledger = {"sqlite": "on", "memory": "memory"}[kind]
-    return Settings.from_env(
-        {}, ledger=ledger, db_path=tmp_path / "ledger.sqlite3", lease_seconds=LEASE
-    )
+def backend_settings(kind: str, tmp_path: Path, pg_url: str | None = None) -> Settings:
+    values: dict[str, Any] = {
+        "ledger": "memory" if kind == "memory" else "on",
+        "db_path": tmp_path / "ledger.sqlite3",
+        "lease_seconds": LEASE,
+    }
+    if kind == "postgres":
+        values["database_url"] = pg_url
+    return Settings.from_env({}, **values)
 
 
 @pytest.fixture(params=BACKENDS)
-def make_ledger(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
-) -> Iterator[MakeLedger]:
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    pg_url = request.getfixturevalue("pg_url") if kind == "postgres" else None
+    return backend_settings(kind, tmp_path, pg_url)
+
+
+@pytest.fixture
+def make_ledger(settings_for: Settings, clock: ManualClock) -> Iterator[MakeLedger]:
     """Opens the backend through open_ledger, as the service does; a second call gives a
     second handle on the same ledger where the backend is shared (another worker)."""
     opened: list[Ledger] = []
-    shared: list[Ledger] = []
 
     def make() -> Ledger:
-        if request.param == "memory" and shared:
-            return shared[0]  # one process: every "worker" shares the one dict
-        ledger = open_ledger(backend_settings(request.param, tmp_path), clock=clock)
+        if settings_for.ledger == "memory" and opened:
+            return opened[0]  # one process: every "worker" shares the one dict
+        ledger = open_ledger(settings_for, clock=clock)
         assert ledger is not None
         opened.append(ledger)
-        shared.append(ledger)
         return ledger
 
     yield make
@@ -78,7 +91,7 @@ def test_first_claim_wins_and_done_is_never_sent_again(ledger: Ledger) -> None:
     assert claim(ledger).granted
     second = claim(ledger)
     assert (second.granted, second.state) == (False, "in_flight")
-    assert ledger.finish("m", "sale", State.DELIVERED, status=200)
+    assert ledger.finish("m", "sale", State.DELIVERED, calls=1, status=200)
     third = claim(ledger)
     assert (third.granted, third.state) == (False, "delivered")
     row = ledger.get("m", "sale")
@@ -86,23 +99,28 @@ def test_first_claim_wins_and_done_is_never_sent_again(ledger: Ledger) -> None:
     assert row.request_body == {"amount": 1} and row.status == 200
 
 
-def test_pending_is_claimed_again_and_counts_attempts(ledger: Ledger) -> None:
-    """A transient failure leaves the row pending; the next try claims it as attempt 2."""
-    claim(ledger)
-    ledger.finish("m", "sale", State.PENDING, status=503, error={"code": "x"})
+def test_attempts_count_calls_made_not_claims(ledger: Ledger) -> None:
+    """A claim is no attempt; only the calls finish() reports count, so a claim that could not
+    be sent (rate limit, budget) never brings a row closer to being given up."""
+    first = claim(ledger)
+    assert first.granted and first.attempts == 0 and first.state is None
+    ledger.finish("m", "sale", State.PENDING, calls=2, status=503, error={"code": "x"})
     again = claim(ledger)
-    assert again.granted and again.attempts == 1 and again.state == "pending"
+    assert again.granted and again.attempts == 2 and again.state == "pending"
+    ledger.finish("m", "sale", State.PENDING, calls=0)  # rate-limited: no call made
+    assert claim(ledger).attempts == 2
     assert ledger.get("m", "sale").attempts == 2  # type: ignore[union-attr]
 
 
-def test_released_claim_returns_the_row_and_is_no_attempt(ledger: Ledger) -> None:
-    """A claim given back unused restores the row's state and does not count as an attempt."""
+def test_released_claim_returns_the_row(ledger: Ledger) -> None:
+    """A claim given back unused restores the row's state and keeps its payload for later."""
     claim(ledger)
-    ledger.finish("m", "sale", State.PENDING)
+    ledger.finish("m", "sale", State.PENDING, calls=1)
     assert claim(ledger).granted
-    assert ledger.release("m", "sale")
+    assert ledger.release("m", "sale", payload={"messageId": "m"})
     row = ledger.get("m", "sale")
     assert row is not None and (row.state, row.attempts) == ("pending", 1)
+    assert row.payload == {"messageId": "m"}
     claim(ledger, "new")
     assert ledger.release("new", "sale")
     assert ledger.get("new", "sale").state == "pending"  # type: ignore[union-attr]
@@ -120,10 +138,23 @@ def test_stale_lease_is_taken_over(ledger: Ledger, clock: ManualClock) -> None:
     assert taken.granted and taken.state == "in_flight"
 
 
-def test_claim_many_grants_in_order(ledger: Ledger) -> None:
-    """claim_many grants new rows and refuses rows already taken, in order."""
+def test_a_longer_lease_holds_longer(ledger: Ledger, clock: ManualClock) -> None:
+    """A claim asked for a lease longer than the default holds that long."""
+    assert claim(ledger, lease=LEASE * 3).granted
+    clock.advance(LEASE * 2)
+    assert not claim(ledger).granted
+    clock.advance(LEASE * 2)
+    assert claim(ledger).granted
+
+
+def test_claim_many_grants_in_order_and_a_repeat_once(ledger: Ledger, clock: ManualClock) -> None:
+    """claim_many grants new rows in order, refuses rows already taken, and a row wanted twice
+    in one batch is granted once."""
     wanted = [ClaimRequest(f"m{i}", "sale", "sale", "E", f"u{i}", {"a": i}) for i in range(3)]
-    assert [c.granted for c in ledger.claim_many(wanted)] == [True, True, True]
+    first = ledger.claim_many([wanted[2], wanted[0], wanted[2], wanted[1]])
+    assert [c.granted for c in first] == [True, True, False, True]
+    assert first[2].state == "in_flight"
+    assert {c.created_at for c in first} == {clock.time()}
     assert [c.granted for c in ledger.claim_many([*wanted, wanted[0]])] == [False] * 4
 
 
@@ -149,21 +180,20 @@ def _race(settings: Settings, worker: int, queue: Any) -> None:
     ledger = open_ledger(settings)
     assert ledger is not None
     won = [i for i in range(50) if claim(ledger, f"m{i}").granted]
+    ledger.close()
     queue.put((worker, won))
 
 
+@pytest.mark.slow
 def test_claims_are_atomic_across_processes(
-    make_ledger: MakeLedger, request: pytest.FixtureRequest, tmp_path: Path
+    kind: str, ledger: Ledger, settings_for: Settings
 ) -> None:
     """Four processes claiming the same 50 rows: each row is granted exactly once."""
-    kind = request.node.callspec.params["make_ledger"]
-    ledger = make_ledger()
     if not ledger.shared_across_processes:
         pytest.skip(f"the {kind} ledger lives in one process")
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     queue: Any = context.Queue()
-    settings = backend_settings(kind, tmp_path)
-    procs = [context.Process(target=_race, args=(settings, w, queue)) for w in range(4)]
+    procs = [context.Process(target=_race, args=(settings_for, w, queue)) for w in range(4)]
     for p in procs:
         p.start()
     won = [queue.get(timeout=60) for _ in procs]
@@ -193,87 +223,74 @@ def into(ledger: Ledger, state: State | None, key: str) -> None:
     assert ledger.finish(key, "sale", state)
 
 
-SOURCES: list[State | None] = [None, *State]
+def test_claims_follow_the_table(ledger: Ledger) -> None:
+    """A plain claim takes a row exactly when the table allows CLAIM from its state; a redrive
+    claim also takes what the table lets REDRIVE take."""
+    for source in SOURCES:
+        into(ledger, source, f"c-{source}")
+        into(ledger, source, f"r-{source}")
+        assert claim(ledger, f"c-{source}").granted == allowed(source, State.IN_FLIGHT, Via.CLAIM)
+        expected = allowed(source, State.IN_FLIGHT, Via.CLAIM) or allowed(
+            source, State.IN_FLIGHT, Via.REDRIVE
+        )
+        assert claim(ledger, f"r-{source}", redrive=True).granted == expected, source
 
 
-def moved(ledger: Ledger, key: str, before: State | None) -> State | None:
-    row = ledger.get(key, "sale")
-    after = None if row is None else row.state
-    return after if after != before else None
+def test_finish_follows_the_table(ledger: Ledger) -> None:
+    """finish() moves a row only where the table allows FINISH, and only from in flight; a
+    state no call can end in is a bug, refused loudly."""
+    for source in SOURCES:
+        for target in State:
+            key = f"k-{source}-{target}"
+            into(ledger, source, key)
+            if target not in FINISHED:
+                with pytest.raises(ValueError, match="a call cannot end in"):
+                    ledger.finish(key, "sale", target)
+                continue
+            changed = ledger.finish(key, "sale", target)
+            assert changed == allowed(source, target, Via.FINISH), (source, target)
+            if changed:
+                assert ledger.get(key, "sale").state == target  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("source", SOURCES, ids=str)
-def test_claims_follow_the_table(ledger: Ledger, source: State | None) -> None:
-    """A plain claim takes a row exactly when the table allows CLAIM from its state."""
-    into(ledger, source, "k")
-    granted = claim(ledger, "k").granted
-    assert granted == allowed(source, State.IN_FLIGHT, Via.CLAIM)
+def test_record_supersede_and_release_follow_the_table(ledger: Ledger) -> None:
+    """record() never downgrades a protected row; supersede() settles only dead letters;
+    release() only an in-flight claim, back to a state the table allows."""
+    for source in SOURCES:
+        into(ledger, source, f"rec-{source}")
+        changed = ledger.record(f"rec-{source}", "sale", State.INVALID, action="sale",
+                                event="E", errors=["x"], payload={})  # fmt: skip
+        assert changed == allowed(source, State.INVALID, Via.RECORD), source
+        into(ledger, source, f"sup-{source}")
+        assert ledger.supersede(f"sup-{source}", "sale") == allowed(
+            source, State.SUPERSEDED, Via.SUPERSEDE
+        )
+        into(ledger, source, f"rel-{source}")
+        released = ledger.release(f"rel-{source}", "sale")
+        assert released == (source is State.IN_FLIGHT)
+        if released:
+            back = ledger.get(f"rel-{source}", "sale")
+            assert back is not None and allowed(State.IN_FLIGHT, back.state, Via.RELEASE)
 
 
-@pytest.mark.parametrize("source", SOURCES, ids=str)
-def test_redrive_claims_follow_the_table(ledger: Ledger, source: State | None) -> None:
-    """A redrive claim also takes the dead letters the table lets REDRIVE take."""
-    into(ledger, source, "k")
-    granted = claim(ledger, "k", redrive=True).granted
-    expected = allowed(source, State.IN_FLIGHT, Via.CLAIM) or allowed(
-        source, State.IN_FLIGHT, Via.REDRIVE
-    )
-    assert granted == expected
-
-
-@pytest.mark.parametrize("target", list(State), ids=str)
-@pytest.mark.parametrize("source", SOURCES, ids=str)
-def test_finish_follows_the_table(ledger: Ledger, source: State | None, target: State) -> None:
-    """finish() moves a row only where the table allows FINISH, and only from in flight."""
-    into(ledger, source, "k")
-    if target not in FINISHED:
-        with pytest.raises(ValueError, match="a call cannot end in"):
-            ledger.finish("k", "sale", target)
-        return
-    changed = ledger.finish("k", "sale", target)
-    assert changed == allowed(source, target, Via.FINISH)
-    if changed:
-        assert ledger.get("k", "sale").state == target  # type: ignore[union-attr]
-
-
-@pytest.mark.parametrize("source", SOURCES, ids=str)
-def test_record_follows_the_table(ledger: Ledger, source: State | None) -> None:
-    """Recording an invalid plan never downgrades a row the table protects."""
-    into(ledger, source, "k")
-    changed = ledger.record("k", "sale", State.INVALID, action="sale", event="E", errors=["x"],
-                            payload={})  # fmt: skip
-    assert changed == allowed(source, State.INVALID, Via.RECORD)
-    row = ledger.get("k", "sale")
-    assert row is not None
-    assert (row.state == State.INVALID) == (changed or source is State.INVALID)
-
-
-@pytest.mark.parametrize("source", SOURCES, ids=str)
-def test_supersede_and_release_follow_the_table(ledger: Ledger, source: State | None) -> None:
-    """supersede() settles only dead letters; release() only an in-flight claim."""
-    into(ledger, source, "k")
-    assert ledger.supersede("k", "sale") == allowed(source, State.SUPERSEDED, Via.SUPERSEDE)
-    into(ledger, source, "r")
-    released = ledger.release("r", "sale")
-    assert released == (source is State.IN_FLIGHT)
-    if released:
-        assert allowed(State.IN_FLIGHT, ledger.get("r", "sale").state, Via.RELEASE)  # type: ignore[union-attr]
-
-
-@pytest.mark.parametrize("source", SOURCES, ids=str)
-def test_sweep_follows_the_table(ledger: Ledger, clock: ManualClock, source: State | None) -> None:
-    """The sweep gives up only on rows the table lets SWEEP take, and prunes only final rows."""
-    into(ledger, source, "k")
+def test_sweep_follows_the_table(ledger: Ledger, clock: ManualClock) -> None:
+    """The sweep gives up only on rows the table lets SWEEP take, and prunes only settled
+    rows and dead letters past their retention."""
+    for source in SOURCES:
+        into(ledger, source, f"s-{source}")
     clock.advance(LEASE + 10)
-    counts = ledger.sweep(retention_seconds=5, give_up_seconds=5)
-    row = ledger.get("k", "sale")
-    if source is not None and source in FINAL:
-        assert row is None and counts == {"gave_up": 0, "pruned": 1}
-    elif allowed(source, State.GAVE_UP, Via.SWEEP):
-        assert row is not None and row.state == "gave_up" and counts["gave_up"] == 1
-    else:
-        assert (row is None) == (source is None) and counts == {"gave_up": 0, "pruned": 0}
-        assert row is None or row.state == source
+    counts = ledger.sweep(Retention(give_up_after=5, settled=5, dead=5, batch=2))
+    gave_up = [s for s in SOURCES if allowed(s, State.GAVE_UP, Via.SWEEP)]
+    pruned = [s for s in SOURCES if s is not None and (s in FINAL or s in DEAD)]
+    assert counts == {"gave_up": len(gave_up), "pruned": len(pruned)}
+    for source in SOURCES:
+        row = ledger.get(f"s-{source}", "sale")
+        if source in gave_up:
+            assert row is not None and row.state == "gave_up"
+        elif source in pruned or source is None:
+            assert row is None, source
+        else:
+            assert row is not None and row.state == source
 
 
 def test_the_table_is_whole() -> None:
@@ -289,7 +306,7 @@ def test_the_table_is_whole() -> None:
     assert not any(t.source in FINAL for t in TRANSITIONS)  # settled rows never move
 
 
-# --- dead letters, leads, sweeping -----------------------------------------------------------------
+# --- dead letters, leads, retention --------------------------------------------------------------
 
 
 def test_dead_letters_only_redrive_claims_them(ledger: Ledger, clock: ManualClock) -> None:
@@ -324,17 +341,30 @@ def test_lead_status(ledger: Ledger) -> None:
     assert ledger.lead_status("u2", 60) is None
 
 
-def test_sweep_gives_up_and_prunes(ledger: Ledger, clock: ManualClock) -> None:
-    """Rows Segment stopped retrying are given up; final rows past retention are pruned."""
-    claim(ledger, "old-pending")
-    ledger.finish("old-pending", "sale", State.PENDING)
-    claim(ledger, "old-done")
-    ledger.finish("old-done", "sale", State.DELIVERED)
-    clock.advance(0.05)
-    counts = ledger.sweep(retention_seconds=0.01, give_up_seconds=0.01)
-    assert counts == {"gave_up": 1, "pruned": 1}
-    assert ledger.get("old-pending", "sale").state == "gave_up"  # type: ignore[union-attr]
-    assert ledger.get("old-done", "sale") is None
+def test_sweep_gives_up_by_age_and_prunes_by_retention(ledger: Ledger, clock: ManualClock) -> None:
+    """Unsettled rows past the outbox's age are given up; settled rows and dead letters go
+    after their own retention, in batches until none is left."""
+    for i in range(5):
+        claim(ledger, f"old-pending-{i}")
+        ledger.finish(f"old-pending-{i}", "sale", State.PENDING, payload={"m": i})
+        claim(ledger, f"old-done-{i}")
+        ledger.finish(f"old-done-{i}", "sale", State.DELIVERED)
+    claim(ledger, "dead")
+    ledger.finish("dead", "sale", State.REJECTED)
+    clock.advance(100)
+    claim(ledger, "young")
+    ledger.finish("young", "sale", State.PENDING)
+    counts = ledger.sweep(Retention(give_up_after=50, settled=50, dead=500, batch=2))
+    assert counts == {"gave_up": 5, "pruned": 5}
+    assert ledger.get("old-pending-0", "sale").state == "gave_up"  # type: ignore[union-attr]
+    assert ledger.get("old-pending-0", "sale").payload == {"m": 0}  # type: ignore[union-attr]
+    assert ledger.get("old-done-0", "sale") is None
+    assert ledger.get("young", "sale").state == "pending"  # type: ignore[union-attr]
+    assert ledger.get("dead", "sale") is not None
+    clock.advance(401)  # "dead" is now 501 s old, the rows given up 401 s: only it goes
+    assert ledger.sweep(Retention(give_up_after=1e6, settled=1e6, dead=500))["pruned"] == 1
+    clock.advance(100)
+    assert ledger.sweep(Retention(give_up_after=1e6, settled=1e6, dead=500))["pruned"] == 5
 
 
 def test_taint_survives_and_is_reported(ledger: Ledger) -> None:
@@ -345,16 +375,161 @@ def test_taint_survives_and_is_reported(ledger: Ledger) -> None:
     assert again.granted and again.tainted
 
 
-def test_read_only_access_never_writes(tmp_path: Path, clock: ManualClock) -> None:
-    """A ledger opened for reading cannot claim (the SQLite file is opened read-only)."""
-    settings = backend_settings("sqlite", tmp_path)
-    writer = open_ledger(settings, clock=clock)
+# --- the outbox's view -----------------------------------------------------------------------------
+
+
+def test_due_lists_old_unsettled_rows_nobody_holds(ledger: Ledger, clock: ManualClock) -> None:
+    """due() gives unsettled rows first seen before the cut, oldest first, not those in a
+    live claim or deferred, nor settled ones; an expired claim is due again."""
+    for name in ("a-pending", "b-held", "c-done", "d-deferred"):
+        claim(ledger, name)
+        clock.advance(1)
+    ledger.finish("a-pending", "sale", State.PENDING)
+    ledger.finish("c-done", "sale", State.DELIVERED)
+    ledger.finish("d-deferred", "sale", State.PENDING)
+    assert ledger.defer("d-deferred", "sale", clock.time() + 100)
+    claim(ledger, "late")
+    ledger.finish("late", "sale", State.PENDING)
+    cut = clock.time()
+    assert [r.message_id for r in ledger.due(first_seen_before=cut, limit=10)] == ["a-pending"]
+    clock.advance(LEASE + 1)
+    due = [r.message_id for r in ledger.due(first_seen_before=cut, limit=10)]
+    assert due == ["a-pending", "b-held"]
+    assert ledger.due(first_seen_before=cut, limit=10)[0].request_body == {"amount": 1}
+    clock.advance(100)
+    assert len(ledger.due(first_seen_before=cut, limit=10)) == 3
+    assert len(ledger.due(first_seen_before=cut, limit=1)) == 1
+    assert not ledger.defer("c-done", "sale", 0)  # only pending rows wait
+
+
+# --- across processes: the rate limit and cluster locks ---------------------------------------------
+
+
+def test_rate_limit_window_is_shared(make_ledger: MakeLedger, clock: ManualClock) -> None:
+    """Slots of one key are counted over every handle: the limit holds for all of them
+    together, frees as the minute slides, and another key is untouched."""
+    first, second = make_ledger(), make_ledger()
+    assert [first.take_slot("k", 3) for _ in range(2)] == [0.0, 0.0]
+    assert second.take_slot("k", 3) == 0.0
+    assert first.take_slot("k", 3) == pytest.approx(60.0)
+    assert second.take_slot("other", 3) == 0.0
+    clock.advance(30)
+    assert second.take_slot("k", 3) == pytest.approx(30.0)
+    clock.advance(30)
+    assert second.take_slot("k", 3) == 0.0
+
+
+def test_a_pause_stops_every_handle(make_ledger: MakeLedger, clock: ManualClock) -> None:
+    """Dub's 429 pauses the key for every process until the time it said, never less."""
+    first, second = make_ledger(), make_ledger()
+    first.pause("k", clock.time() + 20)
+    first.pause("k", clock.time() + 5)  # an earlier end never shortens a pause
+    assert second.take_slot("k", 100) == pytest.approx(20.0)
+    clock.advance(20)
+    assert second.take_slot("k", 100) == 0.0
+
+
+def test_exclusive_is_held_by_one_at_a_time(make_ledger: MakeLedger) -> None:
+    """A named lock is held by one handle at a time and is free again once released."""
+    first, second = make_ledger(), make_ledger()
+    with first.exclusive("outbox") as mine:
+        assert mine
+        with second.exclusive("outbox") as theirs:
+            assert not theirs
+        with second.exclusive("housekeeping") as other:
+            assert other
+    with second.exclusive("outbox") as now_theirs:
+        assert now_theirs
+
+
+# --- schema and access ------------------------------------------------------------------------------
+
+
+def test_schema_is_current_after_opening(ledger: Ledger) -> None:
+    """Opening a ledger to write applies every migration; applying again changes nothing."""
+    assert ledger.schema().up_to_date
+    assert ledger.upgrade() == []
+
+
+def test_read_only_access_never_writes(settings_for: Settings, clock: ManualClock) -> None:
+    """A ledger opened for reading reads but cannot claim."""
+    writer = open_ledger(settings_for, clock=clock)
     assert writer is not None
     claim(writer, "x")
+    if not writer.shared_across_processes:
+        writer.close()
+        pytest.skip("the memory ledger has no separate reader")
     writer.close()
-    reader = open_ledger(settings, Access.READ, clock=clock)
+    reader = open_ledger(settings_for, Access.READ, clock=clock)
     assert reader is not None
     assert reader.get("x", "sale") is not None
     with pytest.raises(Exception, match="readonly|read-only"):
         claim(reader, "y")
     reader.close()
+
+
+# --- mapping sets ---------------------------------------------------------------------------------
+
+
+def test_mapping_sets_are_kept_and_the_last_good_one_found(
+    make_ledger: MakeLedger, clock: ManualClock
+) -> None:
+    """A set kept by one worker is found by another; the last loaded is the last good one,
+    and loading an old set again makes it the last good one."""
+    first, second = make_ledger(), make_ledger()
+    assert second.last_good_mapping_set() is None
+    first.keep_mapping_set("v1", [("a.yaml", "one: 1\n")], "files")
+    clock.advance(1)
+    first.keep_mapping_set("v2", [("a.yaml", "two: 2\n"), ("b.yaml", "é\n")], "files")
+    last = second.last_good_mapping_set()
+    assert last is not None and last.version == "v2"
+    assert last.files == (("a.yaml", "two: 2\n"), ("b.yaml", "é\n"))
+    clock.advance(1)
+    second.keep_mapping_set("v1", [("a.yaml", "one: 1\n")], "files")
+    again = first.last_good_mapping_set()
+    assert again is not None and again.version == "v1" and again.created_at < again.loaded_at
+    assert first.mapping_set("nope") is None
+
+
+def test_activations_pick_the_set_every_instance_follows(
+    make_ledger: MakeLedger, clock: ManualClock
+) -> None:
+    """The latest activation is the active set, for every handle; history is newest first."""
+    first, second = make_ledger(), make_ledger()
+    assert second.active_mapping_set() is None
+    for version in ("v1", "v2"):
+        first.keep_mapping_set(version, [("m.yaml", version)], "publish")
+    first.activate_mapping_set("v1", "publish")
+    clock.advance(1)
+    first.activate_mapping_set("v2", "publish")
+    clock.advance(1)
+    first.activate_mapping_set("v1", "rollback")
+    active = second.active_mapping_set()
+    assert active is not None and active.version == "v1"
+    history = second.activations()
+    assert [(a.version, a.origin) for a in history] == [
+        ("v1", "rollback"),
+        ("v2", "publish"),
+        ("v1", "publish"),
+    ]
+    assert len(second.activations(limit=1)) == 1
+
+
+def test_ping_answers_when_the_ledger_does(ledger: Ledger) -> None:
+    """ping() returns quietly while the ledger answers."""
+    ledger.ping()
+
+
+def test_oldest_unsettled_is_the_first_seen_of_what_is_open(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    """The age alert's figure: the first sighting of the oldest pending or in-flight row."""
+    assert ledger.oldest_unsettled() is None
+    claim(ledger, "done")
+    ledger.finish("done", "sale", State.DELIVERED)
+    start = clock.time()
+    clock.advance(5)
+    claim(ledger, "open")
+    assert ledger.oldest_unsettled() == pytest.approx(start + 5)
+    ledger.finish("open", "sale", State.PENDING)
+    assert ledger.oldest_unsettled() == pytest.approx(start + 5)

@@ -7,6 +7,7 @@ import json
 import logging
 from typing import Any
 
+import pytest
 import responses
 
 from bridge.logs import JSONFormatter
@@ -59,6 +60,7 @@ def test_masking() -> None:
     assert len(mask_value("metadata", "x" * 500)) <= 80
 
 
+@pytest.mark.slow  # a real clock: the call outlives the real deadline
 def test_a_call_finishing_after_the_deadline_is_logged_once_at_its_final_outcome(
     tmp_path: Any, dub: responses.RequestsMock
 ) -> None:

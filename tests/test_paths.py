@@ -37,7 +37,7 @@ paths = st.lists(st.sampled_from(KEYS) | st.integers(0, 3), min_size=1, max_size
 )
 
 
-@settings(max_examples=400)
+@settings(max_examples=200)
 @given(json_values, paths)
 def test_fast_path_equals_jsonpath_ng(doc: Any, path: str) -> None:
     """On random documents and simple paths, the fast walk returns jsonpath-ng's values."""

@@ -1,9 +1,11 @@
-"""Dead letters and redrive, through the real `bridge` command."""
+"""Dead letters and redrive, through the `bridge` command, with the ledger in a SQLite file or
+in PostgreSQL: a one-off command sees what the service wrote."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,32 @@ def maps(tmp_path: Path) -> Path:
     return folder
 
 
-def settings_for(db: Path, maps: Path) -> Settings:
-    return Settings.from_env({}, db_path=db, mappings_dir=maps, dub_api_key="k", dub_api_url=DUB)
+@dataclass(frozen=True)
+class Where:
+    """Where the ledger is: a SQLite file, or a PostgreSQL database."""
+
+    db: Path
+    url: str | None = None
+
+    def env(self) -> dict[str, str]:
+        return {"DATABASE_URL": self.url} if self.url else {"BRIDGE_DB": str(self.db)}
 
 
-def deliver(db: Path, maps: Path, events: list[Any]) -> list[Any]:
-    settings = settings_for(db, maps)
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Where:
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    return Where(tmp_path / "l.db", url)
+
+
+def settings_for(where: Where, maps: Path) -> Settings:
+    return Settings.from_env(
+        {}, db_path=where.db, database_url=where.url, mappings_dir=maps, dub_api_key="k",
+        dub_api_url=DUB,
+    )  # fmt: skip
+
+
+def deliver(where: Where, maps: Path, events: list[Any]) -> list[Any]:
+    settings = settings_for(where, maps)
     engine = load_directory(maps).engine
     ledger = open_ledger(settings, Access.CREATE)
     deliverer = build_deliverer(settings, ledger)
@@ -44,14 +66,14 @@ def deliver(db: Path, maps: Path, events: list[Any]) -> list[Any]:
         ledger.close()
 
 
-def cli(*args: str, db: Path, maps: Path) -> Any:
+def cli(*args: str, where: Where, maps: Path) -> Any:
     """Run the CLI in-process (so `responses` sees its HTTP) through its click entry point."""
     from click.testing import CliRunner
 
     from bridge.cli import main
 
     env = {
-        "BRIDGE_DB": str(db),
+        **where.env(),
         "BRIDGE_MAPPINGS_DIR": str(maps),
         "DUB_API_KEY": "k",
         "DUB_API_URL": DUB,
@@ -60,42 +82,40 @@ def cli(*args: str, db: Path, maps: Path) -> Any:
 
 
 def test_fixed_mapping_redrives_an_invalid_event_once(
-    tmp_path: Path, maps: Path, dub: responses.RequestsMock
+    where: Where, maps: Path, dub: responses.RequestsMock
 ) -> None:
     """An event invalid under a broken mapping is delivered by redrive after the fix, once."""
-    db = tmp_path / "l.db"
     sales = maps / "sales.yaml"
     good = sales.read_text()
     sales.write_text(good.replace("$.properties.revenue, $.properties.total", "$.properties.amt"))
-    (result,) = deliver(db, maps, [order("x1")])
+    (result,) = deliver(where, maps, [order("x1")])
     assert result.outcome == "invalid"
 
-    listed = cli("deadletters", "--json", db=db, maps=maps)
+    listed = cli("deadletters", "--json", where=where, maps=maps)
     (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
     assert (row["messageId"], row["state"], row["payload"]["messageId"]) == ("x1", "invalid", "x1")
 
     sales.write_text(good)  # ops fix the mapping
-    dry = cli("redrive", "--dry-run", db=db, maps=maps)
+    dry = cli("redrive", "--dry-run", where=where, maps=maps)
     (line,) = [json.loads(x) for x in dry.stdout.splitlines()]
     assert (line["outcome"], line["before"]) == ("dry_run", "invalid")
     assert len(dub.calls) == 0
 
     dub.post(f"{DUB}/track/sale", json=sale_ok())
-    done = cli("redrive", db=db, maps=maps)
+    done = cli("redrive", where=where, maps=maps)
     assert done.exit_code == 0, done.output
     (line,) = [json.loads(x) for x in done.stdout.splitlines()]
     assert (line["outcome"], line["before"]) == ("delivered", "invalid")
 
-    again = cli("redrive", db=db, maps=maps)
+    again = cli("redrive", where=where, maps=maps)
     assert again.stdout == "" and len(dub.calls) == 1  # nothing left, nothing sent twice
-    assert cli("deadletters", db=db, maps=maps).stdout == ""
+    assert cli("deadletters", where=where, maps=maps).stdout == ""
 
 
 def test_redrive_rejected_with_filters_leads_first(
-    tmp_path: Path, maps: Path, dub: responses.RequestsMock
+    where: Where, maps: Path, dub: responses.RequestsMock
 ) -> None:
     """Rejected events are redriven by mapping filter, leads before sales, and reported."""
-    db = tmp_path / "l.db"
     dub.post(
         f"{DUB}/track/lead", status=403, json={"error": {"code": "forbidden", "message": "plan"}}
     )
@@ -105,17 +125,17 @@ def test_redrive_rejected_with_filters_leads_first(
     outcomes = [
         r.outcome
         for r in deliver(
-            db, maps, [order("o1") | {"userId": "u9"}, signup("s1") | {"userId": "u9"}]
+            where, maps, [order("o1") | {"userId": "u9"}, signup("s1") | {"userId": "u9"}]
         )
     ]
     assert outcomes == ["rejected", "rejected"]
 
-    listed = cli("deadletters", "--mapping", "signup-lead", db=db, maps=maps)
+    listed = cli("deadletters", "--mapping", "signup-lead", where=where, maps=maps)
     assert "signup-lead" in listed.output and "order-sale" not in listed.output
 
     dub.replace(responses.POST, f"{DUB}/track/lead", json=lead_ok())
     dub.replace(responses.POST, f"{DUB}/track/sale", json=sale_ok())
-    done = cli("redrive", "--since", "1h", db=db, maps=maps)
+    done = cli("redrive", "--since", "1h", where=where, maps=maps)
     lines = [json.loads(x) for x in done.stdout.splitlines()]
     assert [(x["mapping"], x["outcome"]) for x in lines] == [
         ("signup-lead", "delivered"),
@@ -124,24 +144,23 @@ def test_redrive_rejected_with_filters_leads_first(
     assert [c.request.url.rsplit("/", 1)[-1] for c in dub.calls[2:]] == ["lead", "sale"]
 
 
-def test_removed_mapping_supersedes_its_dead_letters(tmp_path: Path, maps: Path) -> None:
+def test_removed_mapping_supersedes_its_dead_letters(where: Where, maps: Path) -> None:
     """A dead letter no current mapping sends is marked superseded and leaves the list."""
-    db = tmp_path / "l.db"
     sales = maps / "sales.yaml"
     sales.write_text(sales.read_text().replace("$.properties.revenue, $.properties.total", "$.x"))
-    deliver(db, maps, [order("z1")])
+    deliver(where, maps, [order("z1")])
     sales.unlink()
     (maps / "leads.yaml").exists()
-    done = cli("redrive", db=db, maps=maps)
+    done = cli("redrive", where=where, maps=maps)
     (line,) = [json.loads(x) for x in done.stdout.splitlines()]
     assert line["outcome"] == "superseded"
-    ledger = open_ledger(settings_for(db, maps), Access.READ)
+    ledger = open_ledger(settings_for(where, maps), Access.READ)
     assert ledger is not None and ledger.dead_letters() == []
 
 
 def test_since_must_be_a_time(tmp_path: Path, maps: Path) -> None:
     """A bad --since is a usage error with the accepted forms."""
-    result = cli("deadletters", "--since", "yesterday", db=tmp_path / "l.db", maps=maps)
+    result = cli("deadletters", "--since", "yesterday", where=Where(tmp_path / "l.db"), maps=maps)
     assert result.exit_code == 2 and "30m, 12h, 7d" in result.output
 
 

@@ -223,6 +223,7 @@ def test_unreachable_dub_is_503(client: Any, dub: responses.RequestsMock) -> Non
     assert response.status_code == 503 and "Retry-After" in response.headers
 
 
+@pytest.mark.slow  # a real clock: the deadline itself is under test
 def test_answers_within_budget_when_dub_hangs(tmp_path: Path, dub: responses.RequestsMock) -> None:
     """When Dub hangs, the webhook answers 503 at its deadline while the call is still hanging."""
     release = threading.Event()

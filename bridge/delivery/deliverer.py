@@ -11,7 +11,9 @@ thread when it finishes.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -20,8 +22,10 @@ from typing import Any
 from ..clock import SYSTEM, Clock
 from ..dub.client import DubAnswer, DubClient
 from ..dub.endpoints import ENDPOINTS, Endpoint
+from ..errors import LedgerError
+from ..eventlog import log_result
 from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger
-from ..logs import log_result
+from ..metrics import metrics
 from ..outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
 from ..results import Result
 from .decide import classify, decide, may_have_reached
@@ -40,6 +44,17 @@ class _Job:
     index: int
     result: Result
     claim: Claim | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """How one deliver() sends: its deadline, the time a call needs, the payloads, and
+    whether each row gets one call only (the outbox, whose own backoff spaces the tries)."""
+
+    deadline: float
+    guard: float
+    payloads: Mapping[str, Any]
+    once: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +79,7 @@ class Deliverer:
         clock: Clock = SYSTEM,
         concurrency: int = 8,
         max_attempts: int = 20,
+        outbox_after: float | None = None,
     ):
         self.client = client
         self.ledger = ledger
@@ -71,7 +87,20 @@ class Deliverer:
         self.policy = policy or RetryPolicy()
         self.clock = clock
         self.max_attempts = max_attempts
+        # Rows first seen longer ago than this belong to the outbox, not to Segment's retry.
+        self.outbox_after = outbox_after
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dub")
+        self._in_flight = 0
+        self._counting = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls to Dub under way now (a drain waits for them)."""
+        return self._in_flight
+
+    def _count(self, delta: int) -> None:
+        with self._counting:
+            self._in_flight += delta
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -84,8 +113,12 @@ class Deliverer:
         payloads: Mapping[str, Any] | None = None,
         *,
         redrive: bool = False,
+        once: bool = False,
     ) -> list[Result]:
-        """Send every ready result; answer within ``budget`` seconds whatever Dub does."""
+        """Send every ready result; answer within ``budget`` seconds whatever Dub does.
+
+        ``once``: one call per result and no cap on attempts (the outbox's own backoff and
+        age limit govern), instead of retrying within the budget."""
         deadline = self.clock.monotonic() + budget
         payloads = payloads or {}
         final = list(results)
@@ -99,7 +132,10 @@ class Deliverer:
                 log_result(result)
         if not groups:
             return final
-        claims = self._claim_all(results, [i for m in groups.values() for i in m], redrive)
+        ready = [i for m in groups.values() for i in m]
+        # A claim must hold until its last call can no longer be running.
+        lease = budget + self.client.longest_call + 1.0
+        claims = self._claim_all(results, ready, redrive, lease)
         jobs = [
             [_Job(i, results[i], claims.get(i)) for i in members] for members in groups.values()
         ]
@@ -107,11 +143,15 @@ class Deliverer:
         if len(jobs) == 1 and deadline - self.clock.monotonic() >= longest:
             # One customer: send from this thread, saving the hand-off to the pool. Every
             # call starts only if it can end (timeouts included) before the deadline.
-            for index, result in self._send_group(jobs[0], deadline, payloads, longest):
+            inline = _Pass(deadline, longest, payloads, once)
+            for index, result in self._send_group(jobs[0], inline):
                 final[index] = result
             return final
+        pooled = _Pass(deadline, MIN_CALL_SECONDS, payloads, once)
+        # Each thread runs in a copy of this request's context: its log lines keep the
+        # request id, also when they come after the answer.
         futures: dict[Future[list[tuple[int, Result]]], list[_Job]] = {
-            self.pool.submit(self._send_group, group, deadline, payloads, MIN_CALL_SECONDS): group
+            self.pool.submit(contextvars.copy_context().run, self._send_group, group, pooled): group
             for group in jobs
         }
         done, not_done = self.clock.wait(futures, deadline - self.clock.monotonic())
@@ -129,7 +169,7 @@ class Deliverer:
     # --- the ledger's part ------------------------------------------------------------------
 
     def _claim_all(
-        self, results: Sequence[Result], ready: list[int], redrive: bool
+        self, results: Sequence[Result], ready: list[int], redrive: bool, lease: float
     ) -> dict[int, Claim]:
         """Claim every ready result in one ledger transaction, before any call goes out."""
         if self.ledger is None:
@@ -144,7 +184,8 @@ class Deliverer:
             )
             for i in ready
         ]
-        return dict(zip(ready, self.ledger.claim_many(wanted, redrive=redrive), strict=True))
+        granted = self.ledger.claim_many(wanted, redrive=redrive, lease=lease)
+        return dict(zip(ready, granted, strict=True))
 
     def _record_unsent(self, result: Result, payloads: Mapping[str, Any]) -> None:
         """An invalid plan is noted (with its payload) as a dead letter, for redrive."""
@@ -160,20 +201,23 @@ class Deliverer:
                 payload=payloads.get(result.message_id),
             )
 
-    def _release(self, job: _Job) -> None:
-        """Give back a claim that was not used, so Segment's retry can take it at once."""
+    def _release(self, job: _Job, payload: Any) -> None:
+        """Give back a claim that was not used, so Segment's retry can take it at once; the
+        payload stays with the row, for redrive should it never be sent."""
         if self.ledger is not None and job.claim is not None and job.claim.granted:
-            self.ledger.release(*job.result.key)
+            try:
+                self.ledger.release(*job.result.key, payload=payload)
+            except LedgerError as exc:  # the claim's lease ends by itself
+                log.warning("could not give a claim back", extra={"error": exc.message})
 
     # --- sending ----------------------------------------------------------------------------
 
-    def _send_group(
-        self, group: list[_Job], deadline: float, payloads: Mapping[str, Any], guard: float
-    ) -> list[tuple[int, Result]]:
+    def _send_group(self, group: list[_Job], pass_: _Pass) -> list[tuple[int, Result]]:
         """Send one customer's calls in order; a call starts only with ``guard`` s left."""
         done: list[tuple[int, Result]] = []
         lead_unsettled = False
         for job in group:
+            payload = pass_.payloads.get(job.result.message_id or "")
             if lead_unsettled:
                 # Dub answers a sale for a customer it does not know yet with sale: null and
                 # records nothing (a final not_recorded): wait for the lead, sent first on retry.
@@ -181,17 +225,17 @@ class Deliverer:
                     Outcome.PENDING,
                     reason="not sent: this customer's lead is not settled; Segment will retry",
                 )
-                self._release(job)
-            elif deadline - self.clock.monotonic() < guard:
+                self._release(job, payload)
+            elif pass_.deadline - self.clock.monotonic() < pass_.guard:
                 result = job.result.finish(
                     Outcome.PENDING, reason="not sent: the time budget ran out; Segment will retry"
                 )
-                self._release(job)
+                self._release(job, payload)
             else:
                 started = self.clock.monotonic()
+                self._count(1)
                 try:
-                    payload = payloads.get(job.result.message_id or "")
-                    result = self._send_one(job, deadline, payload, guard)
+                    result = self._send_one(job, payload, pass_)
                 except Exception:  # a bug must not strand the claim or the rest of the group
                     log.exception(
                         "delivery failed unexpectedly", extra={"messageId": job.result.message_id}
@@ -199,15 +243,18 @@ class Deliverer:
                     result = job.result.finish(
                         Outcome.FAILED, reason="internal error while sending"
                     )
-                    self._release(job)
+                    self._release(job, payload)
+                finally:
+                    self._count(-1)
                 elapsed = round((self.clock.monotonic() - started) * 1000, 1)
                 result = replace(result, elapsed_ms=elapsed)
+            result = self._handed_to_outbox(result, job.claim)
             log_result(result)
             done.append((job.index, result))
             lead_unsettled = result.action == "lead" and result.outcome in RETRY
         return done
 
-    def _send_one(self, job: _Job, deadline: float, payload: Any, guard: float) -> Result:
+    def _send_one(self, job: _Job, payload: Any, pass_: _Pass) -> Result:
         result, claim, ledger = job.result, job.claim, self.ledger
         assert result.body is not None
         assert result.action is not None
@@ -222,7 +269,7 @@ class Deliverer:
                     )
                 return result.finish(Outcome.DUPLICATE, reason=f"already handled: {claim.state}")
             tainted = claim.tainted
-            if claim.attempts >= self.max_attempts:
+            if claim.attempts >= self.max_attempts and not pass_.once:
                 ledger.finish(
                     *result.key,
                     State.GAVE_UP,
@@ -233,7 +280,7 @@ class Deliverer:
                     Outcome.GAVE_UP,
                     reason=f"gave up after {claim.attempts} attempts (dead letter)",
                 )
-        calls = self._call_with_retries(endpoint, result.body, deadline, guard)
+        calls = self._call_with_retries(endpoint, result.body, pass_)
         answer = calls.answer
         # A lead that may have reached Dub and failed there (5xx, timeout, lost connection)
         # may have set Dub's de-duplication marker: a later link: null proves nothing.
@@ -242,19 +289,28 @@ class Deliverer:
             endpoint, answer, tainted=tainted, lead_status=lambda: self._lead_status(result)
         )
         outcome = decision.outcome
+        reason = decision.reason
         if ledger is not None:
             state = STATE_AFTER[outcome]
-            ledger.finish(
-                *result.key,
-                state,
-                status=answer.status,
-                error=answer.error,
-                payload=payload if state in DEAD else None,
-                tainted=tainted,
-            )
+            try:
+                ledger.finish(
+                    *result.key,
+                    state,
+                    calls=calls.attempts,
+                    status=answer.status,
+                    error=answer.error,
+                    payload=payload if state in DEAD or state is State.PENDING else None,
+                    tainted=tainted,
+                )
+            except LedgerError as exc:
+                # Dub has its answer but the ledger does not: Segment's retry finds the claim
+                # (until its lease ends) and then sends again, which Dub de-duplicates.
+                log.error("could not record a Dub answer", extra={"messageId": result.message_id,
+                          "outcome": outcome, "error": exc.message})  # fmt: skip
+                outcome, reason = Outcome.PENDING, f"sent, but not recorded: {exc.message}"
         failed = outcome in (Outcome.REJECTED, Outcome.FAILED)
         return replace(
-            result.finish(outcome, reason=decision.reason),
+            result.finish(outcome, reason=reason),
             attempts=calls.attempts,
             status=answer.status,
             dub_error=answer.error if failed else None,
@@ -265,24 +321,42 @@ class Deliverer:
             ),
         )
 
+    def _handed_to_outbox(self, result: Result, claim: Claim | None) -> Result:
+        """An unsettled row older than Segment's retry window is the outbox's: no 503 for it."""
+        if (
+            result.outcome in RETRY
+            and self.outbox_after is not None
+            and claim is not None
+            and claim.created_at
+            and claim.created_at < self.clock.time() - self.outbox_after
+        ):
+            return result.finish(
+                Outcome.QUEUED,
+                reason=f"{result.reason}; the bridge's outbox retries it from now on",
+            )
+        return result
+
     def _lead_status(self, result: Result) -> LeadStatus | None:
         if self.ledger is None or not result.customer:
             return None
         return self.ledger.lead_status(result.customer, LEAD_INGEST_SECONDS)
 
-    def _call_with_retries(
-        self, endpoint: Endpoint, body: dict[str, Any], deadline: float, guard: float
-    ) -> _Calls:
+    def _call_with_retries(self, endpoint: Endpoint, body: dict[str, Any], pass_: _Pass) -> _Calls:
         """Call, and call again on transient failures while the budget allows."""
+        deadline, guard = pass_.deadline, pass_.guard
         attempt = 0
         reached = False
         while True:
-            if not self.limiter.acquire(deadline - guard):
+            wait = self.limiter.acquire(deadline - guard)
+            if wait > 0:
+                # No call was made: no attempt is counted, and Segment's retry (told how long
+                # the window or Dub's pause still holds) goes on.
                 limited = DubAnswer(
                     error={
                         "code": "rate_limited_locally",
-                        "message": "client-side rate limit is full",
-                    }
+                        "message": "the Dub rate limit (shared by every worker) is full",
+                    },
+                    retry_after=f"{wait:.3f}",
                 )
                 return _Calls(limited, attempt, reached)
             attempt += 1
@@ -290,14 +364,17 @@ class Deliverer:
             # stops waiting), and a call cut short here would be sent again by Segment's retry
             # (a second sale; a recorded lead turned `uncertain`). It runs to the read timeout.
             answer = self.client.send(endpoint, body)
-            if classify(endpoint, answer) is not Outcome.FAILED:
+            if classify(endpoint, answer) is not Outcome.FAILED or pass_.once:
+                reached = reached or may_have_reached(answer)
                 return _Calls(answer, attempt, reached)
             reached = reached or may_have_reached(answer)
+            told = parse_retry_after(answer.retry_after, self.clock.time())
+            if answer.status == 429 and told:
+                self.limiter.pause(told)  # every worker of every instance waits, not this one only
             # A lead's 5xx may have set Dub's de-duplication marker; a retry is still worth it
             # (the marker is not always written), and a swallowed retry is caught by decide().
-            wait = self.policy.wait(
-                attempt, parse_retry_after(answer.retry_after, self.clock.time())
-            )
+            wait = self.policy.wait(attempt, told)
             if not self.policy.fits(self.clock.monotonic(), wait, guard, deadline):
                 return _Calls(answer, attempt, reached)
             self.clock.sleep(wait)
+            metrics().retries.inc()

@@ -1,4 +1,9 @@
-"""Client-side rate limiting, shaped like Dub's per-key limit: a sliding one-minute window."""
+"""Client-side rate limiting, shaped like Dub's per-key limit: a sliding one-minute window.
+
+``SharedWindow`` keeps the window in the ledger's database, so every worker and
+instance together stay under Dub's limit, and a 429 pauses them all; ``SlidingWindow``
+is one process's own window, used only without a ledger (benchmarks).
+"""
 
 from __future__ import annotations
 
@@ -7,33 +12,72 @@ from collections import deque
 from typing import Protocol
 
 from ..clock import SYSTEM, Clock
+from ..ledger.base import Ledger
+from ..metrics import metrics
+
+WINDOW = 60.0
 
 
 class RateLimiter(Protocol):
-    def acquire(self, deadline: float) -> bool:
-        """Take one slot, waiting until ``deadline`` (monotonic) at most; False if none freed."""
+    def acquire(self, deadline: float) -> float:
+        """Take one slot, waiting until ``deadline`` (monotonic) at most: 0 when taken, else
+        the seconds until one frees (then no call is made, and none is counted)."""
+
+    def pause(self, seconds: float) -> None:
+        """Give no slot for this long (Dub answered 429 with a Retry-After)."""
 
 
 class SlidingWindow:
     """Within one process: at most ``per_minute`` slots in any ``window`` seconds."""
 
-    def __init__(self, per_minute: int, *, window: float = 60.0, clock: Clock = SYSTEM):
+    def __init__(self, per_minute: int, *, window: float = WINDOW, clock: Clock = SYSTEM):
         self.per_minute = max(1, per_minute)
         self.window = window
         self.clock = clock
         self._sent: deque[float] = deque()
+        self._paused_until = 0.0
         self._lock = threading.Lock()
 
-    def acquire(self, deadline: float) -> bool:
+    def acquire(self, deadline: float) -> float:
         while True:
             with self._lock:
                 now = self.clock.monotonic()
                 while self._sent and self._sent[0] <= now - self.window:
                     self._sent.popleft()
-                if len(self._sent) < self.per_minute:
+                full = len(self._sent) >= self.per_minute
+                if now >= self._paused_until and not full:
                     self._sent.append(now)
-                    return True
-                free_at = self._sent[0] + self.window
+                    return 0.0
+                free_at = max(self._paused_until, self._sent[0] + self.window if full else now)
+            metrics().rate_limit_waits.inc()
             if free_at > deadline:
-                return False
+                return free_at - now
             self.clock.sleep(min(free_at - now, 0.5))
+
+    def pause(self, seconds: float) -> None:
+        with self._lock:
+            until = self.clock.monotonic() + seconds
+            self._paused_until = max(self._paused_until, until)
+
+
+class SharedWindow:
+    """Every process's calls with one API key, counted in the ledger's database."""
+
+    def __init__(self, ledger: Ledger, key: str, per_minute: int, *, clock: Clock = SYSTEM):
+        self.ledger = ledger
+        self.key = key  # a hash of the API key, never the key
+        self.per_minute = max(1, per_minute)
+        self.clock = clock
+
+    def acquire(self, deadline: float) -> float:
+        while True:
+            wait = self.ledger.take_slot(self.key, self.per_minute)
+            if wait <= 0:
+                return 0.0
+            metrics().rate_limit_waits.inc()
+            if self.clock.monotonic() + wait > deadline:
+                return wait
+            self.clock.sleep(wait)
+
+    def pause(self, seconds: float) -> None:
+        self.ledger.pause(self.key, self.clock.time() + seconds)

@@ -7,6 +7,7 @@ What an answer *means* (delivered, transient, final) is decided in
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -17,6 +18,7 @@ from urllib3.exceptions import ConnectTimeoutError
 
 from .. import __version__
 from ..jsoncodec import dumps, loads
+from ..metrics import metrics
 from .endpoints import Endpoint
 
 
@@ -86,15 +88,22 @@ class DubClient:
         may still be acted on by Dub, and Segment's retry would then send it again.
         """
         timeout = (self.connect_timeout, self.read_timeout)
+        started = time.monotonic()
         try:
             response = self.session.post(
                 self.base_url + endpoint.path, data=dumps(body), timeout=timeout
             )
         except requests.RequestException as exc:
-            return network_failure(exc)
-        return read_answer(
-            response.status_code, response.content, response.headers.get("Retry-After")
-        )
+            answer = network_failure(exc)
+        else:
+            answer = read_answer(
+                response.status_code, response.content, response.headers.get("Retry-After")
+            )
+        # Real seconds, whatever clock the caller injects: this is Dub's latency.
+        seen = metrics()
+        seen.dub_seconds.labels(endpoint.action).observe(time.monotonic() - started)
+        seen.dub_requests.labels(endpoint.action, str(answer.status or answer.failure)).inc()
+        return answer
 
 
 def read_answer(status: int, content: bytes, retry_after: str | None = None) -> DubAnswer:

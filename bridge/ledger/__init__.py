@@ -1,20 +1,25 @@
 """The delivery ledger: every (messageId, mapping) the bridge handles, and where it stands.
 
-``open_ledger`` is the only place a backend is chosen and built. The backends
-implement ``Ledger`` (``base.py``) and pass one contract test suite.
+``open_ledger`` is the only place a backend is chosen and built: PostgreSQL when
+``DATABASE_URL`` is set, else the SQLite file ``BRIDGE_DB``, or memory or none as
+``BRIDGE_LEDGER`` says. The backends implement ``Ledger`` (``base.py``) and pass
+one contract test suite.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
 from ..clock import SYSTEM, Clock
 from ..errors import LedgerConfigError, LedgerError
 from ..settings import Settings
-from .base import Claim, ClaimRequest, LeadStatus, Ledger, Row
+from .base import Claim, ClaimRequest, LeadStatus, Ledger, Retention, Row
 from .memory import MemoryLedger
+from .postgres import PostgresLedger
+from .sql import SQLLedger
 from .sqlite import SQLiteLedger
 
 __all__ = [
@@ -23,17 +28,21 @@ __all__ = [
     "ClaimRequest",
     "LeadStatus",
     "Ledger",
+    "Retention",
     "Row",
     "open_ledger",
+    "retention_of",
 ]
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class Access(StrEnum):
-    CREATE = "create"  # the service and `replay --send`: created when missing
-    WRITE = "write"  # redrive, `db upgrade`: must exist, will be written
-    READ = "read"  # deadletters, `db status`: must exist, never written
+    CREATE = "create"  # the service, `replay --send`, `db upgrade`: created and migrated
+    WRITE = "write"  # redrive: must exist, migrated, will be written
+    READ = "read"  # deadletters: must exist and be current, never written
+    SCHEMA = "schema"  # `db status`: may be empty or behind, never written
+    MIGRATE = "migrate"  # `db upgrade`: created when missing; the caller applies migrations
 
 
 def open_ledger(
@@ -53,32 +62,65 @@ def open_ledger(
         return None
     if settings.ledger == "memory":
         return MemoryLedger(lease_seconds=settings.lease_seconds, clock=clock)
+    url = settings.postgres_url
+    if url is not None:
+        where = "DATABASE_URL"
+        return _opened(
+            where,
+            access,
+            lambda readonly: PostgresLedger(
+                url,
+                lease_seconds=settings.lease_seconds,
+                clock=clock,
+                pool_size=settings.pool_size,
+                timeout=settings.db_timeout,
+                readonly=readonly,
+            ),
+        )
     path = _checked_sqlite_path(settings.db_path, access)
-    where = f"BRIDGE_DB={path}"
-    try:
-        if access is not Access.CREATE:
-            # Look before writing anything: even switching to WAL mode changes the file.
-            probe = SQLiteLedger(path, clock=clock, readonly=True)
-            try:
-                _check_schema(probe, where, writing=access is Access.WRITE)
-            finally:
-                probe.close()
-        return SQLiteLedger(
+    return _opened(
+        f"BRIDGE_DB={path}",
+        access,
+        lambda readonly: SQLiteLedger(
             path,
             lease_seconds=settings.lease_seconds,
             clock=clock,
-            readonly=access is Access.READ,
+            readonly=readonly,
             background_checkpoints=background,
-        )
+        ),
+    )
+
+
+def _opened(where: str, access: Access, build: Callable[[bool], SQLLedger]) -> SQLLedger:
+    """Build the backend; look before writing anything (even switching SQLite to WAL mode
+    changes the file), and migrate only where this access writes."""
+    readonly = access in (Access.READ, Access.SCHEMA)
+    try:
+        if access in (Access.READ, Access.WRITE):
+            probe = build(True)
+            try:
+                _check(probe, where, must_be_current=access is Access.READ)
+            finally:
+                probe.close()
+        ledger = build(readonly)
     except LedgerError as exc:
+        raise LedgerConfigError(f"{where}: {exc.message}") from exc
+    if readonly or access is Access.MIGRATE:
+        return ledger
+    try:
+        ledger.upgrade()
+    except LedgerError as exc:
+        ledger.close()
         raise LedgerConfigError(f"{where}: cannot be used as a ledger: {exc.message}") from exc
+    return ledger
 
 
-def _check_schema(ledger: SQLiteLedger, where: str, *, writing: bool) -> None:
+def _check(ledger: SQLLedger, where: str, *, must_be_current: bool) -> None:
     status = ledger.schema()
     if status.current == 0 and not ledger.has_table("deliveries"):
-        raise LedgerConfigError(f"{where}: is a SQLite database, but holds no ledger")
-    if not status.up_to_date and not writing:
+        kind = "SQLite" if ledger.kind == "sqlite" else "PostgreSQL"
+        raise LedgerConfigError(f"{where}: is a {kind} database, but holds no ledger")
+    if must_be_current and not status.up_to_date:
         raise LedgerConfigError(f"{where}: {status.describe()}: run `bridge db upgrade`")
 
 
@@ -88,8 +130,9 @@ def _checked_sqlite_path(path: Path, access: Access) -> Path:
         raise LedgerConfigError(f"{where}: the folder {path.parent} does not exist")
     if path.is_dir():
         raise LedgerConfigError(f"{where}: is a folder, not a ledger file")
+    creates = access in (Access.CREATE, Access.MIGRATE)
     if not path.exists():
-        if access is Access.CREATE:
+        if creates:
             return path
         raise LedgerConfigError(
             f"{where}: no ledger there (the file does not exist; the service or "
@@ -102,9 +145,18 @@ def _checked_sqlite_path(path: Path, access: Access) -> Path:
         raise LedgerConfigError(f"{where}: cannot be read: {exc.strerror}") from exc
     if header and header != _SQLITE_HEADER:
         raise LedgerConfigError(f"{where}: is not a SQLite database (left untouched)")
-    if not header and access is not Access.CREATE:
+    if not header and not creates:
         raise LedgerConfigError(f"{where}: is an empty file, not a ledger")
     # Write permission bits, not os.access: the operator's read-only mark holds for root too.
-    if access is not Access.READ and not (path.stat().st_mode & 0o222 and os.access(path, os.W_OK)):
+    writes = access in (Access.CREATE, Access.WRITE, Access.MIGRATE)
+    if writes and not (path.stat().st_mode & 0o222 and os.access(path, os.W_OK)):
         raise LedgerConfigError(f"{where}: is read-only, and this command writes to the ledger")
     return path
+
+
+def retention_of(settings: Settings) -> Retention:
+    return Retention(
+        give_up_after=settings.outbox_max_age_hours * 3600,
+        settled=settings.retention_days * 86400,
+        dead=settings.dead_letter_retention_days * 86400,
+    )

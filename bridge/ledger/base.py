@@ -1,19 +1,21 @@
 """The ledger's contract: every operation the application uses, and the values they exchange.
 
-A backend (SQLite, in-memory, and a server database for several instances)
-implements ``Ledger`` and passes the one backend contract test suite. Every move
-of a row follows ``outcomes.TRANSITIONS``; an operation that the table does not
-allow from a row's current state changes nothing.
+A backend (SQLite, PostgreSQL, in-memory) implements ``Ledger`` and passes the one
+backend contract test suite. Every move of a row follows ``outcomes.TRANSITIONS``;
+an operation that the table does not allow from a row's current state changes
+nothing. Times are the injected clock's, never the database's own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
 from ..outcomes import FINISHED, State
+from .migrations import Migration, SchemaStatus
 
 
 class LeadStatus(StrEnum):
@@ -39,8 +41,9 @@ class Claim:
 
     granted: bool
     state: State | None = None  # before this claim when granted (None: new); else the row's
-    attempts: int = 0  # attempts before this one
+    attempts: int = 0  # Dub calls made for this row before
     tainted: bool = False  # an earlier lead attempt may have reached Dub
+    created_at: float = 0.0  # when the row was first seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +78,50 @@ class Row:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class MappingSet:
+    """A set of mapping files that loaded cleanly, kept by version."""
+
+    version: str
+    files: tuple[tuple[str, str], ...]  # (file name, its text)
+    origin: str  # files | publish | rollback
+    created_at: float
+    loaded_at: float  # the last time an instance loaded it
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """A mapping set made the one every instance follows."""
+
+    version: str
+    origin: str  # publish | rollback
+    activated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long rows are kept, and how much one housekeeping statement may delete."""
+
+    give_up_after: float  # an unsettled row this old (from its first sighting) is given up
+    settled: float  # settled rows are pruned this long after they settled
+    dead: float  # dead letters are pruned this long after their last change
+    batch: int = 500
+
+
 class Ledger(Protocol):
-    """Where every (messageId, mapping) stands; safe across threads (and processes, where
-    ``shared_across_processes``)."""
+    """Where every (messageId, mapping) stands; safe across threads, and across processes
+    and instances where ``shared_across_processes``."""
 
     kind: str
     shared_across_processes: bool
 
-    def claim_many(self, wanted: Sequence[ClaimRequest], *, redrive: bool = False) -> list[Claim]:
-        """Claim rows before their calls, in order, in one transaction."""
+    # --- claims and outcomes ----------------------------------------------------------------
+
+    def claim_many(
+        self, wanted: Sequence[ClaimRequest], *, redrive: bool = False, lease: float | None = None
+    ) -> list[Claim]:
+        """Claim rows before their calls, in order, in one transaction; a claim holds for
+        ``lease`` seconds (default: the ledger's), then another process may take it over."""
 
     def finish(
         self,
@@ -91,18 +129,23 @@ class Ledger(Protocol):
         mapping: str,
         state: State,
         *,
+        calls: int = 0,
         status: int | None = None,
         error: Any = None,
         payload: Any = None,
         tainted: bool = False,
+        not_before: float | None = None,
     ) -> bool:
-        """Record what a claimed (in-flight) row came to; False when it was not in flight.
+        """Record what a claimed (in-flight) row came to, and the ``calls`` made for it;
+        False when it was not in flight. ``not_before``: the outbox waits until then.
 
         ``ValueError`` for a state no call can end in (see ``outcomes.FINISHED``)."""
 
-    def release(self, message_id: str, mapping: str) -> bool:
-        """Give back a claim no call was made for: the row returns to its state before the
-        claim, and the claim does not count as an attempt."""
+    def defer(self, message_id: str, mapping: str, until: float) -> bool:
+        """The outbox tries this pending row again no sooner than ``until``."""
+
+    def release(self, message_id: str, mapping: str, *, payload: Any = None) -> bool:
+        """Give back a claim no call was made for: the row returns to its state before."""
 
     def record(
         self,
@@ -120,6 +163,8 @@ class Ledger(Protocol):
     def supersede(self, message_id: str, mapping: str) -> bool:
         """A dead letter no current mapping sends: settle it, so it leaves the list."""
 
+    # --- reading ----------------------------------------------------------------------------
+
     def lead_status(self, customer: str, within_seconds: float) -> LeadStatus | None: ...
 
     def get(self, message_id: str, mapping: str) -> Row | None: ...
@@ -130,11 +175,59 @@ class Ledger(Protocol):
 
     def counts(self) -> dict[State, int]: ...
 
-    def sweep(self, *, retention_seconds: float, give_up_seconds: float) -> dict[str, int]:
-        """Give up on rows Segment stopped retrying; prune settled rows past retention."""
+    def oldest_unsettled(self) -> float | None:
+        """When the oldest row still pending or in flight was first seen, if any."""
+
+    def due(self, *, first_seen_before: float, limit: int) -> list[Row]:
+        """Unsettled rows first seen before then, whose backoff has passed, that nobody
+        holds: what the outbox sends now, oldest first."""
+
+    # --- across instances -------------------------------------------------------------------
+
+    def exclusive(self, name: str) -> AbstractContextManager[bool]:
+        """Hold the named lock across every instance for the block: True when held, False
+        when another process has it (then do nothing)."""
+
+    def take_slot(self, key: str, per_minute: int) -> float:
+        """Take one call of ``key``'s one-minute sliding window, shared by every process:
+        0 when taken, else the seconds until one may free up (or a pause ends)."""
+
+    def pause(self, key: str, until: float) -> None:
+        """No slot of ``key`` is given before ``until`` (Dub said so, with a 429)."""
+
+    # --- mapping sets -----------------------------------------------------------------------
+
+    def keep_mapping_set(self, version: str, files: Sequence[tuple[str, str]], origin: str) -> None:
+        """Remember a set that loaded cleanly (again): the last good one survives restarts."""
+
+    def mapping_set(self, version: str) -> MappingSet | None: ...
+
+    def last_good_mapping_set(self) -> MappingSet | None:
+        """The set most recently loaded cleanly, by any instance."""
+
+    def activate_mapping_set(self, version: str, origin: str) -> None:
+        """Make a kept set the one every instance that follows the database uses."""
+
+    def active_mapping_set(self) -> MappingSet | None: ...
+
+    def activations(self, limit: int = 20) -> list[Activation]:
+        """The latest activations, newest first."""
+
+    # --- housekeeping -----------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise ``LedgerError`` unless the ledger answers now."""
+
+    def sweep(self, retention: Retention) -> dict[str, int]:
+        """Give up on rows too old to send; prune settled rows and dead letters past their
+        retention, a batch at a time."""
 
     def maintain(self) -> None:
-        """The backend's own housekeeping, called every second off the request path."""
+        """The backend's own upkeep, every second off the request path."""
+
+    def schema(self) -> SchemaStatus: ...
+
+    def upgrade(self) -> list[Migration]: ...
 
     def close(self) -> None: ...
 

@@ -1,14 +1,16 @@
 """The in-memory ledger: the contract in plain Python, for tests and benchmarks.
 
 One process only (each gunicorn worker would have its own), so never for a
-service with several workers; ``BRIDGE_LEDGER=memory`` says so at start-up.
+service with several workers; ``BRIDGE_LEDGER=memory`` says so in the README.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
-from dataclasses import replace
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..clock import SYSTEM, Clock
@@ -24,8 +26,29 @@ from ..outcomes import (
     SWEEPABLE,
     State,
 )
-from .base import Claim, ClaimRequest, LeadStatus, Row, check_finish
+from . import migrations
+from .base import (
+    Activation,
+    Claim,
+    ClaimRequest,
+    LeadStatus,
+    MappingSet,
+    Retention,
+    Row,
+    check_finish,
+)
 from .codec import stored
+from .sql import WINDOW
+
+
+@dataclass
+class _Extra:
+    """What a row keeps besides its public fields."""
+
+    lease_until: float = 0.0
+    before: State | None = None  # the state before the current claim
+    tainted: bool = False
+    not_before: float = 0.0
 
 
 class MemoryLedger:
@@ -36,56 +59,46 @@ class MemoryLedger:
         self.lease_seconds = lease_seconds
         self.clock = clock
         self._rows: dict[tuple[str, str], Row] = {}
-        self._leases: dict[tuple[str, str], float] = {}
-        self._tainted: set[tuple[str, str]] = set()
-        self._before: dict[tuple[str, str], State] = {}  # the state before the current claim
+        self._extra: dict[tuple[str, str], _Extra] = {}
+        self._slots: dict[str, deque[float]] = {}
+        self._pauses: dict[str, float] = {}
+        self._locks: set[str] = set()
+        self._sets: dict[str, MappingSet] = {}
+        self._activations: list[Activation] = []
         self._lock = threading.Lock()
 
-    def claim_many(self, wanted: Sequence[ClaimRequest], *, redrive: bool = False) -> list[Claim]:
-        with self._lock:
-            return [self._claim(w, redrive) for w in wanted]
+    # --- claims and outcomes ----------------------------------------------------------------
 
-    def _claim(self, w: ClaimRequest, redrive: bool) -> Claim:
+    def claim_many(
+        self, wanted: Sequence[ClaimRequest], *, redrive: bool = False, lease: float | None = None
+    ) -> list[Claim]:
+        with self._lock:
+            return [self._claim(w, redrive, max(lease or 0.0, self.lease_seconds)) for w in wanted]
+
+    def _claim(self, w: ClaimRequest, redrive: bool, lease: float) -> Claim:
         now = self.clock.time()
         key = (w.message_id, w.mapping)
-        row = self._rows.get(key)
-        tainted = key in self._tainted
+        row, extra = self._rows.get(key), self._extra.setdefault(key, _Extra())
         if row is not None:
-            expired = row.state is State.IN_FLIGHT and self._leases.get(key, 0.0) <= now
+            expired = row.state is State.IN_FLIGHT and extra.lease_until <= now
             if not (row.state in CLAIMABLE or expired or (redrive and row.state in REDRIVABLE)):
-                return Claim(False, row.state, row.attempts, tainted)
+                return Claim(False, row.state, row.attempts, extra.tainted, row.created_at)
         body = _roundtrip(w.body)
-        self._leases[key] = now + self.lease_seconds
-        self._before.pop(key, None)
-        if row is not None:
-            self._before[key] = row.state
+        extra.lease_until = now + lease
+        extra.before = None if row is None else row.state
         if row is None:
-            self._rows[key] = Row(
-                w.message_id,
-                w.mapping,
-                w.action,
-                w.event,
-                w.customer,
-                State.IN_FLIGHT,
-                1,
-                body,
-                None,
-                None,
-                None,
-                now,
-                now,
-            )
-            return Claim(True, None, 0, False)
+            self._rows[key] = Row(w.message_id, w.mapping, w.action, w.event, w.customer,
+                                  State.IN_FLIGHT, 0, body, None, None, None, now, now)  # fmt: skip
+            return Claim(True, None, 0, False, now)
         self._rows[key] = replace(
             row,
             state=State.IN_FLIGHT,
-            attempts=row.attempts + 1,
             request_body=body,
             customer=w.customer,
             action=row.action or w.action,
             updated_at=now,
         )
-        return Claim(True, row.state, row.attempts, tainted)
+        return Claim(True, row.state, row.attempts, extra.tainted, row.created_at)
 
     def finish(
         self,
@@ -93,16 +106,17 @@ class MemoryLedger:
         mapping: str,
         state: State,
         *,
+        calls: int = 0,
         status: int | None = None,
         error: Any = None,
         payload: Any = None,
         tainted: bool = False,
+        not_before: float | None = None,
     ) -> bool:
-        key = (message_id, mapping)
-        state = check_finish(state)
+        key, state = (message_id, mapping), check_finish(state)
         with self._lock:
-            row = self._rows.get(key)
-            if row is None or row.state is not State.IN_FLIGHT:
+            row = self._in_flight(key)
+            if row is None:
                 return False
             self._rows[key] = replace(
                 row,
@@ -110,28 +124,43 @@ class MemoryLedger:
                 status=status,
                 error=_roundtrip(error),
                 payload=_roundtrip(payload) if payload is not None else row.payload,
+                attempts=row.attempts + calls,
                 updated_at=self.clock.time(),
             )
-            self._leases.pop(key, None)
-            if tainted:
-                self._tainted.add(key)
+            extra = self._extra[key]
+            extra.lease_until, extra.not_before = 0.0, not_before or 0.0
+            extra.tainted = extra.tainted or tainted
             return True
 
-    def release(self, message_id: str, mapping: str) -> bool:
+    def defer(self, message_id: str, mapping: str, until: float) -> bool:
         key = (message_id, mapping)
         with self._lock:
             row = self._rows.get(key)
-            if row is None or row.state is not State.IN_FLIGHT:
+            if row is None or row.state is not State.PENDING:
                 return False
-            before = self._before.pop(key, State.PENDING)
+            self._extra[key].not_before = until
+            return True
+
+    def release(self, message_id: str, mapping: str, *, payload: Any = None) -> bool:
+        key = (message_id, mapping)
+        with self._lock:
+            row = self._in_flight(key)
+            if row is None:
+                return False
+            extra = self._extra[key]
+            before = extra.before if extra.before in RELEASABLE else State.PENDING
             self._rows[key] = replace(
                 row,
-                state=before if before in RELEASABLE else State.PENDING,
-                attempts=row.attempts - 1,
+                state=before or State.PENDING,
+                payload=_roundtrip(payload) if payload is not None else row.payload,
                 updated_at=self.clock.time(),
             )
-            self._leases.pop(key, None)
+            extra.lease_until = 0.0
             return True
+
+    def _in_flight(self, key: tuple[str, str]) -> Row | None:
+        row = self._rows.get(key)
+        return row if row is not None and row.state is State.IN_FLIGHT else None
 
     def record(
         self,
@@ -144,28 +173,15 @@ class MemoryLedger:
         errors: Any,
         payload: Any,
     ) -> bool:
-        key = (message_id, mapping)
-        now = self.clock.time()
+        key, now = (message_id, mapping), self.clock.time()
         with self._lock:
             row = self._rows.get(key)
             if row is not None and row.state not in RECORDABLE:
                 return False
             if row is None:
-                row = Row(
-                    message_id,
-                    mapping,
-                    action,
-                    event,
-                    None,
-                    state,
-                    0,
-                    None,
-                    None,
-                    None,
-                    None,
-                    now,
-                    now,
-                )
+                row = Row(message_id, mapping, action, event, None, State(state), 0, None, None,
+                          None, None, now, now)  # fmt: skip
+                self._extra[key] = _Extra()
             self._rows[key] = replace(
                 row,
                 state=State(state),
@@ -184,17 +200,19 @@ class MemoryLedger:
             self._rows[key] = replace(row, state=State.SUPERSEDED, updated_at=self.clock.time())
             return True
 
+    # --- reading ----------------------------------------------------------------------------
+
     def lead_status(self, customer: str, within_seconds: float) -> LeadStatus | None:
         since = self.clock.time() - within_seconds
         with self._lock:
-            states = {
+            found = {
                 r.state
                 for r in self._rows.values()
                 if r.customer == customer and r.action == "lead" and r.updated_at > since
             }
-        if states & {State.DELIVERED, State.DEDUPLICATED}:
+        if found & {State.DELIVERED, State.DEDUPLICATED}:
             return LeadStatus.SETTLED
-        if states & ACTIVE:
+        if found & ACTIVE:
             return LeadStatus.UNSETTLED
         return None
 
@@ -220,24 +238,126 @@ class MemoryLedger:
                 counts[row.state] = counts.get(row.state, 0) + 1
         return counts
 
-    def sweep(self, *, retention_seconds: float, give_up_seconds: float) -> dict[str, int]:
+    def oldest_unsettled(self) -> float | None:
+        with self._lock:
+            found = [r.created_at for r in self._rows.values() if r.state in ACTIVE]
+        return min(found, default=None)
+
+    def due(self, *, first_seen_before: float, limit: int) -> list[Row]:
+        now = self.clock.time()
+        with self._lock:
+            rows = [
+                r
+                for key, r in self._rows.items()
+                if r.created_at < first_seen_before
+                and r.request_body is not None
+                and self._extra[key].not_before <= now
+                and (
+                    r.state is State.PENDING
+                    or (r.state is State.IN_FLIGHT and self._extra[key].lease_until <= now)
+                )
+            ]
+        return sorted(rows, key=lambda r: r.created_at)[:limit]
+
+    # --- across instances (here: threads) ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        with self._lock:
+            taken = name not in self._locks
+            self._locks.add(name)
+        try:
+            yield taken
+        finally:
+            if taken:
+                with self._lock:
+                    self._locks.discard(name)
+
+    def take_slot(self, key: str, per_minute: int) -> float:
+        now = self.clock.time()
+        with self._lock:
+            if self._pauses.get(key, 0.0) > now:
+                return self._pauses[key] - now
+            slots = self._slots.setdefault(key, deque())
+            while slots and slots[0] <= now - WINDOW:
+                slots.popleft()
+            if len(slots) < per_minute:
+                slots.append(now)
+                return 0.0
+            return max(slots[0] + WINDOW - now, 0.001)
+
+    def pause(self, key: str, until: float) -> None:
+        with self._lock:
+            self._pauses[key] = max(self._pauses.get(key, 0.0), until)
+
+    # --- housekeeping -----------------------------------------------------------------------
+
+    def sweep(self, retention: Retention) -> dict[str, int]:
         now = self.clock.time()
         gave_up = pruned = 0
         with self._lock:
             for key, row in list(self._rows.items()):
-                leased = self._leases.get(key, 0.0) > now
-                if row.state in SWEEPABLE and row.updated_at < now - give_up_seconds and not leased:
+                extra = self._extra[key]
+                if (
+                    row.state in SWEEPABLE
+                    and row.created_at < now - retention.give_up_after
+                    and extra.lease_until < now
+                ):
                     self._rows[key] = replace(row, state=State.GAVE_UP, updated_at=now)
-                    self._leases.pop(key, None)
+                    extra.lease_until = 0.0
                     gave_up += 1
-                elif row.state in FINAL and row.updated_at < now - retention_seconds:
-                    del self._rows[key]
-                    self._tainted.discard(key)
+                elif (row.state in FINAL and row.updated_at < now - retention.settled) or (
+                    row.state in DEAD and row.updated_at < now - retention.dead
+                ):
+                    del self._rows[key], self._extra[key]
                     pruned += 1
         return {"gave_up": gave_up, "pruned": pruned}
 
     def maintain(self) -> None:
         """Nothing to maintain in memory."""
+
+    def ping(self) -> None:
+        """Memory always answers."""
+
+    # --- mapping sets -------------------------------------------------------------------------
+
+    def keep_mapping_set(self, version: str, files: Sequence[tuple[str, str]], origin: str) -> None:
+        now = self.clock.time()
+        with self._lock:
+            kept = self._sets.get(version)
+            if kept is None:
+                self._sets[version] = MappingSet(version, tuple(files), origin, now, now)
+            else:
+                self._sets[version] = replace(kept, loaded_at=now)
+
+    def mapping_set(self, version: str) -> MappingSet | None:
+        with self._lock:
+            return self._sets.get(version)
+
+    def last_good_mapping_set(self) -> MappingSet | None:
+        with self._lock:
+            ranked = sorted(self._sets.values(), key=lambda s: (-s.loaded_at, s.version))
+        return ranked[0] if ranked else None
+
+    def activate_mapping_set(self, version: str, origin: str) -> None:
+        with self._lock:
+            self._activations.append(Activation(version, origin, self.clock.time()))
+
+    def active_mapping_set(self) -> MappingSet | None:
+        with self._lock:
+            if not self._activations:
+                return None
+            return self._sets.get(self._activations[-1].version)
+
+    def activations(self, limit: int = 20) -> list[Activation]:
+        with self._lock:
+            return list(reversed(self._activations))[:limit]
+
+    def schema(self) -> migrations.SchemaStatus:
+        return migrations.status(m.version for m in migrations.MIGRATIONS)
+
+    def upgrade(self) -> list[migrations.Migration]:
+        return []
 
     def close(self) -> None:
         """Nothing to close."""

@@ -23,7 +23,7 @@ class Migration:
         return [s.strip() for s in self.sql[kind].split(";") if s.strip()]
 
 
-_DELIVERIES_SQLITE = """
+_DELIVERIES = """
 CREATE TABLE IF NOT EXISTS deliveries (
     message_id   TEXT NOT NULL,
     mapping      TEXT NOT NULL,
@@ -38,31 +38,64 @@ CREATE TABLE IF NOT EXISTS deliveries (
     error        TEXT,
     tainted      INTEGER NOT NULL DEFAULT 0,
     prev_state   TEXT,
-    lease_until  REAL,
-    created_at   REAL NOT NULL,
-    updated_at   REAL NOT NULL,
+    lease_until  {real},
+    created_at   {real} NOT NULL,
+    updated_at   {real} NOT NULL,
     PRIMARY KEY (message_id, mapping)
 );
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, updated_at);
 CREATE INDEX IF NOT EXISTS deliveries_customer ON deliveries (customer, action, updated_at)
 """
+_SHARED = """
+ALTER TABLE deliveries ADD COLUMN not_before {real};
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, created_at);
+CREATE TABLE IF NOT EXISTS rate_slots (key TEXT NOT NULL, at {real} NOT NULL);
+CREATE INDEX IF NOT EXISTS rate_slots_key ON rate_slots (key, at);
+CREATE TABLE IF NOT EXISTS rate_pauses (key TEXT PRIMARY KEY, until {real} NOT NULL);
+CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until {real} NOT NULL)
+"""
+_MAPPINGS = """
+CREATE TABLE IF NOT EXISTS mapping_sets (
+    version    TEXT PRIMARY KEY,
+    files      TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    loaded_at  {real} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mapping_activations (
+    version      TEXT NOT NULL,
+    origin       TEXT NOT NULL,
+    activated_at {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mapping_activations_at ON mapping_activations (activated_at)
+"""
+_TYPES = {"sqlite": {"real": "REAL"}, "postgres": {"real": "DOUBLE PRECISION"}}
+
+
+def _both(sql: str) -> dict[str, str]:
+    return {kind: sql.format(**types) for kind, types in _TYPES.items()}
+
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "deliveries table", {"sqlite": _DELIVERIES_SQLITE}),
+    Migration(1, "deliveries table", _both(_DELIVERIES)),
     Migration(
         2,
         "rows given up on are 'gave_up', no longer 'failed'",
-        {"sqlite": "UPDATE deliveries SET state = 'gave_up' WHERE state = 'failed'"},
+        _both("UPDATE deliveries SET state = 'gave_up' WHERE state = 'failed'"),
     ),
+    Migration(3, "outbox backoff, shared rate limit, cluster locks", _both(_SHARED)),
+    Migration(4, "mapping sets: the last good one, and the published one", _both(_MAPPINGS)),
 )
 LATEST = MIGRATIONS[-1].version
 
-SCHEMA_TABLE = {
-    "sqlite": (
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-    ),
-}
+SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at {real} NOT NULL)"
+)
+
+
+def schema_table(kind: str) -> str:
+    return SCHEMA_TABLE.format(**_TYPES[kind])
 
 
 def missing(applied: Iterable[int]) -> list[Migration]:

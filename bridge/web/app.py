@@ -17,6 +17,7 @@ from ..clock import SYSTEM, Clock
 from ..errors import BridgeError, PayloadTooLarge
 from ..settings import Settings
 from ..wiring import Service, build_service
+from . import requests
 from .health import health
 from .responses import json_response
 from .webhook import webhook
@@ -35,18 +36,22 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
     app.extensions["bridge"] = service
     app.register_blueprint(webhook)
     app.register_blueprint(health)
+    requests.install(app)
 
     @app.errorhandler(BridgeError)
     def _bridge_error(exc: BridgeError) -> Response:
-        return json_response(exc.to_dict(), exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        requests.refused(exc.status, exc.code, exc.message)
+        return json_response(exc.to_dict(), exc.status, headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         if exc.code == 413:  # raised by werkzeug for MAX_CONTENT_LENGTH
             too_large = PayloadTooLarge(f"the body is over {settings.max_body_bytes} bytes")
-            return json_response(too_large.to_dict(), too_large.status)
+            return _bridge_error(too_large)
         code = (exc.name or "http_error").lower().replace(" ", "_")
         message = exc.description or exc.name
+        requests.refused(exc.code or 500, code, message)
         return json_response({"error": {"code": code, "message": message}}, exc.code or 500)
 
     @app.errorhandler(Exception)

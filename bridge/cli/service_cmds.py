@@ -1,0 +1,117 @@
+"""``bridge check``, and ``bridge mappings publish|history|rollback``: mappings for every instance.
+
+``check`` runs the start-up checks of gunicorn's master without starting anything
+(a release phase). ``mappings publish`` validates a folder of mapping files and
+stores it in the ledger's database as the active set: every instance with
+``BRIDGE_MAPPINGS_SOURCE=database`` switches to it within ``BRIDGE_RELOAD_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from ..errors import BridgeError, MappingFileError
+from ..ledger import Access, Ledger, open_ledger
+from ..mapping.loader import load_sources
+from ..sources import read_directory
+from ..startup import check as startup_check
+from .common import PROBLEMS, configured, fail, settings
+
+
+@click.command()
+def check() -> None:
+    """Check settings, ledger (reachable, schema current) and mappings, as start-up does."""
+    report = startup_check(settings(), migrate=False)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for problem in report.problems:
+        click.echo(f"error: {problem}", err=True)
+    if not report.ok:
+        sys.exit(PROBLEMS)
+    click.echo("ok: ready to start")
+
+
+@click.group()
+def mappings() -> None:
+    """Mapping sets kept in the ledger's database, followed by every instance."""
+
+
+def _ledger() -> Ledger:
+    config = settings()
+    try:
+        ledger = open_ledger(config, Access.WRITE)
+    except BridgeError as exc:
+        configured(exc)
+    if ledger is None or not ledger.shared_across_processes:
+        fail("publishing mappings needs the ledger in a database (BRIDGE_LEDGER=on)")
+    return ledger
+
+
+@mappings.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+def publish(directory: Path | None) -> None:
+    """Validate DIRECTORY's mapping files (default: BRIDGE_MAPPINGS_DIR) and make them the
+    active set of every instance that follows the database."""
+    folder = directory or settings().mappings_dir
+    try:
+        sources = read_directory(folder)
+        engine = load_sources(sources, where=str(folder)).engine
+    except MappingFileError as exc:
+        click.echo(str(exc), err=True)
+        click.echo(f"not published: {len(exc.issues)} error(s) in {folder}", err=True)
+        sys.exit(PROBLEMS)
+    ledger = _ledger()
+    try:
+        files = [(s.basename, s.text.decode("utf-8", "replace")) for s in sources]
+        ledger.keep_mapping_set(engine.version, files, "publish")
+        ledger.activate_mapping_set(engine.version, "publish")
+    except BridgeError as exc:
+        configured(exc)
+    finally:
+        ledger.close()
+    click.echo(f"published {engine.version}: {len(engine)} mapping(s) from {len(files)} file(s)")
+
+
+@mappings.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+def history(limit: int) -> None:
+    """The latest published and rolled-back sets, newest first; `*` marks the active one."""
+    ledger = _ledger()
+    try:
+        shown = ledger.activations(limit)
+    except BridgeError as exc:
+        configured(exc)
+    finally:
+        ledger.close()
+    for index, activation in enumerate(shown):
+        when = datetime.fromtimestamp(activation.activated_at, UTC)
+        mark = "*" if index == 0 else " "
+        click.echo(f"{mark} {activation.version}  {activation.origin:<8} {when:%Y-%m-%d %H:%M:%S}Z")
+    if not shown:
+        click.echo("nothing published yet", err=True)
+
+
+@mappings.command()
+@click.argument("version")
+def rollback(version: str) -> None:
+    """Make an earlier set (VERSION, or a unique start of it) active again."""
+    ledger = _ledger()
+    try:
+        candidates = {a.version for a in ledger.activations(1000) if a.version.startswith(version)}
+        if len(candidates) != 1:
+            known = "none matches" if not candidates else f"{len(candidates)} match"
+            fail(f"version {version!r}: {known}; see `bridge mappings history`", PROBLEMS)
+        (chosen,) = candidates
+        ledger.activate_mapping_set(chosen, "rollback")
+    except BridgeError as exc:
+        configured(exc)
+    finally:
+        ledger.close()
+    click.echo(f"rolled back to {chosen}")
+
+
+COMMANDS = [check, mappings]

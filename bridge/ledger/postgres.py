@@ -1,0 +1,167 @@
+"""The ledger in PostgreSQL: one truth for every instance and worker (``DATABASE_URL``).
+
+psycopg 3 with a connection pool per process, sized to the worker's threads, with a
+timeout. Claims are single upserts (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``),
+so the database decides who sends; the shared rate limit and migrations are
+serialised with transaction-scoped advisory locks, and cluster-wide jobs (the
+outbox, housekeeping) with session advisory locks, which free themselves when a
+process dies. A connection that breaks is retried once on a fresh one: every
+operation is safe to repeat (a claim whose commit was lost is only ever refused,
+never granted twice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterator, Mapping
+from functools import lru_cache
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import psycopg
+import psycopg_pool
+
+from ..clock import SYSTEM, Clock
+from ..errors import LedgerError
+from .sql import DB, Cursor, SQLLedger
+
+T = TypeVar("T")
+# The pool logs each failed connection; where the bridge has not set up its JSON log (a
+# one-off command), that is noise beside the one line of error the command prints.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
+# Keys of the transaction-scoped advisory locks (any fixed numbers the bridge owns).
+MIGRATION_LOCK = 0x62726964  # "brid"
+
+
+@lru_cache(maxsize=256)
+def _pyformat(sql: str) -> str:
+    """``:name`` parameters, as the shared statements write them, to psycopg's ``%(name)s``."""
+    return re.sub(r"(?<![:\w]):([a-z_]+)", r"%(\1)s", sql.replace("%", "%%"))
+
+
+class _Connection:
+    """A psycopg connection that speaks the shared statements' parameter style."""
+
+    def __init__(self, conn: psycopg.Connection[Any]):
+        self.conn = conn
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Cursor:
+        return self.conn.execute(_pyformat(sql), params or {})
+
+
+def describe(url: str) -> str:
+    """Where a database URL points, for messages: never the user or the password."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}{parts.path or '/'}"
+
+
+class PostgresLedger(SQLLedger):
+    kind = "postgres"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        lease_seconds: float = 30.0,
+        clock: Clock = SYSTEM,
+        pool_size: int = 6,
+        timeout: float = 2.0,
+        readonly: bool = False,
+    ):
+        super().__init__(lease_seconds=lease_seconds, clock=clock)
+        self.where = describe(url)
+        self.readonly = readonly
+        self.timeout = timeout
+        self.pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max(1, pool_size),
+            timeout=timeout,
+            open=False,
+            name="bridge-ledger",
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout))},
+            # A connection that broke (a restart, pg_terminate_backend) is checked and
+            # replaced when it is taken, not discovered by a failing request.
+            check=psycopg_pool.ConnectionPool.check_connection,
+        )
+        try:
+            # One direct connection first: it fails fast, with the server's own reason.
+            psycopg.connect(url, connect_timeout=max(1, round(timeout))).close()
+            self.pool.open(wait=True, timeout=timeout)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            self.pool.close()
+            raise LedgerError(f"cannot reach PostgreSQL at {self.where}: {_reason(exc)}") from exc
+
+    def _run(self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True) -> T:
+        if write and self.readonly:
+            raise LedgerError(f"the ledger at {self.where} is open read-only")
+        for attempt in (1, 2):
+            try:
+                with self.pool.connection() as conn:
+                    if not tx:
+                        return work(_Connection(conn))
+                    with conn.transaction():
+                        return work(_Connection(conn))
+            except psycopg_pool.PoolTimeout as exc:
+                raise LedgerError(
+                    f"no connection to PostgreSQL at {self.where} within {self.timeout:g} s"
+                ) from exc
+            except psycopg.OperationalError as exc:
+                # The connection broke: the transaction rolled back. Once more, on a fresh one.
+                if attempt == 2:
+                    raise LedgerError(f"PostgreSQL at {self.where}: {_first_line(exc)}") from exc
+            except psycopg.errors.SerializationFailure as exc:  # includes deadlocks
+                if attempt == 2:
+                    raise LedgerError(f"PostgreSQL at {self.where}: {_first_line(exc)}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _has_table(self, db: DB, name: str) -> bool:
+        sql = "SELECT to_regclass(:name) IS NOT NULL"
+        return bool(db.execute(sql, {"name": name}).fetchone()[0])
+
+    def _serialise_slots(self, db: DB, key: str) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", {"key": key})
+
+    def _serialise_migrations(self, db: DB) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(:id)", {"id": MIGRATION_LOCK})
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """A session advisory lock, held on one pooled connection for the block; it frees
+        itself if this process dies."""
+        try:
+            with self.pool.connection() as conn:
+                key = {"name": name}
+                taken = (
+                    _Connection(conn)
+                    .execute("SELECT pg_try_advisory_lock(hashtextextended(:name, 1))", key)
+                    .fetchone()[0]
+                )
+                try:
+                    yield bool(taken)
+                finally:
+                    if taken and not conn.closed:
+                        with contextlib.suppress(psycopg.Error):
+                            _Connection(conn).execute(
+                                "SELECT pg_advisory_unlock(hashtextextended(:name, 1))", key
+                            )
+        except psycopg_pool.PoolTimeout as exc:
+            raise LedgerError(f"no connection to PostgreSQL at {self.where}") from exc
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _reason(exc: Exception) -> str:
+    """The useful end of a libpq message ("Connection refused", "database ... does not
+    exist"), without the user name or password."""
+    text = _first_line(exc)
+    return text.rsplit(" failed: ", 1)[-1] if " failed: " in text else text

@@ -1,0 +1,366 @@
+"""The ledger contract in SQL, shared by the SQLite and PostgreSQL backends.
+
+Statements are written once, with ``:name`` parameters (the PostgreSQL backend
+rewrites them for its driver), and their state lists come from the transition
+table. A backend supplies connections, transactions and retries (``_run``), and
+the few things the two databases do differently (serialising the rate limit,
+cluster-wide locks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar
+
+from ..clock import Clock
+from ..outcomes import (
+    ACTIVE,
+    DEAD,
+    FINAL,
+    State,
+)
+from . import migrations
+from .base import Claim, ClaimRequest, LeadStatus, Retention, Row, check_finish
+from .codec import read, stored
+from .sql_mappings import MappingSetsSQL
+from .statements import (
+    CLAIM,
+    COLUMNS,
+    DUE,
+    FINISH,
+    GIVE_UP,
+    PAUSE,
+    PRUNE,
+    RECORD,
+    RELEASE,
+    SUPERSEDE,
+    states,
+)
+
+T = TypeVar("T")
+WINDOW = 60.0  # Dub's rate limit: a one-minute sliding window per API key
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class DB(Protocol):
+    def execute(self, sql: str, params: Mapping[str, Any] = ...) -> Cursor: ...
+
+
+class SQLLedger(MappingSetsSQL):
+    """Everything of the contract that is plain SQL; see the subclasses for the rest."""
+
+    kind = "sql"
+    shared_across_processes = True
+    greatest = "GREATEST"  # the two-argument maximum: MAX in SQLite
+
+    def __init__(self, *, lease_seconds: float, clock: Clock):
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self._finish = FINISH.format(greatest=self.greatest)
+        self._pause = PAUSE.format(greatest=self.greatest)
+        self._prune_settled = PRUNE.format(states=states(FINAL))
+        self._prune_dead = PRUNE.format(states=states(DEAD))
+
+    # --- what a backend supplies -------------------------------------------------------------
+
+    def _run(self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True) -> T:
+        raise NotImplementedError
+
+    def _serialise_slots(self, db: DB, key: str) -> None:
+        """Make the rate-limit transaction on ``key`` the only one at a time."""
+
+    def _serialise_migrations(self, db: DB) -> None:
+        """Make the migration transaction the only one at a time."""
+
+    def exclusive(self, name: str) -> AbstractContextManager[bool]:
+        raise NotImplementedError
+
+    # --- claims and outcomes ---------------------------------------------------------------
+
+    def claim_many(
+        self, wanted: Sequence[ClaimRequest], *, redrive: bool = False, lease: float | None = None
+    ) -> list[Claim]:
+        now = self.clock.time()
+        until = now + max(lease or 0.0, self.lease_seconds)
+        # Rows are locked in key order, so two batches sharing rows cannot deadlock; a row
+        # wanted twice in one batch is granted once.
+        order = sorted(range(len(wanted)), key=lambda i: (wanted[i].message_id, wanted[i].mapping))
+
+        def claim_all(db: DB) -> list[Claim]:
+            claims: dict[int, Claim] = {}
+            seen: dict[tuple[str, str], int] = {}
+            for index in order:
+                w = wanted[index]
+                key = (w.message_id, w.mapping)
+                if key in seen:
+                    first = claims[seen[key]]
+                    claims[index] = Claim(
+                        False, State.IN_FLIGHT, first.attempts, first.tainted, first.created_at
+                    )
+                    continue
+                seen[key] = index
+                claims[index] = self._claim(db, w, now, until, redrive)
+            return [claims[i] for i in range(len(wanted))]
+
+        return self._run(claim_all, tx=len(wanted) > 1)
+
+    def _claim(self, db: DB, w: ClaimRequest, now: float, until: float, redrive: bool) -> Claim:
+        args = {
+            "message_id": w.message_id,
+            "mapping": w.mapping,
+            "action": w.action,
+            "event": w.event,
+            "customer": w.customer,
+            "body": stored(w.body),
+            "now": now,
+            "lease": until,
+            "redrive": int(redrive),
+        }
+        row = db.execute(CLAIM, args).fetchone()
+        if row is not None:
+            prev, attempts, tainted, created = row
+            return Claim(True, State(prev) if prev else None, attempts, bool(tainted), created)
+        state, attempts, tainted, created = db.execute(
+            "SELECT state, attempts, tainted, created_at FROM deliveries"
+            " WHERE message_id = :message_id AND mapping = :mapping",
+            args,
+        ).fetchone()
+        return Claim(False, State(state), attempts, bool(tainted), created)
+
+    def finish(
+        self,
+        message_id: str,
+        mapping: str,
+        state: State,
+        *,
+        calls: int = 0,
+        status: int | None = None,
+        error: Any = None,
+        payload: Any = None,
+        tainted: bool = False,
+        not_before: float | None = None,
+    ) -> bool:
+        args = {
+            "state": check_finish(state).value,
+            "calls": calls,
+            "status": status,
+            "error": stored(error),
+            "payload": stored(payload),
+            "tainted": int(tainted),
+            "not_before": not_before,
+            "now": self.clock.time(),
+            "message_id": message_id,
+            "mapping": mapping,
+        }
+        return self._changed(self._finish, args)
+
+    def defer(self, message_id: str, mapping: str, until: float) -> bool:
+        args = {"message_id": message_id, "mapping": mapping, "until": until}
+        return self._changed(
+            "UPDATE deliveries SET not_before = :until"
+            " WHERE message_id = :message_id AND mapping = :mapping AND state = 'pending'",
+            args,
+        )
+
+    def release(self, message_id: str, mapping: str, *, payload: Any = None) -> bool:
+        args = {"message_id": message_id, "mapping": mapping, "payload": stored(payload),
+                "now": self.clock.time()}  # fmt: skip
+        return self._changed(RELEASE, args)
+
+    def record(
+        self,
+        message_id: str,
+        mapping: str,
+        state: State,
+        *,
+        action: str | None,
+        event: str | None,
+        errors: Any,
+        payload: Any,
+    ) -> bool:
+        args = {
+            "message_id": message_id,
+            "mapping": mapping,
+            "action": action,
+            "event": event,
+            "state": State(state).value,
+            "error": stored(errors),
+            "payload": stored(payload),
+            "now": self.clock.time(),
+        }
+        return self._changed(RECORD, args)
+
+    def supersede(self, message_id: str, mapping: str) -> bool:
+        args = {"message_id": message_id, "mapping": mapping, "now": self.clock.time()}
+        return self._changed(SUPERSEDE, args)
+
+    def _changed(self, sql: str, args: Mapping[str, Any]) -> bool:
+        return self._run(lambda db: db.execute(sql, args).rowcount) == 1
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def lead_status(self, customer: str, within_seconds: float) -> LeadStatus | None:
+        sql = (
+            "SELECT state FROM deliveries"
+            " WHERE customer = :customer AND action = 'lead' AND updated_at > :since"
+        )
+        args = {"customer": customer, "since": self.clock.time() - within_seconds}
+        found = {State(s) for (s,) in self._read(sql, args)}
+        if found & {State.DELIVERED, State.DEDUPLICATED}:
+            return LeadStatus.SETTLED
+        if found & ACTIVE:
+            return LeadStatus.UNSETTLED
+        return None
+
+    def get(self, message_id: str, mapping: str) -> Row | None:
+        where = "WHERE message_id = :message_id AND mapping = :mapping"
+        found = self._rows(where, {"message_id": message_id, "mapping": mapping})
+        return found[0] if found else None
+
+    def dead_letters(self, *, mapping: str | None = None, since: float | None = None) -> list[Row]:
+        where = f"WHERE state IN {states(DEAD)}"
+        args: dict[str, Any] = {}
+        if mapping is not None:
+            where += " AND mapping = :mapping"
+            args["mapping"] = mapping
+        if since is not None:
+            where += " AND updated_at >= :since"
+            args["since"] = since
+        return self._rows(where + " ORDER BY created_at, message_id", args)
+
+    def counts(self) -> dict[State, int]:
+        rows = self._read("SELECT state, COUNT(*) FROM deliveries GROUP BY state", {})
+        return {State(state): count for state, count in rows}
+
+    def oldest_unsettled(self) -> float | None:
+        sql = f"SELECT MIN(created_at) FROM deliveries WHERE state IN {states(ACTIVE)}"
+        (oldest,) = self._read(sql, {})[0]
+        return None if oldest is None else float(oldest)
+
+    def due(self, *, first_seen_before: float, limit: int) -> list[Row]:
+        args = {"before": first_seen_before, "now": self.clock.time(), "limit": limit}
+        return [_row(r) for r in self._read(DUE, args)]
+
+    def _read(self, sql: str, args: Mapping[str, Any]) -> list[Any]:
+        return self._run(lambda db: db.execute(sql, args).fetchall(), write=False)
+
+    def _rows(self, clause: str, args: Mapping[str, Any]) -> list[Row]:
+        return [_row(r) for r in self._read(f"SELECT {COLUMNS} FROM deliveries {clause}", args)]
+
+    # --- the shared rate limit --------------------------------------------------------------
+
+    def take_slot(self, key: str, per_minute: int) -> float:
+        now = self.clock.time()
+
+        def take(db: DB) -> float:
+            self._serialise_slots(db, key)
+            args = {"key": key, "now": now, "edge": now - WINDOW}
+            db.execute("DELETE FROM rate_slots WHERE key = :key AND at <= :edge", args)
+            paused = db.execute("SELECT until FROM rate_pauses WHERE key = :key", args).fetchone()
+            if paused is not None and paused[0] > now:
+                return float(paused[0] - now)
+            count, oldest = db.execute(
+                "SELECT COUNT(*), MIN(at) FROM rate_slots WHERE key = :key", args
+            ).fetchone()
+            if count < per_minute:
+                db.execute("INSERT INTO rate_slots (key, at) VALUES (:key, :now)", args)
+                return 0.0
+            return max(float(oldest) + WINDOW - now, 0.001)
+
+        wait: float = self._run(take, tx=True)
+        return wait
+
+    def pause(self, key: str, until: float) -> None:
+        self._run(lambda db: db.execute(self._pause, {"key": key, "until": until}))
+
+    # --- housekeeping -----------------------------------------------------------------------
+
+    def sweep(self, retention: Retention) -> dict[str, int]:
+        now = self.clock.time()
+        jobs = {
+            "gave_up": (GIVE_UP, now - retention.give_up_after),
+            "pruned": (self._prune_settled, now - retention.settled),
+            "pruned_dead": (self._prune_dead, now - retention.dead),
+        }
+        done: dict[str, int] = {}
+        for name, (sql, before) in jobs.items():
+            args = {"now": now, "before": before, "batch": retention.batch}
+            done[name] = self._in_batches(sql, args, retention.batch)
+        done["pruned"] += done.pop("pruned_dead")
+        return done
+
+    def _in_batches(self, sql: str, args: Mapping[str, Any], batch: int) -> int:
+        def one(db: DB) -> int:
+            return db.execute(sql, args).rowcount
+
+        total = 0
+        while True:
+            count = self._run(one)
+            total += count
+            if count < batch:
+                return total
+
+    def maintain(self) -> None:
+        """Nothing beyond the SQL; a backend may do more."""
+
+    def ping(self) -> None:
+        self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # --- schema ----------------------------------------------------------------------------
+
+    def applied(self) -> list[int]:
+        def versions(db: DB) -> list[int]:
+            if not self._has_table(db, "schema_migrations"):
+                return []
+            return [v for (v,) in db.execute("SELECT version FROM schema_migrations").fetchall()]
+
+        return self._run(versions, write=False)
+
+    def schema(self) -> migrations.SchemaStatus:
+        return migrations.status(self.applied())
+
+    def has_table(self, name: str) -> bool:
+        return self._run(lambda db: self._has_table(db, name), write=False)
+
+    def _has_table(self, db: DB, name: str) -> bool:
+        raise NotImplementedError
+
+    def upgrade(self) -> list[migrations.Migration]:
+        """Apply missing migrations in one transaction, one process at a time."""
+
+        def apply(db: DB) -> list[migrations.Migration]:
+            self._serialise_migrations(db)
+            db.execute(migrations.schema_table(self.kind))
+            done = [v for (v,) in db.execute("SELECT version FROM schema_migrations").fetchall()]
+            todo = migrations.missing(done)
+            for migration in todo:
+                for statement in migration.statements(self.kind):
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at)"
+                    " VALUES (:version, :name, :now)",
+                    {"version": migration.version, "name": migration.name,
+                     "now": self.clock.time()},
+                )  # fmt: skip
+            return todo
+
+        return self._run(apply, tx=True)
+
+
+def _row(r: Sequence[Any]) -> Row:
+    return Row(
+        r[0], r[1], r[2], r[3], r[4], State(r[5]), r[6], read(r[7]), read(r[8]), r[9],
+        read(r[10]), r[11], r[12],
+    )  # fmt: skip

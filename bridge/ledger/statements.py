@@ -1,0 +1,91 @@
+"""The ledger's SQL, written once for SQLite and PostgreSQL.
+
+Parameters are ``:name`` (the PostgreSQL backend rewrites them for its driver);
+state lists come from the transition table, so the SQL never names a state set
+of its own.
+"""
+
+from __future__ import annotations
+
+from ..outcomes import (
+    CLAIMABLE,
+    DEAD,
+    RECORDABLE,
+    REDRIVABLE,
+    RELEASABLE,
+    SWEEPABLE,
+    State,
+)
+
+
+def states(values: frozenset[State]) -> str:
+    """A SQL list of states, built from the transition table (values are fixed words)."""
+    return "(" + ",".join(f"'{s.value}'" for s in sorted(values)) + ")"
+
+
+COLUMNS = (
+    "message_id, mapping, action, event, customer, state, attempts, request_body,"
+    " payload, status, error, created_at, updated_at"
+)
+CLAIM = f"""
+INSERT INTO deliveries (message_id, mapping, action, event, customer, state, attempts,
+                        request_body, lease_until, created_at, updated_at)
+VALUES (:message_id, :mapping, :action, :event, :customer, 'in_flight', 0,
+        :body, :lease, :now, :now)
+ON CONFLICT (message_id, mapping) DO UPDATE SET
+    prev_state = deliveries.state, state = 'in_flight', lease_until = excluded.lease_until,
+    request_body = excluded.request_body, customer = excluded.customer,
+    updated_at = excluded.updated_at
+WHERE deliveries.state IN {states(CLAIMABLE)}
+   OR (deliveries.state = 'in_flight' AND COALESCE(deliveries.lease_until, 0) <= :now)
+   OR (:redrive = 1 AND deliveries.state IN {states(REDRIVABLE)})
+RETURNING prev_state, attempts, tainted, created_at
+"""
+FINISH = """
+UPDATE deliveries SET state = :state, status = :status, error = :error, lease_until = NULL,
+    payload = COALESCE(:payload, payload), tainted = {greatest}(tainted, :tainted),
+    attempts = attempts + :calls, not_before = :not_before, updated_at = :now
+WHERE message_id = :message_id AND mapping = :mapping AND state = 'in_flight'
+"""
+RELEASE = f"""
+UPDATE deliveries SET state = CASE WHEN prev_state IN {states(RELEASABLE)} THEN prev_state
+    ELSE 'pending' END, lease_until = NULL, payload = COALESCE(:payload, payload),
+    updated_at = :now
+WHERE message_id = :message_id AND mapping = :mapping AND state = 'in_flight'
+"""
+RECORD = f"""
+INSERT INTO deliveries (message_id, mapping, action, event, state, error, payload,
+                        created_at, updated_at)
+VALUES (:message_id, :mapping, :action, :event, :state, :error, :payload, :now, :now)
+ON CONFLICT (message_id, mapping) DO UPDATE SET state = excluded.state,
+    error = excluded.error, payload = excluded.payload, updated_at = excluded.updated_at
+WHERE deliveries.state IN {states(RECORDABLE)}
+"""
+SUPERSEDE = f"""
+UPDATE deliveries SET state = 'superseded', updated_at = :now
+WHERE message_id = :message_id AND mapping = :mapping AND state IN {states(DEAD)}
+"""
+DUE = f"""
+SELECT {COLUMNS} FROM deliveries
+WHERE created_at < :before AND COALESCE(not_before, 0) <= :now AND request_body IS NOT NULL
+  AND (state = 'pending' OR (state = 'in_flight' AND COALESCE(lease_until, 0) <= :now))
+ORDER BY created_at LIMIT :limit
+"""
+# Housekeeping works a batch at a time, so no statement holds its locks for long.
+GIVE_UP = f"""
+UPDATE deliveries SET state = 'gave_up', lease_until = NULL, updated_at = :now
+WHERE (message_id, mapping) IN (
+    SELECT message_id, mapping FROM deliveries
+    WHERE state IN {states(SWEEPABLE)} AND created_at < :before
+      AND COALESCE(lease_until, 0) < :now
+    LIMIT :batch)
+"""
+PRUNE = """
+DELETE FROM deliveries WHERE (message_id, mapping) IN (
+    SELECT message_id, mapping FROM deliveries
+    WHERE state IN {states} AND updated_at < :before LIMIT :batch)
+"""
+PAUSE = """
+INSERT INTO rate_pauses (key, until) VALUES (:key, :until)
+ON CONFLICT (key) DO UPDATE SET until = {greatest}(rate_pauses.until, excluded.until)
+"""

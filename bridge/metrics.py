@@ -1,0 +1,164 @@
+"""Prometheus metrics, summed over every gunicorn worker (prometheus_client's multiprocess mode).
+
+The metrics are made on first use, in the worker (never at import time): in
+multiprocess mode their values live in files under ``PROMETHEUS_MULTIPROC_DIR``,
+which gunicorn's configuration sets up before any worker starts and cleans when a
+worker dies. Without that directory (``bridge serve``, tests) they live in this
+process's registry. Ledger rows are read at scrape time, cached for a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+ROWS_CACHE_SECONDS = 5.0
+# Dub answers in tens of milliseconds; its timeouts are seconds.
+DUB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    events: Counter
+    dub_requests: Counter
+    dub_seconds: Histogram
+    retries: Counter
+    rate_limit_waits: Counter
+    webhook_requests: Counter
+    reloads: Counter
+    mappings_info: Gauge
+
+
+_made: Metrics | None = None
+_lock = threading.Lock()
+
+
+def metrics() -> Metrics:
+    """This process's metrics, made on first use."""
+    global _made
+    if _made is None:
+        with _lock:
+            if _made is None:
+                _made = Metrics(
+                    Counter(
+                        "bridge_events_total",
+                        "Results per (event, mapping), by mapping and final outcome.",
+                        ["mapping", "outcome"],
+                    ),
+                    Counter(
+                        "bridge_dub_requests_total",
+                        "Calls to Dub, by endpoint and HTTP status (or the network failure).",
+                        ["endpoint", "status"],
+                    ),
+                    Histogram(
+                        "bridge_dub_request_seconds",
+                        "How long Dub took to answer a call, by endpoint.",
+                        ["endpoint"],
+                        buckets=DUB_BUCKETS,
+                    ),
+                    Counter("bridge_retries_total", "Calls to Dub made again after a failure."),
+                    Counter(
+                        "bridge_rate_limit_waits_total",
+                        "Calls that waited for, or were refused by, the shared Dub rate limit.",
+                    ),
+                    Counter(
+                        "bridge_webhook_requests_total",
+                        "Requests to POST /segment, by the status answered.",
+                        ["status"],
+                    ),
+                    Counter(
+                        "bridge_mappings_reloads_total",
+                        "Mapping reloads, by result (loaded, rejected).",
+                        ["result"],
+                    ),
+                    Gauge(
+                        "bridge_mappings_info",
+                        "1 for the mapping version each worker runs (label pid in multiprocess).",
+                        ["version"],
+                        multiprocess_mode="liveall",
+                    ),
+                )
+    return _made
+
+
+def set_mapping_version(version: str, previous: str | None) -> None:
+    info = metrics().mappings_info
+    if previous is not None and previous != version:
+        info.labels(previous).set(0)
+    info.labels(version).set(1)
+
+
+class LedgerRows(Collector):
+    """``bridge_ledger_rows{state}`` and the age of the oldest unsettled row, read from the
+    ledger at scrape time and cached, so scrapes stay cheap."""
+
+    def __init__(
+        self,
+        counts: Callable[[], dict[str, int]],
+        oldest: Callable[[], float | None],
+        now: Callable[[], float] = time.time,
+    ):
+        self.counts = counts
+        self.oldest = oldest
+        self.now = now
+        self._cached: tuple[float, dict[str, int], float | None] | None = None
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            if self._cached is None or self.now() - self._cached[0] > ROWS_CACHE_SECONDS:
+                self._cached = (self.now(), self.counts(), self.oldest())
+            _, counts, oldest = self._cached
+        rows = GaugeMetricFamily(
+            "bridge_ledger_rows", "Ledger rows by state (read every few seconds).", labels=["state"]
+        )
+        for state, count in sorted(counts.items()):
+            rows.add_metric([state], count)
+        yield rows
+        age = GaugeMetricFamily(
+            "bridge_ledger_oldest_unsettled_seconds",
+            "Age of the oldest row still pending or in flight (0 when none).",
+        )
+        age.add_metric([], 0.0 if oldest is None else max(0.0, self.now() - oldest))
+        yield age
+
+
+def exposition(extra: Collector | None = None) -> tuple[bytes, str]:
+    """The text a scrape gets: every worker's figures, and the ledger's."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry: Any = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = CollectorRegistry()
+        registry.register(_Forward(REGISTRY))
+    if extra is not None:
+        registry.register(extra)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Forward(Collector):
+    """This process's default registry, inside a registry of one scrape."""
+
+    def __init__(self, source: CollectorRegistry):
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        yield from self.source.collect()

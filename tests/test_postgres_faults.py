@@ -1,0 +1,206 @@
+"""PostgreSQL faults: unreachable at start-up, lost while running, a connection killed in the
+middle of a transaction, and instances that start (and migrate) at the same moment."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import responses
+from click.testing import CliRunner
+
+from bridge.cli import main
+from bridge.errors import LedgerConfigError
+from bridge.ledger import open_ledger
+from bridge.ledger.migrations import LATEST
+from bridge.ledger.sql import SQLLedger
+from bridge.settings import Settings
+from bridge.web.app import create_app
+from tests.conftest import DUB, MAPPINGS, fresh_database, order, pg_base_url, sale_ok
+from tests.fakes import ManualClock
+from tests.procs import free_port
+from tests.tcpproxy import TCPProxy
+
+
+def app_settings(url: str, **overrides: Any) -> Settings:
+    values = {
+        "dub_api_key": "dub_test_key_123",
+        "dub_api_url": DUB,
+        "mappings_dir": MAPPINGS,
+        "reload_seconds": 0,
+        "database_url": url,
+        "db_timeout": 1.0,
+        **overrides,
+    }
+    return Settings.from_env({}, **values)
+
+
+def post(client: Any, event: dict[str, Any]) -> Any:
+    return client.post("/segment", data=json.dumps(event), content_type="application/json")
+
+
+def test_unreachable_at_start_up_refuses_in_one_line() -> None:
+    """No database at DATABASE_URL: the app refuses to start with one line naming the
+    setting and the reason, never the password; the CLI exits 2 with that line."""
+    url = f"postgresql://bridge:s3cret@127.0.0.1:{free_port()}/ledger"
+    with pytest.raises(LedgerConfigError) as info:
+        create_app(app_settings(url))
+    message = info.value.message
+    assert message.startswith("DATABASE_URL: cannot reach PostgreSQL at 127.0.0.1:")
+    assert "refused" in message.lower() and "s3cret" not in message and "\n" not in message
+    done = CliRunner().invoke(main, ["deadletters"], env={"DATABASE_URL": url})
+    assert done.exit_code == 2
+    assert done.stderr.splitlines() == [f"error: {message}"]
+
+
+@pytest.fixture
+def proxied_database(pg_url: str) -> Iterator[tuple[str, TCPProxy]]:
+    """The test database behind a proxy the test can cut: a database that goes away."""
+    info = psycopg.conninfo.conninfo_to_dict(pg_url)
+    proxy = TCPProxy((str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432)))
+    proxy.start()
+    url = pg_url.replace(f":{info.get('port') or 5432}/", f":{proxy.port}/")
+    if f":{proxy.port}/" not in url:  # a URL without a port
+        url = pg_url.replace(f"@{info.get('host')}/", f"@{info.get('host')}:{proxy.port}/")
+    try:
+        yield url, proxy
+    finally:
+        proxy.cut()
+
+
+@pytest.mark.slow  # the pool's real connect timeout
+def test_database_lost_while_running_answers_503_and_recovers(
+    proxied_database: tuple[str, TCPProxy], dub: responses.RequestsMock, clock: ManualClock
+) -> None:
+    """With the database gone the webhook answers 503 with Retry-After and calls Dub for
+    nothing (no call without a claim); when it returns, the service recovers by itself."""
+    url, proxy = proxied_database
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    app = create_app(app_settings(url), clock=clock)
+    try:
+        client = app.test_client()
+        assert post(client, order("before")).status_code == 200
+        proxy.cut()
+        lost = post(client, order("during"))
+        assert lost.status_code == 503 and int(lost.headers["Retry-After"]) >= 1
+        assert lost.get_json()["error"]["code"] == "ledger_unavailable"
+        assert len(dub.calls) == 1
+        proxy.restore()
+        assert post(client, order("during")).status_code == 200  # Segment's retry
+        assert post(client, order("after")).status_code == 200
+        assert post(client, order("before")).get_json()["counts"] == {"duplicate": 1}
+    finally:
+        app.extensions["bridge"].close()
+    sent = [json.loads(c.request.body)["invoiceId"] for c in dub.calls]
+    assert sorted(sent) == ["o-after", "o-before", "o-during"]
+
+
+def test_connection_killed_mid_claim_loses_nothing(
+    pg_url: str, dub: responses.RequestsMock, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_terminate_backend in the middle of a batch's claim transaction: it rolls back, is
+    retried on a fresh connection, and every conversion is sent exactly once."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    original = SQLLedger._claim
+    killed: list[int] = []
+
+    def claim_then_die(self: SQLLedger, db: Any, *args: Any) -> Any:
+        claimed = original(self, db, *args)
+        if not killed:
+            killed.append(1)
+            db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return claimed
+
+    monkeypatch.setattr(SQLLedger, "_claim", claim_then_die)
+    app = create_app(app_settings(pg_url), clock=clock)
+    try:
+        batch = {"batch": [order(f"k{i}") | {"userId": f"u{i}"} for i in range(5)]}
+        answer = app.test_client().post(
+            "/segment", data=json.dumps(batch), content_type="application/json"
+        )
+        assert answer.status_code == 200 and answer.get_json()["counts"] == {"delivered": 5}
+        again = app.test_client().post(
+            "/segment", data=json.dumps(batch), content_type="application/json"
+        )
+        assert again.get_json()["counts"] == {"duplicate": 5}
+    finally:
+        app.extensions["bridge"].close()
+    assert killed == [1]
+    assert sorted(json.loads(c.request.body)["invoiceId"] for c in dub.calls) == [
+        f"o-k{i}" for i in range(5)
+    ]
+
+
+def test_connection_killed_between_the_call_and_its_record(
+    pg_url: str, dub: responses.RequestsMock, clock: ManualClock
+) -> None:
+    """Every ledger connection killed while Dub is answering: the answer is still recorded
+    (on a fresh connection), so Segment's retry sends nothing twice."""
+
+    def answer_and_kill(_: Any) -> tuple[int, dict[str, str], str]:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        return 200, {}, json.dumps(sale_ok())
+
+    dub.add_callback(responses.POST, f"{DUB}/track/sale", callback=answer_and_kill)
+    app = create_app(app_settings(pg_url), clock=clock)
+    try:
+        client = app.test_client()
+        assert post(client, order("cut")).get_json()["counts"] == {"delivered": 1}
+        assert post(client, order("cut")).get_json()["counts"] == {"duplicate": 1}
+    finally:
+        app.extensions["bridge"].close()
+    assert len(dub.calls) == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_instances_starting_together_all_migrate(kind: str, tmp_path: Path) -> None:
+    """Eight processes' worth of start-ups at once on an empty database all succeed, and each
+    migration is applied exactly once."""
+    with empty_ledger_settings(kind, tmp_path) as settings:
+        start = threading.Barrier(8)
+        failures: list[BaseException] = []
+
+        def boot() -> None:
+            try:
+                start.wait()
+                ledger = open_ledger(settings)
+                assert ledger is not None
+                ledger.close()
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=boot) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert failures == []
+        ledger = open_ledger(settings)
+        assert ledger is not None
+        assert ledger.schema().current == LATEST and ledger.schema().up_to_date
+        assert isinstance(ledger, SQLLedger)
+        rows = ledger._run(
+            lambda db: db.execute("SELECT version FROM schema_migrations").fetchall()
+        )
+        assert sorted(v for (v,) in rows) == list(range(1, LATEST + 1))
+        ledger.close()
+
+
+@contextlib.contextmanager
+def empty_ledger_settings(kind: str, tmp_path: Path) -> Iterator[Settings]:
+    """Settings naming an empty ledger of that kind (nothing created yet)."""
+    if kind == "sqlite":
+        yield Settings.from_env({}, db_path=tmp_path / "fresh.sqlite3")
+        return
+    with fresh_database(pg_base_url()) as url:
+        yield Settings.from_env({}, database_url=url)

@@ -1,0 +1,38 @@
+"""What only the SQLite ledger does: it gives pruned pages back, so the file stops growing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bridge.ledger import open_ledger
+from bridge.ledger.base import ClaimRequest, Retention
+from bridge.outcomes import State
+from bridge.settings import Settings
+from tests.fakes import ManualClock
+
+
+def fill(ledger: object, prefix: str, count: int) -> None:
+    body = {"metadata": {"note": "x" * 2000}}
+    wanted = [
+        ClaimRequest(f"{prefix}{i}", "sale", "sale", "E", f"u{i}", body) for i in range(count)
+    ]
+    ledger.claim_many(wanted)  # type: ignore[attr-defined]
+    for w in wanted:
+        ledger.finish(w.message_id, "sale", State.DELIVERED, calls=1)  # type: ignore[attr-defined]
+
+
+def test_pruning_gives_the_space_back(tmp_path: Path) -> None:
+    """After settled rows are pruned, the file shrinks back, instead of keeping its peak size."""
+    clock = ManualClock()
+    path = tmp_path / "ledger.sqlite3"
+    ledger = open_ledger(Settings.from_env({}, db_path=path), clock=clock)
+    assert ledger is not None
+    fill(ledger, "a", 1500)
+    ledger.maintain()  # checkpoint the WAL into the file
+    full = path.stat().st_size
+    clock.advance(8 * 86400)
+    counts = ledger.sweep(Retention(give_up_after=86400, settled=7 * 86400, dead=30 * 86400))
+    assert counts["pruned"] == 1500
+    ledger.maintain()
+    assert path.stat().st_size < full / 4, (full, path.stat().st_size)
+    ledger.close()
