@@ -82,30 +82,30 @@ def test_bad_paths_are_refused(bad: str) -> None:
         compile_path(bad)
 
 
-@pytest.mark.parametrize(
-    ("path", "message"),
-    [
-        ("$.a.`sub(/x/, y)`", "`sub()` is not supported (hint: use a transform or a `template`)"),
-        ("$.a.`str()`", "`str()` is not supported (hint: use `transform: string`"),
-        ("$.a.`split(,, 0, -1)`", "`split()` is not supported"),
-        ("$.a + $.b", "arithmetic (+ - * /) is not supported (hint: use `sum:"),
-        ("$.a * 2", "arithmetic"),
-        ("$.a.`len`", "`len` is not supported"),
-        ("$.a.`keys`", "`keys` is not supported"),
-        ("$.a.`sorted`", "sorting"),
-        ("$.a[\\b]", "sorting"),
-        ("$.`parent`", "`parent` is not supported"),
-        ("$.a|$.b", "union (|) is not supported (hint: list the alternatives under `paths"),
-        ("$.a[?(@.b =~ '(')]", "bad regular expression"),
-        ("$..a..b..c", "3 recursive descents (..): at most 2 are allowed"),
-        ("$.a[?(@..b > 1)]..c..d", "3 recursive descents"),
-    ],
-)
-def test_computing_paths_are_refused_with_a_hint(path: str, message: str) -> None:
+REFUSED = [
+    ("$.a.`sub(/x/, y)`", "`sub()` is not supported (hint: use a transform or a `template`)"),
+    ("$.a.`str()`", "`str()` is not supported (hint: use `transform: string`"),
+    ("$.a.`split(,, 0, -1)`", "`split()` is not supported"),
+    ("$.a + $.b", "arithmetic (+ - * /) is not supported (hint: use `sum:"),
+    ("$.a * 2", "arithmetic"),
+    ("$.a.`len`", "`len` is not supported"),
+    ("$.a.`keys`", "`keys` is not supported"),
+    ("$.a.`sorted`", "sorting"),
+    ("$.a[\\b]", "sorting"),
+    ("$.`parent`", "`parent` is not supported"),
+    ("$.a|$.b", "union (|) is not supported (hint: list the alternatives under `paths"),
+    ("$.a[?(@.b =~ '(')]", "bad regular expression"),
+    ("$..a..b..c", "3 recursive descents (..): at most 2 are allowed"),
+    ("$.a[?(@..b > 1)]..c..d", "3 recursive descents"),
+]
+
+
+def test_computing_paths_are_refused_with_a_hint() -> None:
     """jsonpath-ng's extension operators and chained descents are refused, saying what instead."""
-    with pytest.raises(PathSyntaxError) as info:
-        compile_path(path)
-    assert message in str(info.value)
+    for path, message in REFUSED:
+        with pytest.raises(PathSyntaxError) as info:
+            compile_path(path)
+        assert message in str(info.value), path
 
 
 @pytest.mark.parametrize(

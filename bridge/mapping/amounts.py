@@ -24,6 +24,7 @@ from ..dub.currencies import MAX_MINOR_UNITS, currency_exponent
 # Decimal() also takes "1_000", "NaN", "Infinity" and surrounding blanks; a sender's
 # amount text must be a plain decimal number, nothing else.
 _NUMBER_RE = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+_HUNDRED = Decimal(100)
 _ONE = Decimal(1)
 _EXACT = Context(prec=MAX_PREC, rounding=ROUND_HALF_UP, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
@@ -63,12 +64,14 @@ def minor_units(value: Any, currency: str = "usd") -> int:
     amount = to_decimal(value)
     if amount < 0:
         raise AmountError("amount is negative")
-    scaled = amount if currency_exponent(currency.lower()) == 0 else amount.scaleb(2, _EXACT)
+    scaled = (
+        amount if currency_exponent(currency.lower()) == 0 else _EXACT.multiply(amount, _HUNDRED)
+    )
     # Compare before quantize: a huge exponent ("1e999999") would overflow it.
     if scaled > MAX_MINOR_UNITS + 1:
         raise AmountError(f"amount is above {MAX_MINOR_UNITS} minor units")
     try:
-        result = int(scaled.quantize(_ONE, context=_EXACT))
+        result = int(_EXACT.quantize(scaled, _ONE))
     except InvalidOperation as exc:  # pragma: no cover - guarded by the bound above
         raise AmountError("amount cannot be rounded") from exc
     if result > MAX_MINOR_UNITS:

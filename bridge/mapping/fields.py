@@ -53,9 +53,10 @@ class CompiledField:
             value = found[0] if len(found) == 1 else found
             if is_empty(value):
                 continue
-            value = self.transform(value, fields, path.text)
-            if value is MISSING:
-                continue
+            if self.transforms:
+                value = self.transform(value, fields, path.text)
+                if value is MISSING:
+                    continue
             return value, path.text
         return self.default, None
 
