@@ -81,6 +81,8 @@ def test_bad_templates_are_load_errors(text: str, message: str) -> None:
 
 def test_basket_total_is_exact() -> None:
     """19.99 x 3 is 59.97, sent as 5997; an item without a quantity counts once."""
+    got = one(engine(BASKET), event(products=[{"price": 19.99, "quantity": 3}]))
+    assert got.body is not None and got.body["amount"] == 5997
     products = [{"price": 19.99, "quantity": 3}, {"price": "0.01"}]
     got = one(engine(BASKET), event(products=products))
     assert got.body is not None and got.body["amount"] == 5998

@@ -214,5 +214,6 @@ def check_path(text: Any) -> str:
         cached_path(text)
     except PathSyntaxError as exc:
         hint = " (hint: a literal goes under `value:`)" if not text.startswith("$") else ""
-        raise ValueError(f"bad JSONPath {text!r}: {exc}{hint}") from exc
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ValueError(f"bad JSONPath {shown!r}: {exc}{hint}") from exc
     return text
