@@ -102,6 +102,11 @@ class InvalidSignature(RequestError):
     status = 401
 
 
+class UnsupportedEncoding(RequestError):
+    code = "unsupported_encoding"
+    status = 415
+
+
 # --- the ledger ---------------------------------------------------------------------------
 
 

@@ -9,7 +9,9 @@ one event invalid rather than the whole request unreadable.
 from __future__ import annotations
 
 import json
+import math
 import re
+import secrets
 from typing import Any
 
 import orjson
@@ -41,11 +43,54 @@ def loads_repaired(data: bytes | str) -> tuple[Any, list[Repair]]:
     except orjson.JSONDecodeError as first:
         try:
             text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
-            value = json.loads(text)
+            value = json.loads(text, parse_constant=RawNumber, parse_float=_float)
             repairs: list[Repair] = []
             return _repair(value, (), repairs), repairs
         except (ValueError, RecursionError) as exc:
             raise JSONDecodeFailure(str(first)) from exc
+
+
+class RawNumber(float):
+    """A number a lenient sender wrote that a float cannot hold as written (``NaN``,
+    ``Infinity``, ``1e400``): its value for the engine (which refuses it, by name), its
+    text for a dead letter, kept as received."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> RawNumber:
+        number = super().__new__(cls, float(text))
+        number.text = text
+        return number
+
+
+def _float(text: str) -> float:
+    number = float(text)
+    return number if math.isfinite(number) else RawNumber(text)
+
+
+def dumps_exact(value: Any) -> str:
+    """JSON text that keeps every ``RawNumber`` as it was written (for dead letters)."""
+    raws: list[str] = []
+    nonce = secrets.token_hex(6)  # no text of the sender's can look like the marks
+
+    def mark(node: Any) -> Any:
+        if isinstance(node, RawNumber):
+            raws.append(node.text)
+            return f"\0{nonce}{len(raws) - 1}\0"
+        if isinstance(node, list):
+            return [mark(item) for item in node]
+        if isinstance(node, dict):
+            return {key: mark(item) for key, item in node.items()}
+        return node
+
+    marked = mark(value)
+    if not raws:
+        return dumps_str(value)
+    text = json.dumps(marked, separators=(",", ":"), ensure_ascii=False)
+    for index, raw in enumerate(raws):
+        text = text.replace(f'"\\u0000{nonce}{index}\\u0000"', raw, 1)
+    return text
 
 
 def _repair(value: Any, path: Repair, repairs: list[Repair]) -> Any:

@@ -36,6 +36,8 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"
     INVALID = "invalid"
     SUPERSEDED = "superseded"  # redrive: no current mapping sends it any more
+    UNVERIFIED = "unverified"  # a batch's signature did not vouch for it: kept for review
+    TOO_OLD = "too_old"  # older than the ledger remembers: sending it could send it twice
 
 
 class State(StrEnum):
@@ -51,6 +53,7 @@ class State(StrEnum):
     REJECTED = "rejected"
     UNCERTAIN = "uncertain"
     GAVE_UP = "gave_up"
+    UNVERIFIED = "unverified"
 
 
 class Via(StrEnum):
@@ -61,7 +64,7 @@ class Via(StrEnum):
     REDRIVE = "redrive"  # taken by redrive, after a person looked at it
     FINISH = "finish"  # the call's outcome
     RELEASE = "release"  # a claim given back unused: the row returns to where it was
-    RECORD = "record"  # planning found the event invalid; nothing was sent
+    RECORD = "record"  # planning found the event invalid, or its signature unproven
     SWEEP = "sweep"  # given up after Segment stopped retrying
     SUPERSEDE = "supersede"  # redrive found no current mapping that sends it
 
@@ -78,6 +81,8 @@ _AFTER_CALL = (_S.DELIVERED, _S.DEDUPLICATED, _S.NOT_RECORDED, _S.REJECTED, _S.U
 TRANSITIONS: tuple[Transition, ...] = (
     Transition(None, _S.IN_FLIGHT, Via.CLAIM),
     Transition(None, _S.INVALID, Via.RECORD),
+    Transition(None, _S.UNVERIFIED, Via.RECORD),
+    Transition(_S.UNVERIFIED, _S.UNVERIFIED, Via.RECORD),
     Transition(_S.PENDING, _S.IN_FLIGHT, Via.CLAIM),
     Transition(_S.INVALID, _S.IN_FLIGHT, Via.CLAIM),  # a fixed mapping may send it now
     Transition(_S.IN_FLIGHT, _S.IN_FLIGHT, Via.TAKEOVER),
@@ -94,11 +99,11 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(_S.IN_FLIGHT, _S.GAVE_UP, Via.SWEEP),  # only once its lease ran out
     *(
         Transition(source, _S.IN_FLIGHT, Via.REDRIVE)
-        for source in (_S.PENDING, _S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP)
+        for source in (_S.PENDING, _S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP, _S.UNVERIFIED)
     ),
     *(
         Transition(source, _S.SUPERSEDED, Via.SUPERSEDE)
-        for source in (_S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP)
+        for source in (_S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP, _S.UNVERIFIED)
     ),
 )
 
@@ -120,12 +125,11 @@ _ALL = frozenset(TRANSITIONS)
 # Settled: never sent again; pruned after the retention period.
 FINAL = frozenset({_S.DELIVERED, _S.DEDUPLICATED, _S.NOT_RECORDED, _S.SUPERSEDED})
 # Dead letters: need a person; kept (with the payload) until redriven or their own retention.
-DEAD = frozenset({_S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP})
+DEAD = frozenset({_S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP, _S.UNVERIFIED})
 # Not settled: the claim or a retry is still to come.
 ACTIVE = frozenset({_S.PENDING, _S.IN_FLIGHT})
 CLAIMABLE = sources(_S.IN_FLIGHT, Via.CLAIM)
 REDRIVABLE = sources(_S.IN_FLIGHT, Via.REDRIVE)
-RECORDABLE = sources(_S.INVALID, Via.RECORD)
 SWEEPABLE = sources(_S.GAVE_UP, Via.SWEEP)
 # What a call's outcome may leave a claimed row in.
 FINISHED = frozenset(t.target for t in TRANSITIONS if t.via is Via.FINISH)
@@ -145,11 +149,20 @@ STATE_AFTER: dict[Outcome, State] = {
     Outcome.GAVE_UP: _S.GAVE_UP,
     Outcome.INVALID: _S.INVALID,
     Outcome.SUPERSEDED: _S.SUPERSEDED,
+    Outcome.UNVERIFIED: _S.UNVERIFIED,
 }
 
 # Outcomes of a result that a person must look at (replay and redrive exit 1).
 NEEDS_PERSON = frozenset(
-    {Outcome.INVALID, Outcome.REJECTED, Outcome.FAILED, Outcome.UNCERTAIN, Outcome.GAVE_UP}
+    {
+        Outcome.INVALID,
+        Outcome.REJECTED,
+        Outcome.FAILED,
+        Outcome.UNCERTAIN,
+        Outcome.GAVE_UP,
+        Outcome.UNVERIFIED,
+        Outcome.TOO_OLD,
+    }
 )
 # Segment must retry the request when any result ends in one of these.
 RETRY = frozenset({Outcome.FAILED, Outcome.PENDING})

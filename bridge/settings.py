@@ -54,6 +54,8 @@ ENV = {
     "dead_letter_retention_days": "BRIDGE_DEAD_LETTER_RETENTION_DAYS",
     "mappings_source": "BRIDGE_MAPPINGS_SOURCE",
     "metrics_token": "BRIDGE_METRICS_TOKEN",
+    "max_event_age_days": "BRIDGE_MAX_EVENT_AGE_DAYS",
+    "unverified_events": "BRIDGE_UNVERIFIED_EVENTS",
 }
 SECRETS = {"dub_api_key", "segment_shared_secret", "database_url", "metrics_token"}
 
@@ -103,6 +105,11 @@ class Settings(BaseModel):
     # set published with `bridge mappings publish`.
     mappings_source: Literal["files", "database"] = "files"
     metrics_token: SecretStr | None = None  # when set, /metrics wants `Bearer <token>`
+    # Older events are refused: past the ledger's memory a redelivery would be sent again.
+    max_event_age_days: float = Field(6.0, gt=0)
+    # Events a batch's signature does not vouch for: kept as dead letters, or the whole
+    # request refused with 401.
+    unverified_events: Literal["dead_letter", "refuse"] = "dead_letter"
 
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> Settings:
@@ -121,6 +128,15 @@ class Settings(BaseModel):
         if self.mappings_source == "database" and self.ledger != "on":
             raise ValueError(
                 "mappings_source: 'files' unless the ledger is a database (BRIDGE_LEDGER=on)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _age_within_memory(self) -> Settings:
+        if self.max_event_age_days >= self.retention_days:
+            raise ValueError(
+                "max_event_age_days: less than BRIDGE_RETENTION_DAYS "
+                f"({self.retention_days:g}), or a replayed event would be sent again"
             )
         return self
 

@@ -210,6 +210,7 @@ PG_TABLES = (
     "locks",
     "mapping_sets",
     "mapping_activations",
+    "signatures",
 )
 
 

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ FIGURES: dict[str, dict[str, Any]] = {}
 # --- events ----------------------------------------------------------------------------------
 
 
+def just_now() -> str:
+    """Segment's timestamp for an event sent now: the bridge refuses events days old."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def sale_event(n: int | str, *, user: str | None = None, click: bool = True) -> dict[str, Any]:
     traits: dict[str, Any] = {"email": f"buyer{n}@example.com", "name": f"Buyer {n}"}
     if click:
@@ -36,7 +42,7 @@ def sale_event(n: int | str, *, user: str | None = None, click: bool = True) -> 
         "event": "Order Completed",
         "messageId": f"msg-sale-{n}",
         "userId": user or f"user-s{n}",
-        "timestamp": "2026-11-20T14:03:11.512Z",
+        "timestamp": just_now(),
         "context": {"traits": traits},
         "properties": {"order_id": f"ORD-{n}", "revenue": 19.99, "currency": "USD"},
     }
@@ -48,7 +54,7 @@ def lead_event(n: int | str, *, user: str | None = None) -> dict[str, Any]:
         "event": "Sign Up",
         "messageId": f"msg-lead-{n}",
         "userId": user or f"user-l{n}",
-        "timestamp": "2026-11-20T14:00:00.000Z",
+        "timestamp": just_now(),
         "context": {"traits": {"email": f"lead{n}@example.com", "clickId": f"cl_l{n}"}},
         "properties": {"plan": "pro"},
     }

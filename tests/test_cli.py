@@ -239,7 +239,7 @@ def test_sqlite_file_without_a_ledger_is_left_untouched(tmp_path: Path) -> None:
 def make_ledger_file(tmp_path: Path) -> Path:
     db = tmp_path / "l.sqlite3"
     env = ledger_env(db) | {"BRIDGE_CLI_BUDGET_SECONDS": "0.5"}
-    done = run("replay", "--send", str(SAMPLES / "mixed.ndjson"), env=env)
+    done = run("replay", "--send", "--accept-old", str(SAMPLES / "mixed.ndjson"), env=env)
     assert done.returncode == 1  # Dub is unreachable at that address: pending
     return db
 

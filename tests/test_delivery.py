@@ -19,7 +19,8 @@ from bridge.dub.client import DubClient
 from bridge.inputs import Item
 from bridge.ledger import open_ledger
 from bridge.ledger.base import ClaimRequest, Ledger
-from bridge.mapping.engine import Engine, plan_all
+from bridge.mapping.batch import plan_all
+from bridge.mapping.engine import Engine
 from bridge.results import Result
 from bridge.settings import Settings
 from tests.conftest import DUB, lead_ok, order, sale_ok, signup
@@ -285,3 +286,28 @@ def test_batch_claims_in_one_transaction(tmp_path: Path, clock: ManualClock) -> 
     wanted = [ClaimRequest(f"m{i}", "sale", "sale", "E", f"u{i}", {"a": i}) for i in range(3)]
     assert [c.granted for c in ledger.claim_many(wanted)] == [True, True, True]
     assert [c.granted for c in ledger.claim_many([*wanted, wanted[0]])] == [False] * 4
+
+
+def test_shared_slots_are_taken_a_few_at_a_time_and_lapse(clock: ManualClock) -> None:
+    """A worker takes Dub's shared slots eight at a time (one ledger transaction for eight
+    calls); slots it does not use within a second lapse, still counted, so the limit holds."""
+    from bridge.delivery.ratelimit import SharedWindow
+    from bridge.ledger.memory import MemoryLedger
+
+    ledger = MemoryLedger(clock=clock)
+    asked: list[int] = []
+    take = ledger.take_slots
+
+    def counting(key: str, per_minute: int, count: int) -> tuple[int, float]:
+        asked.append(count)
+        return take(key, per_minute, count)
+
+    ledger.take_slots = counting  # type: ignore[method-assign]
+    window = SharedWindow(ledger, "k", 1200, clock=clock)
+    assert [window.acquire(clock.monotonic() + 1) for _ in range(16)] == [0.0] * 16
+    assert asked == [8, 8]
+    window.acquire(clock.monotonic() + 1)
+    clock.advance(1.5)  # the seven left unused lapse
+    window.acquire(clock.monotonic() + 1)
+    assert asked == [8, 8, 8, 8]
+    assert len(ledger._slots["k"]) == 32  # every slot taken counts against the limit

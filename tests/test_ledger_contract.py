@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bridge.ledger import Access, open_ledger
-from bridge.ledger.base import ClaimRequest, LeadStatus, Ledger, Retention
+from bridge.ledger.base import HELD_SECONDS, ClaimRequest, LeadStatus, Ledger, Retention
 from bridge.outcomes import DEAD, FINAL, FINISHED, TRANSITIONS, State, Via, allowed
 from bridge.settings import Settings
 from tests.fakes import ManualClock
@@ -209,8 +209,8 @@ def into(ledger: Ledger, state: State | None, key: str) -> None:
     """Drive a fresh row into ``state`` through the public operations only."""
     if state is None:
         return
-    if state is State.INVALID:
-        assert ledger.record(key, "sale", State.INVALID, action="sale", event="E", errors=["x"],
+    if state in (State.INVALID, State.UNVERIFIED):
+        assert ledger.record(key, "sale", state, action="sale", event="E", errors=["x"],
                              payload={"messageId": key})  # fmt: skip
         return
     assert claim(ledger, key).granted
@@ -257,10 +257,15 @@ def test_record_supersede_and_release_follow_the_table(ledger: Ledger) -> None:
     """record() never downgrades a protected row; supersede() settles only dead letters;
     release() only an in-flight claim, back to a state the table allows."""
     for source in SOURCES:
-        into(ledger, source, f"rec-{source}")
-        changed = ledger.record(f"rec-{source}", "sale", State.INVALID, action="sale",
-                                event="E", errors=["x"], payload={})  # fmt: skip
-        assert changed == allowed(source, State.INVALID, Via.RECORD), source
+        for target in (State.INVALID, State.UNVERIFIED):
+            key = f"rec-{source}-{target}"
+            into(ledger, source, key)
+            changed = ledger.record(key, "sale", target, action="sale", event="E", errors=["x"],
+                                    payload={})  # fmt: skip
+            assert changed == allowed(source, target, Via.RECORD), (source, target)
+        with pytest.raises(ValueError, match="record\\(\\) notes only"):
+            ledger.record(f"rec-{source}", "sale", State.DELIVERED, action="sale", event="E",
+                          errors=[], payload={})  # fmt: skip
         into(ledger, source, f"sup-{source}")
         assert ledger.supersede(f"sup-{source}", "sale") == allowed(
             source, State.SUPERSEDED, Via.SUPERSEDE
@@ -407,16 +412,18 @@ def test_due_lists_old_unsettled_rows_nobody_holds(ledger: Ledger, clock: Manual
 
 def test_rate_limit_window_is_shared(make_ledger: MakeLedger, clock: ManualClock) -> None:
     """Slots of one key are counted over every handle: the limit holds for all of them
-    together, frees as the minute slides, and another key is untouched."""
+    together (a batch gets what is left), frees as the window slides (a minute and the
+    second a slot may wait to be used), and another key is untouched."""
     first, second = make_ledger(), make_ledger()
-    assert [first.take_slot("k", 3) for _ in range(2)] == [0.0, 0.0]
-    assert second.take_slot("k", 3) == 0.0
-    assert first.take_slot("k", 3) == pytest.approx(60.0)
-    assert second.take_slot("other", 3) == 0.0
+    assert first.take_slots("k", 3, 2) == (2, 0.0)
+    assert second.take_slots("k", 3, 5) == (1, 0.0)
+    granted, wait = first.take_slots("k", 3, 1)
+    assert granted == 0 and wait == pytest.approx(HELD_SECONDS)
+    assert second.take_slots("other", 3, 1) == (1, 0.0)
     clock.advance(30)
-    assert second.take_slot("k", 3) == pytest.approx(30.0)
-    clock.advance(30)
-    assert second.take_slot("k", 3) == 0.0
+    assert second.take_slots("k", 3, 1)[1] == pytest.approx(HELD_SECONDS - 30)
+    clock.advance(HELD_SECONDS - 30)
+    assert second.take_slots("k", 3, 3) == (3, 0.0)
 
 
 def test_a_pause_stops_every_handle(make_ledger: MakeLedger, clock: ManualClock) -> None:
@@ -424,9 +431,9 @@ def test_a_pause_stops_every_handle(make_ledger: MakeLedger, clock: ManualClock)
     first, second = make_ledger(), make_ledger()
     first.pause("k", clock.time() + 20)
     first.pause("k", clock.time() + 5)  # an earlier end never shortens a pause
-    assert second.take_slot("k", 100) == pytest.approx(20.0)
+    assert second.take_slots("k", 100, 1) == (0, pytest.approx(20.0))
     clock.advance(20)
-    assert second.take_slot("k", 100) == 0.0
+    assert second.take_slots("k", 100, 1) == (1, 0.0)
 
 
 def test_exclusive_is_held_by_one_at_a_time(make_ledger: MakeLedger) -> None:
@@ -533,3 +540,17 @@ def test_oldest_unsettled_is_the_first_seen_of_what_is_open(
     assert ledger.oldest_unsettled() == pytest.approx(start + 5)
     ledger.finish("open", "sale", State.PENDING)
     assert ledger.oldest_unsettled() == pytest.approx(start + 5)
+
+
+def test_a_signature_vouches_for_what_it_first_came_with(
+    make_ledger: MakeLedger, clock: ManualClock
+) -> None:
+    """The first sighting of a signature fixes what it vouches for, for every handle; the set
+    is forgotten with the rows it could replay."""
+    first, second = make_ledger(), make_ledger()
+    assert first.vouch("sig", ["a", "b"]) == {"a", "b"}
+    assert second.vouch("sig", ["a", "x"]) == {"a", "b"}
+    assert second.vouch("other", ["x"]) == {"x"}
+    clock.advance(8 * 86400)
+    first.sweep(Retention(give_up_after=1e9, settled=7 * 86400, dead=1e9))
+    assert second.vouch("sig", ["x"]) == {"x"}

@@ -14,7 +14,7 @@ import responses
 
 from bridge.inputs import Item
 from bridge.ledger import Access, open_ledger
-from bridge.mapping.engine import plan_all
+from bridge.mapping.batch import plan_all
 from bridge.settings import Settings
 from bridge.sources import load_directory
 from bridge.wiring import build_deliverer

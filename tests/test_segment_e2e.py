@@ -35,6 +35,7 @@ import requests
 
 from bridge.web.signing import sign
 from tests.fakedub import FakeDub, Key, lead_key, sale_key
+from tests.faultkit import just_now
 from tests.procs import ProcfileWeb, clean_env
 
 pytestmark = pytest.mark.slow
@@ -228,7 +229,7 @@ def lead(tag: str) -> dict[str, Any]:
         "messageId": f"msg-{tag}",
         "userId": f"user-{tag}",
         "anonymousId": f"anon-{tag}",
-        "timestamp": "2026-11-20T14:00:00.000Z",
+        "timestamp": just_now(),
         "context": {
             "traits": {
                 "email": f"{tag}@example.com",
@@ -249,7 +250,7 @@ def sale(tag: str, **properties: Any) -> dict[str, Any]:
         "messageId": f"msg-{tag}",
         "userId": f"user-{tag}",
         "anonymousId": f"anon-{tag}",
-        "timestamp": "2026-11-20T14:03:11.512Z",
+        "timestamp": just_now(),
         "context": {
             # a click id: Dub records a direct sale for a customer it has not seen
             "traits": {"email": f"{tag}@example.com", "clickId": f"cl_{tag}"},
@@ -273,7 +274,7 @@ def viewed(tag: str) -> dict[str, Any]:
         "event": "Product Viewed",
         "messageId": f"msg-{tag}",
         "userId": f"user-{tag}",
-        "timestamp": "2026-11-20T13:59:00.000Z",
+        "timestamp": just_now(),
         "context": {"library": {"name": "analytics.js", "version": "5.2.0"}},
         "properties": {"product_id": "sku-1", "price": 19.99},
     }

@@ -20,7 +20,8 @@ from bridge.delivery.retry import RetryPolicy
 from bridge.inputs import Item
 from bridge.ledger import open_ledger
 from bridge.ledger.base import ClaimRequest, Ledger
-from bridge.mapping.engine import Engine, plan_all
+from bridge.mapping.batch import plan_all
+from bridge.mapping.engine import Engine
 from bridge.outcomes import State
 from bridge.settings import Settings
 from bridge.web.app import create_app

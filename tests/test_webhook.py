@@ -308,7 +308,7 @@ def test_first_element_texts() -> None:
     assert first_element_texts(b' [ {"a": 1} , 2]') == [b'{"a": 1}', b'{"a":1}']
     assert first_element_texts(b'{"a":1}') == []
     assert first_element_texts(b"[{broken") == []
-    assert verify(b"[1]", sign(b"1", "k"), "k") and not verify(b"[1]", None, "k")
+    assert verify(b"[1]", sign(b"1", "k"), "k").ok and not verify(b"[1]", None, "k").ok
 
 
 # --- health -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import click
 from .. import logs
 from ..delivery.redrive import redrive as run_redrive
 from ..errors import BridgeError
-from ..jsoncodec import dumps_str
+from ..jsoncodec import dumps_exact, dumps_str
 from ..ledger import Access, Ledger, open_ledger
 from ..outcomes import NEEDS_PERSON, RETRY
 from ..settings import Settings
@@ -56,7 +56,7 @@ def deadletters(mapping: str | None, since: str | None, as_json: bool) -> None:
         if as_json:
             line = row.to_dict()
             line["payload"] = row.payload
-            click.echo(dumps_str(line))
+            click.echo(dumps_exact(line))  # NaN or 1e400 shown as received
         else:
             when = datetime.fromtimestamp(row.updated_at).isoformat(timespec="seconds")
             error = dumps_str(row.error) if row.error is not None else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from ..errors import BridgeError
 from ..inputs import Item, read_file
 from ..jsoncodec import dumps_str
 from ..ledger import Access, open_ledger
-from ..mapping.engine import plan_all
+from ..mapping.batch import plan_all
 from ..outcomes import NEEDS_PERSON, RETRY, Outcome
 from ..wiring import build_deliverer
 from .common import configured, engine_of, mappings_option, settings_for
@@ -34,7 +35,13 @@ CHUNK = 100  # events sent together (concurrently) by --send
     help="Print what would be sent (no API key needed), or send it to Dub.",
 )
 @mappings_option
-def replay(files: tuple[Path, ...], dry_run: bool, mappings: str | None) -> None:
+@click.option(
+    "--accept-old",
+    is_flag=True,
+    help="With --send: also send events older than BRIDGE_MAX_EVENT_AGE_DAYS (a backfill; "
+    "the ledger no longer remembers whether they were sent).",
+)
+def replay(files: tuple[Path, ...], dry_run: bool, mappings: str | None, accept_old: bool) -> None:
     """Run saved Segment events through the mappings; one JSON line per event and mapping."""
     config = settings_for(mappings)
     engine = engine_of(config)
@@ -47,9 +54,11 @@ def replay(files: tuple[Path, ...], dry_run: bool, mappings: str | None) -> None
             configured(exc)
     bad = False
     progress, summary = Progress(sys.stderr), Summary()
+    # Sending, like the webhook, refuses what the ledger can no longer de-duplicate.
+    old = None if dry_run or accept_old else time.time() - config.max_event_age_days * 86400
     try:
         for chunk in _chunks(_items(files)):
-            results, payloads = plan_all(engine, chunk)
+            results, payloads = plan_all(engine, chunk, not_before=old)
             if deliverer is None:
                 results = [
                     r.finish(Outcome.DRY_RUN) if r.outcome is Outcome.READY else r for r in results

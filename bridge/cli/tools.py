@@ -10,7 +10,7 @@ import click
 
 from ..inputs import Item, read_file
 from ..jsoncodec import dumps_str
-from ..mapping.engine import plan_all
+from ..mapping.batch import plan_all
 from ..mapping.explain import explain as explain_event
 from ..mapping.explain import explain_text
 from ..mapping.goldens import GoldenCase, check

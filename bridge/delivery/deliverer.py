@@ -188,13 +188,14 @@ class Deliverer:
         return dict(zip(ready, granted, strict=True))
 
     def _record_unsent(self, result: Result, payloads: Mapping[str, Any]) -> None:
-        """An invalid plan is noted (with its payload) as a dead letter, for redrive."""
-        if self.ledger is None or result.outcome is not Outcome.INVALID:
+        """An invalid plan, or an event a signature did not vouch for, is noted (with its
+        payload) as a dead letter, for redrive."""
+        if self.ledger is None or result.outcome not in (Outcome.INVALID, Outcome.UNVERIFIED):
             return
         if result.mapping and result.message_id:
             self.ledger.record(
                 *result.key,
-                State.INVALID,
+                STATE_AFTER[result.outcome],
                 action=result.action,
                 event=result.event,
                 errors=list(result.errors),

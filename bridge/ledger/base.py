@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from ..outcomes import FINISHED, State
+from ..outcomes import FINISHED, TRANSITIONS, State, Via
 from .migrations import Migration, SchemaStatus
+
+USE_WITHIN = 1.0  # a slot taken is used within this, or not at all
+HELD_SECONDS = 60.0 + USE_WITHIN  # so calls in any minute never exceed the limit
 
 
 class LeadStatus(StrEnum):
@@ -188,12 +191,20 @@ class Ledger(Protocol):
         """Hold the named lock across every instance for the block: True when held, False
         when another process has it (then do nothing)."""
 
-    def take_slot(self, key: str, per_minute: int) -> float:
-        """Take one call of ``key``'s one-minute sliding window, shared by every process:
-        0 when taken, else the seconds until one may free up (or a pause ends)."""
+    def take_slots(self, key: str, per_minute: int, count: int) -> tuple[int, float]:
+        """Take up to ``count`` calls of ``key``'s sliding window, shared by every process:
+        (how many were taken, and when none was: the seconds until one may free up, or a
+        pause ends). A slot counts for ``HELD_SECONDS``: a minute, and the second within
+        which its taker must use it."""
 
     def pause(self, key: str, until: float) -> None:
         """No slot of ``key`` is given before ``until`` (Dub said so, with a 429)."""
+
+    # --- signatures -------------------------------------------------------------------------
+
+    def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
+        """The messageIds a signature vouches for: those it came with the first time it was
+        seen (these, when it is new), whichever instance saw it."""
 
     # --- mapping sets -----------------------------------------------------------------------
 
@@ -237,4 +248,15 @@ def check_finish(state: State) -> State:
     state = State(state)
     if state not in FINISHED:
         raise ValueError(f"a call cannot end in {state!r} (allowed: {sorted(FINISHED)})")
+    return state
+
+
+# What record() may note: events never sent, invalid or with an unproven signature.
+RECORDED = frozenset(t.target for t in TRANSITIONS if t.via is Via.RECORD)
+
+
+def check_record(state: State) -> State:
+    state = State(state)
+    if state not in RECORDED:
+        raise ValueError(f"record() notes only {sorted(RECORDED)}, not {state!r}")
     return state

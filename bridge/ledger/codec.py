@@ -1,10 +1,10 @@
-"""How JSON values are kept in a ledger column: text, and a note when they cannot be written."""
+"""How JSON values are kept in a ledger column: text as received, a note when it cannot be."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..jsoncodec import JSONEncodeFailure, dumps_str, loads
+from ..jsoncodec import JSONEncodeFailure, dumps_exact, dumps_str, loads
 
 
 def stored(value: Any) -> str | None:
@@ -12,8 +12,8 @@ def stored(value: Any) -> str | None:
     if value is None:
         return None
     try:
-        return dumps_str(value)
-    except JSONEncodeFailure as exc:
+        return dumps_exact(value)  # NaN or 1e400 stay as the sender wrote them
+    except (JSONEncodeFailure, ValueError, RecursionError) as exc:
         return dumps_str({"unstorable": str(exc)})
 
 

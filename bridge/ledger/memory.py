@@ -20,14 +20,16 @@ from ..outcomes import (
     CLAIMABLE,
     DEAD,
     FINAL,
-    RECORDABLE,
     REDRIVABLE,
     RELEASABLE,
     SWEEPABLE,
     State,
+    Via,
+    sources,
 )
 from . import migrations
 from .base import (
+    HELD_SECONDS,
     Activation,
     Claim,
     ClaimRequest,
@@ -36,9 +38,9 @@ from .base import (
     Retention,
     Row,
     check_finish,
+    check_record,
 )
 from .codec import stored
-from .sql import WINDOW
 
 
 @dataclass
@@ -64,6 +66,7 @@ class MemoryLedger:
         self._pauses: dict[str, float] = {}
         self._locks: set[str] = set()
         self._sets: dict[str, MappingSet] = {}
+        self._signatures: dict[str, tuple[float, frozenset[str]]] = {}
         self._activations: list[Activation] = []
         self._lock = threading.Lock()
 
@@ -176,7 +179,8 @@ class MemoryLedger:
         key, now = (message_id, mapping), self.clock.time()
         with self._lock:
             row = self._rows.get(key)
-            if row is not None and row.state not in RECORDABLE:
+            target = check_record(state)
+            if row is not None and row.state not in sources(target, Via.RECORD):
                 return False
             if row is None:
                 row = Row(message_id, mapping, action, event, None, State(state), 0, None, None,
@@ -273,18 +277,25 @@ class MemoryLedger:
                 with self._lock:
                     self._locks.discard(name)
 
-    def take_slot(self, key: str, per_minute: int) -> float:
+    def take_slots(self, key: str, per_minute: int, count: int) -> tuple[int, float]:
         now = self.clock.time()
         with self._lock:
             if self._pauses.get(key, 0.0) > now:
-                return self._pauses[key] - now
+                return 0, self._pauses[key] - now
             slots = self._slots.setdefault(key, deque())
-            while slots and slots[0] <= now - WINDOW:
+            while slots and slots[0] <= now - HELD_SECONDS:
                 slots.popleft()
-            if len(slots) < per_minute:
-                slots.append(now)
-                return 0.0
-            return max(slots[0] + WINDOW - now, 0.001)
+            granted = min(count, per_minute - len(slots))
+            if granted <= 0:
+                return 0, max(slots[0] + HELD_SECONDS - now, 0.001)
+            slots.extend([now] * granted)
+            return granted, 0.0
+
+    def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
+        with self._lock:
+            if key not in self._signatures:
+                self._signatures[key] = (self.clock.time(), frozenset(message_ids))
+            return self._signatures[key][1]
 
     def pause(self, key: str, until: float) -> None:
         with self._lock:
@@ -311,6 +322,9 @@ class MemoryLedger:
                 ):
                     del self._rows[key], self._extra[key]
                     pruned += 1
+            for signature, (seen, _) in list(self._signatures.items()):
+                if seen < now - retention.settled:
+                    del self._signatures[signature]
         return {"gave_up": gave_up, "pruned": pruned}
 
     def maintain(self) -> None:

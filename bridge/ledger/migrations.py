@@ -69,6 +69,14 @@ CREATE TABLE IF NOT EXISTS mapping_activations (
 );
 CREATE INDEX IF NOT EXISTS mapping_activations_at ON mapping_activations (activated_at)
 """
+_SIGNATURES = """
+CREATE TABLE IF NOT EXISTS signatures (
+    key         TEXT PRIMARY KEY,
+    message_ids TEXT NOT NULL,
+    first_seen  {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS signatures_first_seen ON signatures (first_seen)
+"""
 _TYPES = {"sqlite": {"real": "REAL"}, "postgres": {"real": "DOUBLE PRECISION"}}
 
 
@@ -85,6 +93,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(3, "outbox backoff, shared rate limit, cluster locks", _both(_SHARED)),
     Migration(4, "mapping sets: the last good one, and the published one", _both(_MAPPINGS)),
+    Migration(5, "what each batch signature vouched for when first seen", _both(_SIGNATURES)),
 )
 LATEST = MIGRATIONS[-1].version
 

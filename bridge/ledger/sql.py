@@ -14,14 +14,20 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
 from ..clock import Clock
-from ..outcomes import (
-    ACTIVE,
-    DEAD,
-    FINAL,
-    State,
-)
+from ..jsoncodec import dumps_str, loads
+from ..outcomes import ACTIVE, DEAD, FINAL, State, Via, sources
 from . import migrations
-from .base import Claim, ClaimRequest, LeadStatus, Retention, Row, check_finish
+from .base import (
+    HELD_SECONDS,
+    RECORDED,
+    Claim,
+    ClaimRequest,
+    LeadStatus,
+    Retention,
+    Row,
+    check_finish,
+    check_record,
+)
 from .codec import read, stored
 from .sql_mappings import MappingSetsSQL
 from .statements import (
@@ -39,7 +45,6 @@ from .statements import (
 )
 
 T = TypeVar("T")
-WINDOW = 60.0  # Dub's rate limit: a one-minute sliding window per API key
 
 
 class Cursor(Protocol):
@@ -68,6 +73,10 @@ class SQLLedger(MappingSetsSQL):
         self._finish = FINISH.format(greatest=self.greatest)
         self._pause = PAUSE.format(greatest=self.greatest)
         self._prune_settled = PRUNE.format(states=states(FINAL))
+        self._record = {
+            target: RECORD.format(recordable=states(sources(target, Via.RECORD)))
+            for target in RECORDED
+        }
         self._prune_dead = PRUNE.format(states=states(DEAD))
 
     # --- what a backend supplies -------------------------------------------------------------
@@ -187,17 +196,18 @@ class SQLLedger(MappingSetsSQL):
         errors: Any,
         payload: Any,
     ) -> bool:
+        target = check_record(state)
         args = {
             "message_id": message_id,
             "mapping": mapping,
             "action": action,
             "event": event,
-            "state": State(state).value,
+            "state": target.value,
             "error": stored(errors),
             "payload": stored(payload),
             "now": self.clock.time(),
         }
-        return self._changed(RECORD, args)
+        return self._changed(self._record[target], args)
 
     def supersede(self, message_id: str, mapping: str) -> bool:
         args = {"message_id": message_id, "mapping": mapping, "now": self.clock.time()}
@@ -258,26 +268,45 @@ class SQLLedger(MappingSetsSQL):
 
     # --- the shared rate limit --------------------------------------------------------------
 
-    def take_slot(self, key: str, per_minute: int) -> float:
+    def take_slots(self, key: str, per_minute: int, count: int) -> tuple[int, float]:
         now = self.clock.time()
 
-        def take(db: DB) -> float:
+        def take(db: DB) -> tuple[int, float]:
             self._serialise_slots(db, key)
-            args = {"key": key, "now": now, "edge": now - WINDOW}
+            args = {"key": key, "now": now, "edge": now - HELD_SECONDS}
             db.execute("DELETE FROM rate_slots WHERE key = :key AND at <= :edge", args)
             paused = db.execute("SELECT until FROM rate_pauses WHERE key = :key", args).fetchone()
             if paused is not None and paused[0] > now:
-                return float(paused[0] - now)
-            count, oldest = db.execute(
+                return 0, float(paused[0] - now)
+            used, oldest = db.execute(
                 "SELECT COUNT(*), MIN(at) FROM rate_slots WHERE key = :key", args
             ).fetchone()
-            if count < per_minute:
+            granted = min(count, per_minute - used)
+            if granted <= 0:
+                return 0, max(float(oldest) + HELD_SECONDS - now, 0.001)
+            for _ in range(granted):
                 db.execute("INSERT INTO rate_slots (key, at) VALUES (:key, :now)", args)
-                return 0.0
-            return max(float(oldest) + WINDOW - now, 0.001)
+            return granted, 0.0
 
-        wait: float = self._run(take, tx=True)
-        return wait
+        taken: tuple[int, float] = self._run(take, tx=True)
+        return taken
+
+    def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
+        args = {"key": key, "ids": dumps_str(sorted(set(message_ids))), "now": self.clock.time()}
+
+        def first_seen(db: DB) -> frozenset[str]:
+            db.execute(
+                "INSERT INTO signatures (key, message_ids, first_seen)"
+                " VALUES (:key, :ids, :now) ON CONFLICT (key) DO NOTHING",
+                args,
+            )
+            (ids,) = db.execute(
+                "SELECT message_ids FROM signatures WHERE key = :key", args
+            ).fetchone()
+            return frozenset(loads(ids))
+
+        vouched: frozenset[str] = self._run(first_seen, tx=True)
+        return vouched
 
     def pause(self, key: str, until: float) -> None:
         self._run(lambda db: db.execute(self._pause, {"key": key, "until": until}))
@@ -296,6 +325,9 @@ class SQLLedger(MappingSetsSQL):
             args = {"now": now, "before": before, "batch": retention.batch}
             done[name] = self._in_batches(sql, args, retention.batch)
         done["pruned"] += done.pop("pruned_dead")
+        # A signature is remembered as long as the rows it could replay are.
+        args = {"before": now - retention.settled}
+        self._run(lambda db: db.execute("DELETE FROM signatures WHERE first_seen < :before", args))
         return done
 
     def _in_batches(self, sql: str, args: Mapping[str, Any], batch: int) -> int:

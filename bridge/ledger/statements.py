@@ -10,7 +10,6 @@ from __future__ import annotations
 from ..outcomes import (
     CLAIMABLE,
     DEAD,
-    RECORDABLE,
     REDRIVABLE,
     RELEASABLE,
     SWEEPABLE,
@@ -53,13 +52,13 @@ UPDATE deliveries SET state = CASE WHEN prev_state IN {states(RELEASABLE)} THEN 
     updated_at = :now
 WHERE message_id = :message_id AND mapping = :mapping AND state = 'in_flight'
 """
-RECORD = f"""
+RECORD = """
 INSERT INTO deliveries (message_id, mapping, action, event, state, error, payload,
                         created_at, updated_at)
 VALUES (:message_id, :mapping, :action, :event, :state, :error, :payload, :now, :now)
 ON CONFLICT (message_id, mapping) DO UPDATE SET state = excluded.state,
     error = excluded.error, payload = excluded.payload, updated_at = excluded.updated_at
-WHERE deliveries.state IN {states(RECORDABLE)}
+WHERE deliveries.state IN {recordable}
 """
 SUPERSEDE = f"""
 UPDATE deliveries SET state = 'superseded', updated_at = :now

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..dub.endpoints import Endpoint
-from ..items import Item, Unreadable
+from ..items import Unreadable
 from ..outcomes import Outcome
 from ..results import Result
 from .conditions import Condition
@@ -35,7 +35,6 @@ __all__ = [
     "CompiledMapping",
     "Engine",
     "FieldProblem",
-    "plan_all",
 ]
 
 # Event names are the sender's text: only this many distinct ones have their regex
@@ -195,21 +194,3 @@ class Engine:
                 for m in candidates
             ]
         return [mapping.apply(event, message_id, str(name)) for mapping in candidates]
-
-
-def plan_all(engine: Engine, items: Iterable[Item]) -> tuple[list[Result], dict[str, Any]]:
-    """Plan a batch: every result in order, and the payload of each event that may be kept.
-
-    An item's notes (text repaired while reading) become warnings on its results.
-    """
-    results: list[Result] = []
-    payloads: dict[str, Any] = {}
-    for item in items:
-        planned = engine.plan(item.event)
-        if item.notes:
-            planned = [r.with_warnings(item.notes) for r in planned]
-        results += planned
-        first = planned[0]
-        if first.message_id and first.outcome is not Outcome.SKIPPED:
-            payloads[first.message_id] = item.event
-    return results, payloads

@@ -1,4 +1,10 @@
-"""``POST /segment``: Segment's Webhooks destination posts events here."""
+"""``POST /segment``: Segment's Webhooks destination posts events here.
+
+In order: the body is read within its limit (413 past it, chunked or not; 415 for a
+compressed body), the signature checked on the raw bytes before anything is parsed,
+the events read, the events the signature does not vouch for held back, events older
+than the ledger's memory refused, the rest planned and delivered within the budget.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,15 @@ import math
 
 from flask import Blueprint, Response, current_app, request
 
-from ..errors import InvalidSignature, ServiceUnavailable
-from ..inputs import parse_body
-from ..mapping.engine import plan_all
+from ..errors import InvalidSignature, PayloadTooLarge, ServiceUnavailable, UnsupportedEncoding
+from ..inputs import Item, parse_body
+from ..mapping.batch import plan_all
 from ..outcomes import RETRY
 from ..results import Result
 from ..wiring import Service
 from .answers import summarize
 from .responses import json_response
-from .signing import verify
+from .signing import Verified, signature_key, verify
 
 webhook = Blueprint("webhook", __name__)
 
@@ -25,13 +31,21 @@ def segment() -> Response:
     clock = service.deliverer.clock
     started = clock.monotonic()
     settings = service.settings
-    raw = request.get_data(cache=False)  # MAX_CONTENT_LENGTH turns an oversized body into 413
+    raw = read_body(settings.max_body_bytes)
     secret = settings.segment_shared_secret
-    if secret is not None and not verify(
-        raw, request.headers.get("X-Signature"), secret.get_secret_value()
-    ):
-        raise InvalidSignature("unauthorized")
-    results, payloads = plan_all(service.store.engine, parse_body(raw))
+    verified = None
+    if secret is not None:
+        verified = verify(raw, request.headers.get("X-Signature"), secret.get_secret_value())
+        if not verified.ok:
+            raise InvalidSignature("unauthorized")
+    items = parse_body(raw)
+    unvouched = _unvouched(service, verified, items)
+    if unvouched and settings.unverified_events == "refuse":
+        raise InvalidSignature("the signature does not vouch for every event of this body")
+    not_before = clock.time() - settings.max_event_age_days * 86400
+    results, payloads = plan_all(
+        service.store.engine, items, not_before=not_before, unvouched=unvouched
+    )
     budget = settings.deadline_seconds - (clock.monotonic() - started)
     results = service.deliverer.deliver(results, budget, payloads)
     if any(r.outcome in RETRY for r in results):
@@ -39,6 +53,38 @@ def segment() -> Response:
         error = ServiceUnavailable("Dub did not take every event; retry the request").to_dict()
         return json_response(summarize(results, error), 503, {"Retry-After": str(wait)})
     return json_response(summarize(results))
+
+
+def read_body(limit: int) -> bytes:
+    """The body as sent, at most ``limit`` bytes: 413 past it (chunked too), 415 if encoded."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedEncoding(
+            f"Content-Encoding {encoding!r} is not accepted: send the JSON body as it is"
+        )
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise PayloadTooLarge(f"the body is over {limit} bytes")
+        return request.get_data(cache=False)
+    if not request.environ.get("wsgi.input_terminated"):
+        return b""  # no length and no end marker: nothing can be read safely
+    # Chunked: no length to check first. Read past the limit by one byte to know.
+    data: bytes = request.environ["wsgi.input"].read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the body is over {limit} bytes")
+    return data
+
+
+def _unvouched(service: Service, verified: Verified | None, items: list[Item]) -> set[int]:
+    """The indexes of events the signature does not vouch for: it vouches for what it came
+    with the first time any instance saw it (a single event's signature, for that event)."""
+    if verified is None or service.ledger is None:
+        return set()
+    ids = [item.event.get("messageId") if isinstance(item.event, dict) else None for item in items]
+    key = signature_key(request.headers.get("X-Signature", ""))
+    vouched = service.ledger.vouch(key, [i for i in ids if isinstance(i, str)])
+    return {n for n, i in enumerate(ids) if isinstance(i, str) and i not in vouched}
 
 
 def _retry_after(results: list[Result], default: int) -> int:
