@@ -6,22 +6,41 @@
 
 All three are single-threaded, so events/s is per core. Rounds alternate a, b, c so a
 noisy neighbour hits all three alike; ratios are taken per round, then the median.
+
+Run alone, it times the engine only (1a), on one or more mapping folders side by side,
+and optionally the engine of another checkout (before a change) on the first folder:
+
+    python bench/mapping.py [--mappings DIR ...] [--base-checkout PATH] [--cpu]
+                            [--rounds N] [--seconds S] [--events N]
+
+Each round times every engine once, in turn (who goes first rotates), in this one
+process; the report gives the median events/s of each and its median per-round ratio
+to the first, after checking that all make the same Dub bodies on the corpus (so a
+rewrite of a mapping with new constructs is timed against the original doing the same
+work). ``--cpu`` times with the process's CPU clock, steadier on a shared machine.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import math
 import shutil
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import handwritten
+if __package__ in (None, ""):  # `python bench/mapping.py`: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import corpus, handwritten
 from bench.servers import ROOT
 from bridge.jsoncodec import dumps, loads
 from bridge.mapping.engine import Engine
@@ -41,17 +60,22 @@ def engine_mapper(engine: Engine) -> Callable[[bytes], list[bytes]]:
     return map_line
 
 
-def events_per_second(fn: Callable[[bytes], Any], lines: list[bytes], seconds: float) -> float:
+def events_per_second(
+    fn: Callable[[bytes], Any],
+    lines: list[bytes],
+    seconds: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     """One warm-up pass, then whole passes over the corpus until ``seconds`` have passed."""
     for line in lines:
         fn(line)
     events = 0
-    start = now = time.perf_counter()
+    start = now = clock()
     while now - start < seconds:
         for line in lines:
             fn(line)
         events += len(lines)
-        now = time.perf_counter()
+        now = clock()
     return events / (now - start)
 
 
@@ -214,3 +238,97 @@ def check_node(corpus: Path, lines: list[bytes]) -> dict[str, Any]:
         "unexpected": len(unexpected),
         "examples": unexpected[:3],
     }
+
+
+def base_loader(checkout: Path) -> Callable[[Path], Any]:
+    """Load mapping folders with the engine of another checkout (e.g. before a change).
+
+    Its ``bridge`` package is copied as ``bridge_base`` (every import inside it is
+    relative), so both engines run in this one process, on the same corpus, in turn.
+    """
+    where = Path(tempfile.mkdtemp(prefix="bench-base-"))
+    shutil.copytree(checkout / "bridge", where / "bridge_base")
+    sys.path.insert(0, str(where))
+    sources = importlib.import_module("bridge_base.sources")
+    return lambda folder: sources.load_directory(folder).engine
+
+
+def compare_engines(
+    engines: list[tuple[str, Any]],
+    lines: list[bytes],
+    rounds: int,
+    seconds: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
+    """Engine-only events/s of each (label, engine), interleaved per round."""
+    bodies = [engine_bodies(engine, lines) for _, engine in engines]
+    first = {k: v[1] for k, v in bodies[0].items()}
+    different = [
+        label
+        for (label, _), got in zip(engines[1:], bodies[1:], strict=True)
+        if {k: v[1] for k, v in got.items()} != first
+    ]
+    mappers = [engine_mapper(engine) for _, engine in engines]
+    per_round = []
+    count = len(engines)
+    for index in range(rounds):
+        # Rotate who goes first: on a shared machine the first run of a round differs.
+        row = [0.0] * count
+        for step in range(count):
+            which = (index + step) % count
+            row[which] = events_per_second(mappers[which], lines, seconds, clock)
+        per_round.append(row)
+        print(f"  round {index + 1}/{rounds}: " + ", ".join(f"{v:,.0f}" for v in row), flush=True)
+    return {
+        "engines": [label for label, _ in engines],
+        "events_per_second": [statistics.median(r[i] for r in per_round) for i in range(count)],
+        "ratio_to_first": [statistics.median(r[i] / r[0] for r in per_round) for i in range(count)],
+        "bodies_differ": different,
+        "rounds": per_round,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="engine-only mapping throughput (item 1a)")
+    parser.add_argument(
+        "--mappings", type=Path, action="append", help="a mapping folder (repeat to compare)"
+    )
+    parser.add_argument(
+        "--base-checkout",
+        type=Path,
+        help="also time the first folder with the engine of this checkout (listed first)",
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per engine and round")
+    parser.add_argument("--events", type=int, default=corpus.DEFAULT_EVENTS)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="time with this process's CPU clock: steadier than wall time on a shared machine",
+    )
+    args = parser.parse_args()
+    folders = args.mappings or [ROOT / "mappings"]
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = corpus.read_lines(corpus.write(Path(tmp) / "corpus.jsonl", args.events))
+    engines = [(f"this engine, {folder}", load_mappings(folder).engine) for folder in folders]
+    if args.base_checkout is not None:
+        base = base_loader(args.base_checkout)
+        engines.insert(0, (f"{args.base_checkout} engine, {folders[0]}", base(folders[0])))
+    print(f"corpus: {len(lines)} events (seed 4); ratios are to the first line")
+    clock = time.process_time if args.cpu else time.perf_counter
+    out = compare_engines(engines, lines, args.rounds, args.seconds, clock)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    for label, eps, ratio in zip(
+        out["engines"], out["events_per_second"], out["ratio_to_first"], strict=True
+    ):
+        print(f"{eps:>12,.0f} events/s  x{ratio:.3f}  {label}")
+    if out["bodies_differ"]:
+        print(f"bodies differ from the first line: {'; '.join(out['bodies_differ'])}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.dub.currencies import MAX_MINOR_UNITS, ZERO_DECIMAL_CURRENCIES, currency_exponent
@@ -115,3 +116,15 @@ def test_zero_decimal_list_matches_dubs_contract() -> None:
     assert listed in readme
     assert {c.lower() for c in listed.split()} == ZERO_DECIMAL_CURRENCIES
     assert currency_exponent("kwd") == 2  # three-decimal currencies are hundredths at Dub
+
+
+@settings(max_examples=60)
+@given(st.integers(0, 10**12), st.text(alphabet="0123456789", min_size=25, max_size=40))
+def test_long_amounts_round_once(units: int, digits: str) -> None:
+    """Past the default 28 digits, an amount still rounds once, exactly: no cent lost twice."""
+    text = f"{units}.{digits}"
+    scaled = Fraction(text) * 100
+    whole = int(scaled)
+    expected = whole + (1 if scaled - whole >= Fraction(1, 2) else 0)
+    assert minor_units(text, "usd") == expected
+    assert minor_units("12.344999999999999999999999999999", "usd") == 1234

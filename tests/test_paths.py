@@ -80,3 +80,52 @@ def test_bad_paths_are_refused(bad: str) -> None:
     """A path jsonpath-ng cannot parse, or one not starting with $, is an error."""
     with pytest.raises(PathSyntaxError):
         compile_path(bad)
+
+
+REFUSED = [
+    ("$.a.`sub(/x/, y)`", "`sub()` is not supported (hint: use a transform or a `template`)"),
+    ("$.a.`str()`", "`str()` is not supported (hint: use `transform: string`"),
+    ("$.a.`split(,, 0, -1)`", "`split()` is not supported"),
+    ("$.a + $.b", "arithmetic (+ - * /) is not supported (hint: use `sum:"),
+    ("$.a * 2", "arithmetic"),
+    ("$.a.`len`", "`len` is not supported"),
+    ("$.a.`keys`", "`keys` is not supported"),
+    ("$.a.`sorted`", "sorting"),
+    ("$.a[\\b]", "sorting"),
+    ("$.`parent`", "`parent` is not supported"),
+    ("$.a|$.b", "union (|) is not supported (hint: list the alternatives under `paths"),
+    ("$.a[?(@.b =~ '(')]", "bad regular expression"),
+    ("$..a..b..c", "3 recursive descents (..): at most 2 are allowed"),
+    ("$.a[?(@..b > 1)]..c..d", "3 recursive descents"),
+]
+
+
+def test_computing_paths_are_refused_with_a_hint() -> None:
+    """jsonpath-ng's extension operators and chained descents are refused, saying what instead."""
+    for path, message in REFUSED:
+        with pytest.raises(PathSyntaxError) as info:
+            compile_path(path)
+        assert message in str(info.value), path
+
+
+@pytest.mark.parametrize(
+    "path", ["$.a[?(@.b > 1)].b", "$..b", "$..a..b", "$.a[*].b", "$.a[0:2]", "$.a where $.b"]
+)
+def test_selecting_paths_are_kept(path: str) -> None:
+    """Filters, wildcards, slices and up to two descents still work."""
+    assert compile_path(path).find({"a": [{"b": 2}]}) is not None
+
+
+def test_200_chained_descents_are_refused_by_validate(tmp_path: Any) -> None:
+    """The path that took 10 s and 380 MB per event is refused at load by `bridge validate`."""
+    from click.testing import CliRunner
+
+    from bridge.cli import main
+
+    (tmp_path / "m.yaml").write_text(
+        "mappings:\n  - name: s\n    trigger: {event: E}\n    action: sale\n"
+        f"    fields: {{customerExternalId: $.u, amount: '${'..a' * 200}'}}\n"
+    )
+    done = CliRunner().invoke(main, ["validate", str(tmp_path)])
+    assert done.exit_code == 1
+    assert "200 recursive descents (..): at most 2 are allowed" in done.stderr

@@ -1,10 +1,11 @@
-"""The ``bridge`` command: serve, validate, replay, deadletters, redrive, db, check, mappings."""
+"""The ``bridge`` command: serve, validate, test, explain, diff, schema, replay, deadletters,
+redrive, db, check, mappings."""
 
 from __future__ import annotations
 
 import click
 
-from . import db_cmds, ledger_cmds, mapping_cmds, replay, serve, service_cmds
+from . import db_cmds, diff, ledger_cmds, mapping_cmds, replay, serve, service_cmds, tools
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,6 +14,6 @@ def main() -> None:
     """Segment track events in, Dub conversions out."""
 
 
-for module in (serve, mapping_cmds, replay, ledger_cmds, db_cmds, service_cmds):
+for module in (serve, mapping_cmds, tools, diff, replay, ledger_cmds, db_cmds, service_cmds):
     for command in module.COMMANDS:
         main.add_command(command)

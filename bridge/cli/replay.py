@@ -18,6 +18,7 @@ from ..mapping.batch import plan_all
 from ..outcomes import NEEDS_PERSON, RETRY, Outcome
 from ..wiring import build_deliverer
 from .common import configured, engine_of, mappings_option, settings_for
+from .summary import Progress, Summary
 
 CHUNK = 100  # events sent together (concurrently) by --send
 
@@ -52,6 +53,7 @@ def replay(files: tuple[Path, ...], dry_run: bool, mappings: str | None, accept_
         except BridgeError as exc:
             configured(exc)
     bad = False
+    progress, summary = Progress(sys.stderr), Summary()
     # Sending, like the webhook, refuses what the ledger can no longer de-duplicate.
     old = None if dry_run or accept_old else time.time() - config.max_event_age_days * 86400
     try:
@@ -66,11 +68,15 @@ def replay(files: tuple[Path, ...], dry_run: bool, mappings: str | None, accept_
             for result in results:
                 bad |= result.outcome in NEEDS_PERSON or result.outcome in RETRY
                 click.echo(dumps_str(result.to_line()))
+            summary.add(results, len(chunk))
+            progress.advance(len(chunk))
     finally:
+        progress.close()
         if deliverer is not None:
             deliverer.close()
             if deliverer.ledger is not None:
                 deliverer.ledger.close()
+    click.echo("\n".join(summary.lines()), err=True)
     sys.exit(1 if bad else 0)
 
 

@@ -132,7 +132,10 @@ LEAD = Endpoint(
     "lead",
     "/track/lead",
     {
-        "clickId": DubField(Text(trim=False), needed=True),
+        # "" is Dub's deferred lead: the click comes from the customer's earlier
+        # `mode: deferred` lead. Only a literal or default gives "": a path that finds ""
+        # finds nothing (an empty value counts as absent).
+        "clickId": DubField(Text(trim=False, empty_ok=True), needed=True),
         "eventName": DubField(Text(EVENT_NAME_MAX), needed=True),
         "customerExternalId": DubField(Text(NAME_MAX, trim=False), needed=True),
         "mode": DubField(OneOf(*LEAD_MODES)),

@@ -56,16 +56,21 @@ class Rule:
 
 
 class Text(Rule):
-    """Non-empty text, at most ``max_len`` UTF-16 units: trimmed when ``trim``, else refused."""
+    """Non-empty text, at most ``max_len`` UTF-16 units: trimmed when ``trim``, else refused.
 
-    def __init__(self, max_len: int | None = None, *, trim: bool = True):
+    ``empty_ok`` lets "" through, for the one field where Dub gives it a meaning: a lead's
+    ``clickId: ""`` asks Dub to take the click stored by an earlier deferred lead.
+    """
+
+    def __init__(self, max_len: int | None = None, *, trim: bool = True, empty_ok: bool = False):
         self.max_len = max_len
         self.trim = trim
+        self.empty_ok = empty_ok
 
     def check(self, value: Any) -> tuple[Any, str | None]:
         if not isinstance(value, str):
             raise FieldRejected(f"must be text, got {type(value).__name__}")
-        if not value:
+        if not value and not self.empty_ok:
             raise FieldRejected("must not be empty")
         limit = self.max_len
         if limit is not None and len(value) > limit // 2 and js_length(value) > limit:

@@ -5,13 +5,18 @@ Money is never multiplied as a float: the value's decimal text is read into a
 away from zero. A JSON number arrives as a Python float; ``repr`` gives back the
 shortest decimal text that round-trips it, which is the sender's text for any
 amount with up to 15 significant digits (send longer amounts as strings).
+
+Arithmetic runs in a context that never rounds before the last step: the default
+context keeps 28 digits, and rounding there first (12.344999...9 with 32 digits
+to 12.345) and then to cents would round twice and land a cent off. Only scaling
+and rounding run in it, so its unbounded precision costs nothing on ordinary amounts.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any
 
 from ..dub.currencies import MAX_MINOR_UNITS, currency_exponent
@@ -21,6 +26,7 @@ from ..dub.currencies import MAX_MINOR_UNITS, currency_exponent
 _NUMBER_RE = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 _HUNDRED = Decimal(100)
 _ONE = Decimal(1)
+_EXACT = Context(prec=MAX_PREC, rounding=ROUND_HALF_UP, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 class AmountError(ValueError):
@@ -58,12 +64,14 @@ def minor_units(value: Any, currency: str = "usd") -> int:
     amount = to_decimal(value)
     if amount < 0:
         raise AmountError("amount is negative")
-    scaled = amount if currency_exponent(currency.lower()) == 0 else amount * _HUNDRED
+    scaled = (
+        amount if currency_exponent(currency.lower()) == 0 else _EXACT.multiply(amount, _HUNDRED)
+    )
     # Compare before quantize: a huge exponent ("1e999999") would overflow it.
     if scaled > MAX_MINOR_UNITS + 1:
         raise AmountError(f"amount is above {MAX_MINOR_UNITS} minor units")
     try:
-        result = int(scaled.quantize(_ONE, rounding=ROUND_HALF_UP))
+        result = int(_EXACT.quantize(scaled, _ONE))
     except InvalidOperation as exc:  # pragma: no cover - guarded by the bound above
         raise AmountError("amount cannot be rounded") from exc
     if result > MAX_MINOR_UNITS:

@@ -2,96 +2,46 @@
 
 Nothing here sends or reads anything: the webhook, ``bridge replay --dry-run`` and
 redrive all call ``Engine.plan`` and get the same answer. Mappings arrive compiled
-(paths, transforms and field order fixed at load), so per event the work is a dict
-look-up by event name, a pydantic check of the event's shape, and path walks.
+(paths, conditions, transforms and field order fixed at load), so per event the work
+is a dict look-up by event name, a pydantic check of the event's shape, and path walks.
+Whatever an event holds, each mapping gives a result: an error while evaluating one
+mapping makes that (event, mapping) invalid and costs nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
 
 from ..dub.endpoints import Endpoint
 from ..items import Unreadable
-from ..masking import mask_value
 from ..outcomes import Outcome
 from ..results import Result
+from .conditions import Condition
 from .events import SegmentEvent, describe_validation_error
-from .paths import CompiledPath
-from .transforms import Transform, TransformError, is_empty
+from .fields import CompiledField, FieldProblem
+from .paths import PathEvalError
+from .values import MISSING
 
+__all__ = [
+    "MISSING",
+    "NO_MAPPING",
+    "CompiledField",
+    "CompiledMapping",
+    "Engine",
+    "FieldProblem",
+]
 
-class _Missing:
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING: Any = _Missing()
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledField:
-    name: str
-    paths: tuple[CompiledPath, ...]
-    literal: Any
-    default: Any  # MISSING when the mapping gives none
-    transforms: tuple[Transform, ...]
-    required: bool
-
-    def resolve(
-        self, event: Mapping[str, Any], fields: Mapping[str, Any]
-    ) -> tuple[Any, str | None]:
-        """(value, path it came from); raises FieldProblem when a transform refuses it."""
-        if not self.paths:
-            return self.literal, None
-        for path in self.paths:
-            found = path.find(event)
-            if not found:
-                continue
-            value = found[0] if len(found) == 1 else found
-            if is_empty(value):
-                continue
-            for transform in self.transforms:
-                try:
-                    value = transform(value, fields)
-                except TransformError as exc:
-                    raise FieldProblem(self.name, str(exc), path.text, found[0]) from exc
-            return value, path.text
-        return self.default, None
-
-    @property
-    def tried(self) -> str:
-        return ", ".join(p.text for p in self.paths)
-
-
-class FieldProblem(Exception):
-    def __init__(self, field: str, message: str, path: str, value: Any):
-        super().__init__(f"{field}: {message} (path {path}, value {mask_value(field, value)})")
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledCondition:
-    paths: tuple[CompiledPath, ...]
-    test: str  # exists | equals | not_empty
-    expected: Any
-    reason: str
-
-    def holds(self, event: Mapping[str, Any]) -> bool:
-        if self.test == "exists":
-            present = any(path.find(event) for path in self.paths)
-            return present is bool(self.expected)
-        value = MISSING
-        for path in self.paths:
-            found = path.find(event)
-            if found and not is_empty(found[0]):
-                value = found[0]
-                break
-        if self.test == "not_empty":
-            return (value is not MISSING) is bool(self.expected)
-        return value is not MISSING and value == self.expected
+# Event names are the sender's text: only this many distinct ones have their regex
+# matches remembered, and only names up to this length (Segment's are far shorter).
+NAME_CACHE_SIZE = 4096
+NAME_CACHE_MAX_LENGTH = 200
+NO_MAPPING = "no mapping for event"  # how a skipped event no mapping takes begins its reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +49,10 @@ class CompiledMapping:
     name: str
     endpoint: Endpoint
     event_names: frozenset[str]
-    conditions: tuple[CompiledCondition, ...]
+    conditions: tuple[Condition, ...]
     fields: tuple[CompiledField, ...]  # currency before amount: minor_units reads it
     source: str
+    event_pattern: re.Pattern[str] | None = None  # trigger.event_matches, instead of names
 
     @property
     def action(self) -> str:
@@ -115,9 +66,18 @@ class CompiledMapping:
         result = Result(
             message_id=message_id, event=event_name, mapping=self.name, action=self.action
         )
+        try:
+            return self._apply(event, result)
+        except PathEvalError as exc:
+            return result.finish(Outcome.INVALID, errors=(str(exc),))
+        except Exception as exc:  # a bug must cost this (event, mapping), not the batch
+            message = f"mapping {self.name!r} failed on this event: {type(exc).__name__}: {exc}"
+            return result.finish(Outcome.INVALID, errors=(message[:300],))
+
+    def _apply(self, event: Mapping[str, Any], result: Result) -> Result:
         for condition in self.conditions:
             if not condition.holds(event):
-                return result.finish(Outcome.SKIPPED, reason=condition.reason)
+                return result.finish(Outcome.SKIPPED, reason=condition.why_not(event))
         body: dict[str, Any] = {}
         sources: dict[str, str | None] = {}
         errors: list[str] = []
@@ -154,6 +114,11 @@ class CompiledMapping:
         return replace(result, request_path=self.endpoint.path, body=clean)
 
 
+def _ordered(found: Iterable[CompiledMapping]) -> tuple[CompiledMapping, ...]:
+    # Leads before sales: a sale sent after its lead finds the customer in Dub.
+    return tuple(sorted(found, key=lambda m: (m.action != "lead", m.name)))
+
+
 class Engine:
     """The compiled mappings, indexed by event name."""
 
@@ -164,17 +129,36 @@ class Engine:
         for mapping in self.mappings:
             for name in mapping.event_names:
                 index.setdefault(name, []).append(mapping)
-        # Leads before sales: a sale sent after its lead finds the customer in Dub.
-        self._by_event = {
-            name: tuple(sorted(found, key=lambda m: (m.action != "lead", m.name)))
-            for name, found in index.items()
-        }
+        self._by_event = {name: _ordered(found) for name, found in index.items()}
+        self._patterned = tuple(m for m in self.mappings if m.event_pattern is not None)
+        self.candidates: Callable[[str], tuple[CompiledMapping, ...] | None] = (
+            self._by_event.get if not self._patterned else self._cached_lookup()
+        )
+
+    def _cached_lookup(self) -> Callable[[str], tuple[CompiledMapping, ...] | None]:
+        """Exact names, then the regex triggers, worked out once per distinct event name."""
+
+        def lookup(name: str) -> tuple[CompiledMapping, ...] | None:
+            found = [
+                m
+                for m in self._patterned
+                if m.event_pattern is not None and m.event_pattern.search(name)
+            ]
+            exact = self._by_event.get(name, ())
+            return _ordered((*exact, *found)) if found else exact or None
+
+        cached = lru_cache(maxsize=NAME_CACHE_SIZE)(lookup)
+
+        def candidates(name: str) -> tuple[CompiledMapping, ...] | None:
+            return cached(name) if len(name) <= NAME_CACHE_MAX_LENGTH else lookup(name)
+
+        return candidates
 
     def __len__(self) -> int:
         return len(self.mappings)
 
     def matches(self, event_name: Any) -> bool:
-        return isinstance(event_name, str) and event_name in self._by_event
+        return isinstance(event_name, str) and self.candidates(event_name) is not None
 
     def plan(self, event: Any) -> list[Result]:
         """Every Dub request this event should cause, or one result saying why none."""
@@ -189,13 +173,13 @@ class Engine:
         message_id = event.get("messageId")
         message_id = message_id if isinstance(message_id, str) else None
         shown = name if isinstance(name, str) else None
-        candidates = self._by_event.get(name) if isinstance(name, str) else None
+        candidates = self.candidates(name) if isinstance(name, str) else None
         if candidates is None or event.get("type") != "track":
             # The common case on a busy source: dismissed before any other work.
             if event.get("type") != "track":
                 reason = f"type {event.get('type')!r} is not 'track'"
             else:
-                reason = f"no mapping for event {shown!r}" if shown else "no event name"
+                reason = f"{NO_MAPPING} {shown!r}" if shown else "no event name"
             return [
                 Result(message_id=message_id, event=shown).finish(Outcome.SKIPPED, reason=reason)
             ]

@@ -19,18 +19,17 @@ from pydantic import BaseModel, ValidationError
 from ..dub.endpoints import DUB_FIELDS, ENDPOINTS
 from ..dub.fields import FieldRejected
 from ..errors import MappingFileError, MappingIssue
-from .engine import MISSING, CompiledCondition, CompiledField, CompiledMapping, Engine
-from .models import (
-    Condition,
-    FieldSpec,
-    Mapping,
-    MappingFile,
-    TransformStep,
-    Trigger,
-    cached_path,
-)
-from .transforms import NAMED, Transform, value_map
+from . import conditions
+from .compiler import compile_mapping
+from .engine import CompiledMapping, Engine
+from .goldens import GoldenCase, read_tests
+from .models import FieldSpec, Mapping, MappingFile, TransformStep, Trigger
+from .sums import SumSpec
+from .transforms import AMOUNT_TRANSFORMS
 from .yamlread import YAMLProblem, line_of, locate, read_yaml
+
+# `sum` makes a number: only these fields take one.
+SUM_FIELDS = frozenset({"amount", "eventQuantity"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +49,7 @@ class LoadResult:
     engine: Engine
     issues: list[MappingIssue] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    tests: list[GoldenCase] = field(default_factory=list)
 
     @property
     def errors(self) -> list[MappingIssue]:
@@ -78,12 +78,16 @@ def load_sources(
     """
     issues: list[MappingIssue] = []
     compiled: list[CompiledMapping] = []
+    tests: list[GoldenCase] = []
     if not sources:
         issues.append(MappingIssue(where, None, "", "holds no .yaml or .yml file"))
     seen: dict[str, str] = {}
+    declared: set[str] = set()  # broken mappings too: a test naming one is not an extra error
     for source in sources:
-        for mapping, data, issue_list in _read_file(source.name, source.text):
+        for mapping, data, issue_list in _read_file(source.name, source.text, tests):
             issues += issue_list
+            if isinstance(data, dict) and isinstance(data.get("name"), str):
+                declared.add(data["name"])
             if mapping is None:
                 continue
             if mapping.name in seen:
@@ -97,16 +101,19 @@ def load_sources(
                 )
                 continue
             seen[mapping.name] = f"{source.name}:{data.line}"
-            compiled.append(_compile(mapping, source.name))
+            compiled.append(compile_mapping(mapping, source.name))
     issues += _overlap_warnings(compiled)
+    issues += _test_issues(tests, declared)
     engine = Engine(compiled, version_of(sources))
-    result = LoadResult(engine, issues, [s.name for s in sources])
+    result = LoadResult(engine, issues, [s.name for s in sources], tests)
     if strict and result.errors:
         raise MappingFileError(result.errors)
     return result
 
 
-def _read_file(name: str, text: bytes) -> Iterator[tuple[Mapping | None, Any, list[MappingIssue]]]:
+def _read_file(
+    name: str, text: bytes, tests: list[GoldenCase]
+) -> Iterator[tuple[Mapping | None, Any, list[MappingIssue]]]:
     try:
         data, duplicates = read_yaml(text)
     except YAMLProblem as exc:
@@ -120,12 +127,19 @@ def _read_file(name: str, text: bytes) -> Iterator[tuple[Mapping | None, Any, li
         return
     if dupes:
         yield None, None, dupes
+    test_issues: list[MappingIssue] = []
+    for index, case in enumerate(top.tests):
+        found = read_tests(name, data, index, case)
+        if isinstance(found, GoldenCase):
+            tests.append(found)
+        else:
+            test_issues += _issues(
+                name, data, found, prefix=("tests", index), label=_label(case, index, "tests")
+            )
+    if test_issues:
+        yield None, None, test_issues
     for index, raw in enumerate(top.mappings):
-        label = (
-            raw.get("name")
-            if isinstance(raw, dict) and isinstance(raw.get("name"), str)
-            else f"mappings[{index}]"
-        )
+        label = _label(raw, index, "mappings")
         # Field names are checked from the raw mapping, so they are reported even when
         # another key of the same mapping is broken.
         problems = list(_field_names(name, data, index, raw, str(label)))
@@ -139,6 +153,13 @@ def _read_file(name: str, text: bytes) -> Iterator[tuple[Mapping | None, Any, li
         yield (None if any(p.severity == "error" for p in problems) else mapping), raw, problems
 
 
+def _label(raw: Any, index: int, kind: str) -> str:
+    """A mapping or test is named by its `name` when it has one, else by its place."""
+    if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+        return str(raw["name"])
+    return f"{kind}[{index}]"
+
+
 def _issues(
     file: str, data: Any, exc: ValidationError, prefix: tuple[Any, ...], label: str = ""
 ) -> Iterator[MappingIssue]:
@@ -150,21 +171,27 @@ def _issues(
         message = error["msg"].removeprefix("Value error, ")
         hint = ""
         if error["type"] == "extra_forbidden":
-            message, hint = "unknown key", _near(str(loc[-1]), _keys_at(loc))
+            message, hint = "unknown key", _near(str(loc[-1]), _keys_at(prefix + loc))
         yield MappingIssue(file, line, where, message, hint)
 
 
 def _keys_at(loc: tuple[Any, ...]) -> list[str]:
     parents: dict[str, type[BaseModel]] = {
         "trigger": Trigger,
-        "conditions": Condition,
         "transform": TransformStep,
+        "sum": SumSpec,
     }
     for part in reversed(loc[:-1]):
+        if part in ("conditions", "any", "all", "not"):
+            return conditions.keys()
         if part in parents:
             return list(parents[part].model_fields)
         if part == "fields":
-            return ["path", "paths", "value", "default", "transform", "required"]
+            return ["path", *FieldSpec.model_fields]
+        if part == "expect":
+            return ["mapping", "body"]
+        if part == "tests":
+            return ["name", "event", "event_file", "expect", "invalid"]
     return list(Mapping.model_fields) + list(MappingFile.model_fields)
 
 
@@ -222,10 +249,18 @@ def _semantic(file: str, data: Any, index: int, mapping: Mapping) -> Iterator[Ma
                         f"{mapping.name}.fields.{key}.{word}",
                         f"{literal!r} {exc}",
                     )
+    for key, spec in mapping.fields.items():
+        if spec.sum is not None and key not in SUM_FIELDS:
+            yield MappingIssue(
+                file,
+                at("fields", key, "sum"),
+                f"{mapping.name}.fields.{key}.sum",
+                "`sum` makes a number: only amount and eventQuantity take one",
+            )
     amount = mapping.fields.get("amount")
     if (
         amount is not None
-        and not any(t.name == "minor_units" for t in amount.transform)
+        and not any(t.name in AMOUNT_TRANSFORMS for t in amount.transform)
         and not amount.has_value
     ):
         yield MappingIssue(
@@ -233,15 +268,22 @@ def _semantic(file: str, data: Any, index: int, mapping: Mapping) -> Iterator[Ma
             at("fields", "amount"),
             f"{mapping.name}.fields.amount",
             "no minor_units transform: the event must already carry integer minor units",
-            "add `transform: minor_units` for amounts like 19.99",
+            "add `transform: minor_units` for amounts like 19.99, "
+            "or `already_minor_units` for amounts kept in cents",
             "warning",
         )
 
 
 def _overlap_warnings(mappings: list[CompiledMapping]) -> Iterator[MappingIssue]:
     seen: dict[tuple[str, str], CompiledMapping] = {}
+    names = sorted({name for m in mappings for name in m.event_names})
     for mapping in mappings:
-        for event in sorted(mapping.event_names):
+        # A regex trigger is checked against every exact name of the other mappings.
+        pattern = mapping.event_pattern
+        events = names if pattern is not None else sorted(mapping.event_names)
+        for event in events:
+            if pattern is not None and not pattern.search(event):
+                continue
             first = seen.setdefault((event, mapping.action), mapping)
             if first is not mapping:
                 yield MappingIssue(
@@ -255,45 +297,21 @@ def _overlap_warnings(mappings: list[CompiledMapping]) -> Iterator[MappingIssue]
                 )
 
 
-def _compile(mapping: Mapping, source: str) -> CompiledMapping:
-    fields = [_compile_field(name, spec) for name, spec in mapping.fields.items()]
-    # minor_units reads the resolved currency, so currency is resolved first.
-    fields.sort(key=lambda f: f.name != "currency")
-    conditions = tuple(
-        CompiledCondition(
-            paths=tuple(cached_path(p) for p in c.paths),
-            test=next(t for t in ("exists", "equals", "not_empty") if t in c.model_fields_set),
-            expected=c.exists
-            if c.exists is not None
-            else c.not_empty
-            if c.not_empty is not None
-            else c.equals,
-            reason=c.reason or f"condition not met on {', '.join(c.paths)}",
-        )
-        for c in mapping.trigger.conditions
-    )
-    return CompiledMapping(
-        mapping.name,
-        ENDPOINTS[mapping.action],
-        frozenset(mapping.trigger.event),
-        conditions,
-        tuple(fields),
-        source,
-    )
-
-
-def _compile_field(name: str, spec: FieldSpec) -> CompiledField:
-    steps: list[Transform] = []
-    for step in spec.transform:
-        if step.name is not None:
-            steps.append(NAMED[step.name])
-        else:
-            steps.append(value_map(step.map or {}, step.fallback, step.has_fallback))
-    return CompiledField(
-        name=name,
-        paths=tuple(cached_path(p) for p in spec.paths),
-        literal=spec.value,
-        default=spec.default if spec.has_default else MISSING,
-        transforms=tuple(steps),
-        required=spec.required,
-    )
+def _test_issues(tests: list[GoldenCase], names: set[str]) -> Iterator[MappingIssue]:
+    """Tests that name no mapping of the set, and test names given twice."""
+    first: dict[str, GoldenCase] = {}
+    for case in tests:
+        earlier = first.setdefault(case.name, case)
+        if earlier is not case:
+            yield MappingIssue(
+                case.file, case.line, case.name, f"test name already used at {earlier.where}"
+            )
+        for where, name in case.named_mappings():
+            if name not in names:
+                yield MappingIssue(
+                    case.file,
+                    case.lines.get(where, case.line),
+                    f"{case.name}.{where}",
+                    f"no mapping named {name!r}",
+                    _near(name, sorted(names)),
+                )

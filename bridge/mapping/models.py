@@ -1,41 +1,33 @@
 """The mapping file format, as pydantic models.
 
-A file holds ``version: 1`` and a list of ``mappings``. Shorthands are expanded
-before validation (a field given as one path or a list of paths; a transform given
-as a name), so every error points at one key of one shape. Path syntax and
-transform names are checked here; checks across keys (Dub field names, required
-fields, duplicates) live in the loader, which sees every file.
+A file holds ``version: 1``, a list of ``mappings`` and optionally golden ``tests``.
+Every construct added since the first release (more condition tests and combinators,
+``event_matches``, ``template``, ``sum``, more transforms) is a key that version 1
+used to refuse, so old files keep their meaning and no version bump is needed.
+Shorthands are expanded before validation (a field given as one path or a list of
+paths; a transform given as a name), so every error points at one key of one shape.
+Path syntax, regular expressions, templates and transform names are checked here;
+checks across keys (Dub field names, required fields, duplicates) live in the loader,
+which sees every file.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..dub.endpoints import ENDPOINTS
-from .paths import CompiledPath, PathSyntaxError, compile_path
+from .conditions import ConditionSpec
+from .paths import check_path
+from .sums import SumSpec
+from .templates import parse as parse_template
 from .transforms import NAMED
+from .values import check_json
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
-
-
-@lru_cache(maxsize=4096)
-def cached_path(text: str) -> CompiledPath:
-    """Compile each distinct path text once, however many mappings use it."""
-    return compile_path(text)
-
-
-def _check_path(text: str) -> str:
-    if not isinstance(text, str):
-        raise ValueError("a JSONPath must be text")
-    try:
-        cached_path(text)
-    except PathSyntaxError as exc:
-        hint = " (hint: a literal goes under `value:`)" if not text.startswith("$") else ""
-        raise ValueError(f"bad JSONPath {text!r}: {exc}{hint}") from exc
-    return text
+SOURCES = ("paths", "value", "template", "sum")
 
 
 def _one_or_many(data: Any) -> Any:
@@ -46,22 +38,26 @@ def _one_or_many(data: Any) -> Any:
 
 
 class TransformStep(BaseModel):
-    """One transform: a named one, or a value map with an optional fallback."""
+    """One transform: a named one, a value map with an optional fallback, or a query param."""
 
     model_config = _STRICT
     name: str | None = None
     map: dict[Any, Any] | None = None
     fallback: Any = None
+    query_param: str | None = Field(None, min_length=1)
 
     @model_validator(mode="before")
     @classmethod
     def _expand(cls, data: Any) -> Any:
         if isinstance(data, str):
             return {"name": data}
-        if isinstance(data, dict) and "map" not in data:
+        if isinstance(data, dict) and ("map" in data) == ("query_param" in data):
             raise ValueError(
-                f"a transform is a name ({', '.join(sorted(NAMED))}) or {{map: ..., fallback: ...}}"
+                f"a transform is a name ({', '.join(sorted(NAMED))}), "
+                "{map: ..., fallback: ...} or {query_param: NAME}"
             )
+        if isinstance(data, dict) and "query_param" in data and len(data) > 1:
+            raise ValueError("{query_param: NAME} takes no other key")
         return data
 
     @field_validator("name")
@@ -82,6 +78,8 @@ class FieldSpec(BaseModel):
     model_config = _STRICT
     paths: tuple[str, ...] = ()
     value: Any = None
+    template: str | None = None
+    sum: SumSpec | None = None
     default: Any = None
     transform: tuple[TransformStep, ...] = ()
     required: bool = False
@@ -101,21 +99,38 @@ class FieldSpec(BaseModel):
             if isinstance(data.get("transform"), (str, dict)):
                 data["transform"] = [data["transform"]]
             return data
-        raise ValueError("a field is a JSONPath, a list of JSONPaths, or an object with path/value")
+        raise ValueError(
+            "a field is a JSONPath, a list of JSONPaths, or an object with path, paths, "
+            "value, template or sum"
+        )
 
     @field_validator("paths")
     @classmethod
     def _paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
         for text in paths:
-            _check_path(text)
+            check_path(text)
         return paths
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, text: str | None) -> str | None:
+        if text is not None:
+            parse_template(text)
+        return text
+
+    @field_validator("value", "default")
+    @classmethod
+    def _literal(cls, value: Any) -> Any:
+        return check_json(value, allow_null=True)
 
     @model_validator(mode="after")
     def _source(self) -> FieldSpec:
-        has_value = "value" in self.model_fields_set
-        if has_value == bool(self.paths):
-            raise ValueError("give exactly one of `path`, `paths` or `value`")
-        if has_value and (self.transform or "default" in self.model_fields_set):
+        given = [key for key in SOURCES if key in self.model_fields_set]
+        if len(given) != 1 or (given == ["paths"] and not self.paths):
+            raise ValueError(
+                "give exactly one of `path`, `paths` or `value` (or `template`, or `sum`)"
+            )
+        if self.has_value and (self.transform or "default" in self.model_fields_set):
             raise ValueError("a literal `value` takes no `transform` or `default`")
         return self
 
@@ -128,48 +143,14 @@ class FieldSpec(BaseModel):
         return "default" in self.model_fields_set
 
 
-class Condition(BaseModel):
-    """A test on the event: a path exists, equals a value, or holds a non-empty value."""
-
-    model_config = _STRICT
-    paths: tuple[str, ...]
-    exists: bool | None = None
-    equals: Any = None
-    not_empty: bool | None = None
-    reason: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _expand(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            _one_or_many(data)
-            if "path" in data:
-                data = dict(data)
-                data["paths"] = [data.pop("path")]
-        return data
-
-    @field_validator("paths")
-    @classmethod
-    def _paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
-        if not paths:
-            raise ValueError("a condition needs at least one path")
-        for text in paths:
-            _check_path(text)
-        return paths
-
-    @model_validator(mode="after")
-    def _one_test(self) -> Condition:
-        tests = {"exists", "equals", "not_empty"} & self.model_fields_set
-        if len(tests) != 1:
-            raise ValueError("a condition has exactly one test: exists, equals or not_empty")
-        return self
-
-
 class Trigger(BaseModel):
+    """Which events: exact names (``event``) or a regular expression (``event_matches``)."""
+
     model_config = _STRICT
-    event: tuple[str, ...] = Field(min_length=1)
+    event: tuple[str, ...] | None = Field(None, min_length=1)
+    event_matches: str | None = None
     type: Literal["track"] = "track"
-    conditions: tuple[Condition, ...] = ()
+    conditions: tuple[ConditionSpec, ...] = ()
 
     @field_validator("event", mode="before")
     @classmethod
@@ -178,6 +159,22 @@ class Trigger(BaseModel):
         if isinstance(names, list) and any(not isinstance(n, str) or not n for n in names):
             raise ValueError("event names are non-empty text, matched exactly")
         return names
+
+    @field_validator("event_matches")
+    @classmethod
+    def _pattern(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from exc
+        return pattern
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Trigger:
+        if (self.event is None) == (self.event_matches is None):
+            raise ValueError("give exactly one of `event` (names) or `event_matches` (a regex)")
+        return self
 
 
 class Mapping(BaseModel):
@@ -199,8 +196,10 @@ class Mapping(BaseModel):
 
 
 class MappingFile(BaseModel):
-    """The top of a file; each mapping is validated on its own so one bad one hides no other."""
+    """The top of a file; each mapping (and test) is validated on its own so one bad one
+    hides no other."""
 
     model_config = _STRICT
     version: Literal[1] = 1
     mappings: list[Any] = Field(min_length=1)
+    tests: list[Any] = []

@@ -6,14 +6,25 @@ compiled to a tuple of plain key and index steps, walked with dict and list
 look-ups on the hot path; anything else (filters, wildcards, slices, negative
 indexes) is evaluated by jsonpath-ng. A property test holds the two to the same
 answers.
+
+Only jsonpath-ng's selecting syntax is accepted: its extension operators (``sub()``,
+``str()``, arithmetic, ``len``, ``sorted``...) compute values, can raise on a value
+of the wrong type, and have safer spellings in the mapping language (``template``,
+``sum``, transforms), so they are refused at load. Recursive descent (``..``) costs
+a walk of the whole event each time it is chained, so a path may hold at most
+``MAX_DESCENTS`` of them. Whatever still goes wrong while jsonpath-ng evaluates a
+path on an odd event raises ``PathEvalError``, which costs that event, never the batch.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
+from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext.parser import parse as jsonpath_parse
 
@@ -31,8 +42,40 @@ _KEYWORDS = frozenset(
 )
 
 
+MAX_DESCENTS = 2
+
+# jsonpath-ng node classes a mapping may use: they select, they never compute.
+_SELECTING = frozenset(
+    {"Root", "This", "Child", "Fields", "Wildcard", "Index", "Slice", "Descendants"}
+    | {"Filter", "Expression", "And", "Or", "Where", "WhereNot"}
+)
+# What each refused jsonpath-ng construct is called, and what to write instead.
+_REFUSED = {
+    "Sub": ("`sub()`", "use a transform or a `template`"),
+    "Split": ("`split()`", "use a `template` or a transform"),
+    "Str": ("`str()`", "use `transform: string` or a `template`"),
+    "Operation": ("arithmetic (+ - * /)", "use `sum: {items, value, times}` or a `template`"),
+    "Len": ("`len`", "use a condition such as `not_empty: true`"),
+    "Keys": ("`keys`", "select the values by name"),
+    "SortedThis": ("sorting (`sorted`, [/key], [\\key])", "select by index or filter"),
+    "Path": ("`path`", "select the values by name"),
+    "Parent": ("`parent`", "select from the top of the event"),
+    "_Union": ("union (|)", "list the alternatives under `paths: [...]`"),
+    "_Intersect": ("intersection (&)", "use a filter [?(...)] or conditions"),
+}
+_FILTER_OPS = frozenset({None, "!", "==", "=", "!=", "<", "<=", ">", ">=", "=~"})
+
+
 class PathSyntaxError(ValueError):
-    """The text is not a JSONPath jsonpath-ng can parse."""
+    """The text is not a JSONPath a mapping may use (the message says why)."""
+
+
+class PathEvalError(ValueError):
+    """jsonpath-ng failed on this event (a value of an unexpected type, nesting too deep)."""
+
+    def __init__(self, path: str, exc: BaseException):
+        super().__init__(f"path {path} could not be evaluated: {type(exc).__name__}: {exc}")
+        self.path = path
 
 
 Step = str | int
@@ -75,6 +118,53 @@ def _walker(steps: tuple[Step, ...]) -> Callable[[Any], list[Any]]:
     return find
 
 
+def _nodes(node: Any) -> list[Any]:
+    """The sub-expressions of a jsonpath-ng node (a filter's paths included)."""
+    found = [getattr(node, name, None) for name in ("left", "right", "target", "value")]
+    found += list(getattr(node, "expressions", ()) or ()) + list(
+        getattr(node, "operands", ()) or ()
+    )
+    return [n for n in found if isinstance(n, JSONPath)]
+
+
+def check_selecting(parsed: Any) -> None:
+    """Refuse what computes instead of selecting, and chains of recursive descent."""
+    descents = 0
+    pending = [parsed]
+    while pending:
+        node = pending.pop()
+        kind = type(node).__name__
+        if kind not in _SELECTING:
+            what, hint = _REFUSED.get(kind, (kind, "only selecting JSONPath is supported"))
+            raise PathSyntaxError(f"jsonpath-ng's {what} is not supported (hint: {hint})")
+        if kind == "Descendants":
+            descents += 1
+        if kind == "Expression":
+            if node.op not in _FILTER_OPS:
+                raise PathSyntaxError(f"filter operator {node.op!r} is not supported")
+            if node.op == "=~":
+                try:
+                    re.compile(node.value)
+                except (re.error, TypeError) as exc:
+                    raise PathSyntaxError(f"bad regular expression {node.value!r}: {exc}") from exc
+        pending += _nodes(node)
+    if descents > MAX_DESCENTS:
+        raise PathSyntaxError(
+            f"{descents} recursive descents (..): at most {MAX_DESCENTS} are allowed, each "
+            "walks the whole event (hint: spell out the steps, $.properties.a.b)"
+        )
+
+
+def _evaluator(text: str, parsed: Any) -> Callable[[Any], list[Any]]:
+    def find(doc: Any) -> list[Any]:
+        try:
+            return [match.value for match in parsed.find(doc)]
+        except Exception as exc:  # RecursionError included: jsonpath-ng recurses per level
+            raise PathEvalError(text, exc) from exc
+
+    return find
+
+
 class CompiledPath:
     """A JSONPath ready to evaluate: ``find`` returns every value it selects."""
 
@@ -83,7 +173,11 @@ class CompiledPath:
     def __init__(self, text: str):
         self.text = text
         try:
-            parsed = jsonpath_parse(text)
+            with warnings.catch_warnings():
+                # jsonpath-ng warns about syntax it will drop in 2.0 (`|`, `&`): the mapping
+                # author hears about `|` from check_selecting; `&` keeps working.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                parsed = jsonpath_parse(text)
         except (JsonPathLexerError, JsonPathParserError, Exception) as exc:
             # jsonpath-ng raises plain Exception subclasses from its lexer/parser.
             raise PathSyntaxError(str(exc).strip() or "cannot parse JSONPath") from exc
@@ -92,7 +186,8 @@ class CompiledPath:
         if steps is not None:
             self.find: Callable[[Any], list[Any]] = _walker(steps)
         else:
-            self.find = lambda doc: [match.value for match in parsed.find(doc)]
+            check_selecting(parsed)
+            self.find = _evaluator(text, parsed)
 
     def __repr__(self) -> str:
         return f"CompiledPath({self.text!r}, fast={self.fast})"
@@ -103,3 +198,22 @@ def compile_path(text: str) -> CompiledPath:
     if not isinstance(text, str) or not text.startswith("$"):
         raise PathSyntaxError("a JSONPath starts with '$'")
     return CompiledPath(text)
+
+
+@lru_cache(maxsize=4096)
+def cached_path(text: str) -> CompiledPath:
+    """Compile each distinct path text once, however many mappings use it."""
+    return compile_path(text)
+
+
+def check_path(text: Any) -> str:
+    """``text`` if it is a JSONPath a mapping may use; ``ValueError`` saying why not."""
+    if not isinstance(text, str):
+        raise ValueError("a JSONPath must be text")
+    try:
+        cached_path(text)
+    except PathSyntaxError as exc:
+        hint = " (hint: a literal goes under `value:`)" if not text.startswith("$") else ""
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ValueError(f"bad JSONPath {shown!r}: {exc}{hint}") from exc
+    return text

@@ -3,14 +3,20 @@
 A transform takes the value a path found and the request fields resolved so far
 (``minor_units`` reads the request's ``currency``) and returns the new value, or
 raises ``TransformError`` with a message that names what is wrong with the value.
+A transform may also find nothing (``query_param`` of a URL without that parameter):
+it returns ``MISSING`` and the field goes on to its next path or its default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qs
 
+from ..dub.currencies import MAX_MINOR_UNITS
 from .amounts import AmountError, minor_units, to_decimal
+from .values import MISSING
 
 Transform = Callable[[Any, Mapping[str, Any]], Any]
 
@@ -50,14 +56,29 @@ def _string(value: Any, _fields: Mapping[str, Any]) -> Any:
     raise TransformError(f"string needs a scalar, got {type(value).__name__}")
 
 
-def _integer(value: Any, _fields: Mapping[str, Any]) -> Any:
+def _whole(name: str, value: Any, fraction: str) -> int:
     try:
-        number = to_decimal(value)
+        number: Decimal = to_decimal(value)
     except AmountError as exc:
-        raise TransformError(f"integer: {exc}") from exc
+        raise TransformError(f"{name}: {exc}") from exc
+    # Bound first: int(Decimal("1e999999")) builds a million-digit integer for 40 s.
+    if abs(number) > MAX_MINOR_UNITS:
+        raise TransformError(f"{name}: value is beyond ±{MAX_MINOR_UNITS}")
     if number != number.to_integral_value():
-        raise TransformError("integer: value has a fractional part")
+        raise TransformError(f"{name}: {fraction}")
     return int(number)
+
+
+def _integer(value: Any, _fields: Mapping[str, Any]) -> Any:
+    return _whole("integer", value, "value has a fractional part")
+
+
+def _already_minor_units(value: Any, _fields: Mapping[str, Any]) -> Any:
+    return _whole(
+        "already_minor_units",
+        value,
+        "value has a fraction, but minor units are whole (hint: 19.99 needs minor_units)",
+    )
 
 
 def _minor_units(value: Any, fields: Mapping[str, Any]) -> Any:
@@ -75,7 +96,28 @@ NAMED: dict[str, Transform] = {
     "string": _string,
     "integer": _integer,
     "minor_units": _minor_units,
+    "already_minor_units": _already_minor_units,
 }
+AMOUNT_TRANSFORMS = frozenset({"minor_units", "already_minor_units"})
+
+
+def query_param(name: str) -> Transform:
+    """The value of ``name`` in a URL's query or a query string, percent-decoded."""
+
+    def _param(value: Any, _fields: Mapping[str, Any]) -> Any:
+        if not isinstance(value, str):
+            raise TransformError(
+                f"query_param needs a URL or query text, got {type(value).__name__}"
+            )
+        query = value.split("#", 1)[0]
+        if "?" in query:
+            query = query.split("?", 1)[1]
+        elif "://" in query:
+            return MISSING  # a URL without a query
+        found = parse_qs(query, keep_blank_values=False).get(name)
+        return found[0] if found else MISSING
+
+    return _param
 
 
 def value_map(table: Mapping[Any, Any], fallback: Any, has_fallback: bool) -> Transform:
@@ -104,4 +146,12 @@ def is_empty(value: Any) -> bool:
     return False
 
 
-__all__ = ["NAMED", "Transform", "TransformError", "is_empty", "value_map"]
+__all__ = [
+    "AMOUNT_TRANSFORMS",
+    "NAMED",
+    "Transform",
+    "TransformError",
+    "is_empty",
+    "query_param",
+    "value_map",
+]

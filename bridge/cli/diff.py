@@ -1,0 +1,136 @@
+"""``bridge diff``: what a change to the mappings changes, on saved events (a dry run).
+
+Both mapping sets plan every event; only the events whose outcome or request changed
+are shown, field by field. The base is a folder (``--base``) or the mapping folder as
+it was at a git revision (``--base-rev``), read with ``git`` and never checked out.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import MappingFileError
+from ..inputs import read_file
+from ..mapping.engine import Engine
+from ..mapping.loader import Source, load_sources
+from ..mapping.values import MISSING, json_equal
+from ..masking import mask_value
+from ..outcomes import Outcome
+from ..results import Result
+from ..sources import load_directory
+from .common import fail, mappings_option, settings_for
+
+
+def _git(args: list[str], cwd: Path) -> bytes:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
+    except OSError as exc:
+        fail(f"--base-rev needs git: {exc.strerror}")
+    if done.returncode != 0:
+        fail(f"git {' '.join(args)}: {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
+
+
+def sources_at(directory: Path, rev: str) -> list[Source]:
+    """The mapping files of ``directory`` as they were at git revision ``rev``."""
+    if not directory.is_dir():
+        fail(f"{directory} is not a directory of mapping files")
+    top = Path(_git(["rev-parse", "--show-toplevel"], directory).decode().strip())
+    relative = directory.resolve().relative_to(top.resolve()).as_posix()
+    prefix = "" if relative == "." else relative + "/"
+    listing = _git(["ls-tree", "-z", rev, "--", prefix or "."], top).split(b"\0")
+    sources = []
+    for entry in filter(None, listing):
+        meta, _, name = entry.decode().partition("\t")
+        if (
+            meta.split()[1] == "blob"
+            and name.endswith((".yaml", ".yml"))
+            and "/" not in name[len(prefix) :]
+        ):
+            sources.append(Source(f"{rev}:{name}", _git(["show", f"{rev}:{name}"], top)))
+    return sorted(sources, key=lambda s: s.name)
+
+
+def _engine(sources: list[Source] | None, folder: Path, label: str) -> Engine:
+    try:
+        if sources is None:
+            return load_directory(folder).engine
+        return load_sources(sources, where=f"{label} {folder}").engine
+    except MappingFileError as exc:
+        click.echo(str(exc), err=True)
+        fail(f"the {label} mappings do not load: nothing to compare")
+
+
+def _shown(result: Result | None) -> str:
+    if result is None:
+        return "(no result)"
+    outcome = "dry_run" if result.outcome is Outcome.READY else str(result.outcome)
+    detail = result.reason or "; ".join(result.errors)
+    return f"{outcome} ({detail})" if detail and result.outcome is not Outcome.READY else outcome
+
+
+def changes(base: list[Result], head: list[Result]) -> Iterator[str]:
+    """The lines that tell how ``head`` differs from ``base`` for one event."""
+    before = {r.mapping: r for r in base}
+    after = {r.mapping: r for r in head}
+    for name in [*before, *(m for m in after if m not in before)]:
+        old, new = before.get(name), after.get(name)
+        label = name or "(no mapping)"
+        same_outcome = old is not None and new is not None and old.outcome is new.outcome
+        if not same_outcome:
+            yield f"  {label}: {_shown(old)} -> {_shown(new)}"
+        old_body = old.body if old is not None and old.body is not None else {}
+        new_body = new.body if new is not None and new.body is not None else {}
+        for key in [*old_body, *(k for k in new_body if k not in old_body)]:
+            a, b = old_body.get(key, MISSING), new_body.get(key, MISSING)
+            if a is MISSING or b is MISSING or not json_equal(a, b):
+                yield f"    {label}.{key}: {_value(key, a)} -> {_value(key, b)}"
+
+
+def _value(key: str, value: Any) -> str:
+    return "(absent)" if value is MISSING else mask_value(key, value)
+
+
+@click.command()
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--base",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Mapping folder to compare with.",
+)
+@click.option("--base-rev", help="Compare with the mapping folder as it was at this git revision.")
+@mappings_option
+def diff(
+    files: tuple[Path, ...], base: Path | None, base_rev: str | None, mappings: str | None
+) -> None:
+    """Show the events of FILES whose Dub requests change from the base mappings to these."""
+    if (base is None) == (base_rev is None):
+        fail("give --base DIR or --base-rev REV (exactly one)")
+    folder = settings_for(mappings).mappings_dir
+    if base is not None and not base.is_dir():
+        fail(f"--base {base} is not a directory of mapping files")
+    old = _engine(sources_at(folder, base_rev) if base_rev else None, base or folder, "base")
+    new = _engine(None, folder, "current")
+    events = changed = 0
+    for path in files:
+        for item in read_file(path):
+            events += 1
+            before = old.plan(item.event)
+            lines = list(changes(before, new.plan(item.event)))
+            if lines:
+                changed += 1
+                click.echo(f"{before[0].message_id or '(no messageId)'} {before[0].event!r}")
+                click.echo("\n".join(lines))
+    click.echo(f"{changed} of {events} event(s) changed")
+    sys.exit(1 if changed else 0)
+
+
+COMMANDS = [diff]

@@ -1,0 +1,345 @@
+"""Trigger conditions: tests on the event and their combinators, compiled into closures at load.
+
+A test reads the first non-empty value of its ``path``/``paths`` (``exists`` asks
+whether any path finds anything at all) and compares it exactly: JSON equality for
+``equals``/``in``, exact decimals for ``gt``..``lte``, a regular expression searched in
+text for ``matches``. An absent value satisfies ``not_equals``, ``not_in``,
+``not_empty: false`` and ``exists: false`` only. ``any``, ``all`` and ``not`` nest freely.
+
+Each condition compiles to a ``holds(event) -> bool`` closure specialised to its test,
+which is all the hot path calls. ``trace`` walks the same compiled tree again, recording
+the values seen, for a skipped event's reason and for ``bridge explain``.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..masking import mask_value
+from .paths import CompiledPath, cached_path, check_path
+from .transforms import is_empty
+from .values import MISSING, as_number, check_json, json_equal, json_key, shown
+
+TESTS: tuple[str, ...] = ("exists", "equals", "not_equals", "in", "not_in", "gt", "gte")
+TESTS += ("lt", "lte", "matches", "not_empty")
+COMBINATORS = ("any", "all", "not")
+_ORDER: dict[str, Callable[[Decimal, Decimal], bool]] = {
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+Holds = Callable[[Any], bool]
+
+
+class ConditionSpec(BaseModel):
+    """One condition as written: a test on ``path``/``paths``, or ``any``/``all``/``not``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+    paths: tuple[str, ...] = ()
+    exists: bool | None = None
+    equals: Any = None
+    not_equals: Any = None
+    in_: tuple[Any, ...] | None = Field(None, alias="in")
+    not_in: tuple[Any, ...] | None = None
+    gt: Decimal | None = None
+    gte: Decimal | None = None
+    lt: Decimal | None = None
+    lte: Decimal | None = None
+    matches: str | None = None
+    not_empty: bool | None = None
+    any: tuple[ConditionSpec, ...] | None = Field(None, min_length=1)
+    all: tuple[ConditionSpec, ...] | None = Field(None, min_length=1)
+    not_: ConditionSpec | None = Field(None, alias="not")
+    reason: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "path" in data:
+            if "paths" in data:
+                raise ValueError("give `path` or `paths`, not both")
+            data = dict(data)
+            data["paths"] = [data.pop("path")]
+        return data
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        for text in paths:
+            check_path(text)
+        return paths
+
+    @field_validator("equals", "not_equals")
+    @classmethod
+    def _literal(cls, value: Any) -> Any:
+        return check_json(value)
+
+    @field_validator("in_", "not_in")
+    @classmethod
+    def _literals(cls, values: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        if values is not None:
+            if not values:
+                raise ValueError("give at least one value")
+            return tuple(check_json(v) for v in values)
+        return values
+
+    @field_validator("gt", "gte", "lt", "lte", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        number = as_number(value)
+        if number is None:
+            raise ValueError("a number, or numeric text such as '12.50'")
+        return number
+
+    @field_validator("matches")
+    @classmethod
+    def _pattern(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from exc
+        return pattern
+
+    @model_validator(mode="after")
+    def _one_test(self) -> ConditionSpec:
+        given = self.model_fields_set
+        tests = [t for t in TESTS if _attr(t) in given]
+        combinators = [c for c in COMBINATORS if _attr(c) in given]
+        if combinators:
+            if len(combinators) > 1 or tests or self.paths:
+                raise ValueError("a condition is one of `any`, `all` or `not`, or one test")
+        elif len(tests) != 1 or not self.paths:
+            raise ValueError(f"a condition is a path and exactly one test: {', '.join(TESTS)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """The test or combinator this condition is."""
+        given = self.model_fields_set
+        return next(k for k in (*COMBINATORS, *TESTS) if _attr(k) in given)
+
+    @property
+    def expected(self) -> Any:
+        return getattr(self, _attr(self.kind))
+
+
+def _attr(word: str) -> str:
+    """The model attribute of a key: `in` and `not` are Python words."""
+    return {"in": "in_", "not": "not_"}.get(word, word)
+
+
+def keys() -> list[str]:
+    """Every key a condition may hold, as written in YAML."""
+    return ["path", "paths", *TESTS, *COMBINATORS, "reason"]
+
+
+# --- compiled form ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """What one condition saw on one event: for reasons and ``bridge explain``."""
+
+    kind: str
+    held: bool
+    text: str  # the test as written: "in ['USD', 'EUR']", "any", ...
+    path: str | None = None  # the path that gave the value, or the paths tried
+    value: Any = MISSING
+    reason: str | None = None
+    children: tuple[Trace, ...] = ()
+
+    def failure(self) -> str:
+        """Why this condition does not hold: its own reason, or path, value and test."""
+        if self.reason:
+            return self.reason
+        if self.kind == "all":
+            return next(c.failure() for c in self.children if not c.held)
+        if self.kind == "any":
+            return "none of: " + "; ".join(c.failure() for c in self.children)
+        if self.kind == "not":
+            return f"expected not ({self.children[0].summary()})"
+        return f"{self.path} is {shown(self.path or '', self.value)}, expected {self.text}"
+
+    def summary(self) -> str:
+        """What held, for the message of a `not` that failed."""
+        if self.kind in COMBINATORS:
+            return f"{self.kind}: " + "; ".join(c.summary() for c in self.children)
+        return f"{self.path} {self.text}, value {shown(self.path or '', self.value)}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"test": self.text, "held": self.held}
+        if self.kind not in COMBINATORS:
+            out["path"] = self.path
+            out["value"] = None if self.value is MISSING else self.value
+            out["absent"] = self.value is MISSING
+        if self.reason:
+            out["reason"] = self.reason
+        if self.children:
+            out["conditions"] = [c.to_json() for c in self.children]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A compiled condition: ``holds`` is the hot path, ``trace`` the instrumented one."""
+
+    kind: str
+    text: str
+    holds: Holds
+    paths: tuple[CompiledPath, ...] = ()
+    children: tuple[Condition, ...] = ()
+    reason: str | None = None
+
+    def why_not(self, event: Any) -> str:
+        """The reason a skipped event shows (called only once the condition failed)."""
+        return self.reason or self.trace(event).failure()
+
+    def trace(self, event: Any) -> Trace:
+        if self.children:
+            traces = tuple(child.trace(event) for child in self.children)
+            held = self.holds(event)
+            return Trace(self.kind, held, self.text, reason=self.reason, children=traces)
+        path, value = _seen(self.paths, event, self.kind == "exists")
+        return Trace(self.kind, self.holds(event), self.text, path, value, self.reason)
+
+
+def _seen(paths: tuple[CompiledPath, ...], event: Any, exists: bool) -> tuple[str, Any]:
+    for path in paths:
+        found = path.find(event)
+        if found and (exists or not is_empty(found[0])):
+            return path.text, found[0]
+    return ", ".join(p.text for p in paths), MISSING
+
+
+def compile_condition(spec: ConditionSpec) -> Condition:
+    kind = spec.kind
+    if kind in COMBINATORS:
+        subs = spec.any or spec.all or ((spec.not_,) if spec.not_ else ())
+        children = tuple(compile_condition(s) for s in subs)
+        return Condition(
+            kind, kind, _combine(kind, children), children=children, reason=spec.reason
+        )
+    paths = tuple(cached_path(p) for p in spec.paths)
+    expected = spec.expected
+    text = _describe(kind, expected)
+    if kind == "exists":
+        return Condition(kind, text, _exists(paths, bool(expected)), paths, reason=spec.reason)
+    return Condition(kind, text, _test(kind, expected, _first(paths)), paths, reason=spec.reason)
+
+
+def _describe(kind: str, expected: Any) -> str:
+    if kind in ("exists", "not_empty"):
+        return kind if expected else f"{kind}: false"
+    if isinstance(expected, Decimal):
+        return f"{kind} {expected}"
+    if isinstance(expected, tuple):
+        expected = list(expected)
+    return f"{kind} {mask_value('', expected)}"
+
+
+def _combine(kind: str, children: tuple[Condition, ...]) -> Holds:
+    tests = tuple(c.holds for c in children)
+    if kind == "not":
+        (inner,) = tests
+        return lambda event: not inner(event)
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:  # the usual size: two calls, no generator
+        first, second = tests
+        if kind == "all":
+            return lambda event: first(event) and second(event)
+        return lambda event: first(event) or second(event)
+    if kind == "all":
+        return lambda event: all(test(event) for test in tests)
+    return lambda event: any(test(event) for test in tests)
+
+
+def _exists(paths: tuple[CompiledPath, ...], wanted: bool) -> Holds:
+    finds = tuple(p.find for p in paths)
+    return lambda event: any(find(event) for find in finds) is wanted
+
+
+def _first(paths: tuple[CompiledPath, ...]) -> Callable[[Any], Any]:
+    """The first non-empty value the paths find, or MISSING."""
+    finds = tuple(p.find for p in paths)
+    if len(finds) == 1:
+        (find,) = finds
+
+        def only(event: Any) -> Any:
+            found = find(event)
+            return found[0] if found and not is_empty(found[0]) else MISSING
+
+        return only
+
+    def first(event: Any) -> Any:
+        for find in finds:
+            found = find(event)
+            if found and not is_empty(found[0]):
+                return found[0]
+        return MISSING
+
+    return first
+
+
+def _test(kind: str, expected: Any, first: Callable[[Any], Any]) -> Holds:
+    if kind == "not_empty":
+        return (lambda e: first(e) is not MISSING) if expected else (lambda e: first(e) is MISSING)
+    if kind in ("equals", "not_equals"):
+        same = _equal_to(expected)
+        if kind == "equals":
+            return lambda e: same(first(e))
+        return lambda e: not same(first(e))  # absent: not equal, so it holds
+    if kind in ("in", "not_in"):
+        member = _member_of(expected)
+        if kind == "in":
+            return lambda e: member(first(e))
+        return lambda e: not member(first(e))
+    if kind == "matches":
+        search = re.compile(expected).search
+
+        def matches(event: Any) -> bool:
+            value = first(event)
+            return type(value) is str and search(value) is not None
+
+        return matches
+    order = _ORDER[kind]
+
+    def compare(event: Any) -> bool:
+        number = as_number(first(event))
+        return number is not None and order(number, expected)
+
+    return compare
+
+
+def _equal_to(expected: Any) -> Holds:
+    if type(expected) is str:  # the common case: one type check and one comparison
+        return lambda value: type(value) is str and value == expected
+    return lambda value: value is not MISSING and json_equal(value, expected)
+
+
+def _member_of(choices: tuple[Any, ...]) -> Holds:
+    keyed = frozenset(k for k in map(json_key, choices) if k is not None)
+    nested = tuple(c for c in choices if json_key(c) is None)
+    if all(type(c) is str for c in choices):
+        texts = frozenset(choices)
+        return lambda value: type(value) is str and value in texts
+
+    def member(value: Any) -> bool:
+        if value is MISSING:
+            return False
+        key = json_key(value)
+        if key is not None:
+            return key in keyed
+        return any(json_equal(value, c) for c in nested)
+
+    return member

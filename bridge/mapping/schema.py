@@ -1,0 +1,289 @@
+"""The JSON Schema of mapping files, for editors (``bridge schema``).
+
+Strict at every level, as the loader is: every object lists its keys and refuses
+others, and every key says what it is for. The loader stays the judge (it also checks
+JSONPath syntax, regular expressions and Dub's rules on literals); a test holds the two
+to the same keys and validates the shipped files against this schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..dub.endpoints import DUB_FIELDS, ENDPOINTS
+from .transforms import NAMED
+
+# What each Dub field is, for an editor's hover (Dub's own rules are in dub/endpoints.py).
+DUB_FIELD_NOTES = {
+    "clickId": 'The Dub click id (the dub_id cookie); a lead\'s "" takes the click of an earlier '
+    "deferred lead.",
+    "eventName": "The conversion's name in Dub (1..255 characters).",
+    "customerExternalId": "Your id of the customer (at most 100 characters, never trimmed).",
+    "customerName": "The customer's name (trimmed to 100 characters).",
+    "customerEmail": "The customer's email (dropped with a warning when Dub would refuse it).",
+    "customerAvatar": "The customer's avatar URL.",
+    "metadata": "An object of at most 10,000 characters as JSON.",
+    "mode": "Lead mode: async, wait or deferred.",
+    "eventQuantity": "Lead: how many times to count it (1..100).",
+    "amount": "Sale amount in the currency's minor units (use transform: minor_units).",
+    "currency": "Three-letter currency code, lower-case (default usd at Dub).",
+    "paymentProcessor": "stripe, shopify, polar, paddle, apple, revenuecat, dub or custom.",
+    "invoiceId": "Dub refuses a second sale with the same invoiceId for 7 days.",
+    "leadEventName": "The lead event this sale follows.",
+}
+_JSONPATH = {"type": "string", "pattern": r"^\$", "description": "A JSONPath, starting at $."}
+_PATHS = {
+    "type": "array",
+    "items": _JSONPATH,
+    "minItems": 1,
+    "description": "JSONPaths tried in order; the first non-empty value counts.",
+}
+_NUMBER = {
+    "anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^[+-]?(\d+\.?\d*|\.\d+)$"}],
+}
+_TEST_WORDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "exists": ("true: some path finds anything, even null; false: none does.", {"type": "boolean"}),
+    "equals": ("The value equals this JSON value exactly (text is case-sensitive).", {}),
+    "not_equals": ("The value differs from this JSON value; holds when absent.", {}),
+    "in": ("The value is one of these JSON values.", {"type": "array", "minItems": 1}),
+    "not_in": ("The value is none of these; holds when absent.", {"type": "array", "minItems": 1}),
+    "gt": ("Greater than: numbers and numeric text compare as exact decimals.", _NUMBER),
+    "gte": ("Greater than or equal, as exact decimals.", _NUMBER),
+    "lt": ("Less than, as exact decimals.", _NUMBER),
+    "lte": ("Less than or equal, as exact decimals.", _NUMBER),
+    "matches": (
+        "A Python regular expression searched in text values (anchor: ^...$).",
+        {"type": "string"},
+    ),
+    "not_empty": (
+        "true: some path gives a non-empty value; false: none does.",
+        {"type": "boolean"},
+    ),
+}
+
+
+def _obj(properties: dict[str, Any], description: str, **more: Any) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "properties": properties,
+        "additionalProperties": False,
+        **more,
+    }
+
+
+def _condition_defs() -> dict[str, Any]:
+    reason = {"type": "string", "description": "Shown as the skip reason when this does not hold."}
+    tests = {word: {**schema, "description": text} for word, (text, schema) in _TEST_WORDS.items()}
+    leaf = _obj(
+        {"path": _JSONPATH, "paths": _PATHS, **tests, "reason": reason},
+        "A test on the first non-empty value of path/paths.",
+        allOf=[
+            {"oneOf": [{"required": ["path"]}, {"required": ["paths"]}]},
+            {"oneOf": [{"required": [word]} for word in _TEST_WORDS]},
+        ],
+    )
+    ref = {"$ref": "#/$defs/condition"}
+    many = {"type": "array", "items": ref, "minItems": 1}
+    return {
+        "condition": {"oneOf": [{"$ref": f"#/$defs/{k}"} for k in ("test", "any", "all", "not")]},
+        "test": leaf,
+        "any": _obj(
+            {"any": {**many, "description": "Holds when one of these holds."}, "reason": reason},
+            "Any of the conditions.",
+            required=["any"],
+        ),
+        "all": _obj(
+            {"all": {**many, "description": "Holds when every one holds."}, "reason": reason},
+            "All of the conditions.",
+            required=["all"],
+        ),
+        "not": _obj(
+            {"not": {**ref, "description": "Holds when this does not."}, "reason": reason},
+            "The opposite of a condition.",
+            required=["not"],
+        ),
+    }
+
+
+def _transform() -> dict[str, Any]:
+    named = {"enum": sorted(NAMED), "description": "A named transform."}
+    value_map = _obj(
+        {
+            "map": {"type": "object", "description": "Value -> replacement."},
+            "fallback": {"description": "What a value not in the map becomes (else kept)."},
+        },
+        "A lookup table.",
+        required=["map"],
+    )
+    param = _obj(
+        {"query_param": {"type": "string", "minLength": 1, "description": "The parameter name."}},
+        "The value of a query parameter in a URL or query string, percent-decoded.",
+        required=["query_param"],
+    )
+    return {"oneOf": [named, value_map, param]}
+
+
+def _field() -> dict[str, Any]:
+    transform = {"$ref": "#/$defs/transform"}
+    spec = _obj(
+        {
+            "path": _JSONPATH,
+            "paths": _PATHS,
+            "value": {"description": "A literal value, sent as it is."},
+            "template": {
+                "type": "string",
+                "pattern": r"\{\{.+\}\}",
+                "description": "Text with {{ JSONPath }} placeholders; empty counts as absent.",
+            },
+            "sum": _obj(
+                {
+                    "items": {**_JSONPATH, "description": "JSONPath of the array of items."},
+                    "value": {"type": "string", "description": "The key of each item's value."},
+                    "times": {"type": "string", "description": "The key it is multiplied by."},
+                },
+                "The exact decimal sum of item[value] x item[times] (absent times: 1).",
+                required=["items", "value"],
+            ),
+            "default": {"description": "Used when no path gives a value."},
+            "transform": {
+                "description": "One transform, or a list applied in order.",
+                "anyOf": [transform, {"type": "array", "items": transform}],
+            },
+            "required": {"type": "boolean", "description": "Make an optional Dub field required."},
+        },
+        "Where the value comes from, and what happens to it.",
+        oneOf=[{"required": [k]} for k in ("path", "paths", "value", "template", "sum")],
+    )
+    return {"anyOf": [_JSONPATH, _PATHS, spec]}
+
+
+def _mapping() -> dict[str, Any]:
+    trigger = _obj(
+        {
+            "event": {
+                "description": "Event names, matched exactly.",
+                "anyOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+                ],
+            },
+            "event_matches": {
+                "type": "string",
+                "description": "A regular expression searched in the event name.",
+            },
+            "type": {"const": "track", "description": "Only track events."},
+            "conditions": {
+                "type": "array",
+                "items": {"$ref": "#/$defs/condition"},
+                "description": "All must hold, else the event is skipped with the reason.",
+            },
+        },
+        "Which events this mapping takes.",
+        oneOf=[{"required": ["event"]}, {"required": ["event_matches"]}],
+    )
+    field = {"$ref": "#/$defs/field"}
+    per_action = [
+        {
+            "if": {"properties": {"action": {"const": action}}, "required": ["action"]},
+            "then": {
+                "properties": {
+                    "fields": {
+                        "propertyNames": {"enum": sorted(DUB_FIELDS[action])},
+                        "required": sorted(ENDPOINTS[action].needed),
+                    }
+                }
+            },
+        }
+        for action in ENDPOINTS
+    ]
+    return _obj(
+        {
+            "name": {
+                "type": "string",
+                "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                "maxLength": 100,
+                "description": "Unique across files; the ledger key with the messageId.",
+            },
+            "description": {"type": "string", "description": "Free text."},
+            "trigger": trigger,
+            "action": {"enum": sorted(ENDPOINTS), "description": "The Dub call: lead or sale."},
+            "fields": _obj(
+                {
+                    name: {**field, "description": DUB_FIELD_NOTES[name]}
+                    for name in sorted(set().union(*DUB_FIELDS.values()))
+                },
+                "Dub field name -> where its value comes from.",
+            ),
+        },
+        "One rule: which events, which Dub call, which fields.",
+        required=["name", "trigger", "action", "fields"],
+        allOf=per_action,
+    )
+
+
+def _test() -> dict[str, Any]:
+    request = _obj(
+        {
+            "mapping": {"type": "string", "description": "The mapping that sends it."},
+            "body": {"type": "object", "description": "The exact Dub request body."},
+        },
+        "One Dub request the event must make.",
+        required=["mapping", "body"],
+    )
+    return _obj(
+        {
+            "name": {"type": "string", "minLength": 1, "description": "Shown by `bridge test`."},
+            "event": {"type": "object", "description": "The Segment event, inline."},
+            "event_file": {
+                "type": "string",
+                "description": "A file of events, relative to this one.",
+            },
+            "expect": {
+                "type": "array",
+                "items": request,
+                "description": "Exactly the requests made.",
+            },
+            "invalid": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Mappings that must find the event invalid.",
+            },
+        },
+        "A golden test: an event and exactly the Dub requests it makes.",
+        required=["name", "expect"],
+        oneOf=[{"required": ["event"]}, {"required": ["event_file"]}],
+    )
+
+
+def mapping_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of one mapping file."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "segment-dub-bridge mapping file",
+        **_obj(
+            {
+                "version": {"const": 1, "description": "The file format; 1 is the only one."},
+                "mappings": {
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/mapping"},
+                    "minItems": 1,
+                    "description": "The rules of this file.",
+                },
+                "tests": {
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/golden"},
+                    "description": "Golden tests, run by `bridge test`.",
+                },
+            },
+            "Segment events in, Dub conversions out.",
+            required=["mappings"],
+        ),
+        "$defs": {
+            **_condition_defs(),
+            "transform": _transform(),
+            "field": _field(),
+            "mapping": _mapping(),
+            "golden": _test(),
+        },
+    }

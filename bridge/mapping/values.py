@@ -1,0 +1,135 @@
+"""JSON values as the mapping language sees them: equality, literals, numbers, display.
+
+Python's ``==`` says ``True == 1`` and ``"1" != 1``; JSON has no such overlap between
+booleans and numbers, so conditions and golden tests compare with ``json_equal``
+(booleans only equal booleans, numbers compare by value, text is case-sensitive).
+Literals written in YAML are checked to be JSON here too: YAML reads ``2026-01-01``
+as a date and ``null`` as nothing, neither of which an event can hold.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import Any
+
+from ..jsoncodec import JSONEncodeFailure, dumps_str
+from ..masking import mask_value
+from .amounts import AmountError, to_decimal
+
+
+class _Missing:
+    """No value: the path found nothing, or only an empty value."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equal as JSON values: a boolean is never a number; 1 and 1.0 are the same number."""
+    if type(a) is bool or type(b) is bool:
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, str) or isinstance(b, str):
+        return type(a) is str and type(b) is str and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    return a is None and b is None
+
+
+def json_key(value: Any) -> tuple[str, Any] | None:
+    """A hashable key equal for ``json_equal`` scalars; None for lists and objects."""
+    kind = type(value)
+    if kind is str:
+        return ("s", value)
+    if kind is bool:
+        return ("b", value)
+    if kind is int or kind is float:
+        return ("n", value)  # hash(1) == hash(1.0), and 1 == 1.0: one key, as in JSON
+    if value is None:
+        return ("z", None)
+    return None
+
+
+def as_number(value: Any) -> Decimal | None:
+    """The exact decimal of a number or numeric text ("12.50"); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return to_decimal(value)
+    except AmountError:
+        return None
+
+
+def check_json(value: Any, *, allow_null: bool = False, where: str = "") -> Any:
+    """``value`` as plain JSON data (YAML's line-keeping dicts and lists become plain ones).
+
+    Raises ``ValueError`` naming what is not JSON and where: a YAML date, a non-text
+    key, NaN; and null itself unless ``allow_null`` (inside lists and objects it is data).
+    """
+    at = f"at {where}: " if where else ""
+    if value is None:
+        if allow_null:
+            return None
+        raise ValueError(
+            "null never matches: an empty value counts as absent "
+            "(hint: `exists: false` or `not_empty: false` test for absence)"
+        )
+    if isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{at}{value} is not a JSON number")
+        return value
+    if isinstance(value, list):
+        return [
+            check_json(item, allow_null=True, where=f"{where}[{index}]")
+            for index, item in enumerate(value)
+        ]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{at}key {key!r} is not text (hint: quote it)")
+            out[key] = check_json(item, allow_null=True, where=f"{where}.{key}" if where else key)
+        return out
+    raise ValueError(
+        f"{at}a YAML {type(value).__name__} is not a JSON value (hint: quote it: '{value}')"
+    )
+
+
+def shown(where: str, value: Any) -> str:
+    """A value for a message: short, emails masked; ``absent`` for no value."""
+    if value is MISSING:
+        return "absent"
+    return mask_value(where, value)
+
+
+def render(value: Any) -> str:
+    """A value as template text: text as is, numbers as written, true/false, null as nothing."""
+    if type(value) is str:
+        return value
+    if value is None or value is MISSING:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        # repr is the shortest text that reads back as the same number: the sender's text.
+        return repr(value) if math.isfinite(value) else ""
+    # Lists and objects: compact JSON, keys in the event's order.
+    try:
+        return dumps_str(value)
+    except JSONEncodeFailure:
+        return ""
