@@ -267,3 +267,15 @@ def pg_url(pg_session_database: str) -> str:
         if present:
             conn.execute(f"TRUNCATE {', '.join(present)}")
     return pg_session_database
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the real PostgreSQL server are `slow`, as tests of other real servers are:
+    the fast tier runs the same contracts on SQLite and memory; CI runs everything."""
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_postgres = "pg_url" in getattr(item, "fixturenames", ()) or (
+            params is not None and "postgres" in params.params.values()
+        )
+        if on_postgres:
+            item.add_marker(pytest.mark.slow)

@@ -233,7 +233,7 @@ def assert_clean_answer(status: int, mimetype: str | None, data: bytes) -> None:
 
 
 @settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,

