@@ -1,14 +1,15 @@
 """One result per event and mapping: what the replay prints, the webhook counts and the log says.
 
 Results are immutable: each step that learns something (the engine, the
-deliverer) makes a new one with ``replace`` or ``finish``, so a result already
-logged or answered can never change underneath.
+deliverer) makes a new one with ``_replace`` or ``finish``, so a result already
+logged or answered can never change underneath. A result is a named tuple rather
+than a frozen dataclass because the engine makes one per event and mapping: a tuple
+is built in a quarter of the time, which is most of what a dismissed event costs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .outcomes import Outcome
 
@@ -26,8 +27,7 @@ LINE_KEYS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(NamedTuple):
     message_id: str | None = None
     event: str | None = None
     mapping: str | None = None
@@ -48,15 +48,14 @@ class Result:
         self, outcome: Outcome, *, reason: str | None = None, errors: tuple[str, ...] = ()
     ) -> Result:
         """A copy with this outcome (and reason, and more errors)."""
-        return replace(
-            self,
+        return self._replace(
             outcome=outcome,
             reason=self.reason if reason is None else reason,
             errors=self.errors + errors,
         )
 
     def with_warnings(self, warnings: tuple[str, ...]) -> Result:
-        return replace(self, warnings=warnings + self.warnings) if warnings else self
+        return self._replace(warnings=warnings + self.warnings) if warnings else self
 
     @property
     def customer(self) -> str | None:
@@ -88,4 +87,31 @@ class Result:
         return line
 
 
-__all__ = ["LINE_KEYS", "Result"]
+_new = tuple.__new__
+
+
+def planned(
+    message_id: str | None,
+    event: str | None,
+    mapping: str | None,
+    action: str | None,
+    outcome: Outcome,
+    request_path: str | None = None,
+    body: dict[str, Any] | None = None,
+    errors: tuple[str, ...] = (),
+    warnings: tuple[str, ...] = (),
+    reason: str | None = None,
+) -> Result:
+    """A result as the engine makes one, without ``Result``'s keyword handling.
+
+    The engine makes a result for every event it sees, most of them dismissed at once;
+    building the tuple directly is half the cost of ``Result(...)``.
+    """
+    return _new(
+        Result,
+        (message_id, event, mapping, action, outcome, request_path, body, None, errors,
+         warnings, reason, None, None, 0, None),
+    )  # fmt: skip
+
+
+__all__ = ["LINE_KEYS", "Result", "planned"]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.dub.currencies import MAX_MINOR_UNITS, ZERO_DECIMAL_CURRENCIES, currency_exponent
+from bridge.dub.currencies import MAX_MINOR_UNITS, ZERO_DECIMAL_CURRENCIES
 from bridge.mapping.amounts import AmountError, minor_units
 from tests.conftest import needs_shared
 
@@ -115,7 +115,7 @@ def test_zero_decimal_list_matches_dubs_contract() -> None:
     listed = "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF"
     assert listed in readme
     assert {c.lower() for c in listed.split()} == ZERO_DECIMAL_CURRENCIES
-    assert currency_exponent("kwd") == 2  # three-decimal currencies are hundredths at Dub
+    assert minor_units("1.5", "kwd") == 150  # three-decimal currencies are hundredths at Dub
 
 
 @settings(max_examples=60)

@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ..clock import SYSTEM, Clock
@@ -248,7 +248,7 @@ class Deliverer:
                 finally:
                     self._count(-1)
                 elapsed = round((self.clock.monotonic() - started) * 1000, 1)
-                result = replace(result, elapsed_ms=elapsed)
+                result = result._replace(elapsed_ms=elapsed)
             result = self._handed_to_outbox(result, job.claim)
             log_result(result)
             done.append((job.index, result))
@@ -310,8 +310,7 @@ class Deliverer:
                           "outcome": outcome, "error": exc.message})  # fmt: skip
                 outcome, reason = Outcome.PENDING, f"sent, but not recorded: {exc.message}"
         failed = outcome in (Outcome.REJECTED, Outcome.FAILED)
-        return replace(
-            result.finish(outcome, reason=reason),
+        return result.finish(outcome, reason=reason)._replace(
             attempts=calls.attempts,
             status=answer.status,
             dub_error=answer.error if failed else None,

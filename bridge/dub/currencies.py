@@ -14,8 +14,3 @@ ZERO_DECIMAL_CURRENCIES = frozenset(
 )
 MAX_MINOR_UNITS = 9007199254740991  # Number.MAX_SAFE_INTEGER, Dub's upper bound
 CURRENCY_RE = re.compile(r"^[a-z]{3}$")
-
-
-def currency_exponent(currency: str) -> int:
-    """How many decimal places Dub's minor unit has for this (lower-case) currency."""
-    return 0 if currency in ZERO_DECIMAL_CURRENCIES else 2

@@ -98,18 +98,21 @@ class Endpoint:
             try:
                 cleaned, note = spec.rule.check(value)
             except FieldRejected as exc:
-                path = (sources or {}).get(name)
-                shown = f"path {path}, value " if path else "value "
-                shown += mask_value(name, value)
-                if spec.fatal or name in required:
-                    errors.append(f"{name}: {exc} ({shown})")
-                else:
-                    warnings.append(f"{name}: dropped, {exc} ({shown})")
+                fatal = spec.fatal or name in required
+                problem = rejection(name, value, (sources or {}).get(name), exc, dropped=not fatal)
+                (errors if fatal else warnings).append(problem)
                 continue
             if note:
                 warnings.append(f"{name}: {note}")
             clean[name] = cleaned
         return clean, errors, warnings
+
+
+def rejection(name: str, value: Any, path: str | None, exc: FieldRejected, *, dropped: bool) -> str:
+    """How a value a rule refused is reported: the field, why, the path and the masked value."""
+    shown = f"path {path}, value " if path else "value "
+    shown += mask_value(name, value)
+    return f"{name}: {'dropped, ' if dropped else ''}{exc} ({shown})"
 
 
 def _lead_settled(body: dict[str, Any]) -> Outcome:

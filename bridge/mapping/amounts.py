@@ -19,7 +19,7 @@ import re
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any
 
-from ..dub.currencies import MAX_MINOR_UNITS, currency_exponent
+from ..dub.currencies import MAX_MINOR_UNITS, ZERO_DECIMAL_CURRENCIES
 
 # Decimal() also takes "1_000", "NaN", "Infinity" and surrounding blanks; a sender's
 # amount text must be a plain decimal number, nothing else.
@@ -61,12 +61,14 @@ def minor_units(value: Any, currency: str = "usd") -> int:
     Raises ``AmountError`` for a negative, non-finite, boolean or non-numeric
     value, or one above ``MAX_MINOR_UNITS`` once converted.
     """
-    amount = to_decimal(value)
+    # A finite JSON number, the usual case, read as to_decimal reads it, without its checks.
+    amount = (
+        Decimal(repr(value)) if type(value) is float and math.isfinite(value) else to_decimal(value)
+    )
     if amount < 0:
         raise AmountError("amount is negative")
-    scaled = (
-        amount if currency_exponent(currency.lower()) == 0 else _EXACT.multiply(amount, _HUNDRED)
-    )
+    zero_decimal = currency.lower() in ZERO_DECIMAL_CURRENCIES
+    scaled = amount if zero_decimal else _EXACT.multiply(amount, _HUNDRED)
     # Compare before quantize: a huge exponent ("1e999999") would overflow it.
     if scaled > MAX_MINOR_UNITS + 1:
         raise AmountError(f"amount is above {MAX_MINOR_UNITS} minor units")

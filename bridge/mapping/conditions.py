@@ -199,6 +199,10 @@ class Condition:
     paths: tuple[CompiledPath, ...] = ()
     children: tuple[Condition, ...] = ()
     reason: str | None = None
+    # For a test on a value (every kind but exists and the combinators): holds(event) is
+    # test(the first non-empty value of paths, or MISSING). The compiled mapping reads
+    # the value inline and calls this alone.
+    test: Holds | None = None
 
     def why_not(self, event: Any) -> str:
         """The reason a skipped event shows (called only once the condition failed)."""
@@ -234,7 +238,10 @@ def compile_condition(spec: ConditionSpec) -> Condition:
     text = _describe(kind, expected)
     if kind == "exists":
         return Condition(kind, text, _exists(paths, bool(expected)), paths, reason=spec.reason)
-    return Condition(kind, text, _test(kind, expected, _first(paths)), paths, reason=spec.reason)
+    test, first = _test(kind, expected), _first(paths)
+    return Condition(
+        kind, text, lambda event: test(first(event)), paths, reason=spec.reason, test=test
+    )
 
 
 def _describe(kind: str, expected: Any) -> str:
@@ -269,53 +276,62 @@ def _exists(paths: tuple[CompiledPath, ...], wanted: bool) -> Holds:
     return lambda event: any(find(event) for find in finds) is wanted
 
 
+def _first_match(path: CompiledPath) -> Callable[[Any], Any]:
+    """A path's first match, or MISSING (a simple path has at most one)."""
+    if path.fast:
+        return path.first
+    find = path.find
+
+    def first(event: Any) -> Any:
+        found = find(event)
+        return found[0] if found else MISSING
+
+    return first
+
+
 def _first(paths: tuple[CompiledPath, ...]) -> Callable[[Any], Any]:
     """The first non-empty value the paths find, or MISSING."""
-    finds = tuple(p.find for p in paths)
-    if len(finds) == 1:
-        (find,) = finds
+    readers = tuple(_first_match(p) for p in paths)
+    if len(readers) == 1:
+        (read,) = readers
 
         def only(event: Any) -> Any:
-            found = find(event)
-            return found[0] if found and not is_empty(found[0]) else MISSING
+            value = read(event)
+            return value if value is MISSING or not is_empty(value) else MISSING
 
         return only
 
     def first(event: Any) -> Any:
-        for find in finds:
-            found = find(event)
-            if found and not is_empty(found[0]):
-                return found[0]
+        for read in readers:
+            value = read(event)
+            if value is not MISSING and not is_empty(value):
+                return value
         return MISSING
 
     return first
 
 
-def _test(kind: str, expected: Any, first: Callable[[Any], Any]) -> Holds:
+def _test(kind: str, expected: Any) -> Holds:
+    """The test on the value the paths found (MISSING when none)."""
     if kind == "not_empty":
-        return (lambda e: first(e) is not MISSING) if expected else (lambda e: first(e) is MISSING)
+        return (lambda value: value is not MISSING) if expected else (lambda v: v is MISSING)
     if kind in ("equals", "not_equals"):
         same = _equal_to(expected)
         if kind == "equals":
-            return lambda e: same(first(e))
-        return lambda e: not same(first(e))  # absent: not equal, so it holds
+            return same
+        return lambda value: not same(value)  # absent: not equal, so it holds
     if kind in ("in", "not_in"):
         member = _member_of(expected)
         if kind == "in":
-            return lambda e: member(first(e))
-        return lambda e: not member(first(e))
+            return member
+        return lambda value: not member(value)
     if kind == "matches":
         search = re.compile(expected).search
-
-        def matches(event: Any) -> bool:
-            value = first(event)
-            return type(value) is str and search(value) is not None
-
-        return matches
+        return lambda value: type(value) is str and search(value) is not None
     order = _ORDER[kind]
 
-    def compare(event: Any) -> bool:
-        number = as_number(first(event))
+    def compare(value: Any) -> bool:
+        number = as_number(value)
         return number is not None and order(number, expected)
 
     return compare

@@ -29,6 +29,34 @@ class SegmentEvent(BaseModel):
     integrations: dict[str, Any] | None = None
 
 
+_IDS = frozenset({str, int, type(None)})
+_TEXT = frozenset({str, type(None)})
+_OBJECT = frozenset({dict, type(None)})
+
+
+def well_formed(event: dict[str, Any], message_id: str | None) -> bool:
+    """True only when ``SegmentEvent`` would accept this ``track`` event: its checks, in Python.
+
+    The engine calls it for every event a mapping takes, having already found that
+    ``type`` is "track", ``event`` a name and ``message_id`` the messageId if it is text.
+    It asks pydantic only when this says no, for pydantic's messages (or in case pydantic
+    is more lenient). A test holds it to the direction that matters: True here means
+    valid there.
+    """
+    get = event.get
+    return (
+        message_id is not None
+        and 0 < len(message_id) <= 1000
+        and bool(get("event"))
+        and type(get("userId")) in _IDS
+        and type(get("anonymousId")) in _IDS
+        and type(get("timestamp")) in _TEXT
+        and type(get("properties")) in _OBJECT
+        and type(get("context")) in _OBJECT
+        and type(get("integrations")) in _OBJECT
+    )
+
+
 def describe_validation_error(exc: ValidationError) -> list[str]:
     """pydantic's errors as short lines: `path: message (value ...)`, values masked."""
     lines = []

@@ -47,11 +47,8 @@ class CompiledField:
         if not self.paths:
             return self.literal, None
         for path in self.paths:
-            found = path.find(event)
-            if not found:
-                continue
-            value = found[0] if len(found) == 1 else found
-            if is_empty(value):
+            value = path.first(event)
+            if value is MISSING or is_empty(value):
                 continue
             if self.transforms:
                 value = self.transform(value, fields, path.text)
@@ -59,6 +56,21 @@ class CompiledField:
                     continue
             return value, path.text
         return self.default, None
+
+    def transformer(self) -> Callable[[Any, Mapping[str, Any], str], Any]:
+        """``transform``, without its loop when there is one step (the compiled path's)."""
+        if len(self.transforms) != 1:
+            return self.transform
+        (step,) = self.transforms
+        name = self.name
+
+        def transform(value: Any, fields: Mapping[str, Any], where: str) -> Any:
+            try:
+                return step(value, fields)
+            except TransformError as exc:
+                raise FieldProblem(name, str(exc), where, value) from exc
+
+        return transform
 
     def _computed(self, event: Any, fields: Mapping[str, Any]) -> tuple[Any, str | None]:
         assert self.compute is not None

@@ -28,6 +28,8 @@ from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext.parser import parse as jsonpath_parse
 
+from .values import MISSING
+
 # One step of a simple path: .name | ['quoted'] | ["quoted"] | [123]
 _STEP_RE = re.compile(
     r"""\.(?P<name>[A-Za-z_][A-Za-z0-9_]*)
@@ -118,6 +120,55 @@ def _walker(steps: tuple[Step, ...]) -> Callable[[Any], list[Any]]:
     return find
 
 
+def _first_walker(steps: tuple[Step, ...]) -> Callable[[Any], Any]:
+    """The value a simple path selects, or MISSING: ``_walker`` without the list.
+
+    Paths of up to three names (most of a mapping's) get a closure of their own: this
+    runs for every field of every mapped event.
+    """
+    if len(steps) == 1 and isinstance(steps[0], str):
+        (key,) = steps
+
+        def first1(doc: Any) -> Any:
+            return doc.get(key, MISSING) if type(doc) is dict else MISSING
+
+        return first1
+    if len(steps) == 2 and isinstance(steps[0], str) and isinstance(steps[1], str):
+        outer, inner = steps
+
+        def first2(doc: Any) -> Any:
+            node = doc.get(outer) if type(doc) is dict else None
+            return node.get(inner, MISSING) if type(node) is dict else MISSING
+
+        return first2
+    if len(steps) == 3 and all(isinstance(step, str) for step in steps):
+        one, two, three = steps
+
+        def first3(doc: Any) -> Any:
+            node = doc.get(one) if type(doc) is dict else None
+            node = node.get(two) if type(node) is dict else None
+            return node.get(three, MISSING) if type(node) is dict else MISSING
+
+        return first3
+    find = _walker(steps)
+
+    def first(doc: Any) -> Any:
+        found = find(doc)
+        return found[0] if found else MISSING
+
+    return first
+
+
+def _first_of(find: Callable[[Any], list[Any]]) -> Callable[[Any], Any]:
+    def first(doc: Any) -> Any:
+        found = find(doc)
+        if not found:
+            return MISSING
+        return found[0] if len(found) == 1 else found
+
+    return first
+
+
 def _nodes(node: Any) -> list[Any]:
     """The sub-expressions of a jsonpath-ng node (a filter's paths included)."""
     found = [getattr(node, name, None) for name in ("left", "right", "target", "value")]
@@ -168,7 +219,7 @@ def _evaluator(text: str, parsed: Any) -> Callable[[Any], list[Any]]:
 class CompiledPath:
     """A JSONPath ready to evaluate: ``find`` returns every value it selects."""
 
-    __slots__ = ("fast", "find", "text")
+    __slots__ = ("fast", "find", "first", "text")
 
     def __init__(self, text: str):
         self.text = text
@@ -185,9 +236,12 @@ class CompiledPath:
         self.fast = steps is not None
         if steps is not None:
             self.find: Callable[[Any], list[Any]] = _walker(steps)
+            # The value as a field reads it: the one match, all matches as a list, or MISSING.
+            self.first: Callable[[Any], Any] = _first_walker(steps)
         else:
             check_selecting(parsed)
             self.find = _evaluator(text, parsed)
+            self.first = _first_of(self.find)
 
     def __repr__(self) -> str:
         return f"CompiledPath({self.text!r}, fast={self.fast})"

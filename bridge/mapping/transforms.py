@@ -99,6 +99,10 @@ NAMED: dict[str, Transform] = {
     "already_minor_units": _already_minor_units,
 }
 AMOUNT_TRANSFORMS = frozenset({"minor_units", "already_minor_units"})
+# The transforms that read the mapping's other fields (minor_units reads the currency);
+# every other one sees only its value, so the compiled mapping keeps resolved values
+# aside only for these.
+READS_FIELDS = frozenset({"minor_units"})
 
 
 def query_param(name: str) -> Transform:
@@ -149,6 +153,7 @@ def is_empty(value: Any) -> bool:
 __all__ = [
     "AMOUNT_TRANSFORMS",
     "NAMED",
+    "READS_FIELDS",
     "Transform",
     "TransformError",
     "is_empty",
