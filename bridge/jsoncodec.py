@@ -71,6 +71,10 @@ def _float(text: str) -> float:
 
 def dumps_exact(value: Any) -> str:
     """JSON text that keeps every ``RawNumber`` as it was written (for dead letters)."""
+    try:  # the usual value: orjson refuses a RawNumber (a float subclass), never rounds it
+        return orjson.dumps(value).decode()
+    except TypeError:
+        pass  # a RawNumber, an integer past 64 bits or deep nesting: the careful way
     raws: list[str] = []
     nonce = secrets.token_hex(6)  # no text of the sender's can look like the marks
 
