@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bridge.clock import SYSTEM
 from bridge.ledger import Access, open_ledger
 from bridge.ledger.base import HELD_SECONDS, ClaimRequest, LeadStatus, Ledger, Retention
 from bridge.outcomes import DEAD, FINAL, FINISHED, TRANSITIONS, State, Via, allowed
@@ -20,7 +21,7 @@ from tests.fakes import ManualClock
 
 BACKENDS = ["sqlite", "memory", "postgres"]
 LEASE = 30.0
-MakeLedger = Callable[[], Ledger]
+MakeLedger = Callable[..., Ledger]
 SOURCES: list[State | None] = [None, *State]
 
 
@@ -52,10 +53,12 @@ def make_ledger(settings_for: Settings, clock: ManualClock) -> Iterator[MakeLedg
     second handle on the same ledger where the backend is shared (another worker)."""
     opened: list[Ledger] = []
 
-    def make() -> Ledger:
+    def make(real_time: bool = False) -> Ledger:
         if settings_for.ledger == "memory" and opened:
             return opened[0]  # one process: every "worker" shares the one dict
-        ledger = open_ledger(settings_for, clock=clock)
+        # real_time: for handles that race each other for real, whose waits for the lock
+        # must be real waits (on the manual clock they would give up in a few spins).
+        ledger = open_ledger(settings_for, clock=SYSTEM if real_time else clock)
         assert ledger is not None
         opened.append(ledger)
         return ledger
@@ -160,7 +163,7 @@ def test_claim_many_grants_in_order_and_a_repeat_once(ledger: Ledger, clock: Man
 
 def test_claims_are_atomic_across_threads(make_ledger: MakeLedger) -> None:
     """Eight threads (each with its own handle) claiming the same 40 rows: each granted once."""
-    handles = [make_ledger() for _ in range(8)]
+    handles = [make_ledger(True) for _ in range(8)]
     won: list[list[int]] = [[] for _ in handles]
     start = threading.Barrier(len(handles))
 
