@@ -1,27 +1,25 @@
-"""The one reader of Segment events, for the webhook, replay and redrive alike.
+"""What a body of Segment events holds, for the webhook (files: ``bridge.reader``).
 
-A body or file holds one JSON event, a JSON array of events, or ``{"batch": [...]}``;
-a file may also be newline-delimited JSON, and any file may be gzip-compressed
-(``.gz``). Text that orjson refuses for one odd character (a lone UTF-16 surrogate
-escape, which JavaScript writes for text cut inside an emoji, or a byte that is not
-UTF-8) is repaired to U+FFFD and noted on that event alone. A line that is not JSON
-becomes an ``Unreadable`` naming the file and line; the other lines still run.
+A body holds one JSON event, a JSON array of events, or ``{"batch": [...]}``. Text
+that orjson refuses for one odd character (a lone UTF-16 surrogate escape, which
+JavaScript writes for text cut inside an emoji, or a byte that is not UTF-8) is
+repaired to U+FFFD and noted on that event alone. Saved files (also newline-delimited
+JSON, and gzip) are streamed by ``bridge.reader``, which gives the same events.
 """
 
 from __future__ import annotations
 
-import gzip
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import InvalidJSON, NoEvents
 from .items import Item, Unreadable
 from .jsoncodec import JSONDecodeFailure, Repair, loads_repaired
 
-__all__ = ["Item", "Unreadable", "events_in", "parse_body", "read_file"]
+__all__ = ["Item", "Unreadable", "events_in", "parse_body"]
 
 NO_EVENTS = 'no events: send a Segment event, an array of events or {"batch": [...]}'
+BATCH_NOT_ARRAY = "`batch` must be an array of events"
 
 
 def parse_body(raw: bytes) -> list[Item]:
@@ -41,7 +39,7 @@ def events_in(data: Any, repairs: Sequence[Repair] = ()) -> list[Item]:
     if batched:
         data = data["batch"]
         if not isinstance(data, list):
-            raise NoEvents("`batch` must be an array of events")
+            raise NoEvents(BATCH_NOT_ARRAY)
     if isinstance(data, list):
         events = data
     elif isinstance(data, dict):
@@ -57,6 +55,8 @@ def events_in(data: Any, repairs: Sequence[Repair] = ()) -> list[Item]:
 def _notes(repairs: Sequence[Repair], batched: bool, array: bool) -> dict[int, tuple[str, ...]]:
     notes: dict[int, tuple[str, ...]] = {}
     for path in repairs:
+        if batched and path[:1] != ("batch",):
+            continue  # text around the batch (sentAt, context) is no event's
         inner = path[1:] if batched else path
         index, inner = (inner[0], inner[1:]) if array and inner else (0, inner)
         if isinstance(index, int):
@@ -67,37 +67,3 @@ def _notes(repairs: Sequence[Repair], batched: bool, array: bool) -> dict[int, t
 def repair_note(path: Repair) -> str:
     where = ".".join(str(part) for part in path) or "event"
     return f"{where}: invalid text (a lone UTF-16 surrogate or a bad byte) replaced with U+FFFD"
-
-
-def read_file(path: Path) -> Iterator[Item]:
-    """Every event of a saved file, in order; problems become ``Unreadable`` items."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        yield Item(Unreadable(str(path), f"cannot read: {exc}"))
-        return
-    if not raw.strip():
-        yield Item(Unreadable(str(path), "the file is empty"))
-        return
-    try:
-        data, repairs = loads_repaired(raw)
-    except JSONDecodeFailure:
-        yield from _lines(path, raw)
-        return
-    try:
-        yield from events_in(data, repairs)
-    except NoEvents as exc:
-        yield Item(Unreadable(str(path), exc.message))
-
-
-def _lines(path: Path, raw: bytes) -> Iterator[Item]:
-    for number, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            data, repairs = loads_repaired(line)
-        except JSONDecodeFailure as exc:
-            yield Item(Unreadable(f"{path}:{number}", f"not JSON: {exc}"))
-            continue
-        notes = tuple(repair_note(r) for r in repairs)
-        yield Item(data, notes)

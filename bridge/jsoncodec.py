@@ -42,12 +42,22 @@ def loads_repaired(data: bytes | str) -> tuple[Any, list[Repair]]:
         return orjson.loads(data), []
     except orjson.JSONDecodeError as first:
         try:
-            text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
-            value = json.loads(text, parse_constant=RawNumber, parse_float=_float)
-            repairs: list[Repair] = []
-            return _repair(value, (), repairs), repairs
+            return loads_lenient(data)
         except (ValueError, RecursionError) as exc:
             raise JSONDecodeFailure(str(first)) from exc
+
+
+def loads_lenient(data: bytes | str) -> tuple[Any, list[Repair]]:
+    """The standard library's reading that ``loads_repaired`` falls back to, alone.
+
+    A file streamed in parts must read every part this way when the whole document
+    needs it (orjson reads integers past 64 bits as floats, this reading keeps them
+    exact). Raises ``ValueError`` or ``RecursionError`` when the text is not JSON.
+    """
+    text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
+    value = json.loads(text, parse_constant=RawNumber, parse_float=_float)
+    repairs: list[Repair] = []
+    return _repair(value, (), repairs), repairs
 
 
 class RawNumber(float):

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bridge.dub.endpoints import DUB_FIELDS, ENDPOINTS, LEAD, SALE
-from bridge.inputs import read_file
 from bridge.mapping.engine import Engine
+from bridge.reader import read_file
 from tests.conftest import SAMPLES, needs_shared, order, signup
 
 

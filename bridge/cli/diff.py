@@ -16,12 +16,12 @@ from typing import Any
 import click
 
 from ..errors import MappingFileError
-from ..inputs import read_file
 from ..mapping.engine import Engine
 from ..mapping.loader import Source, load_sources
 from ..mapping.values import MISSING, json_equal
 from ..masking import mask_value
 from ..outcomes import Outcome
+from ..reader import read_file
 from ..results import Result
 from ..sources import load_directory
 from .common import fail, mappings_option, settings_for

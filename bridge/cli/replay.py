@@ -1,26 +1,51 @@
-"""``bridge replay``: saved Segment events through the mappings, one JSON line each."""
+"""``bridge replay``: saved Segment events through the mappings, one JSON line each.
+
+Files are streamed (``bridge.reader``): memory stays flat whatever their size, and each
+chunk's lines are written, in input order, as soon as it is planned. A dry run plans
+on ``--jobs`` processes (``replay_jobs``). Sending stays in this one process: every
+call goes through the ledger and the shared rate limit, and Dub's rate limit, not the
+planning, bounds how fast events can be sent.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 import click
 
 from .. import logs
 from ..errors import BridgeError
-from ..inputs import Item, read_file
-from ..jsoncodec import dumps_str
+from ..items import Item
+from ..jsoncodec import dumps
 from ..ledger import Access, open_ledger
 from ..mapping.batch import plan_all
+from ..mapping.engine import Engine
 from ..outcomes import NEEDS_PERSON, RETRY, Outcome
+from ..reader import Record, Wait, decode, read_records
+from ..settings import Settings
 from ..wiring import build_deliverer
-from .common import configured, engine_of, mappings_option, settings_for
+from .common import PROBLEMS, configured, engine_of, fail, mappings_option, settings_for
+from .replay_jobs import Done, WorkerFailed, dry_run
 from .summary import Progress, Summary
 
 CHUNK = 100  # events sent together (concurrently) by --send
+SEND_IN_ONE = (
+    "note: --jobs applies to --dry-run; --send plans and sends from one process (every call "
+    "goes through the ledger and the shared rate limit)"
+)
+
+
+def cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @click.command()
@@ -29,7 +54,7 @@ CHUNK = 100  # events sent together (concurrently) by --send
 )
 @click.option(
     "--dry-run/--send",
-    "dry_run",
+    "dry_run_mode",
     default=True,
     show_default=True,
     help="Print what would be sent (no API key needed), or send it to Dub.",
@@ -41,57 +66,93 @@ CHUNK = 100  # events sent together (concurrently) by --send
     help="With --send: also send events older than BRIDGE_MAX_EVENT_AGE_DAYS (a backfill; "
     "the ledger no longer remembers whether they were sent).",
 )
-def replay(files: tuple[Path, ...], dry_run: bool, mappings: str | None, accept_old: bool) -> None:
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Processes planning a dry run (default: the number of cores; 1: this process "
+    "only). Output order is kept. --send always sends from one process.",
+)
+def replay(
+    files: tuple[Path, ...],
+    dry_run_mode: bool,
+    mappings: str | None,
+    accept_old: bool,
+    jobs: int | None,
+) -> None:
     """Run saved Segment events through the mappings; one JSON line per event and mapping."""
     config = settings_for(mappings)
     engine = engine_of(config)
-    deliverer = None
-    if not dry_run:
-        try:
-            logs.configure(config.log_level)
-            deliverer = build_deliverer(config, open_ledger(config, Access.CREATE))
-        except BridgeError as exc:
-            configured(exc)
-    bad = False
+    out = sys.stdout.buffer
     progress, summary = Progress(sys.stderr), Summary()
-    # Sending, like the webhook, refuses what the ledger can no longer de-duplicate.
-    old = None if dry_run or accept_old else time.time() - config.max_event_age_days * 86400
+
+    def emit(done: Done) -> None:
+        out.write(done.output)
+        out.flush()  # each chunk is seen as soon as it is planned (a pipe, tail -f)
+        summary.merge(done.tally)
+        progress.advance(done.tally.events)
+
+    records = (record for path in files for record in read_records(path))
     try:
-        for chunk in _chunks(_items(files)):
-            results, payloads = plan_all(engine, chunk, not_before=old)
-            if deliverer is None:
-                results = [
-                    r.finish(Outcome.DRY_RUN) if r.outcome is Outcome.READY else r for r in results
-                ]
-            else:
-                results = deliverer.deliver(results, config.cli_budget_seconds, payloads)
-            for result in results:
-                bad |= result.outcome in NEEDS_PERSON or result.outcome in RETRY
-                click.echo(dumps_str(result.to_line()))
-            summary.add(results, len(chunk))
-            progress.advance(len(chunk))
+        if dry_run_mode:
+            dry_run(engine, records, jobs or cores(), config.mappings_dir, emit)
+        else:
+            if jobs is not None and jobs > 1:
+                click.echo(SEND_IN_ONE, err=True)
+            _send(config, engine, records, accept_old, out, summary, progress)
+    except WorkerFailed as exc:
+        progress.close()
+        fail(exc.message, PROBLEMS)
     finally:
         progress.close()
-        if deliverer is not None:
-            deliverer.close()
-            if deliverer.ledger is not None:
-                deliverer.ledger.close()
     click.echo("\n".join(summary.lines()), err=True)
+    bad = any(Outcome(o) in NEEDS_PERSON or Outcome(o) in RETRY for o in summary.outcomes)
     sys.exit(1 if bad else 0)
 
 
-def _items(files: tuple[Path, ...]) -> Iterator[Item]:
-    for path in files:
-        yield from read_file(path)
+def _send(
+    config: Settings,
+    engine: Engine,
+    records: Iterable[Record | Wait],
+    accept_old: bool,
+    out: IO[bytes],
+    summary: Summary,
+    progress: Progress,
+) -> None:
+    try:
+        logs.configure(config.log_level)
+        deliverer = build_deliverer(config, open_ledger(config, Access.CREATE))
+    except BridgeError as exc:
+        configured(exc)
+    # Sending, like the webhook, refuses what the ledger can no longer de-duplicate.
+    old = None if accept_old else time.time() - config.max_event_age_days * 86400
+    try:
+        for chunk in _item_chunks(records):
+            results, payloads = plan_all(engine, chunk, not_before=old)
+            results = deliverer.deliver(results, config.cli_budget_seconds, payloads)
+            out.write(b"".join(dumps(result.to_line()) + b"\n" for result in results))
+            out.flush()
+            summary.add(results, len(chunk))
+            progress.advance(len(chunk))
+    finally:
+        deliverer.close()
+        if deliverer.ledger is not None:
+            deliverer.ledger.close()
 
 
-def _chunks(items: Iterator[Item]) -> Iterator[list[Item]]:
+def _item_chunks(records: Iterable[Record | Wait]) -> Iterator[list[Item]]:
+    """Events in chunks of ``CHUNK``; a pause of the input sends what it has."""
     chunk: list[Item] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= CHUNK:
-            yield chunk
-            chunk = []
+    for record in records:
+        if isinstance(record, Wait):
+            if chunk:
+                yield chunk
+                chunk = []
+            continue
+        for item in decode(record):
+            chunk.append(item)
+            if len(chunk) >= CHUNK:
+                yield chunk
+                chunk = []
     if chunk:
         yield chunk
 

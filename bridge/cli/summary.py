@@ -4,12 +4,17 @@ Kept apart from the replay loop, which only feeds it results, so the loop can ch
 (streaming, several processes) without touching what is reported. Event names and
 reasons come from the events: at most ``MAX_KEYS`` distinct ones are counted each, the
 rest together, so a file of a million distinct names cannot exhaust memory.
+
+A worker process counts its chunk of results in a ``Tally`` (plain data, unbounded:
+a chunk is small); the parent merges tallies in input order, key by key in the order
+each was first seen, which bounds the counts exactly as counting result by result does.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from tqdm import tqdm
@@ -49,12 +54,42 @@ class Progress:
 
 
 class _Bounded(Counter[str]):
-    def add(self, key: str) -> None:
-        self[key if key in self or len(self) < MAX_KEYS else OTHER] += 1
+    def add(self, key: str, count: int = 1) -> None:
+        self[key if key in self or len(self) < MAX_KEYS else OTHER] += count
 
     def top(self, count: int) -> list[tuple[str, int]]:
         """The most frequent keys, ties in name order (so the report does not wobble)."""
         return sorted(self.items(), key=lambda item: (-item[1], item[0]))[:count]
+
+
+@dataclass
+class Tally:
+    """What the summary needs from one chunk of results, as plain data (it crosses processes)."""
+
+    events: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    by_mapping: dict[str, dict[str, int]] = field(default_factory=dict)
+    skips: dict[str, int] = field(default_factory=dict)  # in the order first seen
+    unmatched: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, results: Iterable[Result], events: int) -> Tally:
+        tally = cls(events)
+        for result in results:
+            outcome = str(result.outcome)
+            tally.outcomes[outcome] = tally.outcomes.get(outcome, 0) + 1
+            if result.mapping is not None:
+                counts = tally.by_mapping.setdefault(result.mapping, {})
+                counts[outcome] = counts.get(outcome, 0) + 1
+            if result.outcome is Outcome.SKIPPED:
+                reason = result.reason or "(no reason)"
+                if result.mapping is None and reason.startswith(NO_MAPPING):
+                    name = result.event or "(no name)"
+                    tally.unmatched[name] = tally.unmatched.get(name, 0) + 1
+                else:
+                    key = f"{result.mapping or '(event)'}: {reason}"
+                    tally.skips[key] = tally.skips.get(key, 0) + 1
+        return tally
 
 
 class Summary:
@@ -68,18 +103,18 @@ class Summary:
         self.unmatched = _Bounded()
 
     def add(self, results: Iterable[Result], events: int) -> None:
-        self.events += events
-        for result in results:
-            outcome = str(result.outcome)
-            self.outcomes[outcome] += 1
-            if result.mapping is not None:
-                self.by_mapping.setdefault(result.mapping, Counter())[outcome] += 1
-            if result.outcome is Outcome.SKIPPED:
-                reason = result.reason or "(no reason)"
-                if result.mapping is None and reason.startswith(NO_MAPPING):
-                    self.unmatched.add(result.event or "(no name)")
-                else:
-                    self.skips.add(f"{result.mapping or '(event)'}: {reason}")
+        self.merge(Tally.of(results, events))
+
+    def merge(self, tally: Tally) -> None:
+        """Count a chunk's tally; chunks must come in input order."""
+        self.events += tally.events
+        self.outcomes.update(tally.outcomes)
+        for mapping, counts in tally.by_mapping.items():
+            self.by_mapping.setdefault(mapping, Counter()).update(counts)
+        for key, count in tally.skips.items():
+            self.skips.add(key, count)
+        for name, count in tally.unmatched.items():
+            self.unmatched.add(name, count)
 
     def lines(self) -> list[str]:
         def counts(counter: Counter[str]) -> str:

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import click
 
-from ..inputs import Item, read_file
+from ..items import Item
 from ..jsoncodec import dumps_str
 from ..mapping.batch import plan_all
 from ..mapping.explain import explain as explain_event
 from ..mapping.explain import explain_text
 from ..mapping.goldens import GoldenCase, check
 from ..mapping.schema import mapping_schema
+from ..reader import read_file
 from ..sources import load_directory
 from .common import PROBLEMS, engine_of, fail, mappings_option, settings, settings_for
 
