@@ -6,16 +6,21 @@ string or int, sometimes ``total`` only, USD/EUR/JPY/GBP, string and numeric ord
 ``integrations["Dub (Actions)"].dub_id``, some organic without), and the rest page,
 identify and other track events that no mapping matches. Every event carries the
 ``context`` analytics.js adds (library, page, userAgent, locale, ...), so sizes are real.
+``noise`` sets the share of those unmapped events instead (the same kinds, in the same
+proportions among themselves; orders and sign-ups 3:2), for the replay benchmark's
+"20% noise" and "all mapped" corpora. Files are written as generated, never held whole.
 
-    python bench/corpus.py OUT.jsonl [--events N] [--seed S]
+    python bench/corpus.py OUT.jsonl [--events N] [--seed S] [--noise F] [--gzip]
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import random
 import string
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -271,7 +276,9 @@ class Gen:
         }
         return event
 
-    def event(self) -> dict[str, Any]:
+    def event(self, noise: float | None = None) -> dict[str, Any]:
+        if noise is not None:
+            return self.noise() if self.r.random() < noise else self.mapped()
         roll = self.r.random()
         if roll < 0.15:
             return self.order()
@@ -283,15 +290,47 @@ class Gen:
             return self.identify()
         return self.other_track()
 
+    def mapped(self) -> dict[str, Any]:
+        """An event a mapping takes: an order or a sign-up, 15:10 as in the default mix."""
+        return self.order() if self.r.random() < 0.6 else self.signup()
+
+    def noise(self) -> dict[str, Any]:
+        """An event no mapping takes: page, identify, other track, 35:12:28 as in the mix."""
+        roll = self.r.random() * 75
+        if roll < 35:
+            return self.page()
+        return self.identify() if roll < 47 else self.other_track()
+
+
+def events(
+    count: int = DEFAULT_EVENTS, seed: int = DEFAULT_SEED, noise: float | None = None
+) -> Iterator[dict[str, Any]]:
+    gen = Gen(seed)
+    for _ in range(count):
+        yield gen.event(noise)
+
 
 def generate(count: int = DEFAULT_EVENTS, seed: int = DEFAULT_SEED) -> list[dict[str, Any]]:
-    gen = Gen(seed)
-    return [gen.event() for _ in range(count)]
+    return list(events(count, seed))
 
 
-def write(path: Path, count: int = DEFAULT_EVENTS, seed: int = DEFAULT_SEED) -> Path:
+def write(
+    path: Path,
+    count: int = DEFAULT_EVENTS,
+    seed: int = DEFAULT_SEED,
+    noise: float | None = None,
+    compress: bool = False,
+) -> Path:
+    """NDJSON (gzip-compressed with ``compress``), written as generated."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in generate(count, seed)))
+    with gzip.open(path, "wb", compresslevel=6) if compress else path.open("wb") as out:
+        batch: list[bytes] = []
+        for event in events(count, seed, noise):
+            batch.append(orjson.dumps(event) + b"\n")
+            if len(batch) >= 1000:
+                out.write(b"".join(batch))
+                batch = []
+        out.write(b"".join(batch))
     return path
 
 
@@ -304,8 +343,10 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--noise", type=float, help="share of events no mapping takes (0-1)")
+    parser.add_argument("--gzip", action="store_true", help="write gzip-compressed NDJSON")
     args = parser.parse_args()
-    write(args.out, args.events, args.seed)
+    write(args.out, args.events, args.seed, args.noise, args.gzip)
     print(f"wrote {args.events} events to {args.out}")
 
 

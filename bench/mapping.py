@@ -192,6 +192,60 @@ def _js_cents(event: dict[str, Any]) -> int | None:
     return whole + (1 if scaled - whole >= 0.5 else 0)  # Math.round: halves go up
 
 
+class NodeComparison:
+    """The bridge's bodies against node's, event by event; known differences by kind."""
+
+    def __init__(self) -> None:
+        self.kinds: Counter[str] = Counter()
+        self.unexpected: list[dict[str, Any]] = []
+        self.engine_bodies = self.node_bodies = self.identical = 0
+
+    def add(
+        self,
+        message_id: str,
+        why: str,
+        ready: list[tuple[str | None, Any]],
+        body: dict[str, Any] | None,
+        event: dict[str, Any],
+    ) -> None:
+        """One event: ``why`` and ``ready`` as ``engine_bodies`` gives them, node's body."""
+        self.node_bodies += body is not None
+        if not ready:
+            if body is not None:
+                # node has no required-field or zero-amount rule: it builds a body anyway.
+                self.kinds[f"node sends, bridge does not ({why[:60]})"] += 1
+            return
+        self.engine_bodies += 1
+        if body is None:
+            self.unexpected.append({"messageId": message_id, "why": "no node body"})
+            return
+        ours = ready[0][1]
+        self.identical += ours == body
+        for key in sorted(set(ours) | set(body)):
+            if ours.get(key) == body.get(key):
+                continue
+            if key == "amount" and body.get(key) == _js_cents(event):
+                self.kinds["amount: float Math.round(x*100) vs exact decimal, off by 1"] += 1
+            elif key == "metadata" and ours.get(key) is None and body.get(key) == {}:
+                self.kinds["metadata: {} sent by node, omitted by the bridge (empty)"] += 1
+            else:
+                self.kinds[f"unexpected: {key}"] += 1
+                self.unexpected.append(
+                    {"messageId": message_id, "field": key, "engine": ours.get(key),
+                     "node": body.get(key)}
+                )  # fmt: skip
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "engine_bodies": self.engine_bodies,
+            "node_bodies": self.node_bodies,
+            "identical": self.identical,
+            "differences": dict(self.kinds),
+            "unexpected": len(self.unexpected),
+            "examples": self.unexpected[:3],
+        }
+
+
 def check_node(corpus: Path, lines: list[bytes]) -> dict[str, Any]:
     """1a vs 1c (``--dump``): every body, field by field; known differences are classified."""
     engine = load_mappings(ROOT / "mappings").engine
@@ -199,45 +253,10 @@ def check_node(corpus: Path, lines: list[bytes]) -> dict[str, Any]:
     events = {e.get("messageId"): e for e in map(loads, lines)}
     dumped = node_run(corpus, "--dump", str(len(lines) + 1)).stdout.splitlines()
     node = {d["messageId"]: d["body"] for d in map(json.loads, dumped)}
-    kinds: Counter[str] = Counter()
-    unexpected: list[dict[str, Any]] = []
+    comparison = NodeComparison()
     for message_id, (why, ready) in expected.items():
-        body = node.get(message_id)
-        if not ready:
-            if body is not None:
-                # node has no required-field or zero-amount rule: it builds a body anyway.
-                kinds[f"node sends, bridge does not ({why[:60]})"] += 1
-            continue
-        if body is None:
-            unexpected.append({"messageId": message_id, "why": "no node body"})
-            continue
-        ours = ready[0][1]
-        for key in sorted(set(ours) | set(body)):
-            if ours.get(key) == body.get(key):
-                continue
-            if key == "amount" and body.get(key) == _js_cents(events[message_id]):
-                kinds["amount: float Math.round(x*100) vs exact decimal, off by 1"] += 1
-            elif key == "metadata" and ours.get(key) is None and body.get(key) == {}:
-                kinds["metadata: {} sent by node, omitted by the bridge (empty)"] += 1
-            else:
-                kinds[f"unexpected: {key}"] += 1
-                unexpected.append(
-                    {
-                        "messageId": message_id,
-                        "field": key,
-                        "engine": ours.get(key),
-                        "node": body.get(key),
-                    }
-                )
-    same = sum(1 for mid, (_, ready) in expected.items() if ready and node.get(mid) == ready[0][1])
-    return {
-        "engine_bodies": sum(1 for _, ready in expected.values() if ready),
-        "node_bodies": len(node),
-        "identical": same,
-        "differences": dict(kinds),
-        "unexpected": len(unexpected),
-        "examples": unexpected[:3],
-    }
+        comparison.add(message_id, why, ready, node.get(message_id), events[message_id])
+    return comparison.report()
 
 
 def base_loader(checkout: Path) -> Callable[[Path], Any]:

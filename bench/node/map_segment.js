@@ -6,9 +6,12 @@
 //
 //   node map_segment.js CORPUS.jsonl [--seconds N] [--mode post-js|liquid]
 //   node map_segment.js CORPUS.jsonl --dump N [--mode post-js|liquid]
+//   node map_segment.js CORPUS.jsonl --whole [--mode post-js|liquid]
 //
 // Measured work per corpus line: JSON.parse, dispatch, transform(mapping,
 // event), the post-processing of the mode (if any), JSON.stringify(body).
+// --whole maps the file once, read in pieces, and writes one JSON line per
+// event (what `bridge replay --dry-run` does), to be timed as a whole process.
 // See README.md for what the two modes mean.
 
 const fs = require('fs')
@@ -21,13 +24,13 @@ const { transform } = require('@segment/actions-core')
 function usage(msg) {
   if (msg) process.stderr.write(`map_segment.js: ${msg}\n`)
   process.stderr.write(
-    'usage: node map_segment.js CORPUS.jsonl [--seconds N] [--dump N] [--mode post-js|liquid]\n'
+    'usage: node map_segment.js CORPUS.jsonl [--seconds N | --dump N | --whole] [--mode post-js|liquid]\n'
   )
   process.exit(2)
 }
 
 function parseArgs(argv) {
-  const opts = { corpus: null, seconds: 3, dump: null, mode: 'post-js' }
+  const opts = { corpus: null, seconds: 3, dump: null, mode: 'post-js', whole: false }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const value = () => {
@@ -45,6 +48,8 @@ function parseArgs(argv) {
     } else if (a === '--mode' || a.startsWith('--mode=')) {
       opts.mode = value()
       if (opts.mode !== 'liquid' && opts.mode !== 'post-js') usage('--mode must be post-js or liquid')
+    } else if (a === '--whole') {
+      opts.whole = true
     } else if (a === '-h' || a === '--help') {
       usage()
     } else if (a.startsWith('-')) {
@@ -300,8 +305,60 @@ function run(lines, seconds, mapEvent) {
   return { events, bodies, errors, bytes, elapsed: Number(now - start) / 1e9 }
 }
 
+// The whole file once, read 1 MiB at a time (memory stays flat, as in the bridge's
+// replay), one line out per event: the request a mapping builds, or null when none
+// does. Output goes out in blocks of lines, as a buffered writer would.
+const SALE_PATH = '/track/sale'
+const LEAD_PATH = '/track/lead'
+
+function whole(file, mapEvent) {
+  const fd = fs.openSync(file, 'r')
+  const chunk = Buffer.alloc(1 << 20)
+  const decoder = new (require('string_decoder').StringDecoder)('utf8')
+  let carry = ''
+  let out = []
+  let events = 0
+  let bodies = 0
+  const line = (text) => {
+    if (text.trim() === '') return
+    events++
+    let event
+    let request = null
+    try {
+      event = JSON.parse(text)
+      const body = mapEvent(event)
+      if (body !== null) {
+        bodies++
+        request = { method: 'POST', path: event.event === SALE_EVENT ? SALE_PATH : LEAD_PATH, body }
+      }
+    } catch (e) {
+      event = {}
+    }
+    out.push(JSON.stringify({ messageId: event.messageId, event: event.event, request }))
+  }
+  for (;;) {
+    const n = fs.readSync(fd, chunk, 0, chunk.length, null)
+    if (n === 0) break
+    const lines = (carry + decoder.write(chunk.subarray(0, n))).split('\n')
+    carry = lines.pop()
+    for (const text of lines) line(text)
+    if (out.length) {
+      fs.writeSync(1, out.join('\n') + '\n')
+      out = []
+    }
+  }
+  line(carry + decoder.end())
+  if (out.length) fs.writeSync(1, out.join('\n') + '\n')
+  fs.closeSync(fd)
+  process.stderr.write(JSON.stringify({ events, bodies }) + '\n')
+}
+
 function main() {
   const opts = parseArgs(process.argv.slice(2))
+  if (opts.whole) {
+    whole(opts.corpus, makeMapper(opts.mode))
+    return
+  }
   let lines
   try {
     lines = loadLines(opts.corpus)

@@ -41,6 +41,7 @@ class Source:
         self._pipe = not regular and self._gzip is None
         self._spool: tempfile.SpooledTemporaryFile[bytes] | None = None
         self._recording = self._replaying = False
+        self._spooled = 0  # bytes of the spool not served yet, after the rewind
         if not self._raw.seekable():
             self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
             self._recording = True
@@ -50,6 +51,7 @@ class Source:
         if self._replaying and self._spool is not None:
             data = self._spool.read(size)
             if data:
+                self._spooled -= len(data)
                 return data
             self._replaying = False
             self._spool.close()
@@ -64,7 +66,7 @@ class Source:
 
     def would_block(self) -> bool:
         """True when the next read of a pipe would wait for its writer (so flush first)."""
-        if not self._pipe or self._replaying:
+        if not self._pipe or self._spooled > 0:
             return False
         ready, _, _ = select.select([self._raw], [], [], 0)
         return not ready
@@ -75,6 +77,7 @@ class Source:
             self._stream.seek(0)
             return
         # The spool is served once, then the pipe is read on; nothing more is recorded.
+        self._spooled = self._spool.tell()
         self._spool.seek(0)
         self._replaying, self._recording = True, False
 
