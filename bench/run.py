@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the `bench` package
 
 import orjson
 
-from bench import corpus, http_bench, mapping, startup
+from bench import corpus, http_bench, mapping, replay, startup
 from bench.http_bench import BARE, BRIDGE, NO_LEDGER, POSTGRES
 from bench.servers import ROOT
 
@@ -39,6 +39,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "latency_seconds": 2.0,
         "warmup": 0.5,
         "big_repeats": 1,
+        # Fewer events than the issue's 200k/500k, so that --quick stays quick: the report
+        # says how many; run bench/replay.py alone (or the full profile) for the real sizes.
+        "replay_events": 20_000,
+        "replay_rounds": 1,
+        "memory_events": 50_000,
     },
     "full": {
         "corpus_events": 5000,
@@ -52,6 +57,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "latency_seconds": 3.0,
         "warmup": 0.5,
         "big_repeats": 3,
+        "replay_events": 200_000,
+        "replay_rounds": 3,
+        "memory_events": 500_000,
     },
 }
 CONNECTIONS = 8  # = gunicorn workers x threads in the Procfile defaults (2 x 4)
@@ -134,6 +142,11 @@ def run(
     section("5. start-up (fresh interpreters)")
     results["startup"] = startup.measure(cfg["startup_samples"])
 
+    section("6. replay, whole process, vs Segment's engine (node), and its peak memory")
+    results["replay"] = replay.measure(
+        cfg["replay_events"], cfg["replay_rounds"], cfg["memory_events"]
+    )
+
     section("2-4. webhook under gunicorn (Procfile flags, 127.0.0.1), fake Dub on loopback")
     tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
     db_dir = Path(tempfile.mkdtemp(prefix="bridge-bench-db-", dir=ledger_dir or tmp))
@@ -202,6 +215,25 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     rows.append(("4  1000 ev./200 conv., Dub 20 ms: < 4 s", f"{big['max_seconds']:.2f} s", ok))
     s = r["startup"]["import_and_load_s"]  # the median: one slow sample is the machine
     rows.append(("5  import + load mappings < 1 s", f"{s:.3f} s", s < 1))
+    return rows + replay_targets(r["replay"])
+
+
+def replay_targets(p: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """Item 6: the default --jobs (the cores) against node, and the peak memory."""
+    rows: list[tuple[str, str, bool | None]] = []
+    jobs = p["jobs"]
+    for name, floor in (("20% noise", 1.5), ("all mapped", 1.2)):
+        label = f"6  replay -j{jobs} >= {floor}x node, {name}"
+        ratio = p[name].get(f"node/bridge -j{jobs}")
+        rows.append(
+            (label, "skipped", None) if ratio is None else (label, f"{ratio:.2f}x", ratio >= floor)
+        )
+    events = f"{p['memory_events'] // 1000}k"
+    for kind in ("ndjson", "gzip"):
+        peak = max(m["peak_mb"] for key, m in p["memory"].items() if key.startswith(kind))
+        rows.append(
+            (f"6  replay peak RSS, {events} {kind} <= 100 MB", f"{peak:.1f} MB", peak <= 100)
+        )
     return rows
 
 
@@ -326,6 +358,13 @@ def report(r: dict[str, Any]) -> str:
         f"whole process {st['process_wall_s']:.3f} s, python -c pass "
         f"{st['python_pass_wall_s']:.3f} s"
     )
+
+    p = r["replay"]
+    add(
+        f"\n6. Replay, whole process ({p['events']:,} events, median of {p['rounds']} round(s)); "
+        "ratios: node's seconds / the bridge's"
+    )
+    out.extend(replay.table(p))
 
     add("\nTargets")
     for name, measured, met in targets(r):

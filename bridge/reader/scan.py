@@ -21,9 +21,30 @@ from .records import MAX_EVENT_BYTES
 from .source import Source
 
 BLOCK = 1 << 20
-# Everything that is not a bracket, strings skipped whole (their brackets do not count).
-_SKIP = re.compile(rb'(?:[^"\[\]{}]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
-_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+_STRING_TEXT = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+_STRING = re.compile(_STRING_TEXT, re.DOTALL)
+
+
+def _skipping(levels: int) -> bytes:
+    """Text, strings and containers nested up to ``levels`` deep, matched whole (in C):
+    their brackets are balanced, so only deeper containers' brackets cost a Python step."""
+    content = rb"(?:[^\"\[\]{}]++|" + _STRING_TEXT + rb")*+"
+    for _ in range(levels):
+        content = (
+            rb"(?:[^\"\[\]{}]++|"
+            + _STRING_TEXT
+            + rb"|\{"
+            + content
+            + rb"\}|\["
+            + content
+            + rb"\])*+"
+        )
+    return content
+
+
+# Up to the next bracket that matters: a Segment event (context, page, products, ...) takes
+# a handful of steps rather than one per bracket.
+_SKIP = re.compile(_skipping(2), re.DOTALL)
 _SCALAR = re.compile(rb'[^\s,\]}\[{":]*+')  # a number or a literal: up to a delimiter
 _WS = re.compile(rb"[ \t\n\r]*+")  # JSON's whitespace (not \v or \f, which strip() takes)
 OPEN, CLOSE = frozenset(b"[{"), frozenset(b"]}")
@@ -117,8 +138,8 @@ class Window:
                 return end
 
     def _container_end(self, pos: int) -> int:
-        depth = 0
-        at = pos
+        depth = 1  # the bracket at pos: from inside it, _SKIP passes over whole containers
+        at = pos + 1
         while True:
             found = _SKIP.match(self.data, at - self.start)
             assert found is not None
