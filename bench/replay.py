@@ -12,7 +12,8 @@ round to round:
 
 Each is timed wall-clock from start to exit, output to /dev/null, and its peak RSS is
 read from ``os.wait4`` (``ru_maxrss``: the largest of the child and the processes it
-waited for, so with --jobs J the largest of the parent and its workers). A ratio is
+waited for, so with --jobs J the largest of the parent and its workers), in a small
+launcher process (see ``LAUNCHER``: a child of this process would inherit its size). A ratio is
 node's seconds over the bridge's (above 1: the bridge is faster), per round, then the
 median. Memory: the bridge on an M-event NDJSON file and its gzip, --jobs 1 and J.
 
@@ -26,12 +27,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,19 +58,37 @@ def node_argv(path: Path) -> list[str]:
     return ["node", str(NODE_DIR / "map_segment.js"), str(path), "--whole"]
 
 
+# Linux carries a process's peak RSS across fork and exec: a child of this (large)
+# process would report at least this process's size. So each child is started by this
+# small launcher, whose fork is small: wait4 then gives the child's own peak.
+LAUNCHER = """
+import json, os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - start
+with open(sys.argv[1], "w") as report:
+    json.dump({"seconds": seconds, "peak_kib": usage.ru_maxrss,
+               "code": os.waitstatus_to_exitcode(status)}, report)
+"""
+
+
 def run_child(argv: list[str], stdout: Any = subprocess.DEVNULL) -> dict[str, float]:
-    """Wall seconds and peak RSS (MB) of one child process, which must exit 0 or 1."""
-    with tempfile.TemporaryFile() as errors:
-        start = time.perf_counter()
-        child = subprocess.Popen(argv, stdout=stdout, stderr=errors, cwd=ROOT)
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        if child.returncode not in (0, 1):  # 1: the corpus holds invalid events, on purpose
+    """Wall seconds (fork to exit) and peak RSS (MB) of one child, which must exit 0 or 1."""
+    with tempfile.TemporaryFile() as errors, tempfile.NamedTemporaryFile("r") as report:
+        launcher = [sys.executable, "-c", LAUNCHER, report.name, *argv]
+        subprocess.run(launcher, stdout=stdout, stderr=errors, cwd=ROOT, check=True)
+        got = json.load(report)
+        if got["code"] not in (0, 1):  # 1: the corpus holds invalid events, on purpose
             errors.seek(0)
             tail = errors.read()[-400:].decode(errors="replace")
-            raise RuntimeError(f"{argv[0]} exited {child.returncode}: {tail}")
-    return {"seconds": seconds, "peak_mb": usage.ru_maxrss / MB}
+            raise RuntimeError(f"{argv[0]} exited {got['code']}: {tail}")
+    return {"seconds": got["seconds"], "peak_mb": got["peak_kib"] / MB}
 
 
 def _bridge_events(output: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
