@@ -257,3 +257,13 @@ def test_a_document_from_a_pipe_is_checked_then_streamed(tmp_path: Path) -> None
     items = list(read_file(fifo))
     thread.join(timeout=10)
     assert len(items) == 3000 and all(item.event["messageId"] == "m1" for item in items)
+
+
+def test_repaired_text_around_a_batch_notes_no_event() -> None:
+    """A lone surrogate in a batch's envelope (sentAt, context) is no event's warning; one
+    inside an event is that event's (the webhook and the reader share this)."""
+    body = b'{"sentAt":"\\ud800","context":["\\ud801"],"batch":[{"a":"\\ud802"},{"b":1}]}'
+    data, repairs = loads_repaired(body)
+    items = events_in(data, repairs)
+    assert [len(item.notes) for item in items] == [1, 0]
+    assert items[0].notes[0].startswith("a: invalid text")
