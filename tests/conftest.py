@@ -205,7 +205,7 @@ def bridge(fake_dub: FakeDub, tmp_path: Path) -> Iterator[Callable[..., Bridge]]
 PG_ENV = "BRIDGE_TEST_DATABASE_URL"
 PG_TABLES = (
     "deliveries",
-    "rate_slots",
+    "rate_buckets",
     "rate_pauses",
     "locks",
     "mapping_sets",

@@ -14,7 +14,14 @@ import pytest
 
 from bridge.clock import SYSTEM
 from bridge.ledger import Access, open_ledger
-from bridge.ledger.base import HELD_SECONDS, ClaimRequest, LeadStatus, Ledger, Retention
+from bridge.ledger.base import (
+    COUNTED_FOR,
+    HELD_SECONDS,
+    ClaimRequest,
+    LeadStatus,
+    Ledger,
+    Retention,
+)
 from bridge.outcomes import DEAD, FINAL, FINISHED, TRANSITIONS, State, Via, allowed
 from bridge.settings import Settings
 from tests.fakes import ManualClock
@@ -415,18 +422,48 @@ def test_due_lists_old_unsettled_rows_nobody_holds(ledger: Ledger, clock: Manual
 
 def test_rate_limit_window_is_shared(make_ledger: MakeLedger, clock: ManualClock) -> None:
     """Slots of one key are counted over every handle: the limit holds for all of them
-    together (a batch gets what is left), frees as the window slides (a minute and the
-    second a slot may wait to be used), and another key is untouched."""
+    together (a batch gets what is left), frees as the window slides (a minute, the second
+    a slot may wait to be used, and the second it was taken in), and another key is
+    untouched."""
+    assert clock.time() == int(clock.time())  # at the start of a second
     first, second = make_ledger(), make_ledger()
     assert first.take_slots("k", 3, 2) == (2, 0.0)
     assert second.take_slots("k", 3, 5) == (1, 0.0)
     granted, wait = first.take_slots("k", 3, 1)
-    assert granted == 0 and wait == pytest.approx(HELD_SECONDS)
+    assert granted == 0 and wait == pytest.approx(COUNTED_FOR)
     assert second.take_slots("other", 3, 1) == (1, 0.0)
     clock.advance(30)
-    assert second.take_slots("k", 3, 1)[1] == pytest.approx(HELD_SECONDS - 30)
-    clock.advance(HELD_SECONDS - 30)
+    assert second.take_slots("k", 3, 1)[1] == pytest.approx(COUNTED_FOR - 30)
+    clock.advance(COUNTED_FOR - 30)
     assert second.take_slots("k", 3, 3) == (3, 0.0)
+
+
+def test_a_slot_counts_at_least_a_minute_and_a_second(
+    make_ledger: MakeLedger, clock: ManualClock
+) -> None:
+    """A slot taken late in a second still counts HELD_SECONDS after it was taken (slots are
+    counted per second, so the whole second counts until it is COUNTED_FOR old)."""
+    ledger = make_ledger()
+    clock.advance(0.9)
+    assert ledger.take_slots("k", 1, 1) == (1, 0.0)
+    clock.advance(HELD_SECONDS - 0.01)
+    assert ledger.take_slots("k", 1, 1)[0] == 0
+    clock.advance(COUNTED_FOR - HELD_SECONDS - 0.9 + 0.01)  # the second is COUNTED_FOR old
+    assert ledger.take_slots("k", 1, 1) == (1, 0.0)
+
+
+def test_a_busy_window_counts_the_last_seconds(make_ledger: MakeLedger, clock: ManualClock) -> None:
+    """Under a steady stream (40 slots a second for two minutes) the window holds exactly
+    the slots of the seconds that still count: the last 61 whole seconds."""
+    ledger = make_ledger()
+    taken = 0
+    for _ in range(960):
+        taken += ledger.take_slots("k", 1_000_000, 5)[0]
+        clock.advance(0.125)  # exact in binary: the seconds are whole where they should be
+    assert taken == 4800
+    # now = start + 120: the seconds start+59 .. start+119 count (each is < COUNTED_FOR old)
+    counting = int(COUNTED_FOR) - 1
+    assert ledger.take_slots("k", 10_000, 10_000)[0] == 10_000 - 40 * counting
 
 
 def test_a_pause_stops_every_handle(make_ledger: MakeLedger, clock: ManualClock) -> None:

@@ -19,6 +19,9 @@ from .migrations import Migration, SchemaStatus
 
 USE_WITHIN = 1.0  # a slot taken is used within this, or not at all
 HELD_SECONDS = 60.0 + USE_WITHIN  # so calls in any minute never exceed the limit
+# Slots are counted per second (a window is at most 62 rows, however high the limit): a
+# slot taken within second s counts until s + COUNTED_FOR, at least HELD_SECONDS after it.
+COUNTED_FOR = HELD_SECONDS + 1.0
 
 
 class LeadStatus(StrEnum):
@@ -194,8 +197,8 @@ class Ledger(Protocol):
     def take_slots(self, key: str, per_minute: int, count: int) -> tuple[int, float]:
         """Take up to ``count`` calls of ``key``'s sliding window, shared by every process:
         (how many were taken, and when none was: the seconds until one may free up, or a
-        pause ends). A slot counts for ``HELD_SECONDS``: a minute, and the second within
-        which its taker must use it."""
+        pause ends). A slot counts for ``HELD_SECONDS`` at least (a minute, and the second
+        within which its taker must use it): its whole second counts ``COUNTED_FOR``."""
 
     def pause(self, key: str, until: float) -> None:
         """No slot of ``key`` is given before ``until`` (Dub said so, with a 429)."""

@@ -7,8 +7,8 @@ service with several workers; ``BRIDGE_LEDGER=memory`` says so in the README.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,7 +29,7 @@ from ..outcomes import (
 )
 from . import migrations
 from .base import (
-    HELD_SECONDS,
+    COUNTED_FOR,
     Activation,
     Claim,
     ClaimRequest,
@@ -62,7 +62,7 @@ class MemoryLedger:
         self.clock = clock
         self._rows: dict[tuple[str, str], Row] = {}
         self._extra: dict[tuple[str, str], _Extra] = {}
-        self._slots: dict[str, deque[float]] = {}
+        self._slots: dict[str, dict[int, int]] = {}
         self._pauses: dict[str, float] = {}
         self._locks: set[str] = set()
         self._sets: dict[str, MappingSet] = {}
@@ -282,13 +282,14 @@ class MemoryLedger:
         with self._lock:
             if self._pauses.get(key, 0.0) > now:
                 return 0, self._pauses[key] - now
-            slots = self._slots.setdefault(key, deque())
-            while slots and slots[0] <= now - HELD_SECONDS:
-                slots.popleft()
-            granted = min(count, per_minute - len(slots))
+            seconds = self._slots.setdefault(key, {})  # second -> slots taken (in order)
+            for second in [s for s in seconds if s <= now - COUNTED_FOR]:
+                del seconds[second]
+            granted = min(count, per_minute - sum(seconds.values()))
             if granted <= 0:
-                return 0, max(slots[0] + HELD_SECONDS - now, 0.001)
-            slots.extend([now] * granted)
+                return 0, max(min(seconds) + COUNTED_FOR - now, 0.001)
+            second = math.floor(now)
+            seconds[second] = seconds.get(second, 0) + granted
             return granted, 0.0
 
     def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:

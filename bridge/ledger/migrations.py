@@ -77,7 +77,25 @@ CREATE TABLE IF NOT EXISTS signatures (
 );
 CREATE INDEX IF NOT EXISTS signatures_first_seen ON signatures (first_seen)
 """
-_TYPES = {"sqlite": {"real": "REAL"}, "postgres": {"real": "DOUBLE PRECISION"}}
+_BUCKETS = """
+CREATE TABLE IF NOT EXISTS rate_buckets (
+    key    TEXT NOT NULL,
+    second {whole} NOT NULL,
+    taken  INTEGER NOT NULL,
+    PRIMARY KEY (key, second)
+);
+INSERT INTO rate_buckets (key, second, taken)
+    SELECT key, {second_of_at}, COUNT(*) FROM rate_slots GROUP BY key, {second_of_at};
+DROP TABLE rate_slots
+"""
+_TYPES = {
+    "sqlite": {"real": "REAL", "whole": "INTEGER", "second_of_at": "CAST(at AS INTEGER)"},
+    "postgres": {
+        "real": "DOUBLE PRECISION",
+        "whole": "BIGINT",
+        "second_of_at": "CAST(FLOOR(at) AS BIGINT)",
+    },
+}
 
 
 def _both(sql: str) -> dict[str, str]:
@@ -94,6 +112,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "outbox backoff, shared rate limit, cluster locks", _both(_SHARED)),
     Migration(4, "mapping sets: the last good one, and the published one", _both(_MAPPINGS)),
     Migration(5, "what each batch signature vouched for when first seen", _both(_SIGNATURES)),
+    Migration(6, "the shared rate limit counted per second, not per call", _both(_BUCKETS)),
 )
 LATEST = MIGRATIONS[-1].version
 

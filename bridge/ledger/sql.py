@@ -14,11 +14,9 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
 from ..clock import Clock
-from ..jsoncodec import dumps_str, loads
 from ..outcomes import ACTIVE, DEAD, FINAL, State, Via, sources
 from . import migrations
 from .base import (
-    HELD_SECONDS,
     RECORDED,
     Claim,
     ClaimRequest,
@@ -30,13 +28,13 @@ from .base import (
 )
 from .codec import read, stored
 from .sql_mappings import MappingSetsSQL
+from .sql_shared import SharedSQL
 from .statements import (
     CLAIM,
     COLUMNS,
     DUE,
     FINISH,
     GIVE_UP,
-    PAUSE,
     PRUNE,
     RECORD,
     RELEASE,
@@ -60,7 +58,7 @@ class DB(Protocol):
     def execute(self, sql: str, params: Mapping[str, Any] = ...) -> Cursor: ...
 
 
-class SQLLedger(MappingSetsSQL):
+class SQLLedger(SharedSQL, MappingSetsSQL):
     """Everything of the contract that is plain SQL; see the subclasses for the rest."""
 
     kind = "sql"
@@ -71,7 +69,6 @@ class SQLLedger(MappingSetsSQL):
         self.lease_seconds = lease_seconds
         self.clock = clock
         self._finish = FINISH.format(greatest=self.greatest)
-        self._pause = PAUSE.format(greatest=self.greatest)
         self._prune_settled = PRUNE.format(states=states(FINAL))
         self._record = {
             target: RECORD.format(recordable=states(sources(target, Via.RECORD)))
@@ -83,9 +80,6 @@ class SQLLedger(MappingSetsSQL):
 
     def _run(self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True) -> T:
         raise NotImplementedError
-
-    def _serialise_slots(self, db: DB, key: str) -> None:
-        """Make the rate-limit transaction on ``key`` the only one at a time."""
 
     def _serialise_migrations(self, db: DB) -> None:
         """Make the migration transaction the only one at a time."""
@@ -265,51 +259,6 @@ class SQLLedger(MappingSetsSQL):
 
     def _rows(self, clause: str, args: Mapping[str, Any]) -> list[Row]:
         return [_row(r) for r in self._read(f"SELECT {COLUMNS} FROM deliveries {clause}", args)]
-
-    # --- the shared rate limit --------------------------------------------------------------
-
-    def take_slots(self, key: str, per_minute: int, count: int) -> tuple[int, float]:
-        now = self.clock.time()
-
-        def take(db: DB) -> tuple[int, float]:
-            self._serialise_slots(db, key)
-            args = {"key": key, "now": now, "edge": now - HELD_SECONDS}
-            db.execute("DELETE FROM rate_slots WHERE key = :key AND at <= :edge", args)
-            paused = db.execute("SELECT until FROM rate_pauses WHERE key = :key", args).fetchone()
-            if paused is not None and paused[0] > now:
-                return 0, float(paused[0] - now)
-            used, oldest = db.execute(
-                "SELECT COUNT(*), MIN(at) FROM rate_slots WHERE key = :key", args
-            ).fetchone()
-            granted = min(count, per_minute - used)
-            if granted <= 0:
-                return 0, max(float(oldest) + HELD_SECONDS - now, 0.001)
-            for _ in range(granted):
-                db.execute("INSERT INTO rate_slots (key, at) VALUES (:key, :now)", args)
-            return granted, 0.0
-
-        taken: tuple[int, float] = self._run(take, tx=True)
-        return taken
-
-    def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
-        args = {"key": key, "ids": dumps_str(sorted(set(message_ids))), "now": self.clock.time()}
-
-        def first_seen(db: DB) -> frozenset[str]:
-            db.execute(
-                "INSERT INTO signatures (key, message_ids, first_seen)"
-                " VALUES (:key, :ids, :now) ON CONFLICT (key) DO NOTHING",
-                args,
-            )
-            (ids,) = db.execute(
-                "SELECT message_ids FROM signatures WHERE key = :key", args
-            ).fetchone()
-            return frozenset(loads(ids))
-
-        vouched: frozenset[str] = self._run(first_seen, tx=True)
-        return vouched
-
-    def pause(self, key: str, until: float) -> None:
-        self._run(lambda db: db.execute(self._pause, {"key": key, "until": until}))
 
     # --- housekeeping -----------------------------------------------------------------------
 

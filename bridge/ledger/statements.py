@@ -88,3 +88,7 @@ PAUSE = """
 INSERT INTO rate_pauses (key, until) VALUES (:key, :until)
 ON CONFLICT (key) DO UPDATE SET until = {greatest}(rate_pauses.until, excluded.until)
 """
+TAKE_SLOTS = """
+INSERT INTO rate_buckets (key, second, taken) VALUES (:key, :second, :taken)
+ON CONFLICT (key, second) DO UPDATE SET taken = rate_buckets.taken + excluded.taken
+"""

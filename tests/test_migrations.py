@@ -1,0 +1,84 @@
+"""Upgrading a ledger keeps what it held: each migration run on a ledger of the version before."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from bridge.ledger import open_ledger
+from bridge.ledger.base import COUNTED_FOR
+from bridge.ledger.migrations import MIGRATIONS, schema_table
+from bridge.settings import Settings
+from tests.fakes import ManualClock
+
+Run = Callable[..., None]  # (SQL with ? placeholders, *values)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def old_ledger(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, Run, Settings]]:
+    """An empty ledger at schema version 5, its kind, a way to run SQL on it, and settings
+    that open it (PostgreSQL: in a schema of its own, dropped afterwards)."""
+    if request.param == "sqlite":
+        path = tmp_path / "ledger.sqlite3"
+        db = sqlite3.connect(path, isolation_level=None)
+
+        def run(sql: str, *values: Any) -> None:
+            db.execute(sql, values)
+
+        yield "sqlite", run, Settings.from_env({}, db_path=path)
+        db.close()
+        return
+    url = request.getfixturevalue("pg_url")
+    schema = f"upgrade_{uuid.uuid4().hex[:8]}"
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute(f"CREATE SCHEMA {schema}")
+    conn.execute(f"SET search_path TO {schema}")
+
+    def run_pg(sql: str, *values: Any) -> None:
+        conn.execute(sql.replace("?", "%s") if values else sql, values or None)
+
+    separator = "&" if "?" in url else "?"
+    settings = Settings.from_env(
+        {}, database_url=f"{url}{separator}options=-csearch_path%3D{schema}"
+    )
+    yield "postgres", run_pg, settings
+    conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    conn.close()
+
+
+def at_version(kind: str, run: Run, version: int) -> None:
+    run(schema_table(kind))
+    for migration in MIGRATIONS[:version]:
+        for statement in migration.statements(kind):
+            run(statement)
+        run("INSERT INTO schema_migrations VALUES (?, ?, 0)", migration.version, migration.name)
+
+
+def test_rate_slots_become_counts_per_second(
+    old_ledger: tuple[str, Run, Settings], clock: ManualClock
+) -> None:
+    """The slots taken before the upgrade still count after it, each in its second: a limit
+    of 3 is full, and frees when that second is COUNTED_FOR old."""
+    kind, run, settings = old_ledger
+    at_version(kind, run, 5)
+    now = clock.time()
+    for at in (now - 1.5, now - 0.8, now - 0.3):
+        run("INSERT INTO rate_slots (key, at) VALUES ('dub', ?)", at)
+    ledger = open_ledger(settings, clock=clock)
+    assert ledger is not None
+    try:
+        assert ledger.schema().up_to_date
+        granted, wait = ledger.take_slots("dub", 3, 1)
+        assert granted == 0 and wait == pytest.approx(COUNTED_FOR - 2)
+        clock.advance(COUNTED_FOR - 2)  # the second of now - 1.5 is past
+        assert ledger.take_slots("dub", 3, 5) == (1, 0.0)
+    finally:
+        ledger.close()
