@@ -14,11 +14,13 @@ import psycopg
 import pytest
 import responses
 from click.testing import CliRunner
+from psycopg_pool.base import AttemptWithBackoff
 
 from bridge.cli import main
 from bridge.errors import LedgerConfigError
 from bridge.ledger import open_ledger
 from bridge.ledger.migrations import LATEST
+from bridge.ledger.postgres import PROBE_SECONDS
 from bridge.ledger.sql import SQLLedger
 from bridge.settings import Settings
 from bridge.web.app import create_app
@@ -99,6 +101,32 @@ def test_database_lost_while_running_answers_503_and_recovers(
         app.extensions["bridge"].close()
     sent = [json.loads(c.request.body)["invoiceId"] for c in dub.calls]
     assert sorted(sent) == ["o-after", "o-before", "o-during"]
+
+
+@pytest.mark.slow  # the pool's real connect timeout
+def test_a_long_outage_ends_with_the_first_request_after_it(
+    proxied_database: tuple[str, TCPProxy], dub: responses.RequestsMock, clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """After an outage long enough for the pool's reconnection backoff to reach a minute, the
+    first request once the database is back is served (on a fresh pool), not 503'd for that
+    minute."""
+    monkeypatch.setattr(AttemptWithBackoff, "INITIAL_DELAY", 60.0)  # as after a long outage
+    assert PROBE_SECONDS < 1.0  # the pool's timeout here: a request may probe after it
+    url, proxy = proxied_database
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    app = create_app(app_settings(url), clock=clock)
+    try:
+        client = app.test_client()
+        assert post(client, order("before")).status_code == 200
+        proxy.cut()
+        assert post(client, order("during")).status_code == 503
+        proxy.restore()
+        # It waits out the pool's timeout (1 s, more than PROBE_SECONDS), then probes: up.
+        assert post(client, order("during")).status_code == 200
+    finally:
+        app.extensions["bridge"].close()
+    assert len(dub.calls) == 2
 
 
 def test_connection_killed_mid_claim_loses_nothing(

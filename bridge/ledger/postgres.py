@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -31,6 +34,8 @@ T = TypeVar("T")
 # The pool logs each failed connection; where the bridge has not set up its JSON log (a
 # one-off command), that is noise beside the one line of error the command prints.
 logging.getLogger("psycopg").addHandler(logging.NullHandler())
+log = logging.getLogger("bridge.ledger")
+PROBE_SECONDS = 0.5  # after an outage, how often a request may check whether it is over
 # Keys of the transaction-scoped advisory locks (any fixed numbers the bridge owns).
 MIGRATION_LOCK = 0x62726964  # "brid"
 
@@ -73,28 +78,68 @@ class PostgresLedger(SQLLedger):
         readonly: bool = False,
     ):
         super().__init__(lease_seconds=lease_seconds, clock=clock)
+        self.url = url
         self.where = describe(url)
         self.readonly = readonly
         self.timeout = timeout
-        self.pool = psycopg_pool.ConnectionPool(
-            url,
-            min_size=1,
-            max_size=max(1, pool_size),
-            timeout=timeout,
-            open=False,
-            name="bridge-ledger",
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout))},
-            # A connection that broke (a restart, pg_terminate_backend) is checked and
-            # replaced when it is taken, not discovered by a failing request.
-            check=psycopg_pool.ConnectionPool.check_connection,
-        )
+        self.pool_size = max(1, pool_size)
+        self._recovering = threading.Lock()
+        self._last_probe = -math.inf
+        self.pool = self._new_pool()
         try:
             # One direct connection first: it fails fast, with the server's own reason.
-            psycopg.connect(url, connect_timeout=max(1, round(timeout))).close()
+            self._probe()
             self.pool.open(wait=True, timeout=timeout)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             self.pool.close()
             raise LedgerError(f"cannot reach PostgreSQL at {self.where}: {_reason(exc)}") from exc
+
+    def _new_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        return psycopg_pool.ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self.pool_size,
+            timeout=self.timeout,
+            open=False,
+            name="bridge-ledger",
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(self.timeout))},
+            # A connection that broke (a restart, pg_terminate_backend) is checked and
+            # replaced when it is taken, not discovered by a failing request.
+            check=psycopg_pool.ConnectionPool.check_connection,
+        )
+
+    def _probe(self) -> None:
+        psycopg.connect(self.url, connect_timeout=max(1, round(self.timeout))).close()
+
+    def _recovered(self) -> bool:
+        """The pool gave no connection in time: is the server back? If it takes a direct
+        connection now, a fresh pool replaces this one, whose reconnection may be waiting
+        out a backoff that doubles with every failure of a long outage (a minute or more).
+        One request probes at a time, at most once per PROBE_SECONDS (real time: these are
+        real connections); the others answer at once, as before."""
+        if not self._recovering.acquire(blocking=False):
+            return False
+        try:
+            now = time.monotonic()
+            if now - self._last_probe < PROBE_SECONDS:
+                return False
+            self._last_probe = now
+            try:
+                self._probe()
+            except psycopg.OperationalError:
+                return False
+            fresh = self._new_pool()
+            try:
+                fresh.open(wait=True, timeout=self.timeout)
+            except psycopg_pool.PoolTimeout:
+                fresh.close()
+                return False
+            stale, self.pool = self.pool, fresh
+        finally:
+            self._recovering.release()
+        stale.close(timeout=0)
+        log.info("ledger connections restored", extra={"database": self.where})
+        return True
 
     def _run(self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True) -> T:
         if write and self.readonly:
@@ -106,7 +151,9 @@ class PostgresLedger(SQLLedger):
                         return work(_Connection(conn))
                     with conn.transaction():
                         return work(_Connection(conn))
-            except psycopg_pool.PoolTimeout as exc:
+            except (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
+                if attempt == 1 and self._recovered():
+                    continue
                 raise LedgerError(
                     f"no connection to PostgreSQL at {self.where} within {self.timeout:g} s"
                 ) from exc
