@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .metrics import metrics
+from .metrics import labelled, metrics
 from .outcomes import WARN
 from .results import Result
 
@@ -14,7 +14,7 @@ result_log = logging.getLogger("bridge.events")
 
 def log_result(result: Result) -> None:
     """The one line per event and mapping: what happened, how long it took (and its count)."""
-    metrics().events.labels(result.mapping or "(none)", result.outcome).inc()
+    labelled(metrics().events, result.mapping or "(none)", result.outcome).inc()
     level = logging.WARNING if result.outcome in WARN else logging.INFO
     if not result_log.isEnabledFor(level):
         return

@@ -99,6 +99,22 @@ def metrics() -> Metrics:
     return _made
 
 
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+MAX_CHILDREN = 10_000  # label values come from the configuration; this bounds a surprise
+
+
+def labelled(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once: labels() checks and locks on every call,
+    and the events counter is counted once per event and mapping."""
+    key = (metric, values)
+    child = _children.get(key)
+    if child is None:
+        child = metric.labels(*values)
+        if len(_children) < MAX_CHILDREN:
+            _children[key] = child
+    return child
+
+
 def set_mapping_version(version: str, previous: str | None) -> None:
     info = metrics().mappings_info
     if previous is not None and previous != version:

@@ -7,10 +7,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import requests
 import responses
 
+from bridge.outcomes import Outcome
+from bridge.results import Result
+from bridge.web.answers import summarize
 from bridge.web.app import create_app
 from bridge.web.signing import first_element_texts, sign, verify
 from tests.conftest import (
@@ -327,3 +331,14 @@ def test_unknown_route_and_method_are_json(client: Any) -> None:
     response = client.get("/segment")
     assert response.status_code == 405
     assert response.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_answers_are_plain_json_for_the_fast_writer() -> None:
+    """An answer holds only types orjson writes directly (text keys, no enum keys), so no
+    answer takes the standard library's slow path."""
+    results = [
+        Result("m1", outcome=Outcome.SKIPPED),
+        Result("m2", "E", "s", "sale", Outcome.FAILED),
+    ]
+    body = summarize(results, {"error": {"code": "x", "message": "y"}})
+    assert orjson.loads(orjson.dumps(body))["counts"] == {"skipped": 1, "failed": 1}

@@ -18,7 +18,7 @@ from urllib3.exceptions import ConnectTimeoutError
 
 from .. import __version__
 from ..jsoncodec import dumps, loads
-from ..metrics import metrics
+from ..metrics import labelled, metrics
 from .endpoints import Endpoint
 
 
@@ -105,8 +105,8 @@ class DubClient:
             )
         # Real seconds, whatever clock the caller injects: this is Dub's latency.
         seen = metrics()
-        seen.dub_seconds.labels(endpoint.action).observe(time.monotonic() - started)
-        seen.dub_requests.labels(endpoint.action, str(answer.status or answer.failure)).inc()
+        labelled(seen.dub_seconds, endpoint.action).observe(time.monotonic() - started)
+        labelled(seen.dub_requests, endpoint.action, str(answer.status or answer.failure)).inc()
         return answer
 
 

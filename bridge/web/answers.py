@@ -64,7 +64,8 @@ def summarize(results: Iterable[Result], extra: dict[str, Any] | None = None) ->
         size += cost
         listed.append(entry)
     body: dict[str, Any] = dict(extra or {})
-    body["counts"] = dict(counts)
+    # Plain text keys: orjson writes them directly (an enum key sends it to the slow path).
+    body["counts"] = {outcome.value: number for outcome, number in counts.items()}
     body["results"] = listed
     body["omitted"] = omitted
     return body

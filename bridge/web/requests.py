@@ -14,7 +14,7 @@ import uuid
 from flask import Flask, Response, g, request
 
 from ..logs import REQUEST_ID
-from ..metrics import metrics
+from ..metrics import labelled, metrics
 
 log = logging.getLogger("bridge.web")
 _TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -34,7 +34,7 @@ def install(app: Flask) -> None:
     def _end(response: Response) -> Response:
         response.headers[HEADER] = g.get("request_id", "")
         if request.path == "/segment":
-            metrics().webhook_requests.labels(str(response.status_code)).inc()
+            labelled(metrics().webhook_requests, str(response.status_code)).inc()
         return response
 
     @app.teardown_request
