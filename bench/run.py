@@ -192,7 +192,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     else:
         rows.append(("1  a/c >= 1.0 (engine vs Segment)", "skipped", None))
     rows.append(
-        ("1  a/b >= 0.4 (engine vs hand-written)", f"{m['a_over_b']:.3f}", m["a_over_b"] >= 0.4)
+        ("1  a/b >= 0.8 (engine vs hand-written)", f"{m['a_over_b']:.3f}", m["a_over_b"] >= 0.8)
     )
     for name in ("single", "batch100"):
         vs = w[name]["vs_bare"]

@@ -91,3 +91,49 @@ def test_a_call_finishing_after_the_deadline_is_logged_once_at_its_final_outcome
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     lines = [e for e in events if e["msg"] == "event" and e["messageId"] == "m-1"]
     assert [line["outcome"] for line in lines] == ["delivered"]
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_event_record_is_the_one_logging_would_make(
+    threads: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event line's record (built from a template) has every attribute, value and level
+    a record from Logger.log would have, and reaches handlers and filters as one."""
+    import threading
+    import time
+
+    from bridge import eventlog
+    from bridge.outcomes import Outcome
+    from bridge.results import Result
+
+    monkeypatch.setattr(logging, "logThreads", threads)
+    monkeypatch.setattr(eventlog, "_template", None)
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    keep.addFilter(lambda record: record.__dict__["fields"]["messageId"] != "dropped")
+    logger = logging.getLogger("bridge.events")
+    logger.addHandler(keep)
+    try:
+        base = Result("m-1", "Order Completed", "order-sale", "sale", Outcome.DELIVERED)
+        before = time.time()
+        eventlog.log_result(base)
+        eventlog.log_result(base._replace(message_id="m-2", outcome=Outcome.REJECTED))
+        eventlog.log_result(base._replace(message_id="dropped"))
+    finally:
+        logger.removeHandler(keep)
+    assert [r.__dict__["fields"]["messageId"] for r in seen] == ["m-1", "m-2"]
+    made = logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, "event", (), None)
+    for record, level in zip(seen, (logging.INFO, logging.WARNING), strict=True):
+        formatted = {"message", "asctime"}  # set on the record by any formatter that ran
+        assert set(record.__dict__) - formatted == set(made.__dict__) | {"fields"}
+        assert (record.levelno, record.levelname) == (level, logging.getLevelName(level))
+        assert record.getMessage() == "event" and record.process == made.process
+        assert before <= record.created <= time.time()
+        assert record.msecs == int((record.created - int(record.created)) * 1000)
+        assert record.thread == (threading.get_ident() if threads else None)
+        assert JSONFormatter().format(record)  # a formatter reads it as any other

@@ -8,40 +8,56 @@ on every log line the request causes and in the answer's header. A refused reque
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, request
 
 from ..logs import REQUEST_ID
 from ..metrics import labelled, metrics
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("bridge.web")
 _TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 HEADER = "X-Request-Id"
 
 
-def install(app: Flask) -> None:
-    @app.before_request
-    def _begin() -> None:
-        given = request.headers.get(HEADER, "")
-        request_id = given if _TOKEN.match(given) else uuid.uuid4().hex
-        g.request_id = request_id
-        g.request_id_token = REQUEST_ID.set(request_id)
-        request.environ["bridge.request_id"] = request_id
+class RequestIds:
+    """WSGI middleware around the Flask app: the request id, its header, the request metric.
 
-    @app.after_request
-    def _end(response: Response) -> Response:
-        response.headers[HEADER] = g.get("request_id", "")
-        if request.path == "/segment":
-            labelled(metrics().webhook_requests, str(response.status_code)).inc()
-        return response
+    A middleware rather than Flask's before/after/teardown hooks: each hook costs a
+    coroutine check and proxy look-ups on every request, together about 6% of the
+    instructions of a single-event request (callgrind), for three dictionary writes.
+    """
 
-    @app.teardown_request
-    def _forget(_: BaseException | None) -> None:
-        token = g.pop("request_id_token", None)
-        if token is not None:
+    def __init__(self, app: WSGIApplication) -> None:
+        self.app = app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = given if _TOKEN.match(given) else os.urandom(16).hex()
+        environ["bridge.request_id"] = request_id
+        counted = environ.get("PATH_INFO") == "/segment"
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers.append((HEADER, request_id))
+            if counted:
+                labelled(metrics().webhook_requests, status.partition(" ")[0]).inc()
+            return start_response(status, headers, exc_info)
+
+        token = REQUEST_ID.set(request_id)
+        try:
+            return self.app(environ, start)
+        finally:
             REQUEST_ID.reset(token)
+
+
+def install(app: Flask) -> None:
+    app.wsgi_app = RequestIds(app.wsgi_app)  # type: ignore[method-assign]
 
 
 def refused(status: int, code: str, reason: str) -> None:
