@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -39,7 +40,10 @@ def log_result(result: Result) -> None:
         fields["dubError"] = result.dub_error
     if result.reason:
         fields["reason"] = result.reason
-    result_log.handle(_record(level, fields))
+    if logging.getLogRecordFactory() is logging.LogRecord:
+        result_log.handle(_record(level, fields))
+    else:  # the application makes its own records: let it
+        result_log.log(level, "event", extra={"fields": fields})
 
 
 _template: dict[str, Any] | None = None
@@ -52,7 +56,9 @@ def _record(level: int, fields: dict[str, Any]) -> logging.LogRecord:
     this is the line written for every event. Handlers and filters see a complete record."""
     global _template
     if _template is None:
-        made = result_log.makeRecord(result_log.name, level, "(unknown file)", 0, "event", (), None)
+        made = result_log.makeRecord(
+            result_log.name, level, "(unknown file)", 0, "event", (), None, "(unknown function)"
+        )
         _template = made.__dict__.copy()
     record = logging.LogRecord.__new__(logging.LogRecord)
     state = record.__dict__
@@ -60,15 +66,28 @@ def _record(level: int, fields: dict[str, Any]) -> logging.LogRecord:
     created = time.time()
     state["created"] = created
     state["msecs"] = int((created - int(created)) * 1000) + 0.0
-    state["relativeCreated"] = (created - _STARTED) * 1000
+    # From the template's own pair: the start time's unit differs between versions.
+    since = (created - _template["created"]) * 1000
+    state["relativeCreated"] = _template["relativeCreated"] + since
     state["levelno"] = level
     state["levelname"] = _LEVEL_NAMES[level]
     state["process"] = os.getpid() if logging.logProcesses else None
     if logging.logThreads:
         state["thread"] = threading.get_ident()
         state["threadName"] = threading.current_thread().name
+    if "taskName" in state:  # Python 3.12+
+        state["taskName"] = _task_name()
     state["fields"] = fields
     return record
 
 
-_STARTED: float = getattr(logging, "_startTime", time.time())
+def _task_name() -> str | None:
+    """The current asyncio task's name, as ``LogRecord`` finds it (Python 3.12+)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None or not getattr(logging, "logAsyncioTasks", True):
+        return None
+    try:
+        task = asyncio.current_task()
+    except Exception:  # no running loop
+        return None
+    return task.get_name() if task is not None else None

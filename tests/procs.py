@@ -8,6 +8,7 @@ process to come up polls with a deadline; nothing else here waits.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -131,3 +133,15 @@ class ProcfileWeb:
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+def json_lines(web: ProcfileWeb) -> list[dict[str, Any]]:
+    """Every line the process wrote; each must be JSON."""
+    lines = web.log.read_text().splitlines()
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"a log line that is not JSON: {line!r}")
+    return parsed

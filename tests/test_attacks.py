@@ -23,7 +23,7 @@ from bridge.cli import main
 from bridge.web.signing import sign
 from tests.fakedub import FakeDub, Status
 from tests.faultkit import key_for, lead_event, sale_event
-from tests.procs import REPO, ProcfileWeb, clean_env
+from tests.procs import REPO, ProcfileWeb, clean_env, json_lines
 
 pytestmark = pytest.mark.slow
 SECRET = "attack-secret"
@@ -159,11 +159,12 @@ def test_unsigned_work_is_cheap_and_bounded(service: tuple[ProcfileWeb, FakeDub]
     assert refused and set(refused) == {401}
 
 
-def chunked_post(port: int, body: bytes, chunk: int = 64 * 1024) -> bytes:
+def chunked_post(port: int, body: bytes, chunk: int = 64 * 1024, request_id: str = "") -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        given = f"X-Request-Id: {request_id}\r\n".encode() if request_id else b""
         sock.sendall(
             b"POST /segment HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n"
+            b"Transfer-Encoding: chunked\r\n" + given + b"\r\n"
         )
         try:
             for at in range(0, len(body), chunk):
@@ -176,16 +177,25 @@ def chunked_post(port: int, body: bytes, chunk: int = 64 * 1024) -> bytes:
 
 
 def test_oversized_chunked_and_compressed_bodies(service: tuple[ProcfileWeb, FakeDub]) -> None:
-    """A chunked body past the limit gets 413, as with Content-Length; gzip gets 415."""
+    """A chunked body past the limit gets 413, as with Content-Length; gzip gets 415. The
+    413s, answered before the app sees the request, carry a request id, are counted and
+    logged like the app's own answers."""
     web, _ = service
-    answer = chunked_post(web.port, b"[" + b" " * (5 * 1024 * 1024) + b"]")
+    answer = chunked_post(web.port, b"[" + b" " * (5 * 1024 * 1024) + b"]", request_id="rid-big")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
-    assert b'"payload_too_large"' in answer
+    assert b'"payload_too_large"' in answer and b"\r\nX-Request-Id: rid-big\r\n" in answer
+    sized = requests.post(web.url + "/segment", data=b" " * (5 * 1024 * 1024), timeout=30)
+    assert sized.status_code == 413 and len(sized.headers["X-Request-Id"]) == 32
+    scrape = requests.get(web.url + "/metrics", timeout=5).text
+    assert 'bridge_webhook_requests_total{status="413"} 2.0' in scrape
     small = chunked_post(web.port, compact(sale_event("chunked")))
     assert small.startswith(b"HTTP/1.1 401")  # read whole, then the signature is checked
     body = compact(sale_event("gz"))
     zipped = post(web, gzip.compress(body), signed_over=body, **{"Content-Encoding": "gzip"})
     assert zipped.status_code == 415
+    web.stop()  # its log is complete
+    refused = [line for line in json_lines(web) if line["msg"] == "request refused"]
+    assert {(line["status"], line.get("requestId")) for line in refused} >= {(413, "rid-big")}
 
 
 def test_odd_numbers_stay_in_the_dead_letter(

@@ -127,7 +127,8 @@ def test_event_record_is_the_one_logging_would_make(
     finally:
         logger.removeHandler(keep)
     assert [r.__dict__["fields"]["messageId"] for r in seen] == ["m-1", "m-2"]
-    made = logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, "event", (), None)
+    unknown = ("(unknown file)", 0, "event", (), None, "(unknown function)")  # as Logger.log
+    made = logger.makeRecord(logger.name, logging.INFO, *unknown)
     for record, level in zip(seen, (logging.INFO, logging.WARNING), strict=True):
         formatted = {"message", "asctime"}  # set on the record by any formatter that ran
         assert set(record.__dict__) - formatted == set(made.__dict__) | {"fields"}
@@ -136,4 +137,46 @@ def test_event_record_is_the_one_logging_would_make(
         assert before <= record.created <= time.time()
         assert record.msecs == int((record.created - int(record.created)) * 1000)
         assert record.thread == (threading.get_ident() if threads else None)
+        assert (record.funcName, record.lineno, record.module) == (
+            made.funcName,
+            made.lineno,
+            made.module,
+        )
+        assert abs(record.relativeCreated - made.relativeCreated) < 60_000
         assert JSONFormatter().format(record)  # a formatter reads it as any other
+
+
+def test_an_applications_record_factory_makes_the_event_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a record factory of the application's own, every event line's record is made by
+    it (the template would freeze what the factory computes per record)."""
+    from bridge import eventlog
+    from bridge.results import Result
+
+    made: list[int] = []
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = logging.LogRecord(*args, **kwargs)
+        made.append(len(made))
+        record.seq = len(made)
+        return record
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    monkeypatch.setattr(eventlog, "_template", None)
+    keep = Keep()
+    logger = logging.getLogger("bridge.events")
+    logger.addHandler(keep)
+    logging.setLogRecordFactory(factory)
+    try:
+        for n in range(3):
+            eventlog.log_result(Result(f"m-{n}", "Order Completed", "order-sale", "sale"))
+    finally:
+        logging.setLogRecordFactory(logging.LogRecord)
+        logger.removeHandler(keep)
+    assert [getattr(r, "seq", None) for r in seen] == [1, 2, 3]

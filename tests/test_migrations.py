@@ -66,7 +66,8 @@ def test_rate_slots_become_counts_per_second(
     old_ledger: tuple[str, Run, Settings], clock: ManualClock
 ) -> None:
     """The slots taken before the upgrade still count after it, each in its second: a limit
-    of 3 is full, and frees when that second is COUNTED_FOR old."""
+    of 3 is full, and frees when that second is COUNTED_FOR old. The old table stays, for
+    the instances of the release before that still run during a rolling deploy."""
     kind, run, settings = old_ledger
     at_version(kind, run, 5)
     now = clock.time()
@@ -76,6 +77,7 @@ def test_rate_slots_become_counts_per_second(
     assert ledger is not None
     try:
         assert ledger.schema().up_to_date
+        run("INSERT INTO rate_slots (key, at) VALUES ('dub', ?)", now)  # an old instance
         granted, wait = ledger.take_slots("dub", 3, 1)
         assert granted == 0 and wait == pytest.approx(COUNTED_FOR - 2)
         clock.advance(COUNTED_FOR - 2)  # the second of now - 1.5 is past

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from psycopg_pool.base import AttemptWithBackoff
 
 from bridge.cli import main
-from bridge.errors import LedgerConfigError
+from bridge.errors import LedgerConfigError, LedgerError
 from bridge.ledger import open_ledger
 from bridge.ledger.migrations import LATEST
 from bridge.ledger.postgres import PROBE_SECONDS
@@ -232,3 +233,82 @@ def empty_ledger_settings(kind: str, tmp_path: Path) -> Iterator[Settings]:
         return
     with fresh_database(pg_base_url()) as url:
         yield Settings.from_env({}, database_url=url)
+
+
+def _backends(url: str) -> int:
+    """Connections to this test's database, from any process."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _until(condition: Any, what: str) -> None:
+    """Wait (real time: a pool's own threads) until ``condition()`` holds."""
+    done = threading.Event()
+    for _ in range(500):
+        if condition():
+            return
+        done.wait(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+def test_a_busy_pool_is_not_taken_for_an_outage(pg_url: str, clock: ManualClock) -> None:
+    """Every connection busy (the outbox's lock held) and the server up: a request waits out
+    its timeout and gets the ledger's error, and the pool is kept: no probe, no second pool,
+    no more connections than the setting allows."""
+    ledger = open_ledger(app_settings(pg_url, db_pool_size=1, db_timeout=0.3), clock=clock)
+    assert ledger is not None
+    try:
+        pool = ledger.pool  # type: ignore[attr-defined]
+        with ledger.exclusive("outbox") as taken:
+            assert taken
+            with pytest.raises(LedgerError, match="no connection"):
+                ledger.take_slots("dub", 10, 1)
+            assert ledger.pool is pool  # type: ignore[attr-defined]
+            assert _backends(pg_url) == 1
+        assert ledger.take_slots("dub", 10, 1) == (1, 0.0)
+    finally:
+        ledger.close()
+
+
+def test_a_request_waiting_on_a_replaced_pool_goes_on_with_the_fresh_one(
+    pg_url: str, clock: ManualClock
+) -> None:
+    """A request still waiting on the pool that recovery replaced is served by the fresh
+    pool, not failed."""
+    ledger = open_ledger(app_settings(pg_url, db_pool_size=1, db_timeout=5.0), clock=clock)
+    assert ledger is not None
+    got: list[Any] = []
+    try:
+        stale = ledger.pool  # type: ignore[attr-defined]
+        with ledger.exclusive("outbox"):
+            waiter = threading.Thread(target=lambda: got.append(ledger.take_slots("dub", 9, 1)))
+            waiter.start()
+            _until(lambda: stale.get_stats().get("requests_waiting", 0) == 1, "a request waits")
+            fresh = ledger._new_pool()  # type: ignore[attr-defined]
+            fresh.open(wait=True)
+            # As _recovered() swaps it, right after its probe (so no other probe is due).
+            ledger._last_probe = time.monotonic()  # type: ignore[attr-defined]
+            ledger.pool = fresh  # type: ignore[attr-defined]
+            stale.close(timeout=0)
+            waiter.join(timeout=10)
+        assert got == [(1, 0.0)]
+    finally:
+        ledger.close()
+
+
+def test_a_closed_ledger_stays_closed(pg_url: str, clock: ManualClock) -> None:
+    """After close(), a late call (a background thread at exit) gets the ledger's error and
+    opens no pool and no connection."""
+    ledger = open_ledger(app_settings(pg_url), clock=clock)
+    assert ledger is not None
+    ledger.close()
+    with pytest.raises(LedgerError, match="closed"):
+        ledger.take_slots("dub", 10, 1)
+    with pytest.raises(LedgerError), ledger.exclusive("outbox"):
+        pass
+    assert ledger.pool.closed  # type: ignore[attr-defined]
+    assert _backends(pg_url) == 0

@@ -4,7 +4,6 @@ SIGTERM that loses nothing and sends nothing twice."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,7 @@ import requests
 
 from tests.fakedub import FakeDub, Hold
 from tests.faultkit import key_for, mixed_batch
-from tests.procs import REPO, ProcfileWeb, clean_env
+from tests.procs import REPO, ProcfileWeb, clean_env, json_lines
 
 pytestmark = pytest.mark.slow
 MAPPINGS = REPO / "mappings"
@@ -34,18 +33,6 @@ def env_for(tmp_path: Path, fake: FakeDub, **extra: str) -> dict[str, str]:
         WEB_CONCURRENCY="2",
         **extra,
     )
-
-
-def json_lines(web: ProcfileWeb) -> list[dict[str, Any]]:
-    """Every line the process wrote; each must be JSON."""
-    lines = web.log.read_text().splitlines()
-    parsed = []
-    for line in lines:
-        try:
-            parsed.append(json.loads(line))
-        except ValueError:
-            pytest.fail(f"a log line that is not JSON: {line!r}")
-    return parsed
 
 
 def exited(web: ProcfileWeb) -> int:

@@ -342,3 +342,15 @@ def test_answers_are_plain_json_for_the_fast_writer() -> None:
     ]
     body = summarize(results, {"error": {"code": "x", "message": "y"}})
     assert orjson.loads(orjson.dumps(body))["counts"] == {"skipped": 1, "failed": 1}
+
+
+def test_head_facts_read_what_the_worker_buffered() -> None:
+    """A request refused before it was read whole still yields its method, path (no query)
+    and X-Request-Id, also from a head cut short or not HTTP at all."""
+    from bridge.web.worker import head_facts
+
+    head = b"POST /segment?x=1 HTTP/1.1\r\nHost: b\r\nx-request-ID:  rid-7 \r\n\r\n{"
+    assert head_facts(head) == ("POST", "/segment", "rid-7")
+    assert head_facts(b"POST /segment HTTP/1.1\r\nX-Request-Id: r") == ("POST", "/segment", "r")
+    assert head_facts(b"\xff\x00garbage") == (None, None, "")
+    assert head_facts(b"") == (None, None, "")

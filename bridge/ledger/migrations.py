@@ -85,9 +85,10 @@ CREATE TABLE IF NOT EXISTS rate_buckets (
     PRIMARY KEY (key, second)
 );
 INSERT INTO rate_buckets (key, second, taken)
-    SELECT key, {second_of_at}, COUNT(*) FROM rate_slots GROUP BY key, {second_of_at};
-DROP TABLE rate_slots
+    SELECT key, {second_of_at}, COUNT(*) FROM rate_slots GROUP BY key, {second_of_at}
 """
+# rate_slots stays: during a rolling deploy, instances of the release before still take
+# their slots there until they are replaced (a later migration may drop it).
 _TYPES = {
     "sqlite": {"real": "REAL", "whole": "INTEGER", "second_of_at": "CAST(at AS INTEGER)"},
     "postgres": {

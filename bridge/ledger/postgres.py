@@ -85,6 +85,7 @@ class PostgresLedger(SQLLedger):
         self.pool_size = max(1, pool_size)
         self._recovering = threading.Lock()
         self._last_probe = -math.inf
+        self._closed = False
         self.pool = self._new_pool()
         try:
             # One direct connection first: it fails fast, with the server's own reason.
@@ -111,15 +112,24 @@ class PostgresLedger(SQLLedger):
     def _probe(self) -> None:
         psycopg.connect(self.url, connect_timeout=max(1, round(self.timeout))).close()
 
-    def _recovered(self) -> bool:
-        """The pool gave no connection in time: is the server back? If it takes a direct
-        connection now, a fresh pool replaces this one, whose reconnection may be waiting
-        out a backoff that doubles with every failure of a long outage (a minute or more).
-        One request probes at a time, at most once per PROBE_SECONDS (real time: these are
-        real connections); the others answer at once, as before."""
+    def _recovered(self, used: psycopg_pool.ConnectionPool[Any]) -> bool:
+        """The pool ``used`` gave no connection in time: is the server back? If it takes a
+        direct connection now, a fresh pool replaces this one, whose reconnection may be
+        waiting out a backoff that doubles with every failure of a long outage (a minute or
+        more). Only a pool that is short of connections and failed to make one is replaced:
+        a pool whose connections are all busy is not broken. One request probes at a time,
+        at most once per PROBE_SECONDS (real time: these are real connections); the others
+        answer at once, as before."""
+        if self.pool is not used:
+            return not self._closed  # replaced meanwhile: try the fresh one
+        stats = used.get_stats()
+        if stats.get("pool_size", 0) >= used.max_size or not stats.get("connections_errors"):
+            return False
         if not self._recovering.acquire(blocking=False):
             return False
         try:
+            if self._closed or self.pool is not used:
+                return not self._closed
             now = time.monotonic()
             if now - self._last_probe < PROBE_SECONDS:
                 return False
@@ -145,14 +155,17 @@ class PostgresLedger(SQLLedger):
         if write and self.readonly:
             raise LedgerError(f"the ledger at {self.where} is open read-only")
         for attempt in (1, 2):
+            pool = self.pool
             try:
-                with self.pool.connection() as conn:
+                with pool.connection() as conn:
                     if not tx:
                         return work(_Connection(conn))
                     with conn.transaction():
                         return work(_Connection(conn))
             except (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
-                if attempt == 1 and self._recovered():
+                if self._closed:
+                    raise LedgerError(f"the ledger at {self.where} is closed") from exc
+                if attempt == 1 and self._recovered(pool):
                     continue
                 raise LedgerError(
                     f"no connection to PostgreSQL at {self.where} within {self.timeout:g} s"
@@ -196,10 +209,12 @@ class PostgresLedger(SQLLedger):
                             _Connection(conn).execute(
                                 "SELECT pg_advisory_unlock(hashtextextended(:name, 1))", key
                             )
-        except psycopg_pool.PoolTimeout as exc:
+        except (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
             raise LedgerError(f"no connection to PostgreSQL at {self.where}") from exc
 
     def close(self) -> None:
+        with self._recovering:  # no probe may open a pool after this
+            self._closed = True
         self.pool.close()
 
 

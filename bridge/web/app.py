@@ -1,7 +1,7 @@
 """The Flask app factory: all set-up happens in ``create_app``, nothing at import time.
 
 Gunicorn runs ``bridge.web.app:create_app()`` (see the Procfile and
-``gunicorn.conf.py``); each worker builds its own service (mappings, Dub
+``bridge/web/gunicorn_conf.py``); each worker builds its own service (mappings, Dub
 session, thread pool, ledger connection) and closes it when it exits.
 """
 

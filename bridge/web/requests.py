@@ -38,15 +38,14 @@ class RequestIds:
         self.app = app
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        given = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = given if _TOKEN.match(given) else os.urandom(16).hex()
+        request_id = make_request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         environ["bridge.request_id"] = request_id
-        counted = environ.get("PATH_INFO") == "/segment"
+        counted = is_webhook(environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             headers.append((HEADER, request_id))
             if counted:
-                labelled(metrics().webhook_requests, status.partition(" ")[0]).inc()
+                count_webhook(status.partition(" ")[0])
             return start_response(status, headers, exc_info)
 
         token = REQUEST_ID.set(request_id)
@@ -54,6 +53,20 @@ class RequestIds:
             return self.app(environ, start)
         finally:
             REQUEST_ID.reset(token)
+
+
+def make_request_id(given: str) -> str:
+    """The client's X-Request-Id when it is a plain token, else a new one."""
+    return given if _TOKEN.match(given) else os.urandom(16).hex()
+
+
+def is_webhook(method: str | None, path: str | None) -> bool:
+    """Whether a request counts in ``bridge_webhook_requests_total``: Segment's POSTs."""
+    return method == "POST" and path == "/segment"
+
+
+def count_webhook(status: str) -> None:
+    labelled(metrics().webhook_requests, status).inc()
 
 
 def install(app: Flask) -> None:

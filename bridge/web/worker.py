@@ -72,6 +72,22 @@ class _Reading:
     data: bytearray = field(default_factory=bytearray)
 
 
+def head_facts(data: bytes | bytearray) -> tuple[str | None, str | None, str]:
+    """The method, the path (no query) and the X-Request-Id of a request's head, as far as
+    it was read; for the answer to a request refused before it was read whole."""
+    head = bytes(data[: min(len(data), HEADER_MAX)]).split(b"\r\n\r\n", 1)[0]
+    first, *lines = head.split(b"\r\n")
+    parts = first.decode("latin-1").split(" ")
+    method = parts[0] if len(parts) == 3 else None
+    path = parts[1].partition("?")[0] if len(parts) == 3 else None
+    given = ""
+    for line in lines:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"x-request-id":
+            given = value.strip().decode("latin-1")
+    return method, path, given
+
+
 def request_end(data: bytes | bytearray, max_body: int) -> int | None:
     """Where the first request in ``data`` ends, or None while it is incomplete; raises
     ``BadRequest`` for headers or a body over their limits, or broken framing."""
@@ -239,6 +255,15 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
     def _refuse(
         self, conn: Any, status: int, code: str, message: str, *, registered: bool = True
     ) -> None:
+        """Answer a request the app never sees as the app answers one: the JSON error, the
+        request id, the request metric and one log line."""
+        # Imported here, in the worker: gunicorn's master imports this module before its
+        # configuration sets up the metrics directory that prometheus_client reads once.
+        from .requests import count_webhook, is_webhook, make_request_id
+
+        reading = self.reading.get(conn)
+        method, path, given = head_facts(reading.data if reading is not None else b"")
+        request_id = make_request_id(given)
         body = json.dumps(
             {"error": {"code": code, "message": message}}, separators=(",", ":")
         ).encode()
@@ -246,9 +271,14 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                   431: "Request Header Fields Too Large"}[status]  # fmt: skip
         head = (
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\n"
+            "Connection: close\r\n\r\n"
         )
-        self.log.warning(f"request refused before reading it whole: {status} {code}: {message}")
+        fields = {"status": status, "code": code, "reason": message, "method": method}
+        fields |= {"path": path, "requestId": request_id, "before": "the app"}
+        self.log.warning("request refused", extra={"fields": fields})
+        if is_webhook(method, path):
+            count_webhook(str(status))
         with contextlib.suppress(OSError):
             conn.sock.sock.send(head.encode() + body)
         self._drop(conn, registered=registered)
