@@ -47,8 +47,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "full": {
         "corpus_events": 5000,
-        "map_rounds": 3,
-        "map_seconds": 3.0,
+        "map_rounds": 7,
+        "map_seconds": 2.0,
         "startup_samples": 3,
         # Five short rounds rather than three long ones: a burst of load from a neighbour
         # spoils one round, and the median of five per-round ratios shrugs off two.
