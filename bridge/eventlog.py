@@ -40,14 +40,19 @@ def log_result(result: Result) -> None:
         fields["dubError"] = result.dub_error
     if result.reason:
         fields["reason"] = result.reason
-    if logging.getLogRecordFactory() is logging.LogRecord:
+    if (
+        logging.getLogRecordFactory() is logging.LogRecord
+        and type(result_log).makeRecord is _MAKE_RECORD
+    ):
         result_log.handle(_record(level, fields))
     else:  # the application makes its own records: let it
         result_log.log(level, "event", extra={"fields": fields})
 
 
+_MAKE_RECORD = logging.Logger.makeRecord
+
+
 _template: dict[str, Any] | None = None
-_LEVEL_NAMES = {logging.INFO: "INFO", logging.WARNING: "WARNING"}
 
 
 def _record(level: int, fields: dict[str, Any]) -> logging.LogRecord:
@@ -70,15 +75,29 @@ def _record(level: int, fields: dict[str, Any]) -> logging.LogRecord:
     since = (created - _template["created"]) * 1000
     state["relativeCreated"] = _template["relativeCreated"] + since
     state["levelno"] = level
-    state["levelname"] = _LEVEL_NAMES[level]
+    state["levelname"] = logging.getLevelName(level)
+    # What LogRecord.__init__ finds anew for every record, as it finds it.
     state["process"] = os.getpid() if logging.logProcesses else None
     if logging.logThreads:
         state["thread"] = threading.get_ident()
         state["threadName"] = threading.current_thread().name
+    else:
+        state["thread"] = state["threadName"] = None
+    state["processName"] = _process_name() if logging.logMultiprocessing else None
     if "taskName" in state:  # Python 3.12+
         state["taskName"] = _task_name()
     state["fields"] = fields
     return record
+
+
+def _process_name() -> str:
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is None:
+        return "MainProcess"
+    try:
+        return str(multiprocessing.current_process().name)
+    except Exception:  # as LogRecord: a name is never worth an exception
+        return "MainProcess"
 
 
 def _task_name() -> str | None:

@@ -144,13 +144,23 @@ def test_event_record_is_the_one_logging_would_make(
         )
         assert abs(record.relativeCreated - made.relativeCreated) < 60_000
         assert JSONFormatter().format(record)  # a formatter reads it as any other
+    # What logging finds anew for each record follows its settings after the template.
+    monkeypatch.setattr(logging, "logThreads", not threads)
+    monkeypatch.setitem(logging._levelToName, logging.INFO, "info")  # type: ignore[attr-defined]
+    logger.addHandler(keep)
+    try:
+        eventlog.log_result(base._replace(message_id="m-3"))
+    finally:
+        logger.removeHandler(keep)
+    assert seen[-1].thread == (None if threads else threading.get_ident())
+    assert seen[-1].levelname == "info"
 
 
 def test_an_applications_record_factory_makes_the_event_records(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With a record factory of the application's own, every event line's record is made by
-    it (the template would freeze what the factory computes per record)."""
+    """With a record factory or a logger class of the application's own, every event line's
+    record is made by it (the template would freeze what it computes per record)."""
     from bridge import eventlog
     from bridge.results import Result
 
@@ -168,6 +178,12 @@ def test_an_applications_record_factory_makes_the_event_records(
         def emit(self, record: logging.LogRecord) -> None:
             seen.append(record)
 
+    class Numbered(logging.Logger):
+        def makeRecord(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = super().makeRecord(*args, **kwargs)
+            record.seq = -len(seen) - 1
+            return record
+
     monkeypatch.setattr(eventlog, "_template", None)
     keep = Keep()
     logger = logging.getLogger("bridge.events")
@@ -176,7 +192,11 @@ def test_an_applications_record_factory_makes_the_event_records(
     try:
         for n in range(3):
             eventlog.log_result(Result(f"m-{n}", "Order Completed", "order-sale", "sale"))
+        logging.setLogRecordFactory(logging.LogRecord)
+        monkeypatch.setattr(logger, "__class__", Numbered)  # a logger class of its own
+        for n in range(2):
+            eventlog.log_result(Result(f"n-{n}", "Order Completed", "order-sale", "sale"))
     finally:
         logging.setLogRecordFactory(logging.LogRecord)
         logger.removeHandler(keep)
-    assert [getattr(r, "seq", None) for r in seen] == [1, 2, 3]
+    assert [getattr(r, "seq", None) for r in seen] == [1, 2, 3, -4, -5]

@@ -105,18 +105,19 @@ def test_database_lost_while_running_answers_503_and_recovers(
 
 
 @pytest.mark.slow  # the pool's real connect timeout
+@pytest.mark.parametrize("pool_size", [None, 1])
 def test_a_long_outage_ends_with_the_first_request_after_it(
     proxied_database: tuple[str, TCPProxy], dub: responses.RequestsMock, clock: ManualClock,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, pool_size: int | None,
 ) -> None:  # fmt: skip
     """After an outage long enough for the pool's reconnection backoff to reach a minute, the
     first request once the database is back is served (on a fresh pool), not 503'd for that
-    minute."""
+    minute; also when the pool held all the connections it may before the outage."""
     monkeypatch.setattr(AttemptWithBackoff, "INITIAL_DELAY", 60.0)  # as after a long outage
     assert PROBE_SECONDS < 1.0  # the pool's timeout here: a request may probe after it
     url, proxy = proxied_database
     dub.post(f"{DUB}/track/sale", json=sale_ok())
-    app = create_app(app_settings(url), clock=clock)
+    app = create_app(app_settings(url, db_pool_size=pool_size), clock=clock)
     try:
         client = app.test_client()
         assert post(client, order("before")).status_code == 200

@@ -352,5 +352,18 @@ def test_head_facts_read_what_the_worker_buffered() -> None:
     head = b"POST /segment?x=1 HTTP/1.1\r\nHost: b\r\nx-request-ID:  rid-7 \r\n\r\n{"
     assert head_facts(head) == ("POST", "/segment", "rid-7")
     assert head_facts(b"POST /segment HTTP/1.1\r\nX-Request-Id: r") == ("POST", "/segment", "r")
+    twice = b"POST /segment HTTP/1.1\r\nX-Request-Id: a\r\nX-Request-Id: b\r\n\r\n"
+    assert head_facts(twice)[2] == "a,b"  # as gunicorn joins them: no longer a token
     assert head_facts(b"\xff\x00garbage") == (None, None, "")
     assert head_facts(b"") == (None, None, "")
+
+
+def test_a_request_id_is_a_plain_token_or_a_new_one() -> None:
+    """A client's X-Request-Id is kept only when it is a plain token (no trailing newline, no
+    list of two); anything else gets a new id."""
+    from bridge.web.requests import make_request_id
+
+    assert make_request_id("req-42.a:b_c") == "req-42.a:b_c"
+    for odd in ("req-42\n", "a,b", "a b", "", "x" * 129, "é"):
+        made = make_request_id(odd)
+        assert made != odd and len(made) == 32 and int(made, 16) >= 0

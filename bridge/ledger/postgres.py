@@ -86,6 +86,10 @@ class PostgresLedger(SQLLedger):
         self._recovering = threading.Lock()
         self._last_probe = -math.inf
         self._closed = False
+        # Connections each pool (by id) has lent to this process's threads: a pool that
+        # lent all it may is busy, not broken (its own count includes reconnections).
+        self._lent: dict[int, int] = {}
+        self._lending = threading.Lock()
         self.pool = self._new_pool()
         try:
             # One direct connection first: it fails fast, with the server's own reason.
@@ -122,8 +126,8 @@ class PostgresLedger(SQLLedger):
         answer at once, as before."""
         if self.pool is not used:
             return not self._closed  # replaced meanwhile: try the fresh one
-        stats = used.get_stats()
-        if stats.get("pool_size", 0) >= used.max_size or not stats.get("connections_errors"):
+        busy = self._lent.get(id(used), 0) >= used.max_size
+        if busy or not used.get_stats().get("connections_errors"):
             return False
         if not self._recovering.acquire(blocking=False):
             return False
@@ -151,13 +155,30 @@ class PostgresLedger(SQLLedger):
         log.info("ledger connections restored", extra={"database": self.where})
         return True
 
+    @contextlib.contextmanager
+    def _connection(self, pool: psycopg_pool.ConnectionPool[Any]) -> Iterator[Any]:
+        """A connection of ``pool``, counted as lent while it is out."""
+        with pool.connection() as conn:
+            key = id(pool)
+            with self._lending:
+                self._lent[key] = self._lent.get(key, 0) + 1
+            try:
+                yield conn
+            finally:
+                with self._lending:
+                    left = self._lent[key] - 1
+                    if left:
+                        self._lent[key] = left
+                    else:
+                        del self._lent[key]
+
     def _run(self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True) -> T:
         if write and self.readonly:
             raise LedgerError(f"the ledger at {self.where} is open read-only")
         for attempt in (1, 2):
             pool = self.pool
             try:
-                with pool.connection() as conn:
+                with self._connection(pool) as conn:
                     if not tx:
                         return work(_Connection(conn))
                     with conn.transaction():
@@ -194,7 +215,7 @@ class PostgresLedger(SQLLedger):
         """A session advisory lock, held on one pooled connection for the block; it frees
         itself if this process dies."""
         try:
-            with self.pool.connection() as conn:
+            with self._connection(self.pool) as conn:
                 key = {"name": name}
                 taken = (
                     _Connection(conn)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("bridge.web")
-_TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 HEADER = "X-Request-Id"
 
 
@@ -57,7 +57,7 @@ class RequestIds:
 
 def make_request_id(given: str) -> str:
     """The client's X-Request-Id when it is a plain token, else a new one."""
-    return given if _TOKEN.match(given) else os.urandom(16).hex()
+    return given if _TOKEN.fullmatch(given) else os.urandom(16).hex()
 
 
 def is_webhook(method: str | None, path: str | None) -> bool:

@@ -80,12 +80,12 @@ def head_facts(data: bytes | bytearray) -> tuple[str | None, str | None, str]:
     parts = first.decode("latin-1").split(" ")
     method = parts[0] if len(parts) == 3 else None
     path = parts[1].partition("?")[0] if len(parts) == 3 else None
-    given = ""
+    given: list[str] = []
     for line in lines:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"x-request-id":
-            given = value.strip().decode("latin-1")
-    return method, path, given
+            given.append(value.strip().decode("latin-1"))
+    return method, path, ",".join(given)  # repeated, joined as gunicorn joins them
 
 
 def request_end(data: bytes | bytearray, max_body: int) -> int | None:
