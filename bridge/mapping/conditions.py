@@ -25,7 +25,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..masking import mask_value
 from .paths import CompiledPath, cached_path, check_path
 from .transforms import is_empty
-from .values import MISSING, as_number, check_json, json_equal, json_key, shown
+from .values import (
+    MISSING,
+    as_number,
+    check_json,
+    check_pattern,
+    json_equal,
+    json_key,
+    shown,
+)
 
 TESTS: tuple[str, ...] = ("exists", "equals", "not_equals", "in", "not_in", "gt", "gte")
 TESTS += ("lt", "lte", "matches", "not_empty")
@@ -103,12 +111,7 @@ class ConditionSpec(BaseModel):
     @field_validator("matches")
     @classmethod
     def _pattern(cls, pattern: str | None) -> str | None:
-        if pattern is not None:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from exc
-        return pattern
+        return check_pattern(pattern)
 
     @model_validator(mode="after")
     def _one_test(self) -> ConditionSpec:

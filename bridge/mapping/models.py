@@ -13,7 +13,6 @@ which sees every file.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -24,7 +23,7 @@ from .paths import check_path
 from .sums import SumSpec
 from .templates import parse as parse_template
 from .transforms import NAMED
-from .values import check_json
+from .values import check_json, check_pattern
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 SOURCES = ("paths", "value", "template", "sum")
@@ -163,12 +162,7 @@ class Trigger(BaseModel):
     @field_validator("event_matches")
     @classmethod
     def _pattern(cls, pattern: str | None) -> str | None:
-        if pattern is not None:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from exc
-        return pattern
+        return check_pattern(pattern)
 
     @model_validator(mode="after")
     def _one_way(self) -> Trigger:

@@ -10,6 +10,7 @@ as a date and ``null`` as nothing, neither of which an event can hold.
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -67,6 +68,16 @@ def as_number(value: Any) -> Decimal | None:
         return to_decimal(value)
     except AmountError:
         return None
+
+
+def check_pattern(pattern: str | None) -> str | None:
+    """A regular expression of a mapping file, or the load error that names it."""
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {pattern!r}: {exc}") from exc
+    return pattern
 
 
 def check_json(value: Any, *, allow_null: bool = False, where: str = "") -> Any:
