@@ -74,17 +74,23 @@ def install(app: Flask) -> None:
 
 
 def refused(status: int, code: str, reason: str) -> None:
-    """The one line for a request answered with an error."""
-    log.warning(
-        "request refused",
-        extra={
-            "fields": {
-                "status": status,
-                "code": code,
-                "reason": reason[:300],
-                "method": request.method,
-                "path": request.path,
-                "bytes": request.content_length,
-            }
-        },
-    )
+    """The one line for a request the app answered with an error."""
+    log_refusal(status, code, reason, request.method, request.path, request.content_length)
+
+
+def log_refusal(
+    status: int,
+    code: str,
+    reason: str,
+    method: str | None,
+    path: str | None,
+    size: int | None,
+    request_id: str | None = None,
+) -> None:
+    """The one line for every refused request, whoever answered it (the app, or the worker
+    before the app saw it: that one passes its request id, which no context holds)."""
+    fields = {"status": status, "code": code, "reason": reason[:300], "method": method}
+    fields |= {"path": path, "bytes": size}
+    if request_id is not None:
+        fields["requestId"] = request_id
+    log.warning("request refused", extra={"fields": fields})

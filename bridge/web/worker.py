@@ -259,7 +259,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         request id, the request metric and one log line."""
         # Imported here, in the worker: gunicorn's master imports this module before its
         # configuration sets up the metrics directory that prometheus_client reads once.
-        from .requests import count_webhook, is_webhook, make_request_id
+        from .requests import count_webhook, is_webhook, log_refusal, make_request_id
 
         reading = self.reading.get(conn)
         method, path, given = head_facts(reading.data if reading is not None else b"")
@@ -274,9 +274,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
             f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\n"
             "Connection: close\r\n\r\n"
         )
-        fields = {"status": status, "code": code, "reason": message, "method": method}
-        fields |= {"path": path, "requestId": request_id, "before": "the app"}
-        self.log.warning("request refused", extra={"fields": fields})
+        log_refusal(status, code, message, method, path, None, request_id)
         if is_webhook(method, path):
             count_webhook(str(status))
         with contextlib.suppress(OSError):
