@@ -14,6 +14,7 @@ from .outcomes import WARN
 from .results import Result
 
 result_log = logging.getLogger("bridge.events")
+_MAKE_RECORD = logging.Logger.makeRecord
 
 
 def log_result(result: Result) -> None:
@@ -47,9 +48,6 @@ def log_result(result: Result) -> None:
         result_log.handle(_record(level, fields))
     else:  # the application makes its own records: let it
         result_log.log(level, "event", extra={"fields": fields})
-
-
-_MAKE_RECORD = logging.Logger.makeRecord
 
 
 _template: dict[str, Any] | None = None

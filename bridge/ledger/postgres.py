@@ -86,9 +86,9 @@ class PostgresLedger(SQLLedger):
         self._recovering = threading.Lock()
         self._last_probe = -math.inf
         self._closed = False
-        # Connections each pool (by id) has lent to this process's threads: a pool that
-        # lent all it may is busy, not broken (its own count includes reconnections).
-        self._lent: dict[int, int] = {}
+        # Connections each pool has lent to this process's threads: a pool that lent all
+        # it may is busy, not broken (its own count includes reconnections).
+        self._lent: dict[psycopg_pool.ConnectionPool[Any], int] = {}
         self._lending = threading.Lock()
         self.pool = self._new_pool()
         try:
@@ -120,13 +120,13 @@ class PostgresLedger(SQLLedger):
         """The pool ``used`` gave no connection in time: is the server back? If it takes a
         direct connection now, a fresh pool replaces this one, whose reconnection may be
         waiting out a backoff that doubles with every failure of a long outage (a minute or
-        more). Only a pool that is short of connections and failed to make one is replaced:
-        a pool whose connections are all busy is not broken. One request probes at a time,
+        more). Only a pool that failed to make a connection is replaced, and not while it
+        has lent all its connections: then it is busy, not broken. One request probes at a time,
         at most once per PROBE_SECONDS (real time: these are real connections); the others
         answer at once, as before."""
         if self.pool is not used:
             return not self._closed  # replaced meanwhile: try the fresh one
-        busy = self._lent.get(id(used), 0) >= used.max_size
+        busy = self._lent.get(used, 0) >= used.max_size
         if busy or not used.get_stats().get("connections_errors"):
             return False
         if not self._recovering.acquire(blocking=False):
@@ -159,18 +159,17 @@ class PostgresLedger(SQLLedger):
     def _connection(self, pool: psycopg_pool.ConnectionPool[Any]) -> Iterator[Any]:
         """A connection of ``pool``, counted as lent while it is out."""
         with pool.connection() as conn:
-            key = id(pool)
             with self._lending:
-                self._lent[key] = self._lent.get(key, 0) + 1
+                self._lent[pool] = self._lent.get(pool, 0) + 1
             try:
                 yield conn
             finally:
                 with self._lending:
-                    left = self._lent[key] - 1
+                    left = self._lent[pool] - 1
                     if left:
-                        self._lent[key] = left
+                        self._lent[pool] = left
                     else:
-                        del self._lent[key]
+                        del self._lent[pool]
 
     def _run(self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True) -> T:
         if write and self.readonly:
