@@ -27,9 +27,9 @@ from .paths import CompiledPath, cached_path, check_path
 from .transforms import is_empty
 from .values import (
     MISSING,
+    Pattern,
     as_number,
     check_json,
-    check_pattern,
     json_equal,
     json_key,
     shown,
@@ -62,7 +62,7 @@ class ConditionSpec(BaseModel):
     gte: Decimal | None = None
     lt: Decimal | None = None
     lte: Decimal | None = None
-    matches: str | None = None
+    matches: Pattern | None = None
     not_empty: bool | None = None
     any: tuple[ConditionSpec, ...] | None = Field(None, min_length=1)
     all: tuple[ConditionSpec, ...] | None = Field(None, min_length=1)
@@ -107,11 +107,6 @@ class ConditionSpec(BaseModel):
         if number is None:
             raise ValueError("a number, or numeric text such as '12.50'")
         return number
-
-    @field_validator("matches")
-    @classmethod
-    def _pattern(cls, pattern: str | None) -> str | None:
-        return check_pattern(pattern)
 
     @model_validator(mode="after")
     def _one_test(self) -> ConditionSpec:

@@ -23,7 +23,7 @@ from .paths import check_path
 from .sums import SumSpec
 from .templates import parse as parse_template
 from .transforms import NAMED
-from .values import check_json, check_pattern
+from .values import Pattern, check_json
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 SOURCES = ("paths", "value", "template", "sum")
@@ -147,7 +147,7 @@ class Trigger(BaseModel):
 
     model_config = _STRICT
     event: tuple[str, ...] | None = Field(None, min_length=1)
-    event_matches: str | None = None
+    event_matches: Pattern | None = None
     type: Literal["track"] = "track"
     conditions: tuple[ConditionSpec, ...] = ()
 
@@ -158,11 +158,6 @@ class Trigger(BaseModel):
         if isinstance(names, list) and any(not isinstance(n, str) or not n for n in names):
             raise ValueError("event names are non-empty text, matched exactly")
         return names
-
-    @field_validator("event_matches")
-    @classmethod
-    def _pattern(cls, pattern: str | None) -> str | None:
-        return check_pattern(pattern)
 
     @model_validator(mode="after")
     def _one_way(self) -> Trigger:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 from ..jsoncodec import JSONEncodeFailure, dumps_str
 from ..masking import mask_value
@@ -70,14 +72,17 @@ def as_number(value: Any) -> Decimal | None:
         return None
 
 
-def check_pattern(pattern: str | None) -> str | None:
+def check_pattern(pattern: str) -> str:
     """A regular expression of a mapping file, or the load error that names it."""
-    if pattern is not None:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"bad regular expression {pattern!r}: {exc}") from exc
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"bad regular expression {pattern!r}: {exc}") from exc
     return pattern
+
+
+# A mapping file's regular expression (a trigger's or a condition's), checked at load.
+Pattern = Annotated[str, AfterValidator(check_pattern)]
 
 
 def check_json(value: Any, *, allow_null: bool = False, where: str = "") -> Any:
