@@ -56,6 +56,7 @@ ENV = {
     "metrics_token": "BRIDGE_METRICS_TOKEN",
     "max_event_age_days": "BRIDGE_MAX_EVENT_AGE_DAYS",
     "unverified_events": "BRIDGE_UNVERIFIED_EVENTS",
+    "allow_unsigned": "BRIDGE_ALLOW_UNSIGNED",
 }
 SECRETS = {"dub_api_key", "segment_shared_secret", "database_url", "metrics_token"}
 
@@ -110,6 +111,9 @@ class Settings(BaseModel):
     # Events a batch's signature does not vouch for: kept as dead letters, or the whole
     # request refused with 401.
     unverified_events: Literal["dead_letter", "refuse"] = "dead_letter"
+    # Accepting unsigned requests lets anyone who can reach the service post sales: a
+    # choice to make on purpose (a private network, local trials), never a default.
+    allow_unsigned: bool = False
 
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> Settings:
@@ -157,6 +161,21 @@ class Settings(BaseModel):
         ):
             raise ValueError("a postgresql:// URL")
         return value
+
+    @property
+    def unsigned(self) -> bool:
+        """Requests are accepted without a signature (chosen with BRIDGE_ALLOW_UNSIGNED=1)."""
+        return self.segment_shared_secret is None
+
+    @property
+    def ledger_chosen(self) -> bool:
+        """Where the ledger lives was said, not defaulted: DATABASE_URL, BRIDGE_DB, or a
+        BRIDGE_LEDGER other than the SQLite file."""
+        return (
+            self.database_url is not None
+            or "db_path" in self.model_fields_set
+            or self.ledger != "on"
+        )
 
     @property
     def pool_size(self) -> int:

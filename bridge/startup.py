@@ -16,7 +16,12 @@ from .errors import BridgeError, ConfigError, MappingFileError
 from .ledger import Access, Ledger, open_ledger
 from .settings import Settings
 from .sources import load_directory
-from .wiring import require_api_key
+from .wiring import (
+    UNSIGNED_WARNING,
+    require_api_key,
+    require_ledger_choice,
+    require_signing,
+)
 
 
 @dataclass
@@ -33,12 +38,16 @@ def check(settings: Settings, *, migrate: bool = True) -> Report:
     """Every start-up problem, one line each. ``migrate``: apply pending migrations (the
     master does); else a schema behind is a problem (``bridge check``)."""
     report = Report()
-    try:
-        require_api_key(settings)
-    except ConfigError as exc:
-        report.problems.append(exc.message)
+    for required in (require_api_key, require_signing):
+        try:
+            required(settings)
+        except ConfigError as exc:
+            report.problems.append(exc.message)
+    if settings.unsigned and settings.allow_unsigned:
+        report.warnings.append(UNSIGNED_WARNING)
     ledger: Ledger | None = None
     try:
+        require_ledger_choice(settings)  # before a default SQLite file could be made
         ledger = open_ledger(settings, Access.CREATE if migrate else Access.READ)
     except BridgeError as exc:
         report.problems.append(exc.message)

@@ -33,6 +33,33 @@ def require_api_key(settings: Settings) -> str:
     return settings.api_key
 
 
+def require_signing(settings: Settings) -> None:
+    """Unsigned requests are accepted only when that was chosen."""
+    if settings.unsigned and not settings.allow_unsigned:
+        raise ConfigError(
+            "SEGMENT_SHARED_SECRET is not set: anyone who can reach the service could post"
+            " conversions. Set it to the Webhooks destination's shared secret, or set"
+            " BRIDGE_ALLOW_UNSIGNED=1 to accept unsigned requests on purpose."
+        )
+
+
+UNSIGNED_WARNING = (
+    "SEGMENT_SHARED_SECRET is not set and BRIDGE_ALLOW_UNSIGNED=1: requests are accepted"
+    " without a signature"
+)
+
+
+def require_ledger_choice(settings: Settings) -> None:
+    """The Procfile's process does not fall back to a SQLite file of its own."""
+    if not settings.ledger_chosen:
+        raise ConfigError(
+            "neither DATABASE_URL nor BRIDGE_DB is set: each instance would keep its own"
+            " SQLite ledger (no exactly-once across instances, no shared rate limit). Set"
+            " DATABASE_URL for several instances, or BRIDGE_DB to a file on a persistent disk"
+            " for a single one."
+        )
+
+
 def build_deliverer(
     settings: Settings, ledger: Ledger | None, *, clock: Clock = SYSTEM
 ) -> Deliverer:

@@ -274,7 +274,8 @@ def test_publish_history_rollback_and_instances_follow(tmp_path: Path, clock: Ma
 def test_bridge_check_says_what_would_stop_a_start(tmp_path: Path) -> None:
     """`bridge check` runs the master's checks: each problem one line, exit 1; ok otherwise."""
     db = tmp_path / "ledger.sqlite3"
-    env = {"BRIDGE_DB": str(db), "BRIDGE_MAPPINGS_DIR": str(MAPPINGS)}
+    env = {"BRIDGE_DB": str(db), "BRIDGE_MAPPINGS_DIR": str(MAPPINGS),
+           "SEGMENT_SHARED_SECRET": "s"}  # fmt: skip
     missing = cli("check", env=env)
     assert missing.exit_code == 1
     assert [line.split(":")[0] for line in missing.stderr.splitlines()] == ["error", "error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,49 @@ def test_lease_must_outlive_a_call() -> None:
         Settings.from_env({"BRIDGE_LEASE_SECONDS": "5"})
     assert "BRIDGE_LEASE_SECONDS: expected more than BRIDGE_DEADLINE_SECONDS" in str(info.value)
     assert "found '5'" in str(info.value)
+
+
+def _documented_variables() -> set[str]:
+    """The variables named in the first column of the README's Configuration table."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    names: set[str] = set()
+    for line in table.splitlines():
+        cells = line.split("|")
+        if len(cells) > 2 and "`" in cells[1]:
+            names |= set(re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[1]))
+    return names
+
+
+# Read by the platform or the Procfile's shell, not by the settings model.
+PLATFORM_VARIABLES = {"PORT"}
+
+
+def test_the_configuration_table_and_the_settings_agree() -> None:
+    """Every variable the settings read is in the README's table, and every row is read."""
+    documented = _documented_variables()
+    read = set(ENV.values())
+    assert read - documented == set(), "read but not documented"
+    assert documented - read - PLATFORM_VARIABLES == set(), "documented but never read"
+
+
+def test_every_field_has_its_variable() -> None:
+    """Each settings field is read from exactly one variable, and each variable names a field."""
+    assert set(ENV) == set(Settings.model_fields)
+    assert len(set(ENV.values())) == len(ENV)
+
+
+def test_allow_unsigned_is_a_boolean_named_in_errors() -> None:
+    """BRIDGE_ALLOW_UNSIGNED takes a yes/no word; anything else names the variable."""
+    assert Settings.from_env({"BRIDGE_ALLOW_UNSIGNED": "1"}).allow_unsigned is True
+    assert Settings.from_env({}).allow_unsigned is False
+    with pytest.raises(SettingsError, match="BRIDGE_ALLOW_UNSIGNED: expected a valid boolean"):
+        Settings.from_env({"BRIDGE_ALLOW_UNSIGNED": "perhaps"})
+
+
+def test_a_ledger_is_chosen_only_when_said() -> None:
+    """The SQLite default is not a choice; DATABASE_URL, BRIDGE_DB or BRIDGE_LEDGER are."""
+    assert not Settings.from_env({}).ledger_chosen
+    assert Settings.from_env({"BRIDGE_DB": "bridge-ledger.sqlite3"}).ledger_chosen
+    assert Settings.from_env({"DATABASE_URL": "postgresql://u@h/db"}).ledger_chosen
+    assert Settings.from_env({"BRIDGE_LEDGER": "memory"}).ledger_chosen

@@ -14,9 +14,12 @@ from .common import PROBLEMS, configured, settings
 def serve(host: str, port: int) -> None:
     """Run the webhook locally (production runs gunicorn from the Procfile)."""
     from ..web.app import create_app
+    from ..wiring import require_signing
 
+    config = settings()
     try:
-        app = create_app(settings())
+        require_signing(config)
+        app = create_app(config)
     except MappingFileError as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(PROBLEMS) from None

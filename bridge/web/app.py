@@ -16,7 +16,7 @@ from .. import logs
 from ..clock import SYSTEM, Clock
 from ..errors import BridgeError, PayloadTooLarge
 from ..settings import Settings
-from ..wiring import Service, build_service
+from ..wiring import UNSIGNED_WARNING, Service, build_service
 from . import requests
 from .health import health
 from .responses import json_response
@@ -62,6 +62,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
         )
 
     service.start()
+    if settings.unsigned:
+        log.warning(UNSIGNED_WARNING)
     log.info(
         "bridge ready",
         extra={

@@ -96,6 +96,9 @@ def healthz() -> Response:
                 "kind": service.ledger.kind if service.ledger is not None else "off",
                 "problem": problem,
             },
+            "signatures": "not checked (BRIDGE_ALLOW_UNSIGNED=1)"
+            if service.settings.unsigned
+            else "required",
             "draining": service.draining,
             "callsInFlight": service.deliverer.in_flight,
         }
