@@ -104,6 +104,9 @@ def bench_env(ledger_dir: Path, dub_port: int) -> dict[str, str]:
             "DUB_API_URL": f"http://127.0.0.1:{dub_port}",
             "BRIDGE_DB": str(ledger_dir / "ledger.sqlite3"),  # a file on disk, as deployed
             "BRIDGE_MAPPINGS_DIR": str(ROOT / "mappings"),
+            # The load generator posts unsigned bodies, as the bare Flask app it is compared
+            # with receives them.
+            "BRIDGE_ALLOW_UNSIGNED": "1",
             # The default (1200/min per key, split over the workers) would cap the bridge at
             # 20 calls/s and measure the limiter; fake Dub has no limit.
             "DUB_RATE_LIMIT_PER_MINUTE": "1000000000",
