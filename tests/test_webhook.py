@@ -14,7 +14,7 @@ import responses
 
 from bridge.outcomes import Outcome
 from bridge.results import Result
-from bridge.web.answers import summarize
+from bridge.web.answers import MAX_ANSWER_BYTES, summarize
 from bridge.web.app import create_app
 from bridge.web.signing import first_element_texts, sign, verify
 from tests.conftest import (
@@ -367,3 +367,23 @@ def test_a_request_id_is_a_plain_token_or_a_new_one() -> None:
     for odd in ("req-42\n", "a,b", "a b", "", "x" * 129, "é"):
         made = make_request_id(odd)
         assert made != odd and len(made) == 32 and int(made, 16) >= 0
+
+
+def test_a_mixed_size_batch_answer_lists_a_prefix() -> None:
+    """Entries of mixed sizes: the answer lists results in input order until one does not
+    fit, then omits that one and every later one, small ones included, and stays small."""
+    sizes = [20, 900, 15, 1800, 10, 3000, 12, 2500, 8, 40, 5, 7]
+    results = [
+        Result(f"m{i}-" + "x" * size, "E", "map", "lead", Outcome.INVALID, reason="bad")
+        for i, size in enumerate(sizes)
+    ]
+    answer = summarize(results)
+    listed = [entry["messageId"] for entry in answer["results"]]
+    assert listed == [r.message_id for r in results[: len(listed)]]
+    assert 0 < len(listed) < len(sizes)
+    assert answer["omitted"] == len(sizes) - len(listed)
+    assert len(orjson.dumps(answer)) <= MAX_ANSWER_BYTES
+    # The first left out is one that would not fit; a smaller one after it is left out too.
+    first_out = results[len(listed)]
+    assert len(first_out.message_id or "") > 100
+    assert any(len(r.message_id or "") < 50 for r in results[len(listed) :])

@@ -14,10 +14,11 @@ from .common import PROBLEMS, configured, settings
 def serve(host: str, port: int) -> None:
     """Run the webhook locally (production runs gunicorn from the Procfile)."""
     from ..web.app import create_app
-    from ..wiring import require_signing
+    from ..wiring import require_api_key, require_signing
 
     config = settings()
     try:
+        require_api_key(config)
         require_signing(config)
         app = create_app(config)
     except MappingFileError as exc:

@@ -11,7 +11,7 @@ mapping makes that (event, mapping) invalid and costs nothing else.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -22,10 +22,10 @@ from ..dub.endpoints import Endpoint
 from ..items import Unreadable
 from ..outcomes import Outcome
 from ..results import Result
-from .codegen import build_apply
 from .conditions import Condition
 from .events import SegmentEvent, describe_validation_error, well_formed
 from .fields import CompiledField, FieldProblem
+from .interpret import Steps, interpret
 from .values import MISSING
 
 __all__ = [
@@ -56,18 +56,10 @@ class CompiledMapping:
     source: str
     event_pattern: re.Pattern[str] | None = None  # trigger.event_matches, instead of names
     required: frozenset[str] = field(init=False)
-    # The mapping compiled into one function of (event, messageId, event name), and its text.
-    apply: Callable[[Mapping[str, Any], str | None, str], Result] = field(
-        init=False, repr=False, compare=False
-    )
-    code: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         required = self.endpoint.needed | {f.name for f in self.fields if f.required}
         object.__setattr__(self, "required", required)
-        apply, text = build_apply(self)
-        object.__setattr__(self, "apply", apply)
-        object.__setattr__(self, "code", text)
 
     @property
     def action(self) -> str:
@@ -131,8 +123,10 @@ class Engine:
     def matches(self, event_name: Any) -> bool:
         return isinstance(event_name, str) and self.candidates(event_name) is not None
 
-    def plan(self, event: Any) -> list[Result]:
-        """Every Dub request this event should cause, or one result saying why none."""
+    def plan(self, event: Any, trace: dict[str, Steps] | None = None) -> list[Result]:
+        """Every Dub request this event should cause, or one result saying why none.
+
+        ``trace`` (``bridge explain``) receives each candidate mapping's steps by name."""
         if type(event) is not dict:
             if isinstance(event, Unreadable):
                 return [Result().finish(Outcome.INVALID, errors=(str(event),))]
@@ -169,6 +163,9 @@ class Engine:
                     Result(message_id, name, m.name, m.action, Outcome.INVALID, errors=errors)
                     for m in candidates
                 ]
-        if len(candidates) == 1:
-            return [candidates[0].apply(event, message_id, name)]
-        return [mapping.apply(event, message_id, name) for mapping in candidates]
+        if trace is not None:
+            return [
+                interpret(m, event, message_id, name, trace.setdefault(m.name, {}))
+                for m in candidates
+            ]
+        return [interpret(mapping, event, message_id, name) for mapping in candidates]

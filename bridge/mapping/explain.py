@@ -1,35 +1,26 @@
 """``bridge explain``: how the engine decided, step by step, for one event.
 
-The outcome, body, errors and warnings are the engine's own (``Engine.plan``), so an
-explanation can never disagree with what the service would do. The steps beside them
-come from a second, instrumented walk over the same compiled objects: every condition
-with its path, the value seen and the test; every field with the path that gave its
-value, the raw value, each transform and its result. The engine itself carries no
-tracing, so explaining costs the hot path nothing.
+The outcome, body, errors and warnings are the engine's own (``Engine.plan``), and the
+steps beside them are recorded by the same walk (``mapping/interpret.py`` with a trace):
+every condition with its path, the value seen and the test; every field with the paths
+tried, the one that gave its value, the raw value, each transform and its result. An
+explanation can never disagree with what the service would do.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
-
-from pydantic import ValidationError
 
 from ..masking import mask_value
 from ..results import Result
 from .engine import CompiledMapping, Engine
-from .events import SegmentEvent
-from .fields import CompiledField
-from .paths import PathEvalError
-from .sums import Sum, SumError
-from .templates import Template
-from .transforms import TransformError, is_empty
-from .values import MISSING
+from .interpret import Steps
 
 
 def explain(engine: Engine, event: Any) -> dict[str, Any]:
     """One event: its candidate mappings, each with its steps and the engine's result."""
-    results = engine.plan(event)
+    trace: dict[str, Steps] = {}
+    results = engine.plan(event, trace)
     name = event.get("event") if isinstance(event, dict) else None
     out: dict[str, Any] = {
         "messageId": results[0].message_id,
@@ -42,20 +33,13 @@ def explain(engine: Engine, event: Any) -> dict[str, Any]:
         out["outcome"] = str(results[0].outcome)
         out["reason"] = results[0].reason or "; ".join(results[0].errors)
         return out
-    try:
-        SegmentEvent.model_validate(event)
-        well_formed = True
-    except ValidationError:
-        well_formed = False  # the engine stopped before any mapping: so do its steps
     for mapping in candidates or ():
-        result = by_name[mapping.name]
-        out["mappings"].append(_mapping(mapping, event, result, well_formed))
+        steps = trace.get(mapping.name, {})
+        out["mappings"].append(_mapping(mapping, by_name[mapping.name], steps))
     return out
 
 
-def _mapping(
-    mapping: CompiledMapping, event: Any, result: Result, well_formed: bool
-) -> dict[str, Any]:
+def _mapping(mapping: CompiledMapping, result: Result, steps: Steps) -> dict[str, Any]:
     pattern = mapping.event_pattern
     trigger = (
         f"event_matches {pattern.pattern!r}"
@@ -67,21 +51,11 @@ def _mapping(
         "action": mapping.action,
         "file": mapping.source,
         "trigger": trigger,
-        "conditions": [],
-        "fields": [],
+        "conditions": steps.get("conditions", []),
+        "fields": steps.get("fields", []),
     }
-    if well_formed:
-        try:
-            held = True
-            for condition in mapping.conditions:
-                trace = condition.trace(event)
-                step["conditions"].append(trace.to_json())
-                held = held and trace.held
-            if held:
-                resolved: dict[str, Any] = {}
-                step["fields"] = [_field(f, event, resolved) for f in mapping.fields]
-        except PathEvalError as exc:
-            step["error"] = str(exc)
+    if "error" in steps:
+        step["error"] = steps["error"]
     step["outcome"] = str(result.outcome)
     step["reason"] = result.reason
     step["errors"] = list(result.errors)
@@ -89,75 +63,6 @@ def _mapping(
     step["body"] = result.body
     step["path"] = result.request_path
     return step
-
-
-def _field(field: CompiledField, event: Any, resolved: dict[str, Any]) -> dict[str, Any]:
-    """The steps of one field, as CompiledField.resolve takes them."""
-    out: dict[str, Any] = {"field": field.name}
-    tried: list[dict[str, Any]] = []
-    value: Any = MISSING
-    if isinstance(field.computed, Template):
-        out["from"] = field.source
-        out["placeholders"] = [
-            {"path": path, "value": None if v is MISSING else v}
-            for path, v in field.computed.steps(event)
-        ]
-        value = _transformed(field, field.computed.render(event), resolved, out)
-    elif isinstance(field.computed, Sum):
-        out["from"] = field.source
-        try:
-            value = _transformed(field, field.computed.total(event), resolved, out)
-        except SumError as exc:
-            out["error"] = f"{exc} (at {exc.where})"
-    elif not field.paths:
-        out["from"] = "value"
-        value = field.literal
-    else:
-        for path in field.paths:
-            found = path.find(event)
-            raw = MISSING if not found else found[0] if len(found) == 1 else found
-            tried.append({"path": path.text, "value": None if raw is MISSING else raw})
-            if raw is MISSING or is_empty(raw):
-                continue
-            out["from"] = path.text
-            value = _transformed(field, raw, resolved, out)
-            if value is not MISSING or "error" in out:
-                break
-        out["tried"] = tried
-    if value is MISSING and "error" not in out and field.default is not MISSING:
-        out["from"], value = "default", field.default
-    if value is not MISSING:
-        resolved[field.name] = value
-    out["value"] = None if value is MISSING else _plain(value)
-    out["absent"] = value is MISSING
-    return out
-
-
-def _transformed(
-    field: CompiledField, raw: Any, resolved: dict[str, Any], out: dict[str, Any]
-) -> Any:
-    out["raw"] = None if raw is MISSING else _plain(raw)
-    if raw is MISSING:
-        return MISSING
-    steps: list[dict[str, Any]] = []
-    out["steps"] = steps
-    value = raw
-    for name, transform in zip(field.steps, field.transforms, strict=True):
-        try:
-            value = transform(value, resolved)
-        except TransformError as exc:
-            steps.append({"transform": name, "error": str(exc)})
-            out["error"] = str(exc)
-            return MISSING
-        steps.append({"transform": name, "value": None if value is MISSING else _plain(value)})
-        if value is MISSING:
-            return MISSING
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """A value as JSON can show it: an exact decimal total as its text."""
-    return str(value) if isinstance(value, Decimal) else value
 
 
 def explain_text(report: dict[str, Any]) -> list[str]:

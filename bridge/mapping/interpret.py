@@ -1,0 +1,99 @@
+"""What a mapping means, written once: one event in, this mapping's result out.
+
+Every consumer runs this one function: the webhook and ``bridge replay`` through
+``Engine.plan``, ``bridge explain`` with a trace that records each step as it is taken,
+so an explanation is the walk that made the result, never a second one beside it. The
+rules it applies are the compiled objects' own: each condition's ``holds``, each field's
+``CompiledField.resolve``, and Dub's field rules through ``Endpoint.clean``.
+
+Whatever an event holds, the mapping gives a result: an error while evaluating it makes
+this (event, mapping) invalid and costs nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..outcomes import Outcome
+from ..results import Result
+from .fields import FieldProblem
+from .paths import PathEvalError
+from .values import MISSING
+
+ZERO_SALE = "amount is 0: Dub records nothing for a zero sale"
+
+# What ``bridge explain`` is given per mapping: {"conditions": [...], "fields": [...]},
+# filled as the interpreter goes (see ``Condition.trace`` and ``CompiledField.resolve``).
+Steps = dict[str, Any]
+
+
+def interpret(
+    mapping: Any,  # CompiledMapping: engine.py imports this module
+    event: Mapping[str, Any],
+    message_id: str | None,
+    name: str | None,
+    steps: Steps | None = None,
+) -> Result:
+    """This mapping's result for a well-formed event; ``steps`` receives the trace."""
+    result = Result(message_id, name, mapping.name, mapping.endpoint.action)
+    try:
+        return _apply(mapping, event, result, steps)
+    except PathEvalError as exc:
+        if steps is not None:
+            steps["error"] = str(exc)
+        return result.finish(Outcome.INVALID, errors=(str(exc),))
+    except Exception as exc:  # a bug must cost this (event, mapping), not the batch
+        text = f"mapping {mapping.name!r} failed on this event: {type(exc).__name__}: {exc}"
+        return result.finish(Outcome.INVALID, errors=(text[:300],))
+
+
+def _apply(mapping: Any, event: Mapping[str, Any], result: Result, steps: Steps | None) -> Result:
+    failed = _conditions(mapping, event, steps)
+    if failed is not None:
+        return result.finish(Outcome.SKIPPED, reason=failed)
+    body: dict[str, Any] = {}
+    sources: dict[str, str | None] = {}
+    errors: list[str] = []
+    warnings: list[str] = []
+    traced = None if steps is None else steps.setdefault("fields", [])
+    for field in mapping.fields:
+        required = field.name in mapping.required
+        trace = None if traced is None else {"field": field.name}
+        if traced is not None and trace is not None:
+            traced.append(trace)
+        try:
+            value, sources[field.name] = field.resolve(event, body, trace)
+        except FieldProblem as exc:
+            (errors if required else warnings).append(str(exc) if required else f"dropped {exc}")
+            continue
+        if value is MISSING:
+            if required:
+                errors.append(f"{field.name}: no value (paths tried: {field.tried})")
+            continue
+        body[field.name] = value
+    clean, rule_errors, rule_warnings = mapping.endpoint.clean(body, mapping.required, sources)
+    result = result._replace(warnings=(*warnings, *rule_warnings))
+    if errors or rule_errors:
+        return result.finish(Outcome.INVALID, errors=(*errors, *rule_errors))
+    if mapping.endpoint.action == "sale" and clean.get("amount") == 0:
+        return result.finish(Outcome.SKIPPED, reason=ZERO_SALE)
+    return result._replace(request_path=mapping.endpoint.path, body=clean)
+
+
+def _conditions(mapping: Any, event: Mapping[str, Any], steps: Steps | None) -> str | None:
+    """Why the mapping skips this event (its first condition that fails), or None."""
+    if steps is None:
+        for condition in mapping.conditions:
+            if not condition.holds(event):
+                return str(condition.why_not(event))
+        return None
+    # Explained: every condition is shown, the first that failed decides.
+    traced = steps.setdefault("conditions", [])
+    failed: str | None = None
+    for condition in mapping.conditions:
+        trace = condition.trace(event)
+        traced.append(trace.to_json())
+        if not trace.held and failed is None:
+            failed = condition.reason or trace.failure()
+    return failed
