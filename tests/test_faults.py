@@ -6,8 +6,9 @@ Every scenario ends the same way: after Segment-style retries (re-POST the same 
 the bridge answers 503), the fake Dub has RECORDED each conversion exactly once, nothing is
 lost, and the ledger holds no row in a non-final state (pending / in_flight). Where the
 fake may have RECEIVED a conversion more than once (its de-duplication absorbed it), the
-test says which count it asserts. These tests run in real time (a real server, real socket
-timeouts), so they are ``slow``; none asserts how long anything took.
+test says which count it asserts. They run in real time (a real server, real socket
+timeouts) but in this process, so they are in the fast tier; the SIGKILL of real gunicorn
+processes is ``slow``. None asserts how long anything took.
 
 ``FIGURES`` collects the batch figures (test 6 and the kill test); ``pytest -s`` prints them.
 """
@@ -45,8 +46,6 @@ from tests.faultkit import (
     segment_retry,
 )
 from tests.procs import ProcfileWeb, clean_env
-
-pytestmark = pytest.mark.slow
 
 
 def test_dub_down_then_up(fake_dub: FakeDub, bridge: Callable[..., Bridge]) -> None:
@@ -396,6 +395,7 @@ def post_over_http(session: requests.Session, url: str, batch: list[dict[str, An
     )
 
 
+@pytest.mark.slow  # real gunicorn processes
 def test_sigkill_gunicorn_mid_batch_then_redeliver(tmp_path: Path) -> None:
     """SIGKILL gunicorn mid-batch, restart, redeliver: every conversion RECORDED exactly once."""
     db = tmp_path / "ledger.sqlite3"
