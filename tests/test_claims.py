@@ -330,3 +330,42 @@ def test_two_instances_never_answer_200_for_an_unsent_conversion(
         final = segment_retry(lambda e=event: post_to(webs[0].url, [e]), attempts=40, pause=0.2)
         assert final[-1].status == 200, final[-1].body
     assert_recorded_once(fake, {key_for(e) for e in events})
+
+
+def test_a_429_without_retry_after_pauses_every_worker(
+    engine: Engine, dub: responses.RequestsMock, clock: ManualClock
+) -> None:
+    """A 429 without Retry-After is the key's limit, not the row's: the shared limiter
+    pauses by the backoff, so no worker calls at once, even when this row's calls are
+    spent."""
+    dub.post(f"{DUB}/track/sale", status=429, json={"error": {"code": "x", "message": "x"}})
+    deliverer = deliverer_on(None, clock, max_attempts=1)
+    try:
+        results, payloads = planned(engine, [order("limited")])
+        (result,) = deliverer.deliver(results, 2.0, payloads)
+        assert (result.outcome, result.attempts, len(dub.calls)) == ("failed", 1, 1)
+        assert deliverer.limiter.acquire(clock.monotonic()) > 0  # paused: no slot now
+    finally:
+        deliverer.close()
+
+
+def test_a_redrive_sends_a_row_whose_calls_are_spent(
+    tmp_path: Path, engine: Engine, dub: responses.RequestsMock, clock: ManualClock
+) -> None:
+    """A person's redrive of a dead letter whose calls reached the cap sends it (a round of
+    its own), instead of giving it up again without a call."""
+    ledger = open_ledger(backend_settings("sqlite", tmp_path), clock=clock)
+    assert ledger is not None
+    deliverer = deliverer_on(ledger, clock, max_attempts=3)
+    try:
+        ledger.claim_many([ClaimRequest("spent", "order-sale", "sale", None, "user_1", {})])
+        ledger.finish("spent", "order-sale", State.GAVE_UP, calls=3, status=503)
+        dub.post(f"{DUB}/track/sale", json=sale_ok())
+        results, payloads = planned(engine, [order("spent")])
+        (result,) = deliverer.deliver(results, 2.0, payloads, redrive=True)
+        assert (result.outcome, len(dub.calls)) == ("delivered", 1)
+        row = ledger.get("spent", "order-sale")
+        assert row is not None and (row.state, row.attempts) == (State.DELIVERED, 4)
+    finally:
+        deliverer.close()
+        ledger.close()

@@ -379,8 +379,7 @@ class Deliverer:
             # (a second sale; a recorded lead turned `uncertain`). It runs to the read timeout.
             answer = self.client.send(endpoint, body)
             reached = reached or may_have_reached(answer)
-            last = pass_.once or made + attempt >= self.max_attempts
-            if last or classify(endpoint, answer) is not Outcome.FAILED:
+            if classify(endpoint, answer) is not Outcome.FAILED:
                 return _Calls(answer, attempt, reached)
             told = parse_retry_after(answer.retry_after, self.clock.time())
             # The backoff grows with every call this row has had, across Segment's retries.
@@ -391,7 +390,8 @@ class Deliverer:
                 self.limiter.pause(wait)
             # A lead's 5xx may have set Dub's de-duplication marker; a retry is still worth it
             # (the marker is not always written), and a swallowed retry is caught by decide().
-            if not self.policy.fits(self.clock.monotonic(), wait, guard, deadline):
+            last = pass_.once or made + attempt >= self.max_attempts
+            if last or not self.policy.fits(self.clock.monotonic(), wait, guard, deadline):
                 return _Calls(answer, attempt, reached)
             self.clock.sleep(wait)
             metrics().retries.inc()
