@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import requests
 import responses
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.ratelimit import SlidingWindow
@@ -24,6 +26,7 @@ from bridge.dub.client import DubClient
 from bridge.inputs import Item
 from bridge.ledger import open_ledger, retention_of
 from bridge.ledger.base import ClaimRequest, Ledger
+from bridge.ledger.memory import MemoryLedger
 from bridge.ledger.sql import SQLLedger
 from bridge.mapping.batch import plan_all
 from bridge.mapping.engine import Engine
@@ -369,3 +372,33 @@ def test_a_redrive_sends_a_row_whose_calls_are_spent(
     finally:
         deliverer.close()
         ledger.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(cap=st.integers(1, 6), before=st.integers(0, 8), budget=st.floats(0.5, 6.0))
+def test_no_pass_makes_more_calls_than_the_cap_leaves(
+    engine: Engine, cap: int, before: int, budget: float
+) -> None:
+    """Whatever calls a row had and whatever the budget, a pass against a failing Dub
+    leaves the stored attempts at most the cap (or where they were), never above."""
+    clock = ManualClock()
+    ledger = MemoryLedger(clock=clock)
+    request = ClaimRequest("m-1", "order-sale", "sale", None, "user_1", {})
+    if before:
+        ledger.claim_many([request])
+        ledger.finish("m-1", "order-sale", State.PENDING, calls=before, status=503)
+    down = {"error": {"code": "internal_server_error", "message": "down"}}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as dub:
+        dub.post(f"{DUB}/track/sale", status=503, json=down)
+        deliverer = deliverer_on(ledger, clock, max_attempts=cap)
+        try:
+            results, payloads = planned(engine, [order("m-1")])
+            (result,) = deliverer.deliver(results, budget, payloads)
+        finally:
+            deliverer.close()
+        calls = len(dub.calls)
+    row = ledger.get("m-1", "order-sale")
+    assert (
+        row is not None and row.state is State.PENDING and result.outcome in ("failed", "pending")
+    )
+    assert row.attempts == before + calls <= max(before, cap)
