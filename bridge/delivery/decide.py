@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..dub.client import DubAnswer, Failure
 from ..dub.endpoints import Endpoint
 from ..ledger.base import LeadStatus
-from ..outcomes import Outcome
+from ..outcomes import DEAD, FINAL, STATE_AFTER, Outcome, State
 
 # Dub answers these when a retry may succeed; every other 4xx is final.
 TRANSIENT_STATUSES = frozenset({408, 429})
@@ -82,6 +82,28 @@ def decide(
             )
     return Decision(outcome, _REASONS.get(outcome))
 
+
+def refused(state: State | None) -> Decision:
+    """What a claim the ledger refused means, whatever moment its state was read at.
+
+    Only a final row is a duplicate. A dead letter is answered as what it is (only a
+    redrive sends it again, so a Segment retry cannot help it). Anything else (pending,
+    in flight, a row gone) is not settled, whoever holds it: Segment must retry, or a
+    holder that fails after this read would leave the conversion unsent behind a 200.
+    """
+    if state in FINAL:
+        return Decision(Outcome.DUPLICATE, f"already handled: {state}")
+    if state in DEAD:
+        return Decision(_DEAD[state], f"already a dead letter ({state}): only a redrive sends it")
+    return Decision(
+        Outcome.PENDING,
+        f"not settled ({state or 'no row'}): another request is sending this event or will;"
+        " Segment will retry",
+    )
+
+
+# A dead letter's state, read back as the outcome that left it there.
+_DEAD = {state: outcome for outcome, state in STATE_AFTER.items() if state in DEAD}
 
 _REASONS = {
     Outcome.FAILED: "Dub did not take it now; Segment will retry",

@@ -28,8 +28,9 @@ from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger
 from ..metrics import metrics
 from ..outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
 from ..results import Result
-from .decide import classify, decide, may_have_reached
+from .decide import classify, decide, may_have_reached, refused
 from .ratelimit import RateLimiter
+from .repeats import repeats, settle
 from .retry import MIN_CALL_SECONDS, RetryPolicy, parse_retry_after
 
 log = logging.getLogger("bridge.delivery")
@@ -55,6 +56,7 @@ class _Pass:
     guard: float
     payloads: Mapping[str, Any]
     once: bool
+    redrive: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +119,23 @@ class Deliverer:
     ) -> list[Result]:
         """Send every ready result; answer within ``budget`` seconds whatever Dub does.
 
-        ``once``: one call per result and no cap on attempts (the outbox's own backoff and
-        age limit govern), instead of retrying within the budget."""
+        ``once``: one call per result (the outbox's own backoff spaces the tries), instead
+        of retrying within the budget. A result repeated in ``results`` (a body holding the
+        same event twice) is sent once; its copies come to what the first came to."""
+        copies = repeats(results)
+        final = self._deliver(results, budget, payloads or {}, redrive, once, set(copies))
+        return settle(final, copies)
+
+    def _deliver(
+        self, results: Sequence[Result], budget: float, payloads: Mapping[str, Any],
+        redrive: bool, once: bool, copies: set[int],
+    ) -> list[Result]:  # fmt: skip
         deadline = self.clock.monotonic() + budget
-        payloads = payloads or {}
         final = list(results)
         groups: dict[Any, list[int]] = {}
         for index, result in enumerate(results):
+            if index in copies:
+                continue
             if result.outcome is Outcome.READY:
                 key = result.customer if result.customer is not None else ("event", index)
                 groups.setdefault(key, []).append(index)
@@ -143,11 +155,11 @@ class Deliverer:
         if len(jobs) == 1 and deadline - self.clock.monotonic() >= longest:
             # One customer: send from this thread, saving the hand-off to the pool. Every
             # call starts only if it can end (timeouts included) before the deadline.
-            inline = _Pass(deadline, longest, payloads, once)
+            inline = _Pass(deadline, longest, payloads, once, redrive)
             for index, result in self._send_group(jobs[0], inline):
                 final[index] = result
             return final
-        pooled = _Pass(deadline, MIN_CALL_SECONDS, payloads, once)
+        pooled = _Pass(deadline, MIN_CALL_SECONDS, payloads, once, redrive)
         # Each thread runs in a copy of this request's context: its log lines keep the
         # request id, also when they come after the answer.
         futures: dict[Future[list[tuple[int, Result]]], list[_Job]] = {
@@ -261,27 +273,26 @@ class Deliverer:
         assert result.action is not None
         endpoint = ENDPOINTS[result.action]
         tainted = False
+        made = 0  # calls made for this row before
         if ledger is not None:
             assert claim is not None
             if not claim.granted:
-                if claim.state is State.IN_FLIGHT:
-                    return result.finish(
-                        Outcome.PENDING, reason="another request is sending this event now"
-                    )
-                return result.finish(Outcome.DUPLICATE, reason=f"already handled: {claim.state}")
+                decision = refused(claim.state)
+                return result.finish(decision.outcome, reason=decision.reason)
             tainted = claim.tainted
-            if claim.attempts >= self.max_attempts and not pass_.once:
-                ledger.finish(
-                    *result.key,
-                    State.GAVE_UP,
-                    error={"code": "gave_up", "message": "too many attempts"},
-                    payload=payload,
-                )
-                return result.finish(
-                    Outcome.GAVE_UP,
-                    reason=f"gave up after {claim.attempts} attempts (dead letter)",
-                )
-        calls = self._call_with_retries(endpoint, result.body, pass_)
+            # A redrive is a person's order: it gets a round of calls of its own.
+            made = 0 if pass_.redrive else claim.attempts
+        if made >= self.max_attempts:
+            # No call is left, but nothing is given up while Segment may still retry it:
+            # the row stays unsettled (503), and housekeeping makes it a dead letter at the
+            # outbox's age, for redrive.
+            self._release(job, payload)
+            return result.finish(
+                Outcome.PENDING,
+                reason=f"not sent: its {made} calls reached BRIDGE_MAX_ATTEMPTS; a dead letter"
+                " at the outbox's age (BRIDGE_OUTBOX_MAX_AGE_HOURS)",
+            )
+        calls = self._call_with_retries(endpoint, result.body, pass_, made)
         answer = calls.answer
         # A lead that may have reached Dub and failed there (5xx, timeout, lost connection)
         # may have set Dub's de-duplication marker: a later link: null proves nothing.
@@ -332,7 +343,7 @@ class Deliverer:
         ):
             return result.finish(
                 Outcome.QUEUED,
-                reason=f"{result.reason}; the bridge's outbox retries it from now on",
+                reason=f"{result.reason}; the bridge's outbox has it from now on",
             )
         return result
 
@@ -341,8 +352,11 @@ class Deliverer:
             return None
         return self.ledger.lead_status(result.customer, LEAD_INGEST_SECONDS)
 
-    def _call_with_retries(self, endpoint: Endpoint, body: dict[str, Any], pass_: _Pass) -> _Calls:
-        """Call, and call again on transient failures while the budget allows."""
+    def _call_with_retries(
+        self, endpoint: Endpoint, body: dict[str, Any], pass_: _Pass, made: int
+    ) -> _Calls:
+        """Call, and call again on transient failures while the budget allows and calls
+        are left (``made`` were made before, of ``max_attempts``)."""
         deadline, guard = pass_.deadline, pass_.guard
         attempt = 0
         reached = False
@@ -364,17 +378,20 @@ class Deliverer:
             # stops waiting), and a call cut short here would be sent again by Segment's retry
             # (a second sale; a recorded lead turned `uncertain`). It runs to the read timeout.
             answer = self.client.send(endpoint, body)
-            if classify(endpoint, answer) is not Outcome.FAILED or pass_.once:
-                reached = reached or may_have_reached(answer)
-                return _Calls(answer, attempt, reached)
             reached = reached or may_have_reached(answer)
+            if classify(endpoint, answer) is not Outcome.FAILED:
+                return _Calls(answer, attempt, reached)
             told = parse_retry_after(answer.retry_after, self.clock.time())
-            if answer.status == 429 and told:
-                self.limiter.pause(told)  # every worker of every instance waits, not this one only
+            # The backoff grows with every call this row has had, across Segment's retries.
+            wait = self.policy.wait(made + attempt, told)
+            if answer.status == 429 and wait > 0:
+                # The limit is the key's, not this row's: every worker of every instance waits
+                # (Dub's Retry-After, else the backoff); a wait for the limiter is no call.
+                self.limiter.pause(wait)
             # A lead's 5xx may have set Dub's de-duplication marker; a retry is still worth it
             # (the marker is not always written), and a swallowed retry is caught by decide().
-            wait = self.policy.wait(attempt, told)
-            if not self.policy.fits(self.clock.monotonic(), wait, guard, deadline):
+            last = pass_.once or made + attempt >= self.max_attempts
+            if last or not self.policy.fits(self.clock.monotonic(), wait, guard, deadline):
                 return _Calls(answer, attempt, reached)
             self.clock.sleep(wait)
             metrics().retries.inc()

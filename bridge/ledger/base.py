@@ -46,7 +46,9 @@ class Claim:
     """The answer to 'may I send this now?'."""
 
     granted: bool
-    state: State | None = None  # before this claim when granted (None: new); else the row's
+    # Granted: the state before this claim (None: new). Refused: the row's state read just
+    # after the refusal (its holder may have finished in between; None: the row is gone).
+    state: State | None = None
     attempts: int = 0  # Dub calls made for this row before
     tainted: bool = False  # an earlier lead attempt may have reached Dub
     created_at: float = 0.0  # when the row was first seen

@@ -132,11 +132,17 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         if row is not None:
             prev, attempts, tainted, created = row
             return Claim(True, State(prev) if prev else None, attempts, bool(tainted), created)
-        state, attempts, tainted, created = db.execute(
+        # A separate read: the holder may have finished in between (delivered, or pending
+        # again), so the state is the row's now, not the one that refused the claim. Only a
+        # final state makes it a duplicate (``decide.refused``), so either is safe.
+        found = db.execute(
             "SELECT state, attempts, tainted, created_at FROM deliveries"
             " WHERE message_id = :message_id AND mapping = :mapping",
             args,
         ).fetchone()
+        if found is None:  # pruned in between: not settled as far as this claim knows
+            return Claim(False)
+        state, attempts, tainted, created = found
         return Claim(False, State(state), attempts, bool(tainted), created)
 
     def finish(
