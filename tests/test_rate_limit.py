@@ -12,6 +12,8 @@ import pytest
 import requests
 import responses
 import urllib3
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.ratelimit import SharedWindow
@@ -137,3 +139,38 @@ def test_a_bad_per_second_allowance_names_the_variable(value: str, expected: str
     with pytest.raises(SettingsError) as info:
         Settings.from_env({"DUB_RATE_LIMIT_PER_SECOND": value})
     assert expected in str(info.value) and repr(value) in str(info.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=5, allow_nan=False),  # time passing first
+            st.integers(min_value=1, max_value=6),  # slots wanted
+            st.booleans(),  # the call of one of them is not made
+        ),
+        max_size=60,
+    ),
+    per_minute=st.integers(min_value=1, max_value=30),
+    per_second=st.none() | st.integers(min_value=1, max_value=8),
+)
+def test_no_sequence_of_takes_and_give_backs_exceeds_the_limits(
+    steps: list[tuple[float, int, bool]], per_minute: int, per_second: int | None
+) -> None:
+    """Whatever the order of takes, give-backs and waits, the calls made in any 60 s
+    never exceed the minute's limit, nor those of one second the per-second allowance."""
+    clock = ManualClock(start=1_800_000_000.0)
+    ledger = MemoryLedger(clock=clock)
+    made: list[float] = []
+    for wait, wanted, unused in steps:
+        clock.advance(wait)
+        slots = ledger.take_slots(KEY, per_minute, wanted, per_second=per_second)
+        assert (slots.granted == 0) == (slots.wait > 0)
+        calls = slots.granted - (1 if unused and slots.granted else 0)
+        if calls < slots.granted:
+            ledger.give_back_slots(KEY, slots.second, 1)
+        made.extend([clock.time()] * calls)
+        recent = [at for at in made if at >= clock.time() - 60]
+        assert len(recent) <= per_minute
+        if per_second is not None:
+            assert sum(1 for at in made if int(at) == int(clock.time())) <= per_second
