@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.ratelimit import SharedWindow
 from bridge.delivery.retry import RetryPolicy
-from bridge.dub.client import DubClient
-from bridge.errors import SettingsError
+from bridge.dub.client import DubAnswer, DubClient, Failure
+from bridge.errors import LedgerError, SettingsError
 from bridge.inputs import Item
 from bridge.ledger.memory import MemoryLedger
 from bridge.mapping.batch import plan_all
@@ -174,3 +174,20 @@ def test_no_sequence_of_takes_and_give_backs_exceeds_the_limits(
         assert len(recent) <= per_minute
         if per_second is not None:
             assert sum(1 for at in made if int(at) == int(clock.time())) <= per_second
+
+
+def test_a_slot_not_given_back_for_a_ledger_fault_only_counts(
+    ledger: MemoryLedger, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the ledger cannot take a slot back, the call path goes on and says so in a log
+    line; the slot counts its minute, which errs on the safe side."""
+
+    def down(key: str, second: int, count: int) -> None:
+        raise LedgerError("PostgreSQL at db:5432: connection refused")
+
+    ledger.give_back_slots = down  # type: ignore[method-assign]
+    limiter = SharedWindow(ledger, KEY, 5, clock=clock)
+    grant = limiter.acquire(clock.monotonic())
+    limiter.after_call(grant, DubAnswer(failure=Failure.UNREACHABLE))
+    assert "could not give a rate-limit slot back" in caplog.text
+    assert counted(ledger) == 1

@@ -13,6 +13,7 @@ every instance, while not counting it could put the bridge over the limit.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from typing import Protocol
 
 from ..clock import SYSTEM, Clock
 from ..dub.client import DubAnswer, Failure
+from ..errors import LedgerError
 from ..ledger.base import Ledger
 from ..metrics import metrics
 
 WINDOW = 60.0
+log = logging.getLogger("bridge.delivery")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +146,12 @@ class SharedWindow:
             self.give_back(grant)
 
     def give_back(self, grant: Grant) -> None:
-        if grant.counted_at is not None:
+        if grant.counted_at is None:
+            return
+        try:
             self.ledger.give_back_slots(self.key, int(grant.counted_at), 1)
+        except LedgerError as exc:  # the slot counts a minute too long: the safe side
+            log.warning("could not give a rate-limit slot back", extra={"error": exc.message})
 
     def pause(self, seconds: float) -> None:
         self.ledger.pause(self.key, self.clock.time() + seconds)
