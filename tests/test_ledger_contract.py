@@ -424,8 +424,8 @@ def test_due_lists_old_unsettled_rows_nobody_holds(ledger: Ledger, clock: Manual
 
 def test_rate_limit_window_is_shared(make_ledger: MakeLedger, clock: ManualClock) -> None:
     """Slots of one key are counted over every handle: the limit holds for all of them
-    together (a batch gets what is left), frees as the window slides (a minute, the second
-    a slot may wait to be used, and the second it was taken in), and another key is
+    together (a batch gets what is left), frees as the window slides (a minute, the time a
+    call may take to reach Dub, and the second it was taken in), and another key is
     untouched."""
     assert clock.time() == int(clock.time())  # at the start of a second
     first, second = make_ledger(), make_ledger()
