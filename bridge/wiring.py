@@ -91,7 +91,13 @@ def rate_limiter(
         return SlidingWindow(share, clock=clock)
     # The window is kept under a hash of the API key, never the key itself.
     key = hashlib.sha256(require_api_key(settings).encode()).hexdigest()[:16]
-    return SharedWindow(ledger, f"dub:{key}", settings.rate_limit_per_minute, clock=clock)
+    return SharedWindow(
+        ledger,
+        f"dub:{key}",
+        settings.rate_limit_per_minute,
+        per_second=settings.rate_limit_per_second,
+        clock=clock,
+    )
 
 
 @dataclass

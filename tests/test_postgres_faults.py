@@ -270,7 +270,7 @@ def test_a_busy_pool_is_not_taken_for_an_outage(pg_url: str, clock: ManualClock)
                 ledger.take_slots("dub", 10, 1)
             assert ledger.pool is pool  # type: ignore[attr-defined]
             assert _backends(pg_url) == 1
-        assert ledger.take_slots("dub", 10, 1) == (1, 0.0)
+        assert ledger.take_slots("dub", 10, 1)[:2] == (1, 0.0)
     finally:
         ledger.close()
 
@@ -296,7 +296,7 @@ def test_a_request_waiting_on_a_replaced_pool_goes_on_with_the_fresh_one(
             ledger.pool = fresh  # type: ignore[attr-defined]
             stale.close(timeout=0)
             waiter.join(timeout=10)
-        assert got == [(1, 0.0)]
+        assert [slots[:2] for slots in got] == [(1, 0.0)]
     finally:
         ledger.close()
 

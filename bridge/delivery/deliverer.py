@@ -361,8 +361,8 @@ class Deliverer:
         attempt = 0
         reached = False
         while True:
-            wait = self.limiter.acquire(deadline - guard)
-            if wait > 0:
+            slot = self.limiter.acquire(deadline - guard)
+            if not slot.granted:
                 # No call was made: no attempt is counted, and Segment's retry (told how long
                 # the window or Dub's pause still holds) goes on.
                 limited = DubAnswer(
@@ -370,7 +370,7 @@ class Deliverer:
                         "code": "rate_limited_locally",
                         "message": "the Dub rate limit (shared by every worker) is full",
                     },
-                    retry_after=f"{wait:.3f}",
+                    retry_after=f"{slot.wait:.3f}",
                 )
                 return _Calls(limited, attempt, reached)
             attempt += 1
@@ -378,6 +378,7 @@ class Deliverer:
             # stops waiting), and a call cut short here would be sent again by Segment's retry
             # (a second sale; a recorded lead turned `uncertain`). It runs to the read timeout.
             answer = self.client.send(endpoint, body)
+            self.limiter.after_call(slot, answer)  # one never sent does not count
             reached = reached or may_have_reached(answer)
             if classify(endpoint, answer) is not Outcome.FAILED:
                 return _Calls(answer, attempt, reached)

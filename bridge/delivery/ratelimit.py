@@ -3,25 +3,63 @@
 ``SharedWindow`` keeps the window in the ledger's database, so every worker and
 instance together stay under Dub's limit, and a 429 pauses them all; ``SlidingWindow``
 is one process's own window, used only without a ledger (benchmarks).
+
+Only calls made count. A slot is taken for one call, right before it is sent; a slot whose
+call never left (no connection to Dub could be opened) is given back. A call Dub answered
+429 keeps its slot: Dub saw it, its documentation does not say whether its window counts
+a refused request, and counting it costs at most the calls in flight when the 429 pauses
+every instance, while not counting it could put the bridge over the limit.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..clock import SYSTEM, Clock
-from ..ledger.base import USE_WITHIN, Ledger
+from ..dub.client import DubAnswer, Failure
+from ..errors import LedgerError
+from ..ledger.base import Ledger
 from ..metrics import metrics
 
 WINDOW = 60.0
+log = logging.getLogger("bridge.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What ``acquire`` came to: a slot (``wait`` 0), or the seconds until one may free."""
+
+    wait: float = 0.0
+    # Where the limiter counts the slot (the ledger's second, or this process's moment):
+    # what ``give_back`` needs to return it to the count it came from.
+    counted_at: float | None = None
+
+    @property
+    def granted(self) -> bool:
+        return self.counted_at is not None
+
+
+def never_sent(answer: DubAnswer) -> bool:
+    """No connection to Dub was opened: Dub never saw the call."""
+    return answer.failure is Failure.UNREACHABLE
 
 
 class RateLimiter(Protocol):
-    def acquire(self, deadline: float) -> float:
-        """Take one slot, waiting until ``deadline`` (monotonic) at most: 0 when taken, else
-        the seconds until one frees (then no call is made, and none is counted)."""
+    def acquire(self, deadline: float) -> Grant:
+        """Take one slot, for one call made at once, waiting until ``deadline`` (monotonic)
+        at most; when none is taken, ``wait`` says how long until one frees (then no call
+        is made, and none is counted)."""
+
+    def give_back(self, grant: Grant) -> None:
+        """The call of a granted slot was not made after all: it no longer counts."""
+
+    def after_call(self, grant: Grant, answer: DubAnswer) -> None:
+        """The call of ``grant`` got ``answer``: a call that never left gives its slot
+        back; any other (a 429 included) keeps it."""
 
     def pause(self, seconds: float) -> None:
         """Give no slot for this long (Dub answered 429 with a Retry-After)."""
@@ -38,7 +76,7 @@ class SlidingWindow:
         self._paused_until = 0.0
         self._lock = threading.Lock()
 
-    def acquire(self, deadline: float) -> float:
+    def acquire(self, deadline: float) -> Grant:
         while True:
             with self._lock:
                 now = self.clock.monotonic()
@@ -47,12 +85,21 @@ class SlidingWindow:
                 full = len(self._sent) >= self.per_minute
                 if now >= self._paused_until and not full:
                     self._sent.append(now)
-                    return 0.0
+                    return Grant(counted_at=now)
                 free_at = max(self._paused_until, self._sent[0] + self.window if full else now)
             metrics().rate_limit_waits.inc()
             if free_at > deadline:
-                return free_at - now
+                return Grant(wait=free_at - now)
             self.clock.sleep(min(free_at - now, 0.5))
+
+    def after_call(self, grant: Grant, answer: DubAnswer) -> None:
+        if never_sent(answer):
+            self.give_back(grant)
+
+    def give_back(self, grant: Grant) -> None:
+        with self._lock:
+            if grant.counted_at is not None and grant.counted_at in self._sent:
+                self._sent.remove(grant.counted_at)
 
     def pause(self, seconds: float) -> None:
         with self._lock:
@@ -63,9 +110,10 @@ class SlidingWindow:
 class SharedWindow:
     """Every process's calls with one API key, counted in the ledger's database.
 
-    Slots are taken a few at a time (one database transaction for several calls) and
-    kept here for ``USE_WITHIN`` at most; the ledger counts each slot for a minute and
-    that second, so the calls of any minute never exceed the limit, whoever makes them.
+    One slot per call, taken in one short transaction right before the call: nothing is
+    kept aside in a process, so no slot is counted that no call used, and an idle worker
+    holds nothing the others need. ``per_second``: the most calls in any one second of
+    the clock, when Dub's plan states such an allowance (None: the minute alone).
     """
 
     def __init__(
@@ -74,39 +122,36 @@ class SharedWindow:
         key: str,
         per_minute: int,
         *,
+        per_second: int | None = None,
         clock: Clock = SYSTEM,
-        batch: int | None = None,
     ):
         self.ledger = ledger
         self.key = key  # a hash of the API key, never the key
         self.per_minute = max(1, per_minute)
+        self.per_second = per_second
         self.clock = clock
-        # Few enough that no worker sits on a share the others would need.
-        self.batch = batch or max(1, min(8, self.per_minute // 100))
-        self._stash: deque[float] = deque()  # when each slot kept here was taken
-        self._lock = threading.Lock()
 
-    def acquire(self, deadline: float) -> float:
+    def acquire(self, deadline: float) -> Grant:
         while True:
-            with self._lock:
-                now = self.clock.monotonic()
-                while self._stash and self._stash[0] < now - USE_WITHIN:
-                    self._stash.popleft()  # unused in time: it lapses
-                if self._stash:
-                    self._stash.popleft()
-                    return 0.0
-            granted, wait = self.ledger.take_slots(self.key, self.per_minute, self.batch)
-            if granted:
-                if granted > 1:
-                    with self._lock:
-                        self._stash.extend([self.clock.monotonic()] * (granted - 1))
-                return 0.0
+            slots = self.ledger.take_slots(self.key, self.per_minute, 1, per_second=self.per_second)
+            if slots.granted:
+                return Grant(counted_at=slots.second)
             metrics().rate_limit_waits.inc()
-            if self.clock.monotonic() + wait > deadline:
-                return wait
-            self.clock.sleep(wait)
+            if self.clock.monotonic() + slots.wait > deadline:
+                return Grant(wait=slots.wait)
+            self.clock.sleep(slots.wait)
+
+    def after_call(self, grant: Grant, answer: DubAnswer) -> None:
+        if never_sent(answer):
+            self.give_back(grant)
+
+    def give_back(self, grant: Grant) -> None:
+        if grant.counted_at is None:
+            return
+        try:
+            self.ledger.give_back_slots(self.key, int(grant.counted_at), 1)
+        except LedgerError as exc:  # the slot counts a minute too long: the safe side
+            log.warning("could not give a rate-limit slot back", extra={"error": exc.message})
 
     def pause(self, seconds: float) -> None:
-        with self._lock:
-            self._stash.clear()
         self.ledger.pause(self.key, self.clock.time() + seconds)

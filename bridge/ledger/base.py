@@ -8,20 +8,57 @@ nothing. Times are the injected clock's, never the database's own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..outcomes import FINISHED, TRANSITIONS, State, Via
 from .migrations import Migration, SchemaStatus
 
-USE_WITHIN = 1.0  # a slot taken is used within this, or not at all
+# A slot is taken right before its call, which reaches Dub within this (the connect
+# timeout's default) or never (then the slot is given back).
+USE_WITHIN = 1.0
 HELD_SECONDS = 60.0 + USE_WITHIN  # so calls in any minute never exceed the limit
 # Slots are counted per second (a window is at most 62 rows, however high the limit): a
 # slot taken within second s counts until s + COUNTED_FOR, at least HELD_SECONDS after it.
 COUNTED_FOR = HELD_SECONDS + 1.0
+
+
+class Slots(NamedTuple):
+    """What ``take_slots`` came to."""
+
+    granted: int  # how many were taken
+    wait: float  # when none was: the seconds until one may free up, or a pause ends
+    second: int  # the second they count in: what ``give_back_slots`` returns them to
+
+
+def room(
+    now: float,
+    count: int,
+    per_minute: int,
+    per_second: int | None,
+    used: int,
+    oldest: int | None,
+    this_second: int,
+) -> tuple[int, float]:
+    """The one rule of the shared window, for every backend: of ``count`` slots wanted
+    ``now``, with ``used`` counting (the oldest in second ``oldest``) and ``this_second``
+    of them taken in this second, how many may be taken; when none, how long until one
+    may (the oldest second leaves the window, or the next second starts)."""
+    free = per_minute - used
+    if per_second is not None:
+        free = min(free, per_second - this_second)
+    if free > 0:
+        return min(count, free), 0.0
+    waits = [0.001]  # never a busy loop, whatever the clock says
+    if used >= per_minute and oldest is not None:
+        waits.append(oldest + COUNTED_FOR - now)
+    if per_second is not None and this_second >= per_second:
+        waits.append(math.floor(now) + 1 - now)
+    return 0, max(waits)
 
 
 class LeadStatus(StrEnum):
@@ -196,11 +233,16 @@ class Ledger(Protocol):
         """Hold the named lock across every instance for the block: True when held, False
         when another process has it (then do nothing)."""
 
-    def take_slots(self, key: str, per_minute: int, count: int) -> tuple[int, float]:
-        """Take up to ``count`` calls of ``key``'s sliding window, shared by every process:
-        (how many were taken, and when none was: the seconds until one may free up, or a
-        pause ends). A slot counts for ``HELD_SECONDS`` at least (a minute, and the second
-        within which its taker must use it): its whole second counts ``COUNTED_FOR``."""
+    def take_slots(
+        self, key: str, per_minute: int, count: int, *, per_second: int | None = None
+    ) -> Slots:
+        """Take up to ``count`` calls of ``key``'s sliding window, shared by every process,
+        and at most ``per_second`` in this second of the clock, when given. A slot counts
+        for ``HELD_SECONDS`` at least (a minute, and the time its call may take to reach
+        Dub): its whole second counts ``COUNTED_FOR``."""
+
+    def give_back_slots(self, key: str, second: int, count: int) -> None:
+        """Slots taken in ``second`` whose calls were not made: they no longer count."""
 
     def pause(self, key: str, until: float) -> None:
         """No slot of ``key`` is given before ``until`` (Dub said so, with a 429)."""

@@ -37,8 +37,10 @@ from .base import (
     MappingSet,
     Retention,
     Row,
+    Slots,
     check_finish,
     check_record,
+    room,
 )
 from .codec import stored
 
@@ -277,20 +279,29 @@ class MemoryLedger:
                 with self._lock:
                     self._locks.discard(name)
 
-    def take_slots(self, key: str, per_minute: int, count: int) -> tuple[int, float]:
+    def take_slots(
+        self, key: str, per_minute: int, count: int, *, per_second: int | None = None
+    ) -> Slots:
         now = self.clock.time()
+        second = math.floor(now)
         with self._lock:
             if self._pauses.get(key, 0.0) > now:
-                return 0, self._pauses[key] - now
-            seconds = self._slots.setdefault(key, {})  # second -> slots taken (in order)
-            for second in [s for s in seconds if s <= now - COUNTED_FOR]:
-                del seconds[second]
-            granted = min(count, per_minute - sum(seconds.values()))
-            if granted <= 0:
-                return 0, max(min(seconds) + COUNTED_FOR - now, 0.001)
-            second = math.floor(now)
-            seconds[second] = seconds.get(second, 0) + granted
-            return granted, 0.0
+                return Slots(0, self._pauses[key] - now, second)
+            seconds = self._slots.setdefault(key, {})  # second -> slots taken
+            for old in [s for s in seconds if s <= now - COUNTED_FOR or not seconds[s]]:
+                del seconds[old]
+            used, oldest = sum(seconds.values()), min(seconds, default=None)
+            this_second = seconds.get(second, 0)
+            granted, wait = room(now, count, per_minute, per_second, used, oldest, this_second)
+            if granted:
+                seconds[second] = seconds.get(second, 0) + granted
+            return Slots(granted, wait, second)
+
+    def give_back_slots(self, key: str, second: int, count: int) -> None:
+        with self._lock:
+            seconds = self._slots.get(key, {})
+            if seconds.get(second, 0) >= count:
+                seconds[second] -= count
 
     def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
         with self._lock:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from ..clock import Clock
 from ..jsoncodec import dumps_str, loads
-from .base import COUNTED_FOR
+from .base import COUNTED_FOR, Slots, room
 from .statements import PAUSE, TAKE_SLOTS
 
 T = TypeVar("T")
@@ -27,29 +27,43 @@ class SharedSQL:
     def _serialise_slots(self, db: Any, key: str) -> None:
         """Make the rate-limit transaction on ``key`` the only one at a time."""
 
-    def take_slots(self, key: str, per_minute: int, count: int) -> tuple[int, float]:
+    def take_slots(
+        self, key: str, per_minute: int, count: int, *, per_second: int | None = None
+    ) -> Slots:
         now = self.clock.time()
+        second = math.floor(now)
 
-        def take(db: Any) -> tuple[int, float]:
+        def take(db: Any) -> Slots:
             self._serialise_slots(db, key)
-            args: dict[str, Any] = {"key": key, "second": math.floor(now)}
-            args["edge"] = now - COUNTED_FOR
+            args: dict[str, Any] = {"key": key, "second": second, "edge": now - COUNTED_FOR}
             db.execute("DELETE FROM rate_buckets WHERE key = :key AND second <= :edge", args)
             paused = db.execute("SELECT until FROM rate_pauses WHERE key = :key", args).fetchone()
             if paused is not None and paused[0] > now:
-                return 0, float(paused[0] - now)
-            used, oldest = db.execute(
-                "SELECT COALESCE(SUM(taken), 0), MIN(second) FROM rate_buckets WHERE key = :key",
+                return Slots(0, float(paused[0] - now), second)
+            # Seconds whose slots were all given back count for nothing, and free nothing.
+            used, oldest, this_second = db.execute(
+                "SELECT COALESCE(SUM(taken), 0), MIN(second),"
+                " COALESCE(SUM(CASE WHEN second = :second THEN taken ELSE 0 END), 0)"
+                " FROM rate_buckets WHERE key = :key AND taken > 0",
                 args,
             ).fetchone()
-            granted = min(count, per_minute - int(used))
-            if granted <= 0:
-                return 0, max(float(oldest) + COUNTED_FOR - now, 0.001)
-            db.execute(TAKE_SLOTS, args | {"taken": granted})
-            return granted, 0.0
+            granted, wait = room(now, count, per_minute, per_second, used, oldest, this_second)
+            if granted:
+                db.execute(TAKE_SLOTS, args | {"taken": granted})
+            return Slots(granted, wait, second)
 
-        taken: tuple[int, float] = self._run(take, tx=True)
+        taken: Slots = self._run(take, tx=True)
         return taken
+
+    def give_back_slots(self, key: str, second: int, count: int) -> None:
+        # A second already out of the window has nothing left to give back to.
+        self._run(
+            lambda db: db.execute(
+                "UPDATE rate_buckets SET taken = taken - :count"
+                " WHERE key = :key AND second = :second AND taken >= :count",
+                {"key": key, "second": second, "count": count},
+            )
+        )
 
     def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
         args = {"key": key, "ids": dumps_str(sorted(set(message_ids))), "now": self.clock.time()}

@@ -1,0 +1,193 @@
+"""The shared Dub rate limit from a worker's side: one slot for each call made and none for
+a call never sent, a 429 kept counted, the per-second allowance as a setting. The window's
+own rules, on every backend, are in the ledger contract suite."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+import responses
+import urllib3
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.delivery.deliverer import Deliverer
+from bridge.delivery.ratelimit import SharedWindow
+from bridge.delivery.retry import RetryPolicy
+from bridge.dub.client import DubAnswer, DubClient, Failure
+from bridge.errors import LedgerError, SettingsError
+from bridge.inputs import Item
+from bridge.ledger.memory import MemoryLedger
+from bridge.mapping.batch import plan_all
+from bridge.mapping.engine import Engine
+from bridge.settings import Settings
+from bridge.wiring import rate_limiter
+from tests.conftest import DUB, order, sale_ok
+from tests.fakes import ManualClock
+
+KEY = "dub"
+REFUSED = requests.ConnectionError(
+    urllib3.exceptions.MaxRetryError(
+        None,
+        "/track/sale",
+        urllib3.exceptions.NewConnectionError(None, "refused"),  # type: ignore[arg-type]
+    )
+)
+
+
+@pytest.fixture
+def ledger(clock: ManualClock) -> MemoryLedger:
+    return MemoryLedger(clock=clock)
+
+
+@pytest.fixture
+def deliverer(ledger: MemoryLedger, clock: ManualClock) -> Iterator[Deliverer]:
+    d = Deliverer(
+        DubClient(DUB, "k"),
+        ledger,
+        limiter=SharedWindow(ledger, KEY, 60, clock=clock),
+        policy=RetryPolicy(rng=random.Random(7)),
+        clock=clock,
+        concurrency=4,
+    )
+    yield d
+    d.close()
+
+
+def counted(ledger: MemoryLedger) -> int:
+    """The slots the window counts now (asking for all that are left)."""
+    huge = 10**9
+    return huge - ledger.take_slots(KEY, huge, huge).granted
+
+
+def send(deliverer: Deliverer, engine: Engine, events: list[Any]) -> Any:
+    results, payloads = plan_all(engine, [Item(e) for e in events])
+    return deliverer.deliver(results, 4.0, payloads)
+
+
+def test_one_slot_per_call_and_none_kept_aside(ledger: MemoryLedger, clock: ManualClock) -> None:
+    """Each slot a worker takes is one call: sixteen calls count sixteen, and another worker
+    finds the rest of the window free at once (no worker holds slots it has not used)."""
+    first = SharedWindow(ledger, KEY, 20, clock=clock)
+    second = SharedWindow(ledger, KEY, 20, clock=clock)
+    assert all(first.acquire(clock.monotonic()).granted for _ in range(16))
+    assert [second.acquire(clock.monotonic()).granted for _ in range(5)] == [True] * 4 + [False]
+    assert counted(ledger) == 20
+
+
+def test_a_call_never_sent_gives_its_slot_back(
+    deliverer: Deliverer, ledger: MemoryLedger, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """A call that found no connection to Dub never reached it: its slot is given back, so
+    the retry that reached Dub is the only one counted."""
+    dub.post(f"{DUB}/track/sale", body=REFUSED)
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    (result,) = send(deliverer, engine, [order()])
+    assert result.outcome == "delivered" and result.attempts == 2
+    assert counted(ledger) == 1
+
+
+def test_a_call_answered_429_keeps_its_slot_and_pauses_every_worker(
+    deliverer: Deliverer,
+    ledger: MemoryLedger,
+    engine: Engine,
+    dub: responses.RequestsMock,
+    clock: ManualClock,
+) -> None:
+    """Dub saw a call it answered 429 (whether its window counted it is not documented): it
+    stays counted, and no worker gets a slot before Dub's millisecond Retry-After."""
+    until = clock.time() + 0.5
+    retry_after = str(int(until * 1000))
+    dub.post(f"{DUB}/track/sale", status=429, headers={"Retry-After": retry_after}, json={})
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    (result,) = send(deliverer, engine, [order()])
+    assert result.outcome == "delivered" and result.attempts == 2
+    assert clock.time() >= until - 0.001  # the retry waited for Dub's time
+    other = SharedWindow(ledger, KEY, 60, clock=clock)
+    ledger.pause(KEY, clock.time() + 10)  # as another worker's 429 would
+    refused = other.acquire(clock.monotonic())
+    assert not refused.granted and refused.wait == pytest.approx(10)
+    clock.advance(10)
+    assert counted(ledger) == 2
+
+
+def test_the_per_second_allowance_is_a_setting(ledger: MemoryLedger, clock: ManualClock) -> None:
+    """DUB_RATE_LIMIT_PER_SECOND reaches the shared window: no second carries more calls;
+    unset, the minute alone holds."""
+    env = {"DUB_API_KEY": "k", "DUB_RATE_LIMIT_PER_SECOND": "3"}
+    limiter = rate_limiter(Settings.from_env(env), ledger, clock=clock)
+    grants = [limiter.acquire(clock.monotonic()) for _ in range(4)]
+    assert [g.granted for g in grants] == [True, True, True, False]
+    assert 0 < grants[-1].wait <= 1
+    assert Settings.from_env({}).rate_limit_per_second is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", "DUB_RATE_LIMIT_PER_SECOND: expected greater than or equal to 1"),
+        ("fast", "DUB_RATE_LIMIT_PER_SECOND: expected a valid integer"),
+    ],
+)
+def test_a_bad_per_second_allowance_names_the_variable(value: str, expected: str) -> None:
+    """A per-second allowance that is not a whole number of at least 1 stops start-up,
+    naming the variable and the value."""
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"DUB_RATE_LIMIT_PER_SECOND": value})
+    assert expected in str(info.value) and repr(value) in str(info.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=5, allow_nan=False),  # time passing first
+            st.integers(min_value=1, max_value=6),  # slots wanted
+            st.booleans(),  # the call of one of them is not made
+        ),
+        max_size=60,
+    ),
+    per_minute=st.integers(min_value=1, max_value=30),
+    per_second=st.none() | st.integers(min_value=1, max_value=8),
+)
+def test_no_sequence_of_takes_and_give_backs_exceeds_the_limits(
+    steps: list[tuple[float, int, bool]], per_minute: int, per_second: int | None
+) -> None:
+    """Whatever the order of takes, give-backs and waits, the calls made in any 60 s
+    never exceed the minute's limit, nor those of one second the per-second allowance."""
+    clock = ManualClock(start=1_800_000_000.0)
+    ledger = MemoryLedger(clock=clock)
+    made: list[float] = []
+    for wait, wanted, unused in steps:
+        clock.advance(wait)
+        slots = ledger.take_slots(KEY, per_minute, wanted, per_second=per_second)
+        assert (slots.granted == 0) == (slots.wait > 0)
+        calls = slots.granted - (1 if unused and slots.granted else 0)
+        if calls < slots.granted:
+            ledger.give_back_slots(KEY, slots.second, 1)
+        made.extend([clock.time()] * calls)
+        recent = [at for at in made if at >= clock.time() - 60]
+        assert len(recent) <= per_minute
+        if per_second is not None:
+            assert sum(1 for at in made if int(at) == int(clock.time())) <= per_second
+
+
+def test_a_slot_not_given_back_for_a_ledger_fault_only_counts(
+    ledger: MemoryLedger, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the ledger cannot take a slot back, the call path goes on and says so in a log
+    line; the slot counts its minute, which errs on the safe side."""
+
+    def down(key: str, second: int, count: int) -> None:
+        raise LedgerError("PostgreSQL at db:5432: connection refused")
+
+    ledger.give_back_slots = down  # type: ignore[method-assign]
+    limiter = SharedWindow(ledger, KEY, 5, clock=clock)
+    grant = limiter.acquire(clock.monotonic())
+    limiter.after_call(grant, DubAnswer(failure=Failure.UNREACHABLE))
+    assert "could not give a rate-limit slot back" in caplog.text
+    assert counted(ledger) == 1

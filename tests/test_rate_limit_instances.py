@@ -1,0 +1,154 @@
+"""One rate limit for three instances: three Procfile web processes (two workers each) on one
+PostgreSQL ledger, under sustained demand far above the plan, in front of a fake Dub that
+enforces the same limits as Dub would (a 429 with its millisecond Retry-After past them).
+
+The plan is short to measure: 120 calls a minute, 8 a second. The minute fills at the
+per-second pace in 15 s, then stays full while the demand goes on. Dub must never have to
+refuse a call (never see more than 120 in a minute) and must get the plan: the minute's
+120 calls, at 90% of 8 a second or better. The ledger must count exactly the calls Dub saw,
+and no second of the bridges' clock more than 8. (Dub sees a call some milliseconds after
+its slot is taken, more on a loaded machine, so a call near the end of a second may reach
+it in the next: the per-second figure at the fake is reported, not asserted.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+
+from tests.fakedub import Action, Call, FakeDub, Status
+from tests.faultkit import FIGURES, MAPPINGS, sale_event
+from tests.procs import ProcfileWeb, clean_env
+
+pytestmark = pytest.mark.slow
+
+INSTANCES = 3
+PER_MINUTE = 120
+PER_SECOND = 8
+LOAD_SECONDS = 18.0  # the minute fills in 15 s; the rest shows it stays shut
+CLIENTS = 12  # each keeps one request open: far more demand than 8 calls a second
+
+
+class DubLimits:
+    """Dub's documented limit as the fake enforces it: past PER_MINUTE in the last 60 s,
+    a call is answered 429 (with Dub's millisecond Retry-After) and not counted."""
+
+    def __init__(self) -> None:
+        self.accepted: deque[float] = deque()
+        self.refused = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, call: Call) -> Action | None:
+        now = time.time()
+        with self.lock:
+            while self.accepted and self.accepted[0] < now - 60:
+                self.accepted.popleft()
+            if len(self.accepted) >= PER_MINUTE:
+                self.refused += 1
+                return Status(429, retry_after_in=1.0)
+            self.accepted.append(now)
+        return None
+
+
+@pytest.fixture
+def cluster(pg_url: str, tmp_path: Path) -> Iterator[tuple[FakeDub, list[ProcfileWeb]]]:
+    fake = FakeDub(api_key="test-key", latency=0.005).start()
+    env = clean_env(
+        DUB_API_KEY="test-key",
+        DUB_API_URL=fake.url,
+        DATABASE_URL=pg_url,
+        DUB_RATE_LIMIT_PER_MINUTE=str(PER_MINUTE),
+        DUB_RATE_LIMIT_PER_SECOND=str(PER_SECOND),
+        BRIDGE_MAPPINGS_DIR=str(MAPPINGS),
+        BRIDGE_RELOAD_SECONDS="0",
+        BRIDGE_DEADLINE_SECONDS="1.5",
+        DUB_CONNECT_TIMEOUT="0.3",
+        DUB_READ_TIMEOUT="0.5",
+        BRIDGE_LOG_LEVEL="WARNING",
+        WEB_CONCURRENCY="2",
+    )
+    webs = [ProcfileWeb(env, tmp_path, name=f"web{i}") for i in range(INSTANCES)]
+    try:
+        for web in webs:
+            web.start(wait=False)
+        for web in webs:
+            web.wait_ready()
+        yield fake, webs
+    finally:
+        for web in webs:
+            web.kill()
+        fake.stop()
+
+
+def bridge_seconds(pg_url: str) -> dict[int, int]:
+    """The slots the ledger counts, by second of the bridges' clock."""
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT second, taken FROM rate_buckets WHERE taken > 0").fetchall()
+    return {int(second): int(taken) for second, taken in rows}
+
+
+def test_three_instances_get_the_plan_and_never_more(
+    cluster: tuple[FakeDub, list[ProcfileWeb]], pg_url: str
+) -> None:
+    """Sustained demand on three instances: Dub refuses nothing and gets the whole minute
+    at 90% of the per-second pace or better; the ledger counts exactly the calls made, and
+    no second more than the per-second allowance."""
+    fake, webs = cluster
+    limits = DubLimits()
+    fake.plan = limits
+    numbers = itertools.count()
+    answers: Counter[int] = Counter()
+    stop = time.monotonic() + LOAD_SECONDS
+    lock = threading.Lock()
+
+    def client(web: ProcfileWeb) -> None:
+        with requests.Session() as session:
+            while time.monotonic() < stop:
+                with lock:
+                    event = sale_event(f"rl{next(numbers)}")
+                try:
+                    status = session.post(
+                        web.url + "/segment", json={"batch": [event]}, timeout=10
+                    ).status_code
+                except requests.RequestException:
+                    status = 599
+                with lock:
+                    answers[status] += 1
+
+    threads = [
+        threading.Thread(target=client, args=(webs[i % INSTANCES],), daemon=True)
+        for i in range(CLIENTS)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=LOAD_SECONDS + 30)
+    calls = sorted(r.at for r in fake.requests)
+    per_second = Counter(int(at) for at in calls)
+    seconds_filling = int(calls[-1]) - int(calls[0]) + 1 if calls else 0
+    pace = len(calls) / seconds_filling if seconds_filling else 0.0
+    counted = bridge_seconds(pg_url)
+    FIGURES["rate_limit_three_instances"] = figures = {
+        "calls": len(calls),
+        "refused_by_dub": limits.refused,
+        "slots_counted": sum(counted.values()),
+        "most_in_a_second": max(counted.values(), default=0),
+        "most_in_a_second_at_dub": max(per_second.values(), default=0),
+        "seconds_to_fill": seconds_filling,
+        "calls_per_second": round(pace, 2),
+        "answers": dict(answers),
+    }
+    print("\nthree instances, one rate limit:", figures)
+    assert limits.refused == 0, figures
+    assert len(calls) <= PER_MINUTE and figures["slots_counted"] == len(calls), figures
+    assert figures["most_in_a_second"] <= PER_SECOND, figures
+    assert len(calls) >= 0.9 * PER_MINUTE and pace >= 0.9 * PER_SECOND, figures
+    assert answers[503] > 0, figures  # demand beyond the plan was refused, not sent
