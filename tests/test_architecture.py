@@ -75,9 +75,3 @@ def test_only_open_ledger_builds_a_backend() -> None:
                 assert path == PACKAGE / "ledger" / "__init__.py", (
                     f"{path.relative_to(PACKAGE)} builds a {node.func.id}"
                 )
-
-
-def test_modules_stay_readable() -> None:
-    """No module grows past 400 lines (most stay under 300)."""
-    sizes = {p.relative_to(PACKAGE): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
-    assert {p: n for p, n in sizes.items() if n > 400} == {}

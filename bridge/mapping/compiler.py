@@ -34,6 +34,8 @@ def compile_mapping(mapping: Mapping, source: str) -> CompiledMapping:
         tuple(fields),
         source,
         re.compile(trigger.event_matches) if trigger.event_matches is not None else None,
+        tuple(conditions.compile_condition(c) for c in trigger.require),
+        mapping.group,
     )
 
 

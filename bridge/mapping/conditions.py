@@ -36,7 +36,15 @@ from .values import (
 )
 
 TESTS: tuple[str, ...] = ("exists", "equals", "not_equals", "in", "not_in", "gt", "gte")
-TESTS += ("lt", "lte", "matches", "not_empty")
+TESTS += ("lt", "lte", "matches", "not_empty", "starts_with", "ends_with", "contains")
+TESTS += ("version_gt", "version_gte", "version_lt", "version_lte")
+# The tests on text that `ignore_case: true` may go with.
+CASELESS: tuple[str, ...] = ("equals", "not_equals", "in", "not_in", "starts_with")
+CASELESS += ("ends_with", "contains", "matches")
+TEXT_TESTS = ("starts_with", "ends_with", "contains")
+VERSIONS = ("version_gt", "version_gte", "version_lt", "version_lte")
+# A dotted version: an optional leading v, numeric parts ("2", "2.10.1", "v10.0").
+_VERSION = re.compile(r"[vV]?(\d{1,9}(?:\.\d{1,9}){0,9})")
 COMBINATORS = ("any", "all", "not")
 _ORDER: dict[str, Callable[[Decimal, Decimal], bool]] = {
     "gt": operator.gt,
@@ -64,6 +72,14 @@ class ConditionSpec(BaseModel):
     lte: Decimal | None = None
     matches: Pattern | None = None
     not_empty: bool | None = None
+    starts_with: str | None = Field(None, min_length=1)
+    ends_with: str | None = Field(None, min_length=1)
+    contains: str | None = Field(None, min_length=1)
+    version_gt: str | None = None
+    version_gte: str | None = None
+    version_lt: str | None = None
+    version_lte: str | None = None
+    ignore_case: bool = False
     any: tuple[ConditionSpec, ...] | None = Field(None, min_length=1)
     all: tuple[ConditionSpec, ...] | None = Field(None, min_length=1)
     not_: ConditionSpec | None = Field(None, alias="not")
@@ -108,17 +124,42 @@ class ConditionSpec(BaseModel):
             raise ValueError("a number, or numeric text such as '12.50'")
         return number
 
+    @field_validator("version_gt", "version_gte", "version_lt", "version_lte", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        if as_version(value) is None:
+            raise ValueError("a dotted version such as '2.0' or 'v10.1.3'")
+        return str(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _in_needs_a_list(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("in", "not_in"):
+                if key in data and not isinstance(data[key], (list, tuple)):
+                    raise ValueError(f"`{key}` needs a list of values, e.g. {key}: [{data[key]!r}]")
+        return data
+
     @model_validator(mode="after")
     def _one_test(self) -> ConditionSpec:
         given = self.model_fields_set
         tests = [t for t in TESTS if _attr(t) in given]
         combinators = [c for c in COMBINATORS if _attr(c) in given]
         if combinators:
-            if len(combinators) > 1 or tests or self.paths:
+            if len(combinators) > 1 or tests or self.paths or self.ignore_case:
                 raise ValueError("a condition is one of `any`, `all` or `not`, or one test")
-        elif len(tests) != 1 or not self.paths:
+        elif len(tests) != 1:
             raise ValueError(f"a condition is a path and exactly one test: {', '.join(TESTS)}")
+        elif self.ignore_case and tests[0] not in CASELESS:
+            raise ValueError(f"`ignore_case` goes with {', '.join(CASELESS)}, not {tests[0]}")
         return self
+
+    def without_path(self) -> list[str]:
+        """The tests (here or nested) that name no path: they test a value, not the event."""
+        if self.kind in COMBINATORS:
+            children = self.any or self.all or ((self.not_,) if self.not_ else ())
+            return [k for c in children for k in c.without_path()]
+        return [] if self.paths else [self.kind]
 
     @property
     def kind(self) -> str:
@@ -131,6 +172,24 @@ class ConditionSpec(BaseModel):
         return getattr(self, _attr(self.kind))
 
 
+def as_version(value: Any) -> tuple[int, ...] | None:
+    """A dotted version's numbers, trailing zeros dropped ("2" == "2.0.0"); None otherwise.
+    A JSON number is read by its text (2.1 is "2.1")."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, Decimal)):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    match = _VERSION.fullmatch(value.strip())
+    if match is None:
+        return None
+    parts = [int(p) for p in match[1].split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
 def _attr(word: str) -> str:
     """The model attribute of a key: `in` and `not` are Python words."""
     return {"in": "in_", "not": "not_"}.get(word, word)
@@ -138,7 +197,7 @@ def _attr(word: str) -> str:
 
 def keys() -> list[str]:
     """Every key a condition may hold, as written in YAML."""
-    return ["path", "paths", *TESTS, *COMBINATORS, "reason"]
+    return ["path", "paths", *TESTS, *COMBINATORS, "ignore_case", "reason"]
 
 
 # --- compiled form ------------------------------------------------------------------------
@@ -166,7 +225,13 @@ class Trace:
             return "none of: " + "; ".join(c.failure() for c in self.children)
         if self.kind == "not":
             return f"expected not ({self.children[0].summary()})"
-        return f"{self.path} is {shown(self.path or '', self.value)}, expected {self.text}"
+        seen = f"{self.path or 'the value'} is {shown(self.path or '', self.value)}"
+        if self.value is not MISSING and not is_empty(self.value):
+            if self.kind in _ORDER and as_number(self.value) is None:
+                return f"{seen}, not a number (expected {self.text})"
+            if self.kind in VERSIONS and as_version(self.value) is None:
+                return f"{seen}, not a version (expected {self.text})"
+        return f"{seen}, expected {self.text}"
 
     def summary(self) -> str:
         """What held, for the message of a `not` that failed."""
@@ -211,6 +276,9 @@ class Condition:
             traces = tuple(child.trace(event) for child in self.children)
             held = self.holds(event)
             return Trace(self.kind, held, self.text, reason=self.reason, children=traces)
+        if not self.paths:  # a `when` test of a value: ``event`` is that value
+            seen = event if self.kind == "exists" else _present(event)
+            return Trace(self.kind, self.holds(event), self.text, None, seen, self.reason)
         path, value = _seen(self.paths, event, self.kind == "exists")
         return Trace(self.kind, self.holds(event), self.text, path, value, self.reason)
 
@@ -233,13 +301,24 @@ def compile_condition(spec: ConditionSpec) -> Condition:
         )
     paths = tuple(cached_path(p) for p in spec.paths)
     expected = spec.expected
-    text = _describe(kind, expected)
+    text = _describe(kind, expected) + (" (ignoring case)" if spec.ignore_case else "")
+    if not paths:  # in a source's `when`: a test of the source's own value
+        if kind == "exists":
+            wanted = bool(expected)
+            return Condition(kind, text, lambda v: (v is not MISSING) is wanted, reason=spec.reason)
+        test = _test(kind, expected, spec.ignore_case)
+        return Condition(kind, text, lambda v: test(_present(v)), reason=spec.reason, test=test)
     if kind == "exists":
         return Condition(kind, text, _exists(paths, bool(expected)), paths, reason=spec.reason)
-    test, first = _test(kind, expected), _first(paths)
+    test, first = _test(kind, expected, spec.ignore_case), _first(paths)
     return Condition(
         kind, text, lambda event: test(first(event)), paths, reason=spec.reason, test=test
     )
+
+
+def _present(value: Any) -> Any:
+    """A value as a test sees it: an empty one is no value."""
+    return MISSING if value is MISSING or is_empty(value) else value
 
 
 def _describe(kind: str, expected: Any) -> str:
@@ -309,8 +388,41 @@ def _first(paths: tuple[CompiledPath, ...]) -> Callable[[Any], Any]:
     return first
 
 
-def _test(kind: str, expected: Any) -> Holds:
+def _test(kind: str, expected: Any, ignore_case: bool = False) -> Holds:
     """The test on the value the paths found (MISSING when none)."""
+    if kind in TEXT_TESTS:
+        wanted = expected.casefold() if ignore_case else expected
+        method = {"starts_with": str.startswith, "ends_with": str.endswith}.get(kind)
+
+        def text_test(value: Any) -> bool:
+            if type(value) is not str:
+                return False
+            text = value.casefold() if ignore_case else value
+            return method(text, wanted) if method is not None else wanted in text
+
+        return text_test
+    if kind in VERSIONS:
+        order: Callable[[Any, Any], bool] = _ORDER[kind.removeprefix("version_")]
+        bound = as_version(expected)
+        assert bound is not None  # checked at load
+        return lambda value: (
+            (v := as_version(value)) is not None and order(_pad(v, bound), _pad(bound, v))
+        )
+    if ignore_case and kind in ("equals", "not_equals", "in", "not_in"):
+        choices = (expected,) if kind in ("equals", "not_equals") else expected
+        folded = frozenset(c.casefold() for c in choices if type(c) is str)
+        exact = _member_of(tuple(c for c in choices if type(c) is not str) or (MISSING,))
+
+        def caseless(value: Any) -> bool:
+            if type(value) is str:
+                return value.casefold() in folded
+            return value is not MISSING and exact(value)
+
+        if kind in ("equals", "in"):
+            return caseless
+        return lambda value: not caseless(value)
+    if kind == "matches" and ignore_case:
+        expected = f"(?i){expected}"
     if kind == "not_empty":
         return (lambda value: value is not MISSING) if expected else (lambda v: v is MISSING)
     if kind in ("equals", "not_equals"):
@@ -333,6 +445,11 @@ def _test(kind: str, expected: Any) -> Holds:
         return number is not None and order(number, expected)
 
     return compare
+
+
+def _pad(version: tuple[int, ...], other: tuple[int, ...]) -> tuple[int, ...]:
+    """``version`` with zeros up to ``other``'s length: "2" compares as "2.0.0"."""
+    return version + (0,) * (len(other) - len(version))
 
 
 def _equal_to(expected: Any) -> Holds:

@@ -55,6 +55,8 @@ class CompiledMapping:
     fields: tuple[CompiledField, ...]  # currency before amount: minor_units reads it
     source: str
     event_pattern: re.Pattern[str] | None = None  # trigger.event_matches, instead of names
+    require: tuple[Condition, ...] = ()  # trigger.require: a failure makes the event invalid
+    group: str | None = None  # the first of a group whose conditions hold takes the event
     required: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +66,14 @@ class CompiledMapping:
     @property
     def action(self) -> str:
         return self.endpoint.action
+
+
+@dataclass(frozen=True, slots=True)
+class Exclude:
+    """One condition of a file's top-level ``exclude``: it holds, every mapping skips."""
+
+    file: str
+    condition: Condition
 
 
 # Dismissed events repeat a handful of types and names: their reasons are made once each.
@@ -85,9 +95,17 @@ def _ordered(found: Iterable[CompiledMapping]) -> tuple[CompiledMapping, ...]:
 class Engine:
     """The compiled mappings, indexed by event name."""
 
-    def __init__(self, mappings: Iterable[CompiledMapping], version: str = ""):
+    def __init__(
+        self,
+        mappings: Iterable[CompiledMapping],
+        version: str = "",
+        excludes: Iterable[Exclude] = (),
+    ):
         self.mappings = tuple(mappings)
         self.version = version
+        self.excludes = tuple(excludes)
+        self._load_order = {m.name: i for i, m in enumerate(self.mappings)}
+        self._grouped = any(m.group for m in self.mappings)
         index: dict[str, list[CompiledMapping]] = {}
         for mapping in self.mappings:
             for name in mapping.event_names:
@@ -163,9 +181,54 @@ class Engine:
                     Result(message_id, name, m.name, m.action, Outcome.INVALID, errors=errors)
                     for m in candidates
                 ]
+        if self.excludes:
+            excluded = self._excluded(event, trace)
+            if excluded is not None:
+                return [
+                    Result(message_id, name, m.name, m.action, SKIPPED, reason=excluded)
+                    for m in candidates
+                ]
+        if self._grouped:
+            return self._plan_grouped(candidates, event, message_id, name, trace)
         if trace is not None:
             return [
                 interpret(m, event, message_id, name, trace.setdefault(m.name, {}))
                 for m in candidates
             ]
         return [interpret(mapping, event, message_id, name) for mapping in candidates]
+
+    def _excluded(self, event: Any, trace: dict[str, Steps] | None) -> str | None:
+        """Why the set's `exclude` skips this event, or None."""
+        for exclude in self.excludes:
+            if exclude.condition.holds(event):
+                why = exclude.condition.reason or exclude.condition.trace(event).summary()
+                reason = f"excluded by {exclude.file}: {why}"
+                if trace is not None:
+                    trace[""] = {"excluded": reason}
+                return reason
+        return None
+
+    def _plan_grouped(
+        self,
+        candidates: tuple[CompiledMapping, ...],
+        event: Any,
+        message_id: str | None,
+        name: str,
+        trace: dict[str, Steps] | None,
+    ) -> list[Result]:
+        """Each group's first mapping (in load order) whose conditions hold takes the event."""
+        taken: dict[str, str] = {}
+        results: dict[str, Result] = {}
+        for mapping in sorted(candidates, key=lambda m: self._load_order.get(m.name, 0)):
+            group = mapping.group
+            if group is not None and group in taken:
+                reason = f"group {group}: taken by {taken[group]}"
+                results[mapping.name] = Result(
+                    message_id, name, mapping.name, mapping.action, SKIPPED, reason=reason
+                )
+                continue
+            steps = None if trace is None else trace.setdefault(mapping.name, {})
+            results[mapping.name] = interpret(mapping, event, message_id, name, steps)
+            if group is not None and all(c.holds(event) for c in mapping.conditions):
+                taken[group] = mapping.name
+        return [results[m.name] for m in candidates]

@@ -52,6 +52,7 @@ def _mapping(mapping: CompiledMapping, result: Result, steps: Steps) -> dict[str
         "file": mapping.source,
         "trigger": trigger,
         "conditions": steps.get("conditions", []),
+        "require": steps.get("require", []),
         "fields": steps.get("fields", []),
     }
     if "error" in steps:
@@ -80,6 +81,8 @@ def explain_text(report: dict[str, Any]) -> list[str]:
         )
         for cond in step["conditions"]:
             lines += _condition_lines(cond, "    ", show)
+        for cond in step.get("require", ()):
+            lines += _condition_lines(cond, "    ", show, "require")
         for field in step["fields"]:
             lines += _field_lines(field, show)
         if "error" in step:
@@ -93,14 +96,16 @@ def explain_text(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _condition_lines(cond: dict[str, Any], indent: str, show: Any) -> list[str]:
+def _condition_lines(
+    cond: dict[str, Any], indent: str, show: Any, word: str = "condition"
+) -> list[str]:
     mark = "held" if cond["held"] else "FAILED"
     reason = f" ({cond['reason']})" if cond.get("reason") and not cond["held"] else ""
     if "path" in cond:
         value = show(cond["path"], cond["value"], cond["absent"])
-        lines = [f"{indent}condition {cond['path']} {cond['test']}: value {value}: {mark}{reason}"]
+        lines = [f"{indent}{word} {cond['path']} {cond['test']}: value {value}: {mark}{reason}"]
     else:
-        lines = [f"{indent}condition {cond['test']}: {mark}{reason}"]
+        lines = [f"{indent}{word} {cond['test']}: {mark}{reason}"]
     for child in cond.get("conditions", ()):
         lines += _condition_lines(child, indent + "  ", show)
     return lines

@@ -49,9 +49,12 @@ def interpret(
 
 
 def _apply(mapping: Any, event: Mapping[str, Any], result: Result, steps: Steps | None) -> Result:
-    failed = _conditions(mapping, event, steps)
+    failed = _first_failure(mapping.conditions, event, steps, "conditions")
     if failed is not None:
         return result.finish(Outcome.SKIPPED, reason=failed)
+    refused = _first_failure(mapping.require, event, steps, "require")
+    if refused is not None:
+        return result.finish(Outcome.INVALID, errors=(f"required: {refused}",))
     body: dict[str, Any] = {}
     sources: dict[str, str | None] = {}
     errors: list[str] = []
@@ -81,17 +84,19 @@ def _apply(mapping: Any, event: Mapping[str, Any], result: Result, steps: Steps 
     return result._replace(request_path=mapping.endpoint.path, body=clean)
 
 
-def _conditions(mapping: Any, event: Mapping[str, Any], steps: Steps | None) -> str | None:
-    """Why the mapping skips this event (its first condition that fails), or None."""
+def _first_failure(
+    conditions: Any, event: Mapping[str, Any], steps: Steps | None, kind: str
+) -> str | None:
+    """Why the first of ``conditions`` that fails does not hold, or None when all hold."""
     if steps is None:
-        for condition in mapping.conditions:
+        for condition in conditions:
             if not condition.holds(event):
                 return str(condition.why_not(event))
         return None
     # Explained: every condition is shown, the first that failed decides.
-    traced = steps.setdefault("conditions", [])
+    traced = steps.setdefault(kind, [])
     failed: str | None = None
-    for condition in mapping.conditions:
+    for condition in conditions:
         trace = condition.trace(event)
         traced.append(trace.to_json())
         if not trace.held and failed is None:

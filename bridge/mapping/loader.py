@@ -21,7 +21,7 @@ from ..dub.fields import FieldRejected
 from ..errors import MappingFileError, MappingIssue
 from . import conditions
 from .compiler import compile_mapping
-from .engine import CompiledMapping, Engine
+from .engine import CompiledMapping, Engine, Exclude
 from .goldens import GoldenCase, read_tests
 from .models import FieldSpec, Mapping, MappingFile, TransformStep, Trigger
 from .sums import SumSpec
@@ -79,12 +79,13 @@ def load_sources(
     issues: list[MappingIssue] = []
     compiled: list[CompiledMapping] = []
     tests: list[GoldenCase] = []
+    excludes: list[Exclude] = []
     if not sources:
         issues.append(MappingIssue(where, None, "", "holds no .yaml or .yml file"))
     seen: dict[str, str] = {}
     declared: set[str] = set()  # broken mappings too: a test naming one is not an extra error
     for source in sources:
-        for mapping, data, issue_list in _read_file(source.name, source.text, tests):
+        for mapping, data, issue_list in _read_file(source.name, source.text, tests, excludes):
             issues += issue_list
             if isinstance(data, dict) and isinstance(data.get("name"), str):
                 declared.add(data["name"])
@@ -102,9 +103,9 @@ def load_sources(
                 continue
             seen[mapping.name] = f"{source.name}:{data.line}"
             compiled.append(compile_mapping(mapping, source.name))
-    issues += _overlap_warnings(compiled)
+    issues += _overlap_warnings(compiled, tests)
     issues += _test_issues(tests, declared)
-    engine = Engine(compiled, version_of(sources))
+    engine = Engine(compiled, version_of(sources), excludes)
     result = LoadResult(engine, issues, [s.name for s in sources], tests)
     if strict and result.errors:
         raise MappingFileError(result.errors)
@@ -112,7 +113,7 @@ def load_sources(
 
 
 def _read_file(
-    name: str, text: bytes, tests: list[GoldenCase]
+    name: str, text: bytes, tests: list[GoldenCase], excludes: list[Exclude]
 ) -> Iterator[tuple[Mapping | None, Any, list[MappingIssue]]]:
     try:
         data, duplicates = read_yaml(text)
@@ -127,6 +128,7 @@ def _read_file(
         return
     if dupes:
         yield None, None, dupes
+    excludes += [Exclude(name, conditions.compile_condition(c)) for c in top.exclude]
     test_issues: list[MappingIssue] = []
     for index, case in enumerate(top.tests):
         found = read_tests(name, data, index, case)
@@ -274,25 +276,43 @@ def _semantic(file: str, data: Any, index: int, mapping: Mapping) -> Iterator[Ma
         )
 
 
-def _overlap_warnings(mappings: list[CompiledMapping]) -> Iterator[MappingIssue]:
-    seen: dict[tuple[str, str], CompiledMapping] = {}
-    names = sorted({name for m in mappings for name in m.event_names})
-    for mapping in mappings:
-        # A regex trigger is checked against every exact name of the other mappings.
-        pattern = mapping.event_pattern
-        events = names if pattern is not None else sorted(mapping.event_names)
-        for event in events:
-            if pattern is not None and not pattern.search(event):
-                continue
-            first = seen.setdefault((event, mapping.action), mapping)
-            if first is not mapping:
+def _overlap_warnings(
+    mappings: list[CompiledMapping], tests: list[GoldenCase]
+) -> Iterator[MappingIssue]:
+    """Two mappings of one action that one event name would both trigger, outside a group.
+
+    The names tried are every exact trigger name and every golden test's event name, so
+    two regex triggers that overlap on a name the set knows are found too."""
+    names = {name for m in mappings for name in m.event_names}
+    names |= {
+        c.event["event"]
+        for c in tests
+        if isinstance(c.event, dict) and isinstance(c.event.get("event"), str)
+    }
+    warned: set[tuple[str, str]] = set()
+    for event in sorted(names):
+        taking = [
+            m
+            for m in mappings
+            if event in m.event_names
+            or (m.event_pattern is not None and m.event_pattern.search(event))
+        ]
+        for index, mapping in enumerate(taking):
+            for first in taking[:index]:
+                same_group = mapping.group is not None and mapping.group == first.group
+                if first.action != mapping.action or same_group:
+                    continue
+                if (first.name, mapping.name) in warned:
+                    continue
+                warned.add((first.name, mapping.name))
                 yield MappingIssue(
                     mapping.source,
                     None,
                     mapping.name,
                     f"event {event!r} also makes a {mapping.action} through {first.name!r} "
                     f"({first.source}): one event would send two {mapping.action}s",
-                    "narrow one trigger with a condition",
+                    "narrow one trigger with a condition, or put both in one `group` (the first"
+                    " whose conditions hold takes the event)",
                     "warning",
                 )
 

@@ -150,6 +150,9 @@ class Trigger(BaseModel):
     event_matches: Pattern | None = None
     type: Literal["track"] = "track"
     conditions: tuple[ConditionSpec, ...] = ()
+    # Checked once `conditions` hold: one that fails makes the event invalid (a dead letter
+    # a person sees) instead of skipped, for guards that protect money.
+    require: tuple[ConditionSpec, ...] = ()
 
     @field_validator("event", mode="before")
     @classmethod
@@ -163,6 +166,12 @@ class Trigger(BaseModel):
     def _one_way(self) -> Trigger:
         if (self.event is None) == (self.event_matches is None):
             raise ValueError("give exactly one of `event` (names) or `event_matches` (a regex)")
+        for condition in (*self.conditions, *self.require):
+            if condition.without_path():
+                raise ValueError(
+                    f"a trigger's `{condition.without_path()[0]}` test needs a `path` (a test"
+                    " without one belongs in a source's `when`, where it tests the value)"
+                )
         return self
 
 
@@ -175,6 +184,9 @@ class Mapping(BaseModel):
     trigger: Trigger
     action: str
     fields: dict[str, FieldSpec]
+    # Among the mappings of one group, the first (in load order) whose trigger and
+    # conditions hold takes the event; the others skip it.
+    group: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
 
     @field_validator("action")
     @classmethod
@@ -192,3 +204,13 @@ class MappingFile(BaseModel):
     version: Literal[1] = 1
     mappings: list[Any] = Field(min_length=1)
     tests: list[Any] = []
+    # Events for which one of these holds are skipped by every mapping of the set.
+    exclude: tuple[ConditionSpec, ...] = ()
+
+    @field_validator("exclude")
+    @classmethod
+    def _paths(cls, exclude: tuple[ConditionSpec, ...]) -> tuple[ConditionSpec, ...]:
+        for condition in exclude:
+            if condition.without_path():
+                raise ValueError(f"an `exclude` test ({condition.without_path()[0]}) needs a path")
+        return exclude
