@@ -200,3 +200,61 @@ def test_an_applications_record_factory_makes_the_event_records(
         logging.setLogRecordFactory(logging.LogRecord)
         logger.removeHandler(keep)
     assert [getattr(r, "seq", None) for r in seen] == [1, 2, 3, -4, -5]
+
+
+def test_stray_text_on_stderr_becomes_json_lines() -> None:
+    """Text written around the logging becomes JSON lines (a printed traceback one line, its
+    last line the message), and a log handler's JSON line passes unchanged."""
+    import traceback
+
+    from bridge.logs import StrayText
+
+    raw = io.StringIO()
+    stray = StrayText(raw)  # type: ignore[arg-type]
+    stray.write('{"ts":"t","level":"info","msg":"already JSON"}\n')
+    stray.write("cannot boot: ")
+    stray.write("boom for jane.doe@example.com\n\n")
+    try:
+        raise ValueError("bad value")
+    except ValueError:
+        traceback.print_exc(file=stray)
+    stray.write("left without a newline")
+    stray.flush()
+    lines = [json.loads(line) for line in raw.getvalue().splitlines()]
+    assert lines[0] == {"ts": "t", "level": "info", "msg": "already JSON"}
+    assert [(x["level"], x["logger"], x["msg"]) for x in lines[1:]] == [
+        ("error", "stderr", "cannot boot: boom for j***@example.com"),
+        ("error", "stderr", "ValueError: bad value"),
+        ("error", "stderr", "left without a newline"),
+    ]
+    assert lines[2]["exc"].startswith("Traceback (most recent call last):\n")
+    assert 'raise ValueError("bad value")' in lines[2]["exc"]
+
+
+def test_an_uncaught_exception_is_one_json_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once stderr is guarded, an uncaught exception, in the main thread or another, is one
+    JSON line at critical level with its traceback."""
+    import sys
+    import threading
+
+    from bridge import logs
+
+    raw = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", raw)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    logs.guard_stderr()
+    assert isinstance(sys.stderr, logs.StrayText) and sys.stderr.raw is raw
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        sys.excepthook(KeyError, exc, exc.__traceback__)
+    thread = threading.Thread(target=lambda: 1 / 0, name="worker-thread")
+    thread.start()
+    thread.join()
+    lines = [json.loads(line) for line in raw.getvalue().splitlines()]
+    assert [(x["level"], x["logger"], x["msg"]) for x in lines] == [
+        ("critical", "bridge.crash", "crashed: KeyError: 'missing'"),
+        ("critical", "bridge.crash", "worker-thread crashed: ZeroDivisionError: division by zero"),
+    ]
+    assert all(x["exc"].startswith("Traceback (most recent call last):") for x in lines)
