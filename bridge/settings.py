@@ -157,8 +157,8 @@ class Settings(BaseModel):
     def _metrics_access_is_one_choice(self) -> Settings:
         if self.metrics_public and self.metrics_token is not None:
             raise ValueError(
-                "metrics_public: unset when BRIDGE_METRICS_TOKEN is set (the token would not"
-                " be asked for)"
+                "metrics_public: unset when BRIDGE_METRICS_TOKEN is set (one or the other:"
+                " scrapes with the token, or /metrics open to anyone)"
             )
         return self
 
