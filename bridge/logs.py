@@ -25,6 +25,8 @@ import time
 from types import TracebackType
 from typing import Any, TextIO
 
+import orjson
+
 from .jsoncodec import dumps_str
 from .masking import mask_emails
 
@@ -110,7 +112,8 @@ class StrayText(io.TextIOBase):
         self._formatter = JSONFormatter()
 
     def write(self, text: str) -> int:
-        if not self._partial and text.startswith('{"') and text.find("\n") == len(text) - 1:
+        # A log handler writes a whole line at once: it passes without taking the lock.
+        if not self._partial and text.find("\n") == len(text) - 1 and _is_json(text[:-1]):
             self.raw.write(text)
             return len(text)
         with self._lock:
@@ -133,7 +136,7 @@ class StrayText(io.TextIOBase):
             return None
         if not line.strip():
             return None
-        if line.startswith('{"') and line.endswith("}"):
+        if _is_json(line):
             return line
         return self._record(line, None)
 
@@ -165,6 +168,16 @@ class StrayText(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return self.raw.encoding
+
+
+def _is_json(line: str) -> bool:
+    """Whether a line is one JSON object already (a log line: passed as it is)."""
+    if not line.startswith('{"'):
+        return False
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def guard_stderr() -> None:

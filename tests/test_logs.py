@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import responses
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.logs import JSONFormatter
 from bridge.masking import mask_emails, mask_value
@@ -258,3 +260,25 @@ def test_an_uncaught_exception_is_one_json_line(monkeypatch: pytest.MonkeyPatch)
         ("critical", "bridge.crash", "worker-thread crashed: ZeroDivisionError: division by zero"),
     ]
     assert all(x["exc"].startswith("Traceback (most recent call last):") for x in lines)
+
+
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)))
+@settings(max_examples=300, deadline=None)
+def test_whatever_is_written_to_guarded_stderr_comes_out_as_json_lines(chunks: list[str]) -> None:
+    """Any text, written in any pieces, comes out of the guard as JSON objects, one a line,
+    and no plain line is lost (each non-blank one is a record's message, or inside one)."""
+    from bridge.logs import StrayText
+
+    raw = io.StringIO()
+    stray = StrayText(raw)  # type: ignore[arg-type]
+    for chunk in chunks:
+        stray.write(chunk)
+    stray.write("\n")  # the end of whatever was left open
+    stray.write("end\n")  # ends a printed traceback left open
+    # Lines end at "\n" only, as a log shipper reads them (U+0085 and U+2028 are text).
+    out = [json.loads(line) for line in raw.getvalue().split("\n")[:-1]]
+    assert all(isinstance(entry, dict) for entry in out)
+    lines = "".join(chunks).split("\n")
+    plain = not any(x.startswith(('{"', "Traceback (most recent")) or "@" in x for x in lines)
+    if plain:  # no log line, traceback or email among them: each line is one record's msg
+        assert [e["msg"] for e in out] == [x for x in lines if x.strip()] + ["end"]
