@@ -1,9 +1,9 @@
 """gunicorn's configuration for the bridge (the Procfile: ``-c python:bridge.web.gunicorn_conf``).
 
 - Logs are JSON, gunicorn's own included (``JSONLogger``), one access line per request;
-  crashes and text printed on stderr too (``logs.guard_stderr``, set in the master before
-  any worker forks; the settings gunicorn reads as it loads are checked earlier still, by
-  the Procfile's ``bridge.web.gunicorn_main``).
+  crashes and text printed on stderr too (``logs.guard_stderr``: from the first line when
+  the Procfile's ``bridge.web.gunicorn_main`` runs gunicorn, else from here, before any
+  worker forks).
 - The master checks everything once before any worker starts (settings, the ledger
   reachable and migrated, the mappings) and stops with one JSON line per problem.
 - The master makes the metrics directory that prometheus_client's multiprocess mode

@@ -1,17 +1,21 @@
 """The Procfile's web process: ``python -m bridge.web.gunicorn_main <gunicorn's arguments>``.
 
-gunicorn reads ``WEB_CONCURRENCY`` when its module loads, before any of the bridge's
-checks (``gunicorn_conf.on_starting``) run, so ``WEB_CONCURRENCY=abc`` was a bare
-traceback. This reads the settings first (a bad one is one JSON line naming it, exit 1),
-then becomes the ``gunicorn`` command with the same arguments (``exec``: same process, so
-gunicorn's own re-exec on ``USR2`` starts it as ever). From gunicorn's ``on_starting`` on,
-stderr is JSON-only (``logs.guard_stderr``), for the master and every worker.
+gunicorn itself, run in this process after two things it cannot do for itself:
+
+- stderr carries JSON lines only from the first line on (``logs.guard_stderr``): what
+  gunicorn prints before its hooks run (a bad option value), a worker that fails to boot
+  and any crash are JSON lines, not text;
+- the settings are read before gunicorn is imported: gunicorn reads ``WEB_CONCURRENCY``
+  when its module loads, so ``WEB_CONCURRENCY=abc`` was a bare traceback before any of
+  the bridge's checks ran. A bad setting is one JSON line naming it, and exit 1.
+
+``sys.argv[0]`` becomes the ``gunicorn`` command's path, as when that command runs:
+gunicorn's re-exec on ``USR2`` runs ``sys.argv`` again.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -31,14 +35,14 @@ def main() -> None:
     except ConfigError as exc:
         log.error(exc.message)
         raise SystemExit(1) from None
-    # The one installed beside this interpreter (its venv), else the one on PATH.
+    # The command installed beside this interpreter (its venv), else the one on PATH.
     beside = Path(sys.executable).parent / "gunicorn"
-    gunicorn = str(beside) if beside.is_file() else shutil.which("gunicorn")
-    if gunicorn is None:
-        log.error("the gunicorn command is not on PATH (is the package installed here?)")
-        raise SystemExit(1)
-    sys.stderr.flush()
-    os.execv(gunicorn, [gunicorn, *sys.argv[1:]])  # noqa: S606 - the Procfile's own arguments
+    command = str(beside) if beside.is_file() else shutil.which("gunicorn")
+    if command is not None:
+        sys.argv[0] = command
+    from gunicorn.app.wsgiapp import run
+
+    run(prog="gunicorn")  # reads its arguments from sys.argv, as the gunicorn command does
 
 
 if __name__ == "__main__":
