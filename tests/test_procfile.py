@@ -4,6 +4,7 @@ what it writes on stderr is JSON lines, crashes included."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,26 @@ def test_a_worker_failing_to_boot_writes_json_lines_only(
     assert crash and "RuntimeError: cannot boot: boom" in crash[0]["exc"]
     assert [line["msg"] for line in lines if line["logger"] == "stderr"] == ["cannot boot: boom"]
     assert any(line["msg"] == "Reason: Worker failed to boot." for line in lines)
+
+
+def test_what_gunicorn_prints_before_its_hooks_is_json_too(tmp_path: Path) -> None:
+    """A value gunicorn refuses while reading its options (PORT=abc), before any hook of the
+    bridge runs: one JSON line with gunicorn's message, exit non-zero."""
+    env = clean_env(
+        DUB_API_KEY="k",
+        BRIDGE_DB=str(tmp_path / "ledger.sqlite3"),
+        BRIDGE_MAPPINGS_DIR=str(REPO / "mappings"),
+        PORT="abc",
+    )
+    done = subprocess.run(
+        ["bash", "-c", f"exec {procs.procfile_web()}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    lines = [json.loads(line) for line in done.stderr.decode().splitlines()]
+    assert [(x["level"], x["logger"]) for x in lines] == [("error", "stderr")]
+    assert "'abc'" in lines[0]["msg"]  # gunicorn's own words, whichever version
