@@ -45,12 +45,13 @@ def procfile_command(app: str, port: int, env: dict[str, str]) -> list[str]:
         return scope.get(name) or (match[2] or "")
 
     args = shlex.split(_VAR.sub(expand, line))
-    if args[0] != "gunicorn" or BRIDGE_APP not in args:
+    launcher = ["python", "-m", "bridge.web.gunicorn_main"]  # gunicorn, behind its checks
+    if args[: len(launcher)] != launcher or BRIDGE_APP not in args:
         raise RuntimeError(f"unexpected Procfile web command: {line.strip()}")
     bind = args.index("--bind") + 1
     args[bind] = f"127.0.0.1:{port}"  # the Procfile binds 0.0.0.0; the bench stays local
     args[args.index(BRIDGE_APP)] = app
-    return [sys.executable, "-m", "gunicorn", *args[1:]]
+    return [sys.executable, *args[1:]]
 
 
 class Server:

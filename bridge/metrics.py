@@ -4,11 +4,16 @@ The metrics are made on first use, in the worker (never at import time): in
 multiprocess mode their values live in files under ``PROMETHEUS_MULTIPROC_DIR``,
 which gunicorn's configuration sets up before any worker starts and cleans when a
 worker dies. Without that directory (``bridge serve``, tests) they live in this
-process's registry. Ledger rows are read at scrape time, cached for a few seconds.
+process's registry. Ledger rows are read at scrape time, cached for a few seconds; they
+describe the whole database, so every instance sharing it reports the same figures, under
+the same ``ledger`` label: a query takes ``max by (ledger, ...)`` of them, never a sum over
+instances. A scrape while the ledger cannot be read still serves every counter: the ledger
+gauges are left out and ``bridge_ledger_up`` says 0.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -33,6 +38,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ROWS_CACHE_SECONDS = 5.0
 # Dub answers in tens of milliseconds; its timeouts are seconds.
 DUB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Segment gives up after 5 s; the bridge answers within BRIDGE_DEADLINE_SECONDS (4 s).
+WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0)
+log = logging.getLogger("bridge.metrics")
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class Metrics:
     retries: Counter
     rate_limit_waits: Counter
     webhook_requests: Counter
+    webhook_seconds: Histogram
     reloads: Counter
     mappings_info: Gauge
 
@@ -81,8 +90,14 @@ def metrics() -> Metrics:
                     ),
                     Counter(
                         "bridge_webhook_requests_total",
-                        "Requests to POST /segment, by the status answered.",
-                        ["status"],
+                        "Requests to POST /segment, by the status answered (and, for a 503,"
+                        " the reason).",
+                        ["status", "reason"],
+                    ),
+                    Histogram(
+                        "bridge_webhook_request_seconds",
+                        "How long POST /segment took to answer, from the request to its answer.",
+                        buckets=WEBHOOK_BUCKETS,
                     ),
                     Counter(
                         "bridge_mappings_reloads_total",
@@ -123,38 +138,77 @@ def set_mapping_version(version: str, previous: str | None) -> None:
 
 
 class LedgerRows(Collector):
-    """``bridge_ledger_rows{state}`` and the age of the oldest unsettled row, read from the
-    ledger at scrape time and cached, so scrapes stay cheap."""
+    """``bridge_ledger_rows{ledger,state}`` and the age of the oldest unsettled row, read from
+    the ledger at scrape time and cached, so scrapes stay cheap; ``bridge_ledger_up`` says
+    whether that read worked. A failed read is cached as long, so an outage does not make
+    every scrape wait on the database."""
 
     def __init__(
         self,
         counts: Callable[[], dict[str, int]],
         oldest: Callable[[], float | None],
         now: Callable[[], float] = time.time,
+        *,
+        ledger: str = "",
     ):
         self.counts = counts
         self.oldest = oldest
         self.now = now
-        self._cached: tuple[float, dict[str, int], float | None] | None = None
+        self.ledger = ledger
+        self._cached: tuple[float, dict[str, int] | None, float | None] | None = None
         self._lock = threading.Lock()
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def _read(self) -> tuple[dict[str, int] | None, float | None]:
         with self._lock:
             if self._cached is None or self.now() - self._cached[0] > ROWS_CACHE_SECONDS:
-                self._cached = (self.now(), self.counts(), self.oldest())
-            _, counts, oldest = self._cached
+                try:
+                    read: tuple[dict[str, int] | None, float | None] = (
+                        self.counts(),
+                        self.oldest(),
+                    )
+                except Exception as exc:  # the counters are served whatever the ledger does
+                    log.warning(
+                        "ledger rows not read for /metrics",
+                        extra={"ledger": self.ledger, "error": _why(exc)},
+                    )
+                    read = (None, None)
+                self._cached = (self.now(), *read)
+            return self._cached[1], self._cached[2]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts, oldest = self._read()
+        up = GaugeMetricFamily(
+            "bridge_ledger_up",
+            "1 when this process read the ledger's rows for this scrape, else 0 (then the"
+            " ledger gauges are left out).",
+            labels=["ledger"],
+        )
+        up.add_metric([self.ledger], 0.0 if counts is None else 1.0)
+        yield up
+        if counts is None:
+            return
         rows = GaugeMetricFamily(
-            "bridge_ledger_rows", "Ledger rows by state (read every few seconds).", labels=["state"]
+            "bridge_ledger_rows",
+            "Ledger rows by state (read every few seconds); the whole database's, the same from"
+            " every instance: take max by (ledger, state), never a sum.",
+            labels=["ledger", "state"],
         )
         for state, count in sorted(counts.items()):
-            rows.add_metric([state], count)
+            rows.add_metric([self.ledger, state], count)
         yield rows
         age = GaugeMetricFamily(
             "bridge_ledger_oldest_unsettled_seconds",
-            "Age of the oldest row still pending or in flight (0 when none).",
+            "Age of the oldest row still pending or in flight (0 when none); the whole database's.",
+            labels=["ledger"],
         )
-        age.add_metric([], 0.0 if oldest is None else max(0.0, self.now() - oldest))
+        age.add_metric([self.ledger], 0.0 if oldest is None else max(0.0, self.now() - oldest))
         yield age
+
+
+def _why(exc: Exception) -> str:
+    """A ledger error's own message (it never holds a secret); else only the error's kind."""
+    message = getattr(exc, "message", None)
+    return message if isinstance(message, str) else type(exc).__name__
 
 
 def exposition(extra: Collector | None = None) -> tuple[bytes, str]:

@@ -55,6 +55,7 @@ ENV = {
     "dead_letter_retention_days": "BRIDGE_DEAD_LETTER_RETENTION_DAYS",
     "mappings_source": "BRIDGE_MAPPINGS_SOURCE",
     "metrics_token": "BRIDGE_METRICS_TOKEN",
+    "metrics_public": "BRIDGE_METRICS_PUBLIC",
     "max_event_age_days": "BRIDGE_MAX_EVENT_AGE_DAYS",
     "unverified_events": "BRIDGE_UNVERIFIED_EVENTS",
     "allow_unsigned": "BRIDGE_ALLOW_UNSIGNED",
@@ -110,6 +111,9 @@ class Settings(BaseModel):
     # set published with `bridge mappings publish`.
     mappings_source: Literal["files", "database"] = "files"
     metrics_token: SecretStr | None = None  # when set, /metrics wants `Bearer <token>`
+    # Without a token /metrics is closed (403) unless this opens it to anyone who can reach
+    # it: the figures name mappings and volumes, so serving them openly is a decision.
+    metrics_public: bool = False
     # Older events are refused: past the ledger's memory a redelivery would be sent again.
     max_event_age_days: float = Field(6.0, gt=0)
     # Events a batch's signature does not vouch for: kept as dead letters, or the whole
@@ -154,6 +158,15 @@ class Settings(BaseModel):
             raise ValueError(
                 "outbox_max_age_hours: more than BRIDGE_OUTBOX_AFTER_HOURS "
                 f"({self.outbox_after_hours:g} h)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_access_is_one_choice(self) -> Settings:
+        if self.metrics_public and self.metrics_token is not None:
+            raise ValueError(
+                "metrics_public: unset when BRIDGE_METRICS_TOKEN is set (one or the other:"
+                " scrapes with the token, or /metrics open to anyone)"
             )
         return self
 

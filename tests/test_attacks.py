@@ -39,6 +39,7 @@ def service(tmp_path: Path) -> Iterator[tuple[ProcfileWeb, FakeDub]]:
         BRIDGE_DB=str(tmp_path / "ledger.sqlite3"),
         BRIDGE_MAPPINGS_DIR=str(REPO / "mappings"),
         BRIDGE_MAX_BODY_BYTES=str(4 * 1024 * 1024),
+        BRIDGE_METRICS_PUBLIC="1",
     )
     web = ProcfileWeb(env, tmp_path)
     web.start()
@@ -187,7 +188,7 @@ def test_oversized_chunked_and_compressed_bodies(service: tuple[ProcfileWeb, Fak
     sized = requests.post(web.url + "/segment", data=b" " * (5 * 1024 * 1024), timeout=30)
     assert sized.status_code == 413 and len(sized.headers["X-Request-Id"]) == 32
     scrape = requests.get(web.url + "/metrics", timeout=5).text
-    assert 'bridge_webhook_requests_total{status="413"} 2.0' in scrape
+    assert 'bridge_webhook_requests_total{reason="",status="413"} 2.0' in scrape
     small = chunked_post(web.port, compact(sale_event("chunked")))
     assert small.startswith(b"HTTP/1.1 401")  # read whole, then the signature is checked
     body = compact(sale_event("gz"))

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import responses
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.logs import JSONFormatter
 from bridge.masking import mask_emails, mask_value
@@ -200,3 +202,83 @@ def test_an_applications_record_factory_makes_the_event_records(
         logging.setLogRecordFactory(logging.LogRecord)
         logger.removeHandler(keep)
     assert [getattr(r, "seq", None) for r in seen] == [1, 2, 3, -4, -5]
+
+
+def test_stray_text_on_stderr_becomes_json_lines() -> None:
+    """Text written around the logging becomes JSON lines (a printed traceback one line, its
+    last line the message), and a log handler's JSON line passes unchanged."""
+    import traceback
+
+    from bridge.logs import StrayText
+
+    raw = io.StringIO()
+    stray = StrayText(raw)  # type: ignore[arg-type]
+    stray.write('{"ts":"t","level":"info","msg":"already JSON"}\n')
+    stray.write("cannot boot: ")
+    stray.write("boom for jane.doe@example.com\n\n")
+    try:
+        raise ValueError("bad value")
+    except ValueError:
+        traceback.print_exc(file=stray)
+    stray.write("left without a newline")
+    stray.flush()
+    lines = [json.loads(line) for line in raw.getvalue().splitlines()]
+    assert lines[0] == {"ts": "t", "level": "info", "msg": "already JSON"}
+    assert [(x["level"], x["logger"], x["msg"]) for x in lines[1:]] == [
+        ("error", "stderr", "cannot boot: boom for j***@example.com"),
+        ("error", "stderr", "ValueError: bad value"),
+        ("error", "stderr", "left without a newline"),
+    ]
+    assert lines[2]["exc"].startswith("Traceback (most recent call last):\n")
+    assert 'raise ValueError("bad value")' in lines[2]["exc"]
+
+
+def test_an_uncaught_exception_is_one_json_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once stderr is guarded, an uncaught exception, in the main thread or another, is one
+    JSON line at critical level with its traceback."""
+    import sys
+    import threading
+
+    from bridge import logs
+
+    raw = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", raw)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    logs.guard_stderr()
+    assert isinstance(sys.stderr, logs.StrayText) and sys.stderr.raw is raw
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        sys.excepthook(KeyError, exc, exc.__traceback__)
+    thread = threading.Thread(target=lambda: 1 / 0, name="worker-thread")
+    thread.start()
+    thread.join()
+    lines = [json.loads(line) for line in raw.getvalue().splitlines()]
+    assert [(x["level"], x["logger"], x["msg"]) for x in lines] == [
+        ("critical", "bridge.crash", "crashed: KeyError: 'missing'"),
+        ("critical", "bridge.crash", "worker-thread crashed: ZeroDivisionError: division by zero"),
+    ]
+    assert all(x["exc"].startswith("Traceback (most recent call last):") for x in lines)
+
+
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)))
+@settings(max_examples=300, deadline=None)
+def test_whatever_is_written_to_guarded_stderr_comes_out_as_json_lines(chunks: list[str]) -> None:
+    """Any text, written in any pieces, comes out of the guard as JSON objects, one a line,
+    and no plain line is lost (each non-blank one is a record's message, or inside one)."""
+    from bridge.logs import StrayText
+
+    raw = io.StringIO()
+    stray = StrayText(raw)  # type: ignore[arg-type]
+    for chunk in chunks:
+        stray.write(chunk)
+    stray.write("\n")  # the end of whatever was left open
+    stray.write("end\n")  # ends a printed traceback left open
+    # Lines end at "\n" only, as a log shipper reads them (U+0085 and U+2028 are text).
+    out = [json.loads(line) for line in raw.getvalue().split("\n")[:-1]]
+    assert all(isinstance(entry, dict) for entry in out)
+    lines = "".join(chunks).split("\n")
+    plain = not any(x.startswith(('{"', "Traceback (most recent")) or "@" in x for x in lines)
+    if plain:  # no log line, traceback or email among them: each line is one record's msg
+        assert [e["msg"] for e in out] == [x for x in lines if x.strip()] + ["end"]

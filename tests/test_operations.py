@@ -109,23 +109,30 @@ def metric(text: str, name: str) -> float:
 
 
 def test_metrics_count_events_dub_calls_and_ledger_rows(
-    client: Any, dub: responses.RequestsMock, clock: ManualClock
+    tmp_path: Path, dub: responses.RequestsMock, clock: ManualClock
 ) -> None:
     """/metrics has the issue's figures: events, Dub calls and latency, webhook answers,
     ledger rows and the mapping version."""
-    dub.post(f"{DUB}/track/sale", json=sale_ok())
-    before = client.get("/metrics").get_data(as_text=True)
-    client.post("/segment", data=body_of(order("metric")), content_type="application/json")
-    clock.advance(6)  # the ledger's rows are read again every few seconds, not per scrape
-    text = client.get("/metrics").get_data(as_text=True)
+    app = create_app(make_settings(tmp_path, metrics_public=True), clock=clock)
+    try:
+        client = app.test_client()
+        dub.post(f"{DUB}/track/sale", json=sale_ok())
+        before = client.get("/metrics").get_data(as_text=True)
+        client.post("/segment", data=body_of(order("metric")), content_type="application/json")
+        clock.advance(6)  # the ledger's rows are read again every few seconds, not per scrape
+        text = client.get("/metrics").get_data(as_text=True)
+    finally:
+        app.extensions["bridge"].close()
     delivered = 'bridge_events_total{mapping="order-sale",outcome="delivered"}'
     assert metric(text, delivered) == metric(before, delivered) + 1
     sale_ok_calls = 'bridge_dub_requests_total{endpoint="sale",status="200"}'
     assert metric(text, sale_ok_calls) == metric(before, sale_ok_calls) + 1
     assert 'bridge_dub_request_seconds_bucket{endpoint="sale"' in text
-    assert metric(text, 'bridge_webhook_requests_total{status="200"}') >= 1
-    assert metric(text, 'bridge_ledger_rows{state="delivered"}') == 1
-    assert "bridge_ledger_oldest_unsettled_seconds 0.0" in text
+    assert metric(text, 'bridge_webhook_requests_total{reason="",status="200"}') >= 1
+    assert 'bridge_webhook_request_seconds_bucket{le="0.005"}' in text
+    assert metric(text, "bridge_ledger_rows{ledger=") == 1
+    assert metric(text, "bridge_ledger_oldest_unsettled_seconds{ledger=") == 0.0
+    assert metric(text, "bridge_ledger_up{ledger=") == 1.0
     assert 'bridge_mappings_info{version="' in text
     for name in ("bridge_retries_total", "bridge_rate_limit_waits_total"):
         assert name in text

@@ -101,7 +101,7 @@ def test_json_logs_and_metrics_summed_over_workers(tmp_path: Path) -> None:
     """Every line is JSON with its pid (gunicorn's own too); one scrape sums every worker's
     figures; each request has an access line with its id."""
     with FakeDub(api_key="k").start() as fake:
-        web = ProcfileWeb(env_for(tmp_path, fake), tmp_path)
+        web = ProcfileWeb(env_for(tmp_path, fake, BRIDGE_METRICS_PUBLIC="1"), tmp_path)
         web.start()
         web.wait_workers(2)
         try:
@@ -118,7 +118,7 @@ def test_json_logs_and_metrics_summed_over_workers(tmp_path: Path) -> None:
     total = sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith('bridge_webhook_requests_total{status="200"}')
+        if line.startswith('bridge_webhook_requests_total{reason="",status="200"}')
     )
     assert total == 10
     lines = json_lines(web)

@@ -1,10 +1,12 @@
-"""``bridge test``, ``bridge explain`` and ``bridge schema``: tools for writing mappings."""
+"""``bridge test``, ``bridge explain`` and ``bridge schema``: tools for writing mappings;
+``bridge sign``: the signature Segment would send with a body, for trying the webhook by hand."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 
@@ -17,6 +19,7 @@ from ..mapping.goldens import GoldenCase, check
 from ..mapping.schema import mapping_schema
 from ..reader import read_file
 from ..sources import load_directory
+from ..web.signing import sign as sign_body
 from .common import PROBLEMS, engine_of, fail, mappings_option, settings, settings_for
 
 
@@ -88,4 +91,15 @@ def schema() -> None:
     click.echo(json.dumps(mapping_schema(), indent=2, ensure_ascii=False))
 
 
-COMMANDS = [test_command, explain, schema]
+@click.command()
+@click.argument("body", type=click.File("rb"))
+def sign(body: BinaryIO) -> None:
+    """Print the X-Signature Segment would send with BODY (a file, or - for stdin): the hex
+    HMAC-SHA1 of its bytes, as they are, with SEGMENT_SHARED_SECRET."""
+    secret = settings().segment_shared_secret
+    if secret is None:
+        fail("SEGMENT_SHARED_SECRET is not set: there is no secret to sign with")
+    click.echo(sign_body(body.read(), secret.get_secret_value()))
+
+
+COMMANDS = [test_command, explain, schema, sign]

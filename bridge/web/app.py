@@ -17,7 +17,7 @@ from ..clock import SYSTEM, Clock
 from ..errors import BridgeError, PayloadTooLarge
 from ..settings import Settings
 from ..wiring import UNSIGNED_WARNING, Service, build_service
-from . import requests
+from . import requests, scrape
 from .health import health
 from .responses import json_response
 from .webhook import webhook
@@ -36,11 +36,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
     app.extensions["bridge"] = service
     app.register_blueprint(webhook)
     app.register_blueprint(health)
-    requests.install(app)
+    requests.install(app, clock)
 
     @app.errorhandler(BridgeError)
     def _bridge_error(exc: BridgeError) -> Response:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        requests.unavailable(exc.code)
         requests.refused(exc.status, exc.code, exc.message)
         return json_response(exc.to_dict(), exc.status, headers)
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
             return _bridge_error(too_large)
         code = (exc.name or "http_error").lower().replace(" ", "_")
         message = exc.description or exc.name
+        requests.unavailable(code)
         requests.refused(exc.code or 500, code, message)
         return json_response({"error": {"code": code, "message": message}}, exc.code or 500)
 
@@ -64,6 +66,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
     service.start()
     if settings.unsigned:
         log.warning(UNSIGNED_WARNING)
+    if scrape.access(settings) == "closed":
+        log.warning(scrape.CLOSED)
     log.info(
         "bridge ready",
         extra={
@@ -71,6 +75,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
             "version": service.store.engine.version,
             "dubApiUrl": settings.dub_api_url,
             "ledger": service.ledger.kind if service.ledger is not None else "off",
+            "metrics": scrape.access(settings),
         },
     )
     return app

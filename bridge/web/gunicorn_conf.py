@@ -1,6 +1,9 @@
 """gunicorn's configuration for the bridge (the Procfile: ``-c python:bridge.web.gunicorn_conf``).
 
-- Logs are JSON, gunicorn's own included (``JSONLogger``), one access line per request.
+- Logs are JSON, gunicorn's own included (``JSONLogger``), one access line per request;
+  crashes and text printed on stderr too (``logs.guard_stderr``: from the first line when
+  the Procfile's ``bridge.web.gunicorn_main`` runs gunicorn, else from here, before any
+  worker forks).
 - The master checks everything once before any worker starts (settings, the ledger
   reachable and migrated, the mappings) and stops with one JSON line per problem.
 - The master makes the metrics directory that prometheus_client's multiprocess mode
@@ -24,6 +27,9 @@ _MADE_METRICS_DIR: list[str] = []
 
 
 def on_starting(server: Any) -> None:
+    from .. import logs
+
+    logs.guard_stderr()  # before any worker forks: they inherit it
     # Before anything imports prometheus_client: it picks its storage when first imported,
     # and the workers inherit the master's choice.
     if not os.environ.get(MULTIPROC_ENV):

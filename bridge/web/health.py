@@ -3,21 +3,20 @@
 ``/livez``: the process answers. ``/readyz``: good mappings are loaded, the ledger
 answers and the worker is not draining (else 503 with the reasons). ``/healthz``: a
 summary for people, ``degraded`` while a rejected mapping edit keeps the last good
-mappings active. ``/metrics``: Prometheus, every worker summed, optionally behind
-``BRIDGE_METRICS_TOKEN``.
+mappings active. ``/metrics``: Prometheus, every worker summed, behind
+``BRIDGE_METRICS_TOKEN`` unless ``BRIDGE_METRICS_PUBLIC=1`` (see ``scrape``).
 """
 
 from __future__ import annotations
 
-import hmac
 import threading
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
 from ..errors import LedgerError
-from ..metrics import LedgerRows, exposition
 from ..wiring import Service
 from .responses import json_response
+from .scrape import scrape
 
 health = Blueprint("health", __name__)
 PING_CACHE_SECONDS = 2.0
@@ -107,23 +106,4 @@ def healthz() -> Response:
 
 @health.get("/metrics")
 def prometheus() -> Response:
-    service = _service()
-    token = service.settings.metrics_token
-    if token is not None:
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {token.get_secret_value()}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return json_response(
-                {"error": {"code": "unauthorized", "message": "a bearer token is needed"}}, 401
-            )
-    rows = current_app.extensions.get("bridge.ledger_rows")
-    if rows is None and service.ledger is not None:
-        ledger = service.ledger
-        rows = LedgerRows(
-            lambda: {str(k): v for k, v in ledger.counts().items()},
-            ledger.oldest_unsettled,
-            service.deliverer.clock.time,
-        )
-        current_app.extensions["bridge.ledger_rows"] = rows
-    body, content_type = exposition(rows)
-    return Response(body, mimetype=content_type.split(";")[0], content_type=content_type)
+    return scrape(_service())

@@ -15,10 +15,11 @@ from flask import Blueprint, Response, current_app, request
 from ..errors import InvalidSignature, PayloadTooLarge, ServiceUnavailable, UnsupportedEncoding
 from ..inputs import Item, parse_body
 from ..mapping.batch import plan_all
-from ..outcomes import RETRY
+from ..outcomes import RETRY, Outcome
 from ..results import Result
 from ..wiring import Service
 from .answers import summarize
+from .requests import unavailable
 from .responses import json_response
 from .signing import Verified, signature_key, verify
 
@@ -51,6 +52,7 @@ def segment() -> Response:
     if any(r.outcome in RETRY for r in results):
         wait = _retry_after(results, settings.retry_after_seconds)
         error = ServiceUnavailable("Dub did not take every event; retry the request").to_dict()
+        unavailable(retry_reason(results))
         return json_response(summarize(results, error), 503, {"Retry-After": str(wait)})
     return json_response(summarize(results))
 
@@ -85,6 +87,15 @@ def _unvouched(service: Service, verified: Verified | None, items: list[Item]) -
     key = signature_key(request.headers.get("X-Signature", ""))
     vouched = service.ledger.vouch(key, [i for i in ids if isinstance(i, str)])
     return {n for n, i in enumerate(ids) if isinstance(i, str) and i not in vouched}
+
+
+def retry_reason(results: list[Result]) -> str:
+    """Why a 503 asks Segment to retry, for the metric: Dub's rate limit (429), Dub failing
+    (unreachable, timeout, 408, 5xx), or only events not settled within the time budget."""
+    failed = [r for r in results if r.outcome is Outcome.FAILED]
+    if any(r.status == 429 for r in failed):
+        return "dub_rate_limited"
+    return "dub_failed" if failed else "not_settled"
 
 
 def _retry_after(results: list[Result], default: int) -> int:
