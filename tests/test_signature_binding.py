@@ -11,6 +11,7 @@ the way of the real one.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from bridge.cli import main
 from bridge.delivery.redrive import redrive
 from bridge.ledger import retention_of
 from bridge.outcomes import State
-from bridge.web.signing import event_texts, sign
+from bridge.web.signing import event_texts, sign, signature_key
 from tests.conftest import DUB, SECRET, lead_ok, make_settings, order, sale_ok, signup
 from tests.fakes import ManualClock
 
@@ -243,6 +244,30 @@ def test_segments_retry_of_a_stamped_batch_goes_through(
     again = post(app, batch)
     assert again.status_code == 200
     assert again.get_json()["counts"] == {"delivered": 2, "skipped": 1}
+
+
+def test_a_signature_the_release_before_recorded_vouches_for_no_content(
+    tmp_path: Path, clock: ManualClock, mock_dub: responses.RequestsMock
+) -> None:
+    """A signature first recorded by the release before (messageIds only, during a rolling
+    deploy) vouches for its signed first event alone: the rest wait, saying why."""
+    from bridge.web.app import create_app
+
+    settings = make_settings(tmp_path, segment_shared_secret=SECRET)
+    app = create_app(settings, clock=clock)
+    try:
+        now = clock.time()
+        batch = [segment(order("old1"), now), segment(order("old2"), now)]
+        with sqlite3.connect(settings.db_path) as db:  # as the release before recorded it
+            db.execute(
+                "INSERT INTO signatures (key, message_ids, first_seen) VALUES (?, ?, ?)",
+                (signature_key(sign(text(batch[0]), SECRET)), '["old1","old2"]', now),
+            )
+        answer = post(app, batch)
+        assert answer.get_json()["counts"] == {"delivered": 1, "unverified": 1}
+        assert "the release before" in answer.get_json()["results"][0]["reason"]
+    finally:
+        app.extensions["bridge"].close()
 
 
 # --- Medium: an unverified row never shadows the real event ---------------------------------------

@@ -43,7 +43,7 @@ def _ledger(config: Settings, access: Access) -> Ledger:
 @since_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def deadletters(mapping: str | None, since: str | None, as_json: bool) -> None:
-    """List events that need a person: invalid, rejected, uncertain, given up."""
+    """List events that need a person: invalid, rejected, uncertain, given up, unverified."""
     after = parse_since(since)
     ledger = _ledger(settings(), Access.READ)
     try:

@@ -112,7 +112,11 @@ class Sighting:
 
     message_ids: frozenset[str]
     digests: frozenset[str]
-    keep_until: float = 0.0
+    keep_until: float = 0.0  # 0: recorded by the release before, which kept no content
+
+    @property
+    def knows_content(self) -> bool:
+        return self.keep_until > 0
 
 
 # A signature is kept this long past the last moment its first event can be accepted, so

@@ -96,8 +96,14 @@ def digest(text: bytes) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
-def event_digests(body: bytes) -> list[str] | None:
-    """The digest of each event of a signed body, in order (see ``event_texts``)."""
+def event_digests(body: bytes, whole_body: bool = False) -> list[str] | None:
+    """The digest of each event of a signed body, in order (see ``event_texts``).
+
+    ``whole_body``: the signature covers every byte, so the only body that can reuse it
+    holds this one as its first element: the body's own digest is all there is to keep
+    (and no parse is needed)."""
+    if whole_body:
+        return [digest(body.strip(_WHITESPACE))]
     texts = event_texts(body)
     return None if texts is None else [digest(t) for t in texts]
 

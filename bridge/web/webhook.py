@@ -92,6 +92,9 @@ CONTENT_DIFFERS = (
     "the batch's signature was first seen with other content under this messageId, so it "
     "does not vouch for this event"
 )
+NO_CONTENT = (
+    "the batch's signature was first seen by the release before, which kept no content to vouch for"
+)
 OTHER_EVENTS = (
     "the batch's signature was first seen with other events, so it does not vouch for this one"
 )
@@ -115,7 +118,7 @@ def _unvouched(
         )
     now = service.deliverer.clock.time()
     max_age = service.settings.max_event_age_days * 86400
-    digests = event_digests(raw)
+    digests = event_digests(raw, verified.whole_body)
     ids = [_message_id(item) for item in items]
     sighting = Sighting(
         frozenset(i for i in ids if i is not None),
@@ -135,6 +138,8 @@ def _unvouched(
             why[n] = UNREADABLE
         elif digests[n] in vouched.digests:
             continue
+        elif not vouched.knows_content:
+            why[n] = NO_CONTENT
         elif ids[n] in vouched.message_ids:
             why[n] = CONTENT_DIFFERS
         else:
