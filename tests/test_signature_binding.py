@@ -387,3 +387,12 @@ def test_event_texts_are_the_elements_as_sent(
     assert event_texts(body[:-1]) is None
     assert event_texts(b'{"a": 1}\n') == [b'{"a": 1}']
     assert event_texts(b"[1,]") is None and event_texts(b"[1 2]") is None
+
+
+def test_event_texts_of_odd_bodies() -> None:
+    """Bytes that are not UTF-8 are kept as sent; nesting too deep to read, or a body that is
+    not one array, gives None (its events beyond the first are then held), never an error."""
+    assert event_texts(b'[{"a":"\xff\xfe"},\n"\xc3"]') == [b'{"a":"\xff\xfe"}', b'"\xc3"']
+    assert event_texts(b"[" * 200_000 + b"]" * 200_000) is None
+    assert event_texts(b'[{"a":1}] [2]') is None and event_texts(b"[") is None
+    assert event_texts(b"[]") == []

@@ -123,7 +123,8 @@ def _compared(ledger: Ledger, row: Row) -> dict[str, Any]:
     copy = (kept or copies)[0]
     described = {"mapping": copy.mapping, "state": copy.state}
     if not kept or not isinstance(row.payload, dict):
-        # A delivered row keeps no payload: the messageId was used, its content is gone.
+        # No verified copy kept its payload (a delivered row keeps none): the messageId was
+        # used, what it carried is gone.
         return {"verifiedCopy": described | {"contentKept": False}, "differs": None}
     ours, theirs = _flat(row.payload), _flat(copy.payload)
     differs = {
