@@ -57,7 +57,19 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         text = dumps_str(entry)
-        return mask_emails(text) if "@" in text else text
+        # Masked value by value, never on the JSON text, where an escape (\u001f@x) could
+        # be taken for part of an address and broken.
+        return dumps_str(_masked(entry)) if "@" in text else text
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_emails(value) if "@" in value else value
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(item) for item in value]
+    return value
 
 
 @functools.lru_cache(maxsize=4)

@@ -85,6 +85,9 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(_S.UNVERIFIED, _S.UNVERIFIED, Via.RECORD),
     Transition(_S.PENDING, _S.IN_FLIGHT, Via.CLAIM),
     Transition(_S.INVALID, _S.IN_FLIGHT, Via.CLAIM),  # a fixed mapping may send it now
+    # A verified arrival takes over from a copy no signature vouched for: a forged event
+    # planted under a predictable messageId never shadows the real one.
+    Transition(_S.UNVERIFIED, _S.IN_FLIGHT, Via.CLAIM),
     Transition(_S.IN_FLIGHT, _S.IN_FLIGHT, Via.TAKEOVER),
     *(Transition(_S.IN_FLIGHT, target, Via.FINISH) for target in _AFTER_CALL),
     Transition(_S.IN_FLIGHT, _S.PENDING, Via.FINISH),  # transient: Segment retries
@@ -129,6 +132,9 @@ DEAD = frozenset({_S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP, _S.UNVERIFI
 # Not settled: the claim or a retry is still to come.
 ACTIVE = frozenset({_S.PENDING, _S.IN_FLIGHT})
 CLAIMABLE = sources(_S.IN_FLIGHT, Via.CLAIM)
+# Rows a claim takes over as new: their payload, error and first sighting came from a
+# sender nobody vouched for, not from the event now claimed.
+UNPROVEN = frozenset({_S.UNVERIFIED})
 REDRIVABLE = sources(_S.IN_FLIGHT, Via.REDRIVE)
 SWEEPABLE = sources(_S.GAVE_UP, Via.SWEEP)
 # What a call's outcome may leave a claimed row in.

@@ -84,6 +84,31 @@ def test_a_captured_signature_is_no_write_key(service: tuple[ProcfileWeb, FakeDu
     assert fake.received_count(key_for(lead)) == 1
 
 
+def test_a_vouched_message_id_carries_no_forged_conversion(
+    service: tuple[ProcfileWeb, FakeDub],
+) -> None:
+    """Segment's batch [a sale, a page view]; under its signature, the page view's messageId
+    reused for a $99,999 sale and a `Sign Up` reusing the first event's are held; a sale
+    planted under the messageId a real event will have does not stop that event, sent once."""
+    web, fake = service
+    first = sale_event("head")
+    view = {"type": "page", "name": "Pricing", "messageId": "pv-1", "userId": "user-shead",
+            "timestamp": first["timestamp"]}  # fmt: skip
+    assert post(web, compact([first, view]), signed_over=compact(first)).status_code == 200
+    big = sale_event("big") | {"messageId": "pv-1"}
+    big["properties"] |= {"revenue": 99999}
+    lead = lead_event("mallory") | {"messageId": first["messageId"]}
+    planted = sale_event("next") | {"properties": {"order_id": "FORGED", "revenue": 55555}}
+    for forged in (big, lead, planted):
+        answer = post(web, compact([first, forged]), signed_over=compact(first))
+        assert answer.status_code == 200
+        assert answer.json()["counts"] == {"duplicate": 1, "unverified": 1}, answer.text
+    real = sale_event("next")
+    assert post(web, compact(real)).json()["counts"] == {"delivered": 1}
+    assert post(web, compact(real)).json()["counts"] == {"duplicate": 1}
+    assert fake.received_by_key() == {key_for(first): 1, key_for(real): 1}
+
+
 def test_a_stale_replay_is_not_sent(service: tuple[ProcfileWeb, FakeDub]) -> None:
     """A signed body replayed after the ledger's memory (its events 7 days old) sends nothing."""
     web, fake = service

@@ -97,10 +97,13 @@ def test_a_lead_resent_under_a_new_message_id_is_held(
     assert len(dub.calls) == 1
 
 
-def test_segments_retries_of_a_batch_go_through(secured: Any, dub: responses.RequestsMock) -> None:
+def test_segments_retries_of_a_batch_go_through(
+    secured: Any, dub: responses.RequestsMock, clock: ManualClock
+) -> None:
     """The same batch posted again (Segment's retry) is vouched for whole: nothing is held."""
     dub.post(f"{DUB}/track/sale", status=503, json={"error": {"code": "x", "message": "x"}})
-    batch = [order("a") | {"userId": "a"}, order("b") | {"userId": "b"}]
+    now = {"receivedAt": iso(clock.time())}  # Segment stamps every event it receives
+    batch = [order("a") | {"userId": "a"} | now, order("b") | {"userId": "b"} | now]
     assert post_batch(secured, batch, signed_over=batch[0]).status_code == 503
     dub.replace(responses.POST, f"{DUB}/track/sale", json=sale_ok())
     again = post_batch(secured, batch, signed_over=batch[0])

@@ -23,6 +23,7 @@ from bridge.ledger.base import (
     LeadStatus,
     Ledger,
     Retention,
+    Sighting,
 )
 from bridge.outcomes import DEAD, FINAL, FINISHED, TRANSITIONS, State, Via, allowed
 from bridge.settings import Settings
@@ -704,12 +705,45 @@ def test_oldest_unsettled_is_the_first_seen_of_what_is_open(
 def test_a_signature_vouches_for_what_it_first_came_with(
     make_ledger: MakeLedger, clock: ManualClock
 ) -> None:
-    """The first sighting of a signature fixes what it vouches for, for every handle; the set
-    is forgotten with the rows it could replay."""
+    """The first sighting of a signature (its messageIds and content digests) fixes what it
+    vouches for, for every handle; it is kept until its keep_until, whatever the retention
+    of rows, and forgotten after."""
     first, second = make_ledger(), make_ledger()
-    assert first.vouch("sig", ["a", "b"]) == {"a", "b"}
-    assert second.vouch("sig", ["a", "x"]) == {"a", "b"}
-    assert second.vouch("other", ["x"]) == {"x"}
-    clock.advance(8 * 86400)
-    first.sweep(Retention(give_up_after=1e9, settled=7 * 86400, dead=1e9))
-    assert second.vouch("sig", ["x"]) == {"x"}
+    now = clock.time()
+    seen = Sighting(frozenset({"a", "b"}), frozenset({"da", "db"}), now + 3 * 86400)
+    other = Sighting(frozenset({"a", "x"}), frozenset({"dx"}), now + 86400)
+    assert first.vouch("sig", seen) == seen
+    assert second.vouch("sig", other) == seen
+    assert second.vouch("other", other) == other
+    clock.advance(2 * 86400)
+    first.sweep(Retention(give_up_after=1, settled=1, dead=1, signatures=1))
+    assert second.vouch("sig", other) == seen  # past every retention, not past keep_until
+    assert second.vouch("other", seen) == seen  # forgotten: this is a first sighting again
+
+
+def test_a_verified_claim_takes_over_an_unverified_row_afresh(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    """A claim takes an `unverified` row (a verified arrival wins over a forged copy): its
+    payload, error and first sighting are dropped, and it is granted once; a later forged
+    copy changes nothing. rows_of lists a messageId's rows under every mapping."""
+    assert ledger.record("m", "sale", State.UNVERIFIED, action="sale", event="E",
+                         errors=["forged"], payload={"forged": True})  # fmt: skip
+    assert ledger.record("m", "lead", State.UNVERIFIED, action="lead", event="E",
+                         errors=["forged"], payload={"forged": True})  # fmt: skip
+    clock.advance(3600)
+    taken = claim(ledger, "m")
+    assert taken.granted and taken.state is State.UNVERIFIED
+    assert taken.created_at == clock.time()
+    row = ledger.get("m", "sale")
+    assert row is not None and row.payload is None and row.error is None
+    assert row.created_at == clock.time()
+    assert not claim(ledger, "m").granted
+    assert ledger.finish("m", "sale", State.DELIVERED)
+    assert not ledger.record("m", "sale", State.UNVERIFIED, action="sale", event="E",
+                             errors=["forged"], payload={"forged": True})  # fmt: skip
+    assert [(r.mapping, r.state) for r in ledger.rows_of("m")] == [
+        ("lead", State.UNVERIFIED),
+        ("sale", State.DELIVERED),
+    ]
+    assert ledger.rows_of("nothing") == []

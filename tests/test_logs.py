@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import responses
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bridge.logs import JSONFormatter
@@ -263,6 +263,7 @@ def test_an_uncaught_exception_is_one_json_line(monkeypatch: pytest.MonkeyPatch)
 
 
 @given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)))
+@example(["\x1f@", "0"])  # a control character's JSON escape beside an "@" stays an escape
 @settings(max_examples=300, deadline=None)
 def test_whatever_is_written_to_guarded_stderr_comes_out_as_json_lines(chunks: list[str]) -> None:
     """Any text, written in any pieces, comes out of the guard as JSON objects, one a line,

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from bridge.ledger import open_ledger
-from bridge.ledger.base import COUNTED_FOR
+from bridge.ledger.base import COUNTED_FOR, Retention, Sighting
 from bridge.ledger.migrations import MIGRATIONS, schema_table
 from bridge.settings import Settings
 from tests.fakes import ManualClock
@@ -82,5 +82,39 @@ def test_rate_slots_become_counts_per_second(
         assert granted == 0 and wait == pytest.approx(COUNTED_FOR - 2)
         clock.advance(COUNTED_FOR - 2)  # the second of now - 1.5 is past
         assert ledger.take_slots("dub", 3, 5)[:2] == (1, 0.0)
+    finally:
+        ledger.close()
+
+
+def test_signatures_of_the_release_before_vouch_for_no_content(
+    old_ledger: tuple[str, Run, Settings], clock: ManualClock
+) -> None:
+    """After the upgrade to content digests, a signature the release before recorded (its
+    messageIds only) vouches for no content, and is forgotten once no event it came with
+    can be accepted; the release before, still running during a rolling deploy, records
+    and reads signatures as it did, and sees the messageIds of the new release's."""
+    kind, run, settings = old_ledger
+    at_version(kind, run, 6)
+    now = clock.time()
+    old_insert = (
+        "INSERT INTO signatures (key, message_ids, first_seen) VALUES (?, ?, ?)"
+        " ON CONFLICT (key) DO NOTHING"
+    )
+    run(old_insert, "before", '["a","b"]', now)
+    ledger = open_ledger(settings, clock=clock)
+    assert ledger is not None
+    try:
+        assert ledger.schema().up_to_date
+        mine = Sighting(frozenset({"a"}), frozenset({"digest-a"}), now + 10 * 86400)
+        assert ledger.vouch("before", mine) == Sighting(frozenset({"a", "b"}), frozenset(), 0.0)
+        assert ledger.vouch("new", mine) == mine
+        run(old_insert, "during", '["x"]', now)  # an instance of the release before
+        run(old_insert, "new", '["y"]', now)
+        assert ledger.vouch("during", mine).message_ids == {"x"}
+        assert ledger.vouch("new", mine).message_ids == {"a"}  # what the release before reads
+        clock.advance(2 * 86400)
+        ledger.sweep(Retention(give_up_after=1e9, settled=1e9, dead=1e9, signatures=86400))
+        assert ledger.vouch("before", mine) == mine  # forgotten: a first sighting again
+        assert ledger.vouch("new", mine) == mine  # kept until its own keep_until
     finally:
         ledger.close()

@@ -43,7 +43,7 @@ def _ledger(config: Settings, access: Access) -> Ledger:
 @since_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def deadletters(mapping: str | None, since: str | None, as_json: bool) -> None:
-    """List events that need a person: invalid, rejected, uncertain, given up."""
+    """List events that need a person: invalid, rejected, uncertain, given up, unverified."""
     after = parse_since(since)
     ledger = _ledger(settings(), Access.READ)
     try:
@@ -72,9 +72,23 @@ def deadletters(mapping: str | None, since: str | None, as_json: bool) -> None:
 @mapping_option
 @since_option
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; send nothing.")
+@click.option(
+    "--include-unverified",
+    is_flag=True,
+    help="Also send `unverified` dead letters (no signature vouched for them; perhaps "
+    "forged), each line saying what differs from a verified copy of its messageId.",
+)
 @mappings_option
-def redrive(mapping: str | None, since: str | None, dry_run: bool, mappings: str | None) -> None:
-    """Run dead letters again through the current mappings; report what changed."""
+def redrive(
+    mapping: str | None,
+    since: str | None,
+    dry_run: bool,
+    include_unverified: bool,
+    mappings: str | None,
+) -> None:
+    """Run dead letters again through the current mappings; report what changed.
+
+    `unverified` dead letters are left alone unless --include-unverified names them."""
     after = parse_since(since)
     config = settings_for(mappings)
     engine = engine_of(config)
@@ -91,6 +105,7 @@ def redrive(mapping: str | None, since: str | None, dry_run: bool, mappings: str
             mapping=mapping,
             since=after,
             budget=config.cli_budget_seconds,
+            include_unverified=include_unverified,
         )
     except BridgeError as exc:
         configured(exc)

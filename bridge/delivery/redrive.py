@@ -5,14 +5,20 @@ payloads are planned again; sends keep their idempotency (the ledger row of each
 messageId and mapping, and the sale's invoiceId at Dub), leads go before sales,
 and a second redrive finds nothing left to send. A dead letter whose mapping no
 longer applies to its event is marked ``superseded`` so it leaves the list.
+
+``unverified`` dead letters (events no signature vouched for, perhaps forged) are
+left alone unless asked for by name: then each is sent with its own payload, and
+its line says what differs from any verified copy of its messageId the ledger kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from ..ledger.base import Ledger
+from ..ledger.base import Ledger, Row
 from ..mapping.engine import Engine
+from ..masking import mask_value
 from ..outcomes import Outcome, State
 from ..results import Result
 from .deliverer import Deliverer
@@ -26,9 +32,38 @@ def redrive(
     mapping: str | None,
     since: float | None,
     budget: float,
+    include_unverified: bool = False,
 ) -> list[dict[str, Any]]:
     """Redrive the dead letters that match; ``deliverer`` None is a dry run."""
     rows = ledger.dead_letters(mapping=mapping, since=since)
+    verified = [r for r in rows if r.state is not State.UNVERIFIED]
+    lines = _redrive(engine, ledger, deliverer, verified, budget, adds=True)
+    if include_unverified:
+        held = sorted(
+            (r for r in rows if r.state is State.UNVERIFIED), key=lambda r: r.action != "lead"
+        )
+        for row in held:
+            # One at a time: each carries its own payload, which may differ from a
+            # verified copy of the same messageId (planned above, or delivered before).
+            compared = _compared(ledger, row)
+            lines += [
+                line | compared
+                for line in _redrive(engine, ledger, deliverer, [row], budget, adds=False)
+            ]
+    return lines
+
+
+def _redrive(
+    engine: Engine,
+    ledger: Ledger,
+    deliverer: Deliverer | None,
+    rows: list[Row],
+    budget: float,
+    *,
+    adds: bool,
+) -> list[dict[str, Any]]:
+    """Redrive these rows; ``adds``: also send what a changed mapping now makes of their
+    events (verified payloads only: an unverified one is sent for its own row alone)."""
     before: dict[tuple[str, str], State] = {(r.message_id, r.mapping): r.state for r in rows}
     events: dict[str, Any] = {}
     unusable: list[dict[str, Any]] = []
@@ -47,11 +82,12 @@ def redrive(
             )
     results: list[Result] = []
     for event in events.values():
-        # What was dead, and what a changed mapping now adds; not what was delivered before.
+        # What was dead, and what a changed mapping now adds; not what was delivered before
+        # (nor an unverified row, which only its own redrive takes).
         results += [
             r
             for r in engine.plan(event)
-            if r.mapping is not None and (r.key in before or ledger.get(*r.key) is None)
+            if r.mapping is not None and (r.key in before or (adds and ledger.get(*r.key) is None))
         ]
     results.sort(key=lambda r: r.action != "lead")  # leads first, across events too
     if deliverer is None:
@@ -75,6 +111,48 @@ def redrive(
                     _line(*key, state, Outcome.SUPERSEDED, "no current mapping sends this event")
                 )
     return lines + unusable
+
+
+def _compared(ledger: Ledger, row: Row) -> dict[str, Any]:
+    """What an unverified row's payload has that a verified copy of its messageId has not:
+    the copy (its mapping and state), and each differing field with both values, masked."""
+    copies = [r for r in ledger.rows_of(row.message_id) if r.state is not State.UNVERIFIED]
+    kept = [r for r in copies if isinstance(r.payload, dict)]
+    if not copies:
+        return {"verifiedCopy": None, "differs": None}
+    copy = (kept or copies)[0]
+    described = {"mapping": copy.mapping, "state": copy.state}
+    if not kept or not isinstance(row.payload, dict):
+        # No verified copy kept its payload (a delivered row keeps none): the messageId was
+        # used, what it carried is gone.
+        return {"verifiedCopy": described | {"contentKept": False}, "differs": None}
+    ours, theirs = _flat(row.payload), _flat(copy.payload)
+    differs = {
+        path: {
+            "verified": mask_value(path, theirs[path]) if path in theirs else None,
+            "unverified": mask_value(path, ours[path]) if path in ours else None,
+        }
+        for path in sorted(set(ours) | set(theirs))
+        if ours.get(path, _ABSENT) != theirs.get(path, _ABSENT)
+    }
+    return {"verifiedCopy": described | {"contentKept": True}, "differs": differs}
+
+
+_ABSENT = object()
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a JSON value by its dotted path (lists by index)."""
+    if isinstance(value, Mapping) and value:
+        items = [(str(k), v) for k, v in value.items()]
+    elif isinstance(value, list) and value:
+        items = [(str(i), v) for i, v in enumerate(value)]
+    else:
+        return {prefix or "$": value}
+    flat: dict[str, Any] = {}
+    for key, inner in items:
+        flat |= _flat(inner, f"{prefix}.{key}" if prefix else key)
+    return flat
 
 
 def _line(

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..clock import SYSTEM, Clock
 from ..errors import LedgerConfigError, LedgerError
 from ..settings import Settings
-from .base import Claim, ClaimRequest, LeadStatus, Ledger, Retention, Row
+from .base import VOUCH_MARGIN, Claim, ClaimRequest, LeadStatus, Ledger, Retention, Row, Sighting
 from .memory import MemoryLedger
 from .sql import SQLLedger
 from .sqlite import SQLiteLedger
@@ -29,6 +29,7 @@ __all__ = [
     "Ledger",
     "Retention",
     "Row",
+    "Sighting",
     "open_ledger",
     "retention_of",
 ]
@@ -161,4 +162,5 @@ def retention_of(settings: Settings) -> Retention:
         give_up_after=settings.outbox_max_age_hours * 3600,
         settled=settings.retention_days * 86400,
         dead=settings.dead_letter_retention_days * 86400,
+        signatures=settings.max_event_age_days * 86400 + VOUCH_MARGIN,
     )

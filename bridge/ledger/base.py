@@ -144,6 +144,25 @@ class Activation:
 
 
 @dataclass(frozen=True, slots=True)
+class Sighting:
+    """What a signature came with: the messageIds and content digests of its body's events;
+    ``keep_until``: when no event it could carry can be accepted any more."""
+
+    message_ids: frozenset[str]
+    digests: frozenset[str]
+    keep_until: float = 0.0  # 0: recorded by the release before, which kept no content
+
+    @property
+    def knows_content(self) -> bool:
+        return self.keep_until > 0
+
+
+# A signature is kept this long past the last moment its first event can be accepted, so
+# instances whose clocks differ by less never forget it while it still matters.
+VOUCH_MARGIN = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class Retention:
     """How long rows are kept, and how much one housekeeping statement may delete."""
 
@@ -151,6 +170,9 @@ class Retention:
     settled: float  # settled rows are pruned this long after they settled
     dead: float  # dead letters are pruned this long after their last change
     batch: int = 500
+    # A signature the release before recorded (it knew no keep_until) is kept this long
+    # after its first sighting (the service: BRIDGE_MAX_EVENT_AGE_DAYS and the margin).
+    signatures: float = math.inf
 
 
 class Ledger(Protocol):
@@ -214,6 +236,9 @@ class Ledger(Protocol):
 
     def get(self, message_id: str, mapping: str) -> Row | None: ...
 
+    def rows_of(self, message_id: str) -> list[Row]:
+        """Every row of a messageId, whatever its mapping (redrive compares the copies)."""
+
     def dead_letters(
         self, *, mapping: str | None = None, since: float | None = None
     ) -> list[Row]: ...
@@ -249,9 +274,10 @@ class Ledger(Protocol):
 
     # --- signatures -------------------------------------------------------------------------
 
-    def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
-        """The messageIds a signature vouches for: those it came with the first time it was
-        seen (these, when it is new), whichever instance saw it."""
+    def vouch(self, key: str, sighting: Sighting) -> Sighting:
+        """What a signature vouches for: what it came with the first time any instance saw
+        it (this sighting, when it is new). A signature first seen by the release before
+        (which kept messageIds only) vouches for no content: ``digests`` is empty."""
 
     # --- mapping sets -----------------------------------------------------------------------
 

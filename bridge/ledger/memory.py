@@ -23,6 +23,7 @@ from ..outcomes import (
     REDRIVABLE,
     RELEASABLE,
     SWEEPABLE,
+    UNPROVEN,
     State,
     Via,
     sources,
@@ -37,6 +38,7 @@ from .base import (
     MappingSet,
     Retention,
     Row,
+    Sighting,
     Slots,
     check_finish,
     check_record,
@@ -68,7 +70,7 @@ class MemoryLedger:
         self._pauses: dict[str, float] = {}
         self._locks: set[str] = set()
         self._sets: dict[str, MappingSet] = {}
-        self._signatures: dict[str, tuple[float, frozenset[str]]] = {}
+        self._signatures: dict[str, Sighting] = {}
         self._activations: list[Activation] = []
         self._lock = threading.Lock()
 
@@ -95,6 +97,8 @@ class MemoryLedger:
             self._rows[key] = Row(w.message_id, w.mapping, w.action, w.event, w.customer,
                                   State.IN_FLIGHT, 0, body, None, None, None, now, now)  # fmt: skip
             return Claim(True, None, 0, False, now)
+        if row.state in UNPROVEN:
+            row = replace(row, payload=None, error=None, created_at=now)
         self._rows[key] = replace(
             row,
             state=State.IN_FLIGHT,
@@ -226,6 +230,12 @@ class MemoryLedger:
         with self._lock:
             return self._rows.get((message_id, mapping))
 
+    def rows_of(self, message_id: str) -> list[Row]:
+        with self._lock:
+            return sorted(
+                (r for (m, _), r in self._rows.items() if m == message_id), key=lambda r: r.mapping
+            )
+
     def dead_letters(self, *, mapping: str | None = None, since: float | None = None) -> list[Row]:
         with self._lock:
             rows = [
@@ -303,11 +313,9 @@ class MemoryLedger:
             if seconds.get(second, 0) >= count:
                 seconds[second] -= count
 
-    def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
+    def vouch(self, key: str, sighting: Sighting) -> Sighting:
         with self._lock:
-            if key not in self._signatures:
-                self._signatures[key] = (self.clock.time(), frozenset(message_ids))
-            return self._signatures[key][1]
+            return self._signatures.setdefault(key, sighting)
 
     def pause(self, key: str, until: float) -> None:
         with self._lock:
@@ -334,8 +342,8 @@ class MemoryLedger:
                 ):
                     del self._rows[key], self._extra[key]
                     pruned += 1
-            for signature, (seen, _) in list(self._signatures.items()):
-                if seen < now - retention.settled:
+            for signature, sighting in list(self._signatures.items()):
+                if sighting.keep_until < now:
                     del self._signatures[signature]
         return {"gave_up": gave_up, "pruned": pruned}
 

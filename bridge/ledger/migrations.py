@@ -87,6 +87,13 @@ CREATE TABLE IF NOT EXISTS rate_buckets (
 INSERT INTO rate_buckets (key, second, taken)
     SELECT key, {second_of_at}, COUNT(*) FROM rate_slots GROUP BY key, {second_of_at}
 """
+_VOUCHED_CONTENT = """
+ALTER TABLE signatures ADD COLUMN digests TEXT;
+ALTER TABLE signatures ADD COLUMN keep_until {real};
+CREATE INDEX IF NOT EXISTS signatures_keep_until ON signatures (keep_until)
+"""
+# The release before still writes and reads message_ids (kept filled) during a rolling
+# deploy; its rows have no digests (they vouch for no content) and no keep_until.
 # rate_slots stays: during a rolling deploy, instances of the release before still take
 # their slots there until they are replaced (a later migration may drop it).
 _TYPES = {
@@ -114,6 +121,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "mapping sets: the last good one, and the published one", _both(_MAPPINGS)),
     Migration(5, "what each batch signature vouched for when first seen", _both(_SIGNATURES)),
     Migration(6, "the shared rate limit counted per second, not per call", _both(_BUCKETS)),
+    Migration(
+        7, "what each signature vouched for, by content, and until when", _both(_VOUCHED_CONTENT)
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -9,6 +9,7 @@ cluster-wide locks).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
@@ -236,6 +237,11 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         found = self._rows(where, {"message_id": message_id, "mapping": mapping})
         return found[0] if found else None
 
+    def rows_of(self, message_id: str) -> list[Row]:
+        return self._rows(
+            "WHERE message_id = :message_id ORDER BY mapping", {"message_id": message_id}
+        )
+
     def dead_letters(self, *, mapping: str | None = None, since: float | None = None) -> list[Row]:
         where = f"WHERE state IN {states(DEAD)}"
         args: dict[str, Any] = {}
@@ -280,9 +286,18 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             args = {"now": now, "before": before, "batch": retention.batch}
             done[name] = self._in_batches(sql, args, retention.batch)
         done["pruned"] += done.pop("pruned_dead")
-        # A signature is remembered as long as the rows it could replay are.
-        args = {"before": now - retention.settled}
-        self._run(lambda db: db.execute("DELETE FROM signatures WHERE first_seen < :before", args))
+        # A signature is remembered while an event it could carry can be accepted, whatever
+        # the retention of rows; one recorded by the release before, for as long after its
+        # first sighting.
+        old = now - retention.signatures if math.isfinite(retention.signatures) else None
+        forget = {"now": now, "before": old}
+        self._run(
+            lambda db: db.execute(
+                "DELETE FROM signatures WHERE keep_until < :now"
+                " OR (keep_until IS NULL AND first_seen < :before)",
+                forget,
+            )
+        )
         return done
 
     def _in_batches(self, sql: str, args: Mapping[str, Any], batch: int) -> int:

@@ -1,17 +1,17 @@
 """What every instance shares through the SQL ledger besides deliveries: Dub's rate limit
 (counted per second, so a window is a few dozen rows however high the limit) and the
-events each batch signature vouched for when first seen. A mixin of SQLLedger.
+events each batch signature vouched for when first seen, by content. A mixin of SQLLedger.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..clock import Clock
 from ..jsoncodec import dumps_str, loads
-from .base import COUNTED_FOR, Slots, room
+from .base import COUNTED_FOR, Sighting, Slots, room
 from .statements import PAUSE, TAKE_SLOTS
 
 T = TypeVar("T")
@@ -65,21 +65,32 @@ class SharedSQL:
             )
         )
 
-    def vouch(self, key: str, message_ids: Sequence[str]) -> frozenset[str]:
-        args = {"key": key, "ids": dumps_str(sorted(set(message_ids))), "now": self.clock.time()}
+    def vouch(self, key: str, sighting: Sighting) -> Sighting:
+        args = {
+            "key": key,
+            "ids": dumps_str(sorted(sighting.message_ids)),
+            "digests": dumps_str(sorted(sighting.digests)),
+            "keep_until": sighting.keep_until,
+            "now": self.clock.time(),
+        }
 
-        def first_seen(db: Any) -> frozenset[str]:
+        def first_seen(db: Any) -> Sighting:
             db.execute(
-                "INSERT INTO signatures (key, message_ids, first_seen)"
-                " VALUES (:key, :ids, :now) ON CONFLICT (key) DO NOTHING",
+                "INSERT INTO signatures (key, message_ids, digests, first_seen, keep_until)"
+                " VALUES (:key, :ids, :digests, :now, :keep_until) ON CONFLICT (key) DO NOTHING",
                 args,
             )
-            (ids,) = db.execute(
-                "SELECT message_ids FROM signatures WHERE key = :key", args
+            ids, digests, keep_until = db.execute(
+                "SELECT message_ids, digests, keep_until FROM signatures WHERE key = :key", args
             ).fetchone()
-            return frozenset(loads(ids))
+            # No digests: the release before saw it first, and kept no content to vouch for.
+            return Sighting(
+                frozenset(loads(ids)),
+                frozenset(loads(digests)) if digests is not None else frozenset(),
+                float(keep_until) if keep_until is not None else 0.0,
+            )
 
-        vouched: frozenset[str] = self._run(first_seen, tx=True)
+        vouched: Sighting = self._run(first_seen, tx=True)
         return vouched
 
     def pause(self, key: str, until: float) -> None:

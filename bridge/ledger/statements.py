@@ -13,6 +13,7 @@ from ..outcomes import (
     REDRIVABLE,
     RELEASABLE,
     SWEEPABLE,
+    UNPROVEN,
     State,
 )
 
@@ -26,6 +27,8 @@ COLUMNS = (
     "message_id, mapping, action, event, customer, state, attempts, request_body,"
     " payload, status, error, created_at, updated_at"
 )
+# A row that held an unproven copy starts afresh: no payload, error or first sighting of it.
+_UNPROVEN = states(UNPROVEN)
 CLAIM = f"""
 INSERT INTO deliveries (message_id, mapping, action, event, customer, state, attempts,
                         request_body, lease_until, created_at, updated_at)
@@ -34,7 +37,11 @@ VALUES (:message_id, :mapping, :action, :event, :customer, 'in_flight', 0,
 ON CONFLICT (message_id, mapping) DO UPDATE SET
     prev_state = deliveries.state, state = 'in_flight', lease_until = excluded.lease_until,
     request_body = excluded.request_body, customer = excluded.customer,
-    updated_at = excluded.updated_at
+    updated_at = excluded.updated_at,
+    payload = CASE WHEN deliveries.state IN {_UNPROVEN} THEN NULL ELSE deliveries.payload END,
+    error = CASE WHEN deliveries.state IN {_UNPROVEN} THEN NULL ELSE deliveries.error END,
+    created_at = CASE WHEN deliveries.state IN {_UNPROVEN} THEN excluded.created_at
+        ELSE deliveries.created_at END
 WHERE deliveries.state IN {states(CLAIMABLE)}
    OR (deliveries.state = 'in_flight' AND COALESCE(deliveries.lease_until, 0) <= :now)
    OR (:redrive = 1 AND deliveries.state IN {states(REDRIVABLE)})

@@ -6,7 +6,7 @@ signature does not vouch for.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,15 +21,17 @@ def plan_all(
     items: Iterable[Item],
     *,
     not_before: float | None = None,
-    unvouched: Set[int] = frozenset(),
+    unvouched: Mapping[int, str] | None = None,
 ) -> tuple[list[Result], dict[str, Any]]:
     """Plan a batch: every result in order, and the payload of each event that may be kept.
 
     An item's notes (text repaired while reading) become warnings on its results. An event
     received before ``not_before`` (epoch seconds) is ``too_old``: older than the ledger's
     memory, it might have been sent already. The events at the indexes in ``unvouched`` are
-    ``unverified``: their batch's signature does not vouch for them; nothing is sent.
+    ``unverified`` (for the reason given there): their batch's signature does not vouch for
+    them; nothing is sent.
     """
+    unvouched = unvouched or {}
     results: list[Result] = []
     payloads: dict[str, Any] = {}
     for index, item in enumerate(items):
@@ -42,7 +44,7 @@ def plan_all(
         if item.notes:
             planned = [r.with_warnings(item.notes) for r in planned]
         if index in unvouched:
-            planned = [_unverified(r) for r in planned]
+            planned = [_unverified(r, unvouched[index]) for r in planned]
         results += planned
         first = planned[0]
         if first.message_id and first.outcome is not Outcome.SKIPPED:
@@ -78,11 +80,9 @@ def _too_old(event: Any, received: float, not_before: float) -> Result:
     return Result(message_id=message_id, event=name).finish(Outcome.TOO_OLD, reason=reason)
 
 
-def _unverified(result: Result) -> Result:
+def _unverified(result: Result, why: str) -> Result:
     if result.outcome is not Outcome.READY:
         return result
-    return result.finish(
-        Outcome.UNVERIFIED,
-        reason="the batch's signature was first seen with other events, so it does not vouch "
-        "for this one: not sent; kept as a dead letter to review and redrive",
-    )
+    # The reason is kept as the dead letter's error too: `bridge deadletters` shows why.
+    reason = f"{why}: not sent; kept as a dead letter to review (redrive --include-unverified)"
+    return result.finish(Outcome.UNVERIFIED, reason=reason, errors=(why,))

@@ -4,6 +4,12 @@ In order: the body is read within its limit (413 past it, chunked or not; 415 fo
 compressed body), the signature checked on the raw bytes before anything is parsed,
 the events read, the events the signature does not vouch for held back, events older
 than the ledger's memory refused, the rest planned and delivered within the budget.
+
+A batch signature covers its first event only. What it vouches for besides is the
+exact content of each event it came with the first time any instance saw it (the
+digest of each event's bytes, kept until its first event is too old to accept): an
+event it did not come with, or one reusing a messageId it came with for other content,
+is ``unverified``. Once that first event is too old, the body is refused whole.
 """
 
 from __future__ import annotations
@@ -14,14 +20,15 @@ from flask import Blueprint, Response, current_app, request
 
 from ..errors import InvalidSignature, PayloadTooLarge, ServiceUnavailable, UnsupportedEncoding
 from ..inputs import Item, parse_body
-from ..mapping.batch import plan_all
+from ..ledger.base import VOUCH_MARGIN, Sighting
+from ..mapping.batch import event_time, plan_all
 from ..outcomes import RETRY, Outcome
 from ..results import Result
 from ..wiring import Service
 from .answers import summarize
 from .requests import unavailable
 from .responses import json_response
-from .signing import Verified, signature_key, verify
+from .signing import Verified, event_digests, signature_key, verify
 
 webhook = Blueprint("webhook", __name__)
 
@@ -40,10 +47,10 @@ def segment() -> Response:
         if not verified.ok:
             raise InvalidSignature("unauthorized")
     items = parse_body(raw)
-    unvouched = _unvouched(service, verified, items)
+    not_before = clock.time() - settings.max_event_age_days * 86400
+    unvouched = _unvouched(service, verified, raw, items, not_before)
     if unvouched and settings.unverified_events == "refuse":
         raise InvalidSignature("the signature does not vouch for every event of this body")
-    not_before = clock.time() - settings.max_event_age_days * 86400
     results, payloads = plan_all(
         service.store.engine, items, not_before=not_before, unvouched=unvouched
     )
@@ -78,15 +85,73 @@ def read_body(limit: int) -> bytes:
     return data
 
 
-def _unvouched(service: Service, verified: Verified | None, items: list[Item]) -> set[int]:
-    """The indexes of events the signature does not vouch for: it vouches for what it came
-    with the first time any instance saw it (a single event's signature, for that event)."""
+NO_TIME = (
+    "the batch's signed first event has no readable time, so its signature vouches for no "
+    "other event (it could not be forgotten safely)"
+)
+UNREADABLE = "the batch's events could not be told apart as sent, so none but the first is vouched"
+CONTENT_DIFFERS = (
+    "the batch's signature was first seen with other content under this messageId, so it "
+    "does not vouch for this event"
+)
+NO_CONTENT = (
+    "the batch's signature was first seen by the release before, which kept no content to vouch for"
+)
+OTHER_EVENTS = (
+    "the batch's signature was first seen with other events, so it does not vouch for this one"
+)
+
+
+def _unvouched(
+    service: Service, verified: Verified | None, raw: bytes, items: list[Item], not_before: float
+) -> dict[int, str]:
+    """The indexes of events the signature does not vouch for, each with why. A whole-body
+    signature vouches for every byte; a first-event signature for its first event, and for
+    the content of each event it first came with (a single event's signature: that event
+    alone). ``InvalidSignature`` when its first event is too old to accept: past then, the
+    ledger may have forgotten what the signature came with."""
     if verified is None or service.ledger is None:
-        return set()
-    ids = [item.event.get("messageId") if isinstance(item.event, dict) else None for item in items]
+        return {}
+    signed_at = event_time(items[0].event)
+    if not verified.whole_body and signed_at is not None and signed_at < not_before:
+        raise InvalidSignature(
+            "the batch's signed first event is older than BRIDGE_MAX_EVENT_AGE_DAYS: "
+            "the body is refused whole"
+        )
+    now = service.deliverer.clock.time()
+    max_age = service.settings.max_event_age_days * 86400
+    digests = event_digests(raw, verified.whole_body)
+    ids = [_message_id(item) for item in items]
+    sighting = Sighting(
+        frozenset(i for i in ids if i is not None),
+        frozenset(digests or ()),
+        # The last moment a body under this signature can be accepted, and the margin.
+        max(now, signed_at if signed_at is not None else now) + max_age + VOUCH_MARGIN,
+    )
     key = signature_key(request.headers.get("X-Signature", ""))
-    vouched = service.ledger.vouch(key, [i for i in ids if isinstance(i, str)])
-    return {n for n, i in enumerate(ids) if isinstance(i, str) and i not in vouched}
+    vouched = service.ledger.vouch(key, sighting)
+    if verified.whole_body:
+        return {}
+    why: dict[int, str] = {}
+    for n in range(1, len(items)):
+        if signed_at is None:
+            why[n] = NO_TIME
+        elif digests is None or len(digests) != len(items):
+            why[n] = UNREADABLE
+        elif digests[n] in vouched.digests:
+            continue
+        elif not vouched.knows_content:
+            why[n] = NO_CONTENT
+        elif ids[n] in vouched.message_ids:
+            why[n] = CONTENT_DIFFERS
+        else:
+            why[n] = OTHER_EVENTS
+    return why
+
+
+def _message_id(item: Item) -> str | None:
+    found = item.event.get("messageId") if isinstance(item.event, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def retry_reason(results: list[Result]) -> str:
