@@ -84,11 +84,6 @@ LIBRARIES = ("psycopg",)
 def configure(level: str = "INFO") -> None:
     """Send the bridge's logs (and its libraries' warnings) to stderr as JSON lines
     (idempotent)."""
-    # The logging HOWTO's optimisations: a line shows neither the caller's file and line
-    # nor the thread, so no record looks them up (one record per event and mapping).
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logMultiprocessing = False
     for name, at in (("bridge", level), *((lib, "WARNING") for lib in LIBRARIES)):
         logger = logging.getLogger(name)
         logger.setLevel(at)

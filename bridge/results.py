@@ -1,15 +1,16 @@
 """One result per event and mapping: what the replay prints, the webhook counts and the log says.
 
 Results are immutable: each step that learns something (the engine, the
-deliverer) makes a new one with ``_replace`` or ``finish``, so a result already
-logged or answered can never change underneath. A result is a named tuple rather
-than a frozen dataclass because the engine makes one per event and mapping: a tuple
-is built in a quarter of the time, which is most of what a dismissed event costs.
+deliverer) makes a new one with ``replace`` or ``finish``, so a result already
+logged or answered can never change underneath. ``Planned`` holds what the engine
+decides; ``Result`` adds what delivery learns from Dub. Both are built by keyword.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
 from .outcomes import Outcome
 
@@ -27,7 +28,10 @@ LINE_KEYS = (
 )
 
 
-class Result(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """What the engine decides for one event and mapping."""
+
     message_id: str | None = None
     event: str | None = None
     mapping: str | None = None
@@ -35,27 +39,37 @@ class Result(NamedTuple):
     outcome: Outcome = Outcome.READY
     request_path: str | None = None
     body: dict[str, Any] | None = None
-    status: int | None = None
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result(Planned):
+    """A planned result and what delivery added: Dub's answer, the calls made, the time."""
+
+    status: int | None = None
     dub_error: dict[str, Any] | None = None
     elapsed_ms: float | None = None
     attempts: int = 0
     retry_after: float | None = None  # seconds, when Dub said how long to wait
 
+    def replace(self, **changes: Any) -> Result:
+        """A copy with these fields changed."""
+        return dataclasses.replace(self, **changes)
+
     def finish(
         self, outcome: Outcome, *, reason: str | None = None, errors: tuple[str, ...] = ()
     ) -> Result:
         """A copy with this outcome (and reason, and more errors)."""
-        return self._replace(
+        return self.replace(
             outcome=outcome,
             reason=self.reason if reason is None else reason,
             errors=self.errors + errors,
         )
 
     def with_warnings(self, warnings: tuple[str, ...]) -> Result:
-        return self._replace(warnings=warnings + self.warnings) if warnings else self
+        return self.replace(warnings=warnings + self.warnings) if warnings else self
 
     @property
     def customer(self) -> str | None:
@@ -87,31 +101,4 @@ class Result(NamedTuple):
         return line
 
 
-_new = tuple.__new__
-
-
-def planned(
-    message_id: str | None,
-    event: str | None,
-    mapping: str | None,
-    action: str | None,
-    outcome: Outcome,
-    request_path: str | None = None,
-    body: dict[str, Any] | None = None,
-    errors: tuple[str, ...] = (),
-    warnings: tuple[str, ...] = (),
-    reason: str | None = None,
-) -> Result:
-    """A result as the engine makes one, without ``Result``'s keyword handling.
-
-    The engine makes a result for every event it sees, most of them dismissed at once;
-    building the tuple directly is half the cost of ``Result(...)``.
-    """
-    return _new(
-        Result,
-        (message_id, event, mapping, action, outcome, request_path, body, None, errors,
-         warnings, reason, None, None, 0, None),
-    )  # fmt: skip
-
-
-__all__ = ["LINE_KEYS", "Result", "planned"]
+__all__ = ["LINE_KEYS", "Planned", "Result"]

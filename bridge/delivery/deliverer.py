@@ -260,7 +260,7 @@ class Deliverer:
                 finally:
                     self._count(-1)
                 elapsed = round((self.clock.monotonic() - started) * 1000, 1)
-                result = result._replace(elapsed_ms=elapsed)
+                result = result.replace(elapsed_ms=elapsed)
             result = self._handed_to_outbox(result, job.claim)
             log_result(result)
             done.append((job.index, result))
@@ -321,7 +321,7 @@ class Deliverer:
                           "outcome": outcome, "error": exc.message})  # fmt: skip
                 outcome, reason = Outcome.PENDING, f"sent, but not recorded: {exc.message}"
         failed = outcome in (Outcome.REJECTED, Outcome.FAILED)
-        return result.finish(outcome, reason=reason)._replace(
+        return result.finish(outcome, reason=reason).replace(
             attempts=calls.attempts,
             status=answer.status,
             dub_error=answer.error if failed else None,

@@ -43,7 +43,6 @@ NAME_CACHE_SIZE = 4096
 NAME_CACHE_MAX_LENGTH = 200
 NO_MAPPING = "no mapping for event"
 SKIPPED = Outcome.SKIPPED
-_new = tuple.__new__  # how a skipped event no mapping takes begins its reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +158,7 @@ class Engine:
             message_id = message_id if isinstance(message_id, str) else None
         candidates = self.candidates(name) if kind == "track" and isinstance(name, str) else None
         if candidates is None:
-            # The common case on a busy source: dismissed before any other work, its result
-            # built as a bare tuple in Result's field order (half the cost of planned()).
+            # The common case on a busy source: dismissed before any other work.
             if type(name) is not str and not isinstance(name, str):
                 name = None
             if kind != "track":
@@ -170,8 +168,7 @@ class Engine:
                 reason = reason or f"{NO_MAPPING} {name!r}"
             else:
                 reason = "no event name"
-            return [_new(Result, (message_id, name, None, None, SKIPPED, None, None, None, (), (),
-                                  reason, None, None, 0, None))]  # fmt: skip
+            return [Result(message_id, name, outcome=SKIPPED, reason=reason)]
         if not well_formed(event, message_id):
             try:
                 SegmentEvent.model_validate(event)

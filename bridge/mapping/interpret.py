@@ -76,12 +76,12 @@ def _apply(mapping: Any, event: Mapping[str, Any], result: Result, steps: Steps 
             continue
         body[field.name] = value
     clean, rule_errors, rule_warnings = mapping.endpoint.clean(body, mapping.required, sources)
-    result = result._replace(warnings=(*warnings, *rule_warnings))
+    result = result.replace(warnings=(*warnings, *rule_warnings))
     if errors or rule_errors:
         return result.finish(Outcome.INVALID, errors=(*errors, *rule_errors))
     if mapping.endpoint.action == "sale" and clean.get("amount") == 0:
         return result.finish(Outcome.SKIPPED, reason=ZERO_SALE)
-    return result._replace(request_path=mapping.endpoint.path, body=clean)
+    return result.replace(request_path=mapping.endpoint.path, body=clean)
 
 
 def _first_failure(
