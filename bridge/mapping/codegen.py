@@ -31,13 +31,15 @@ from ..dub.fields import (
     Currency,
     Email,
     FieldRejected,
+    Identity,
+    IdentityRejected,
     Metadata,
     OneOf,
     Quantity,
     Rule,
     Text,
 )
-from ..jsoncodec import JSONEncodeFailure, dumps
+from ..jsoncodec import REPLACEMENT, JSONEncodeFailure, dumps
 from ..outcomes import Outcome
 from ..results import Result, planned
 from .fields import CompiledField, FieldProblem
@@ -82,6 +84,7 @@ class _Writer:
             "planned": planned,
             "FieldProblem": FieldProblem,
             "FieldRejected": FieldRejected,
+            "IdentityRejected": IdentityRejected,
             "rejection": rejection,
             "is_empty": is_empty,
             "metadata_fits": _metadata_fits,
@@ -218,7 +221,12 @@ class _Writer:
             self.add(4, f"if {accepts}:", f"    clean[{key}] = v", "else:")
             indent = 5
         check = self.name("check", spec.rule.check)
-        self.add(indent, "try:", f"    cleaned, note = {check}(v)", "except FieldRejected as exc:")
+        self.add(indent, "try:", f"    cleaned, note = {check}(v)")
+        if not fatal:  # an unreadable id is an error even in an optional field
+            self.add(indent, "except IdentityRejected as exc:")
+            fatal_problem = f"rejection({key}, v, where, exc, dropped=False)"
+            self.add(indent + 1, f"rule_errors += ({fatal_problem},)")
+        self.add(indent, "except FieldRejected as exc:")
         self.add(
             indent + 1, f"{problems} += (rejection({key}, v, where, exc, dropped={not fatal}),)"
         )
@@ -230,6 +238,8 @@ class _Writer:
         """An expression true only for a value ``rule.check`` returns unchanged, with no note."""
         if isinstance(rule, Text):
             test = "type(v) is str" if rule.empty_ok else "type(v) is str and v"
+            if isinstance(rule, Identity):
+                test += f" and {self.name('replacement', REPLACEMENT)} not in v"
             # Up to half the limit no text is over it, whatever UTF-16 units each char takes.
             return test if rule.max_len is None else f"{test} and len(v) <= {rule.max_len // 2:d}"
         if isinstance(rule, Amount):

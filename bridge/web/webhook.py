@@ -42,9 +42,10 @@ def segment() -> Response:
     unvouched = _unvouched(service, verified, items)
     if unvouched and settings.unverified_events == "refuse":
         raise InvalidSignature("the signature does not vouch for every event of this body")
-    not_before = clock.time() - settings.max_event_age_days * 86400
+    now = clock.time()
+    not_before = now - settings.max_event_age_days * 86400
     results, payloads = plan_all(
-        service.store.engine, items, not_before=not_before, unvouched=unvouched
+        service.store.engine, items, not_before=not_before, now=now, unvouched=unvouched
     )
     budget = settings.deadline_seconds - (clock.monotonic() - started)
     results = service.deliverer.deliver(results, budget, payloads)
