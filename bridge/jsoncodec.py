@@ -27,12 +27,13 @@ class JSONDecodeFailure(ValueError):
 # character ("\\ud800"); also what an invalid UTF-8 byte decodes to (surrogateescape).
 _SURROGATE = re.compile("[\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
-# A number token of 19 digits or more (orjson's integers end at 2**64, 20 digits): it may be
-# an integer orjson would read as a float, so that two order ids differing past the 16th
-# digit read the same. Such a text is read by the standard library, which keeps it exact.
-# Digits inside a string rarely follow ":", "," or "[", and when they do it only costs time.
-_LONG_NUMBER = re.compile(r"[:,\[]\s*-?[0-9]{19}")
-_LONG_NUMBER_BYTES = re.compile(_LONG_NUMBER.pattern.encode())
+# orjson reads an integer past 64 bits as a float, so two order ids differing past the 16th
+# digit would read the same. Such an integer has 19 digits or more: a text holding that many
+# in a row (found by translating every digit to "0", far faster than a regular expression)
+# and whose reading holds such a float is read again by the standard library, exactly.
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGITS = b"0" * 19
+_INEXACT_FROM = 2.0**63  # orjson's integers run from -2**63 to 2**64 - 1
 # Python refuses to convert integer text longer than this (sys.int_info.default_max_str_digits):
 # such a number is kept as a RawNumber (infinite, its text as written) like 1e400.
 _MAX_INT_DIGITS = 4300
@@ -56,16 +57,27 @@ def loads_repaired(data: bytes | str) -> tuple[Any, list[Repair]]:
             return loads_lenient(data)
         except (ValueError, RecursionError) as exc:
             raise JSONDecodeFailure(str(first)) from exc
-    if isinstance(data, bytes):
-        long_number = _LONG_NUMBER_BYTES.search(data) is not None
-    else:
-        long_number = _LONG_NUMBER.search(data) is not None
-    if not long_number:
+    raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+    if _LONG_DIGITS not in raw.translate(_DIGITS_AS_ZERO) or not _holds_large_float(value):
         return value, []
     try:
         return loads_lenient(data)
     except (ValueError, RecursionError):
         return value, []  # deeper than the standard library reads: orjson's reading stands
+
+
+def _holds_large_float(value: Any) -> bool:
+    """Does the value hold a float that may be an integer orjson could not keep exact?"""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack += node.values()
+        elif isinstance(node, list):
+            stack += node
+        elif type(node) is float and abs(node) >= _INEXACT_FROM:
+            return True
+    return False
 
 
 def loads_lenient(data: bytes | str) -> tuple[Any, list[Repair]]:
