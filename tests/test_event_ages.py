@@ -15,13 +15,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.cli import main
-from bridge.mapping.batch import CLOCK_SKEW, NO_TIME, TIME_KEYS, event_time, read_time
+from bridge.items import Item
+from bridge.mapping.batch import (
+    CLOCK_SKEW,
+    NO_TIME,
+    TIME_KEYS,
+    event_time,
+    plan_all,
+    read_time,
+)
+from bridge.mapping.engine import Engine
 from bridge.mapping.events import SegmentEvent, well_formed
+from bridge.outcomes import Outcome
 from tests.conftest import DUB, order, sale_ok
 from tests.fakes import ManualClock
 
 DAY = 86400.0
 EIGHT_DAYS = 8 * DAY
+NOW = 1_800_000_000.0
 
 
 def iso(seconds: float) -> str:
@@ -115,6 +126,15 @@ def test_a_timeless_event_no_mapping_takes_is_still_skipped(
     assert post(client, [page])["counts"] == {"skipped": 1}
 
 
+def test_an_event_the_signature_does_not_vouch_for_stays_unverified_without_a_time(
+    engine: Engine,
+) -> None:
+    """A forged event without a time is `unverified` (kept apart from redrive), not `invalid`."""
+    items = [Item(order("real")), Item(untimed("forged"))]
+    results, _ = plan_all(engine, items, not_before=NOW - 6 * DAY, now=NOW, unvouched={1})
+    assert [r.outcome for r in results] == [Outcome.READY, Outcome.UNVERIFIED]
+
+
 def test_replay_send_refuses_a_timeless_event_unless_accept_old(
     tmp_path: Path, dub: responses.RequestsMock
 ) -> None:
@@ -189,7 +209,6 @@ def test_any_value_reads_as_a_time_in_range_or_as_nothing(value: Any) -> None:
 
 # --- which time counts ------------------------------------------------------------------------------
 
-NOW = 1_800_000_000.0
 TIMES = st.one_of(
     st.floats(NOW - 30 * DAY, NOW + 30 * DAY).map(iso),
     st.integers(int(NOW - 30 * DAY), int(NOW + 30 * DAY)),

@@ -61,12 +61,12 @@ def plan_all(
                 results.append(_too_old(event, received, not_before))
                 continue
         planned = engine.plan(event)
-        if not_before is not None and received is None:
-            planned = [_timeless(r) for r in planned]
         if item.notes:
             planned = [r.with_warnings(item.notes) for r in planned]
-        if index in unvouched:
+        if index in unvouched:  # first: a forged event stays `unverified`, whatever its time
             planned = [_unverified(r) for r in planned]
+        if not_before is not None and received is None:
+            planned = [_timeless(r) for r in planned]
         results += planned
         first = planned[0]
         if first.message_id and first.outcome is not Outcome.SKIPPED:
