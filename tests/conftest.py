@@ -33,6 +33,9 @@ DUB = "https://dub.test"
 # The keys of a replay line.
 LINE_KEYS = set(_LINE_KEYS)
 SECRET = "segment-shared-secret"
+# An event's time far ahead of every clock the tests use (real or manual): it counts as now,
+# so these events are never too old, and an event without a readable time is never sent.
+FRESH = "2100-01-01T00:00:00Z"
 
 
 BACKGROUND_THREADS = ("mapping-reload", "ledger-maintenance")
@@ -146,6 +149,7 @@ def order(message_id: str = "m-1", **props: Any) -> dict[str, Any]:
         "event": "Order Completed",
         "messageId": message_id,
         "userId": "user_1",
+        "timestamp": FRESH,
         "properties": properties,
     }
 
@@ -156,6 +160,7 @@ def signup(message_id: str = "s-1", click: str | None = "cl_1", **extra: Any) ->
         "event": "Sign Up",
         "messageId": message_id,
         "userId": "user_1",
+        "timestamp": FRESH,
         "context": {"traits": {"email": "a@example.com"}},
         "properties": {"plan": "pro"},
     }

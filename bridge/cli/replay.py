@@ -124,10 +124,12 @@ def _send(
     except BridgeError as exc:
         configured(exc)
     # Sending, like the webhook, refuses what the ledger can no longer de-duplicate.
-    old = None if accept_old else time.time() - config.max_event_age_days * 86400
+    max_age = None if accept_old else config.max_event_age_days * 86400
     try:
         for chunk in _item_chunks(records):
-            results, payloads = plan_all(engine, chunk, not_before=old)
+            now = time.time()
+            not_before = None if max_age is None else now - max_age
+            results, payloads = plan_all(engine, chunk, not_before=not_before, now=now)
             results = deliverer.deliver(results, config.cli_budget_seconds, payloads)
             out.write(b"".join(dumps(result.to_line()) + b"\n" for result in results))
             out.flush()

@@ -22,6 +22,8 @@ from .fields import (
     Currency,
     Email,
     FieldRejected,
+    Identity,
+    IdentityRejected,
     Metadata,
     OneOf,
     Quantity,
@@ -88,7 +90,8 @@ class Endpoint:
         """Apply Dub's rules: (clean body, errors, warnings). Errors mean: do not send.
 
         A bad value in a field Dub needs, a strict field, or one the mapping marks
-        ``required`` is an error; in any other field it is dropped with a warning.
+        ``required`` is an error, and so is an unreadable id in any field; in any other
+        field a bad value is dropped with a warning.
         """
         clean: dict[str, Any] = {}
         errors: list[str] = []
@@ -98,7 +101,7 @@ class Endpoint:
             try:
                 cleaned, note = spec.rule.check(value)
             except FieldRejected as exc:
-                fatal = spec.fatal or name in required
+                fatal = spec.fatal or name in required or isinstance(exc, IdentityRejected)
                 problem = rejection(name, value, (sources or {}).get(name), exc, dropped=not fatal)
                 (errors if fatal else warnings).append(problem)
                 continue
@@ -140,7 +143,7 @@ LEAD = Endpoint(
         # finds nothing (an empty value counts as absent).
         "clickId": DubField(Text(trim=False, empty_ok=True), needed=True),
         "eventName": DubField(Text(EVENT_NAME_MAX), needed=True),
-        "customerExternalId": DubField(Text(NAME_MAX, trim=False), needed=True),
+        "customerExternalId": DubField(Identity(NAME_MAX, trim=False), needed=True),
         "mode": DubField(OneOf(*LEAD_MODES)),
         "eventQuantity": DubField(Quantity()),
         **_CUSTOMER,
@@ -151,14 +154,14 @@ SALE = Endpoint(
     "sale",
     "/track/sale",
     {
-        "customerExternalId": DubField(Text(NAME_MAX, trim=False), needed=True),
+        "customerExternalId": DubField(Identity(NAME_MAX, trim=False), needed=True),
         "amount": DubField(Amount(), needed=True),
         # Dub defaults a missing currency to usd; a wrong one would mis-value the amount by
         # up to 100x: invalid, never dropped.
         "currency": DubField(Currency(), strict=True),
         "eventName": DubField(Text(EVENT_NAME_MAX)),
         "paymentProcessor": DubField(OneOf(*PAYMENT_PROCESSORS)),
-        "invoiceId": DubField(Text()),
+        "invoiceId": DubField(Identity()),
         "leadEventName": DubField(Text(EVENT_NAME_MAX)),
         "clickId": DubField(Text()),
         **_CUSTOMER,

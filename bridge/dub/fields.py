@@ -9,12 +9,13 @@ UTF-16 units, as Dub's JavaScript does.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-from ..jsoncodec import JSONEncodeFailure, dumps_str
+from ..jsoncodec import REPLACEMENT, JSONEncodeFailure, dumps_str
 from .currencies import CURRENCY_RE, MAX_MINOR_UNITS
 
 # Dub's own email pattern (track-openapi.json), so we drop exactly what Dub would refuse.
@@ -28,6 +29,10 @@ EVENT_NAME_MAX = 255
 
 class FieldRejected(ValueError):
     """Dub would refuse this value for this field."""
+
+
+class IdentityRejected(FieldRejected):
+    """Refused in any field, optional or not: sent or dropped, the value would do harm."""
 
 
 class Rule:
@@ -79,6 +84,24 @@ class Text(Rule):
                 raise FieldRejected(f"is {size} characters, Dub allows at most {limit}")
             return js_trim(value, limit), f"trimmed from {size} to {limit} characters"
         return value, None
+
+
+class Identity(Text):
+    """Text that names one customer or one sale (``customerExternalId``, ``invoiceId``).
+
+    U+FFFD is what unreadable text becomes (an invalid UTF-8 byte, a lone surrogate, or the
+    sender's own replacement): two different ids would read as one, merging two customers
+    or making Dub swallow a second sale as a repeat. Such a value makes the event invalid,
+    even in an optional field, since dropping an invoiceId would also change the sale.
+    """
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        if isinstance(value, str) and REPLACEMENT in value:
+            raise IdentityRejected(
+                "holds U+FFFD, the mark of unreadable text (an invalid byte or a lone "
+                "surrogate): two different ids could read the same"
+            )
+        return super().check(value)
 
 
 class OneOf(Rule):
@@ -135,12 +158,26 @@ class Metadata(Rule):
     def check(self, value: Any) -> tuple[Any, str | None]:
         if not isinstance(value, dict):
             raise FieldRejected(f"must be an object, got {type(value).__name__}")
+        notes: list[str] = []
         try:
             size = js_length(dumps_str(value))
         except JSONEncodeFailure:
-            raise FieldRejected("cannot be written as JSON (nested too deeply)") from None
+            # NaN, Infinity or 1e400 from a lenient sender: JSON has no such number, and Dub
+            # would refuse the whole body for one. The rest of the metadata still goes.
+            try:
+                value, odd = finite_only(value)
+            except RecursionError:
+                odd = []
+            if not odd:
+                raise FieldRejected("cannot be written as JSON (nested too deeply)") from None
+            shown = ", ".join(odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+            notes.append(f"dropped numbers JSON cannot hold (NaN, Infinity, 1e400) at {shown}")
+            try:
+                size = js_length(dumps_str(value))
+            except JSONEncodeFailure:
+                raise FieldRejected("cannot be written as JSON (nested too deeply)") from None
         if size <= METADATA_MAX:
-            return value, None
+            return value, "; ".join(notes) or None
         # Keep what fits: drop the largest keys first, so small attribution keys survive.
         sizes = sorted(
             ((js_length(dumps_str(v)) + len(k) + 4, k) for k, v in value.items()), reverse=True
@@ -153,7 +190,41 @@ class Metadata(Rule):
             del kept[key]
             dropped.append(key)
         note = f"was {size} characters as JSON (Dub allows {METADATA_MAX}); dropped keys: "
-        return kept, note + ", ".join(dropped)
+        return kept, "; ".join([*notes, note + ", ".join(dropped)])
+
+
+def finite_only(value: Any, where: str = "") -> tuple[Any, list[str]]:
+    """``value`` without the numbers that are not finite, and where each one was.
+
+    Raises ``RecursionError`` for nesting deeper than Python's stack.
+    """
+    odd: list[str] = []
+    if isinstance(value, dict):
+        kept_dict = {}
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if _not_finite(item):
+                odd.append(inner)
+            else:
+                kept_dict[key], more = finite_only(item, inner)
+                odd += more
+        return kept_dict, odd
+    if isinstance(value, list):
+        kept_list = []
+        for index, item in enumerate(value):
+            inner = f"{where}[{index}]"
+            if _not_finite(item):
+                odd.append(inner)
+            else:
+                kept, more = finite_only(item, inner)
+                kept_list.append(kept)
+                odd += more
+        return kept_list, odd
+    return value, odd
+
+
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def js_length(text: str) -> int:

@@ -23,14 +23,14 @@ class SegmentEvent(BaseModel):
     messageId: str = Field(min_length=1, max_length=1000)
     userId: str | int | None = None
     anonymousId: str | int | None = None
-    timestamp: str | None = None
+    timestamp: str | int | float | None = None  # ISO 8601 text or epoch (milli)seconds
     properties: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
 
 
 _IDS = frozenset({str, int, type(None)})
-_TEXT = frozenset({str, type(None)})
+_TIME = frozenset({str, int, float, type(None)})
 _OBJECT = frozenset({dict, type(None)})
 
 
@@ -50,7 +50,7 @@ def well_formed(event: dict[str, Any], message_id: str | None) -> bool:
         and bool(get("event"))
         and type(get("userId")) in _IDS
         and type(get("anonymousId")) in _IDS
-        and type(get("timestamp")) in _TEXT
+        and type(get("timestamp")) in _TIME
         and type(get("properties")) in _OBJECT
         and type(get("context")) in _OBJECT
         and type(get("integrations")) in _OBJECT

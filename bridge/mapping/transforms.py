@@ -9,6 +9,7 @@ it returns ``MISSING`` and the field goes on to its next path or its default.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -19,6 +20,7 @@ from .amounts import AmountError, minor_units, to_decimal
 from .values import MISSING
 
 Transform = Callable[[Any, Mapping[str, Any]], Any]
+EXACT_FLOAT_MAX = 2.0**53  # every integer up to here is a float exactly; not all above it
 
 
 class TransformError(ValueError):
@@ -51,6 +53,13 @@ def _string(value: Any, _fields: Mapping[str, Any]) -> Any:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
+        # Integers are read exactly, whatever their size; a float past 2**53 (1e20, or
+        # 12345678901234567890.0) has lost digits, so two ids could become one text.
+        if not math.isfinite(value) or abs(value) >= EXACT_FLOAT_MAX:
+            raise TransformError(
+                "string: a number written with a fraction or an exponent past 2^53 (or "
+                "NaN, Infinity) has no exact text: send it as an integer or as text"
+            )
         # An order id of 12345 may arrive as 12345.0 from a float-only sender.
         return str(int(value)) if value.is_integer() else repr(value)
     raise TransformError(f"string needs a scalar, got {type(value).__name__}")

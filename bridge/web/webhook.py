@@ -47,12 +47,13 @@ def segment() -> Response:
         if not verified.ok:
             raise InvalidSignature("unauthorized")
     items = parse_body(raw)
-    not_before = clock.time() - settings.max_event_age_days * 86400
-    unvouched = _unvouched(service, verified, raw, items, not_before)
+    now = clock.time()
+    not_before = now - settings.max_event_age_days * 86400
+    unvouched = _unvouched(service, verified, raw, items, not_before, now)
     if unvouched and settings.unverified_events == "refuse":
         raise InvalidSignature("the signature does not vouch for every event of this body")
     results, payloads = plan_all(
-        service.store.engine, items, not_before=not_before, unvouched=unvouched
+        service.store.engine, items, not_before=not_before, now=now, unvouched=unvouched
     )
     budget = settings.deadline_seconds - (clock.monotonic() - started)
     results = service.deliverer.deliver(results, budget, payloads)
@@ -103,7 +104,12 @@ OTHER_EVENTS = (
 
 
 def _unvouched(
-    service: Service, verified: Verified | None, raw: bytes, items: list[Item], not_before: float
+    service: Service,
+    verified: Verified | None,
+    raw: bytes,
+    items: list[Item],
+    not_before: float,
+    now: float,
 ) -> dict[int, str]:
     """The indexes of events the signature does not vouch for, each with why. A whole-body
     signature vouches for every byte; a first-event signature for its first event, and for
@@ -112,13 +118,12 @@ def _unvouched(
     ledger may have forgotten what the signature came with."""
     if verified is None or service.ledger is None:
         return {}
-    signed_at = event_time(items[0].event)
+    signed_at = event_time(items[0].event, now)
     if not verified.whole_body and signed_at is not None and signed_at < not_before:
         raise InvalidSignature(
             "the batch's signed first event is older than BRIDGE_MAX_EVENT_AGE_DAYS: "
             "the body is refused whole"
         )
-    now = service.deliverer.clock.time()
     max_age = service.settings.max_event_age_days * 86400
     digests = event_digests(raw, verified.whole_body)
     ids = [_message_id(item) for item in items]
