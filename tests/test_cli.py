@@ -286,3 +286,38 @@ def test_replay_refuses_bad_mappings(tmp_path: Path) -> None:
     path.write_text(json.dumps(order()))
     done = run("replay", "--mappings", str(tmp_path), str(path))
     assert done.returncode == 1 and "x.trigger: Field required" in done.stderr
+
+
+def test_one_boundary_turns_any_bridge_error_into_one_line() -> None:
+    """A BridgeError from any command ends it as one line: exit 2 for configuration, 1 for
+    anything else, every mapping problem listed; no traceback."""
+    import click
+
+    from bridge.cli.common import Boundary
+    from bridge.errors import ConfigError, LedgerError, MappingFileError
+    from bridge.mapping.loader import MappingIssue
+
+    @click.group(cls=Boundary)
+    def cli() -> None:
+        """A group as the bridge's own."""
+
+    raised = {
+        "config": ConfigError("BRIDGE_X: bad"),
+        "ledger": LedgerError("the ledger does not answer"),
+        "mappings": MappingFileError([MappingIssue("m.yaml", 3, "s.fields", "no such field")]),
+    }
+    for name, exc in raised.items():
+
+        def command(exc: Exception = exc) -> None:
+            raise exc
+
+        cli.add_command(click.Command(name, callback=command))
+    runner = CliRunner()
+    config = runner.invoke(cli, ["config"])
+    ledger = runner.invoke(cli, ["ledger"])
+    mappings = runner.invoke(cli, ["mappings"])
+    assert (config.exit_code, config.stderr) == (2, "error: BRIDGE_X: bad\n")
+    assert (ledger.exit_code, ledger.stderr) == (1, "error: the ledger does not answer\n")
+    assert mappings.exit_code == 1 and "m.yaml:3: s.fields: no such field" in mappings.stderr
+    assert all(r.exception is None or isinstance(r.exception, SystemExit)
+               for r in (config, ledger, mappings))  # fmt: skip

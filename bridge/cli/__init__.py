@@ -6,9 +6,10 @@ from __future__ import annotations
 import click
 
 from . import db_cmds, diff, ledger_cmds, mapping_cmds, replay, serve, service_cmds, tools
+from .common import Boundary
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Boundary, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="segment-dub-bridge")
 def main() -> None:
     """Segment track events in, Dub conversions out."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -17,6 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from ..errors import BridgeError, ConfigError, MappingFileError
+from ..ledger import Access, Ledger, open_ledger
 from ..mapping.engine import Engine
 from ..settings import Settings
 from ..sources import load_directory
@@ -28,6 +31,33 @@ PROBLEMS = 1
 def fail(message: str, code: int = USAGE) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+class Boundary(click.Group):
+    """The command line's one error boundary: a ``BridgeError`` raised by any command ends
+    it as one line (every mapping error, for a mapping set), exit 2 for a configuration
+    problem and 1 for any other; never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MappingFileError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(PROBLEMS)
+        except BridgeError as exc:
+            configured(exc)
+
+
+@contextmanager
+def ledger_for(config: Settings, access: Access, *, purpose: str = "to read") -> Iterator[Ledger]:
+    """The ledger the settings name, closed afterwards; exit 2 when there is none."""
+    ledger = open_ledger(config, access)
+    if ledger is None:
+        fail(f"BRIDGE_LEDGER=off: there is no ledger {purpose}")
+    try:
+        yield ledger
+    finally:
+        ledger.close()
 
 
 def settings(**overrides: Any) -> Settings:

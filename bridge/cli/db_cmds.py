@@ -6,9 +6,8 @@ import sys
 
 import click
 
-from ..errors import BridgeError
-from ..ledger import Access, open_ledger
-from .common import PROBLEMS, configured, fail, settings
+from ..ledger import Access
+from .common import PROBLEMS, ledger_for, settings
 
 
 @click.group()
@@ -16,28 +15,13 @@ def db() -> None:
     """The ledger's database: its schema version and migrations."""
 
 
-def _open(access: Access):  # type: ignore[no-untyped-def]
-    config = settings()
-    try:
-        ledger = open_ledger(config, access)
-    except BridgeError as exc:
-        configured(exc)
-    if ledger is None:
-        fail("BRIDGE_LEDGER=off: there is no ledger")
-    return config, ledger
-
-
 @db.command()
 def status() -> None:
     """Show where the ledger is, its schema version, pending migrations and rows by state."""
-    config, ledger = _open(Access.SCHEMA)
-    try:
+    config = settings()
+    with ledger_for(config, Access.SCHEMA) as ledger:
         schema = ledger.schema()
         counts = ledger.counts() if schema.up_to_date else {}
-    except BridgeError as exc:
-        configured(exc)
-    finally:
-        ledger.close()
     where = (
         "memory"
         if ledger.kind == "memory"
@@ -53,14 +37,9 @@ def status() -> None:
 @db.command()
 def upgrade() -> None:
     """Apply pending migrations (safe to run from several instances at once)."""
-    _, ledger = _open(Access.MIGRATE)
-    try:
+    with ledger_for(settings(), Access.MIGRATE, purpose="to upgrade") as ledger:
         applied = ledger.upgrade()
         after = ledger.schema()
-    except BridgeError as exc:
-        configured(exc)
-    finally:
-        ledger.close()
     for migration in applied:
         click.echo(f"applied {migration.version}: {migration.name}")
     click.echo(after.describe())

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import BridgeError, MappingFileError
-from .common import PROBLEMS, configured, settings
+from .common import settings
 
 
 @click.command()
@@ -17,15 +16,9 @@ def serve(host: str, port: int) -> None:
     from ..wiring import require_api_key, require_signing
 
     config = settings()
-    try:
-        require_api_key(config)
-        require_signing(config)
-        app = create_app(config)
-    except MappingFileError as exc:
-        click.echo(str(exc), err=True)
-        raise SystemExit(PROBLEMS) from None
-    except BridgeError as exc:
-        configured(exc)
+    require_api_key(config)
+    require_signing(config)
+    app = create_app(config)
     app.run(host=host, port=port, threaded=True)
 
 
