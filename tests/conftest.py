@@ -239,7 +239,7 @@ def with_database(url: str, name: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    return urlunsplit(parts.replace(path=f"/{name}"))
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @contextlib.contextmanager
