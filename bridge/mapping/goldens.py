@@ -24,7 +24,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..items import Item
 from ..jsoncodec import JSONEncodeFailure, dumps_str
 from ..outcomes import Outcome
 from ..results import Result
@@ -200,8 +199,3 @@ def _json(value: Any) -> str:
     except JSONEncodeFailure:
         text = repr(value)
     return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
-
-
-def inline_items(case: GoldenCase) -> list[Item]:
-    """The test's own event, as the engine reads events."""
-    return [Item(case.event)]

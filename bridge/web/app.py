@@ -16,7 +16,7 @@ from .. import logs
 from ..clock import SYSTEM, Clock
 from ..errors import BridgeError, PayloadTooLarge
 from ..settings import Settings
-from ..wiring import UNSIGNED_WARNING, Service, build_service
+from ..wiring import UNSIGNED_WARNING, build_service
 from . import requests, scrape
 from .health import health
 from .responses import json_response
@@ -79,8 +79,3 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
         },
     )
     return app
-
-
-def service_of(app: Flask) -> Service:
-    service: Service = app.extensions["bridge"]
-    return service
