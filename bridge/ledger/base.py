@@ -101,7 +101,9 @@ class Activation:
 
     version: str
     origin: str  # publish | rollback
-    activated_at: float
+    activated_at: float  # the database's time (memory: the process's), for people to read
+    author: str | None = None  # who (None: recorded by a release that did not ask)
+    message: str | None = None  # why
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +221,15 @@ class Ledger(Protocol):
     def last_good_mapping_set(self) -> MappingSet | None:
         """The set most recently loaded cleanly, by any instance."""
 
-    def activate_mapping_set(self, version: str, origin: str) -> None:
-        """Make a kept set the one every instance that follows the database uses."""
+    def mapping_sets(self, limit: int = 20) -> list[MappingSet]:
+        """The kept sets, the most recently loaded first (a release that cannot load the
+        newest falls back to the next)."""
+
+    def activate_mapping_set(
+        self, version: str, origin: str, *, author: str | None = None, message: str | None = None
+    ) -> None:
+        """Make a kept set the one every instance that follows the database uses: the latest
+        activation in the order the ledger took them, whatever any client's clock says."""
 
     def active_mapping_set(self) -> MappingSet | None: ...
 
@@ -231,6 +240,9 @@ class Ledger(Protocol):
 
     def ping(self) -> None:
         """Raise ``LedgerError`` unless the ledger answers now."""
+
+    def probe_write(self) -> None:
+        """Raise ``LedgerError`` unless a write is committed now (a full disk answers reads)."""
 
     def sweep(self, retention: Retention) -> dict[str, int]:
         """Give up on rows too old to send; prune settled rows and dead letters past their
