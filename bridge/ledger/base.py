@@ -3,7 +3,9 @@
 A backend (SQLite, PostgreSQL, in-memory) implements ``Ledger`` and passes the one
 backend contract test suite. Every move of a row follows ``outcomes.TRANSITIONS``;
 an operation that the table does not allow from a row's current state changes
-nothing. Times are the injected clock's, never the database's own.
+nothing. Times are the injected clock's, never the database's own, except for mapping-set
+activations: the active set is chosen by the order the database recorded them, and the time
+shown is its clock's (one clock for every publisher).
 """
 
 from __future__ import annotations
