@@ -88,9 +88,12 @@ def _check_mappings(
             )
         return
     if start.cause is Degraded.PUBLISHED_UNLOADABLE:
-        line = f"{PUBLISHED}: {start.describe()}"
+        line = f"{PUBLISHED}: {start.problem}; starting from {start.starting_from}"
         (report.problems if release else report.warnings).append(line)
-    elif start.cause is Degraded.FILES_REJECTED:
-        report.warnings.append(f"{where}: {start.describe()}")
+    elif start.cause is Degraded.FILES_REJECTED and start.problem is not None:
+        errors = start.problem.splitlines()
+        report.warnings.append(
+            f"{where}: {len(errors)} error(s): {errors[0]}; starting from {start.starting_from}"
+        )
     if len(start.engine) == 0:
         report.problems.append(f"{where}: holds no mapping")

@@ -52,9 +52,9 @@ class Start:
     problem: str | None = None
     cause: Degraded | None = None
 
-    def describe(self) -> str:
-        where = "the files" if self.origin == "files" else f"mapping set {self.engine.version}"
-        return f"{self.problem}; starting from {where}"
+    @property
+    def starting_from(self) -> str:
+        return "the files" if self.origin == "files" else f"mapping set {self.engine.version}"
 
 
 def refusal(version: str, exc: MappingFileError) -> str:

@@ -195,6 +195,23 @@ def test_bridge_check_refuses_an_unloadable_active_published_set(
     assert line.endswith(f"; starting from mapping set {version_of(db_ledger, 'v1')}")
 
 
+def test_bridge_check_warns_in_one_line_when_files_fall_back(
+    tmp_path: Path, db_ledger: Ledger, clock: ManualClock
+) -> None:
+    """Invalid files with a last good set kept: `bridge check` passes with one warning line
+    naming the first error and the set workers start from."""
+    folder = copy(tmp_path)
+    good = MappingStore(folder, ledger=db_ledger, poll_seconds=0, clock=clock).engine.version
+    (folder / "sales.yaml").write_text("mappings: [{name: broken}, {name: worse}]\n")
+    env = {"BRIDGE_DB": str(tmp_path / "ledger.sqlite3"), "BRIDGE_MAPPINGS_DIR": str(folder),
+           "DUB_API_KEY": "k"}  # fmt: skip
+    done = cli("check", env=env)
+    assert done.exit_code == 0 and done.stdout == "ok: ready to start\n"
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"warning: BRIDGE_MAPPINGS_DIR={folder}: ") and "error(s): " in line
+    assert line.endswith(f"; starting from mapping set {good}")
+
+
 def test_bridge_check_before_an_upgrade_says_to_run_it(tmp_path: Path) -> None:
     """A ledger behind this release's schema, or a database with no ledger yet: `bridge
     check` fails and says to run `bridge db upgrade`."""
