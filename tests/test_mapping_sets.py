@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from bridge.cli import main
@@ -323,3 +325,24 @@ def test_a_publisher_clock_ahead_pins_nothing(tmp_path: Path) -> None:
         assert active is not None and active.version == v1
     finally:
         ledger.close()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.text(max_size=600))
+def test_any_message_is_recorded_exactly_or_refused_in_one_line(tmp_path: Path, text: str) -> None:
+    """Whatever --message holds, a publish records it (stripped) and history shows it, or
+    refuses it with one line naming the option; nothing crashes."""
+    env = {"BRIDGE_DB": str(tmp_path / "ledger.sqlite3"), "DUB_API_KEY": "k", "LOGNAME": "kim"}
+    if not (tmp_path / "ledger.sqlite3").exists():
+        assert cli("db", "upgrade", env=env).exit_code == 0
+    done = CliRunner().invoke(main, ["mappings", "publish", str(MAPPINGS), f"--message={text}"],
+                              env=env)  # fmt: skip
+    if done.exit_code == 0:
+        newest = cli("mappings", "history", "--limit", "1", env=env).stdout
+        assert newest.rstrip("\n").endswith(f"  kim  {text.strip()}")
+    else:
+        assert done.exit_code == 2, done.output
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("error: --message: ")

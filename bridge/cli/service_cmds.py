@@ -55,6 +55,8 @@ def _ledger() -> Ledger:
 
 
 AUTHOR_MAX, MESSAGE_MAX = 100, 500
+# Controls, formats, lone surrogates (no UTF-8 for them), line and paragraph separators.
+UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def _who(author: str | None) -> str:
@@ -73,7 +75,7 @@ def _one_line(option: str, value: str, most: int) -> str:
         fail(f"{option}: is empty")
     if len(text) > most:
         fail(f"{option}: is {len(text)} characters long, at most {most}")
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in text):
+    if any(unicodedata.category(c) in UNPRINTABLE for c in text):
         fail(f"{option}: holds a control character: one line of text, please")
     return text
 
