@@ -54,6 +54,7 @@ class Metrics:
     webhook_seconds: Histogram
     reloads: Counter
     mappings_info: Gauge
+    mappings_degraded: Gauge
 
 
 _made: Metrics | None = None
@@ -108,6 +109,14 @@ def metrics() -> Metrics:
                         "bridge_mappings_info",
                         "1 for the mapping version each worker runs (label pid in multiprocess).",
                         ["version"],
+                        multiprocess_mode="liveall",
+                    ),
+                    Gauge(
+                        "bridge_mappings_degraded",
+                        "1 while a worker runs a fallback mapping set because its source could "
+                        "not be loaded, by cause (files_rejected, published_unloadable); the "
+                        "reason is on /healthz and /readyz (label pid in multiprocess).",
+                        ["cause"],
                         multiprocess_mode="liveall",
                     ),
                 )

@@ -1,11 +1,14 @@
 """What must hold before a process serves: checked once, in gunicorn's master, and by
 ``bridge check`` (a platform's release phase).
 
-Each problem is one line naming the setting. Invalid mapping files stop the start
-only when there is nothing good to fall back on: with a last good set kept in the
-ledger (or a published one, for instances that follow the database), the workers
-start from it, degraded, and the problem is a warning. Nothing here leaves a thread,
-a pool or a connection behind, so gunicorn can fork its workers afterwards.
+Each problem is one line naming the setting. Mappings that cannot be loaded stop the
+start only when there is nothing this release can load instead: invalid files with a
+last good set kept in the ledger, or a published set this release cannot load with an
+earlier one it can, start degraded, and the problem is a warning. The release phase
+(``release``) is stricter where a deploy can still be stopped: a schema behind says to
+run ``bridge db upgrade``, and an active published set this release cannot load is a
+problem (the release running now can load it). Nothing here leaves a thread, a pool or
+a connection behind, so gunicorn can fork its workers afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from .errors import BridgeError, ConfigError, MappingFileError
 from .ledger import Access, Ledger, open_ledger
 from .settings import Settings
 from .sources import load_directory
+from .store import PUBLISHED, Degraded, choose_start
 from .wiring import (
     UNSIGNED_WARNING,
     require_api_key,
@@ -34,9 +38,9 @@ class Report:
         return not self.problems
 
 
-def check(settings: Settings, *, migrate: bool = True) -> Report:
-    """Every start-up problem, one line each. ``migrate``: apply pending migrations (the
-    master does); else a schema behind is a problem (``bridge check``)."""
+def check(settings: Settings, *, release: bool = False) -> Report:
+    """Every start-up problem, one line each. The master applies pending migrations;
+    ``release`` (``bridge check``) changes nothing and is stricter (see above)."""
     report = Report()
     for required in (require_api_key, require_signing):
         try:
@@ -48,41 +52,57 @@ def check(settings: Settings, *, migrate: bool = True) -> Report:
     ledger: Ledger | None = None
     try:
         require_ledger_choice(settings)  # before a default SQLite file could be made
-        ledger = open_ledger(settings, Access.CREATE if migrate else Access.READ)
+        ledger = open_ledger(settings, Access.SCHEMA if release else Access.CREATE)
     except BridgeError as exc:
         report.problems.append(exc.message)
     try:
-        _check_mappings(settings, ledger, report)
+        if ledger is not None and release and not _schema_current(settings, ledger, report):
+            ledger.close()
+            ledger = None  # its mapping tables may not be there yet
+        _check_mappings(settings, ledger, report, release=release)
     finally:
         if ledger is not None:
             ledger.close()
     return report
 
 
-def _check_mappings(settings: Settings, ledger: Ledger | None, report: Report) -> None:
+def _schema_current(settings: Settings, ledger: Ledger, report: Report) -> bool:
+    where = "DATABASE_URL" if settings.postgres_url is not None else f"BRIDGE_DB={settings.db_path}"
+    try:
+        status = ledger.schema()
+    except BridgeError as exc:
+        report.problems.append(f"{where}: {exc.message}")
+        return False
+    if not status.up_to_date:
+        report.problems.append(f"{where}: {status.describe()}: run `bridge db upgrade`")
+    return status.up_to_date
+
+
+def _check_mappings(
+    settings: Settings, ledger: Ledger | None, report: Report, *, release: bool
+) -> None:
     where = f"BRIDGE_MAPPINGS_DIR={settings.mappings_dir}"
     try:
-        engine = load_directory(settings.mappings_dir).engine
+        start = choose_start(
+            settings.mappings_source, ledger, lambda: load_directory(settings.mappings_dir).engine
+        )
     except MappingFileError as exc:
-        fallback = _fallback(settings, ledger)
-        first = f"{where}: {len(exc.issues)} error(s): {exc.issues[0]}"
-        if fallback is None:
-            report.problems.append(first + " (and no last good mapping set to start from)")
+        first = exc.issues[0] if exc.issues else exc.message
+        if str(first).startswith(PUBLISHED):
+            report.problems.append(str(first))
         else:
-            report.warnings.append(first + f"; starting from mapping set {fallback}")
+            report.problems.append(
+                f"{where}: {len(exc.issues)} error(s): {first}"
+                " (and no last good mapping set to start from)"
+            )
         return
-    if len(engine) == 0:
+    if start.cause is Degraded.PUBLISHED_UNLOADABLE:
+        line = f"{PUBLISHED}: {start.problem}; starting from {start.starting_from}"
+        (report.problems if release else report.warnings).append(line)
+    elif start.cause is Degraded.FILES_REJECTED and start.problem is not None:
+        errors = start.problem.splitlines()
+        report.warnings.append(
+            f"{where}: {len(errors)} error(s): {errors[0]}; starting from {start.starting_from}"
+        )
+    if len(start.engine) == 0:
         report.problems.append(f"{where}: holds no mapping")
-
-
-def _fallback(settings: Settings, ledger: Ledger | None) -> str | None:
-    """The version workers would start from instead of the files, if any."""
-    if ledger is None or not ledger.shared_across_processes:
-        return None
-    try:
-        kept = (
-            ledger.active_mapping_set() if settings.mappings_source == "database" else None
-        ) or ledger.last_good_mapping_set()
-    except BridgeError:
-        return None
-    return None if kept is None else kept.version

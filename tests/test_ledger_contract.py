@@ -682,9 +682,52 @@ def test_activations_pick_the_set_every_instance_follows(
     assert len(second.activations(limit=1)) == 1
 
 
+def test_activations_keep_the_ledgers_order_whatever_the_clock_says(
+    make_ledger: MakeLedger, clock: ManualClock
+) -> None:
+    """A publisher whose clock runs an hour ahead pins nothing: the later activation is the
+    active one, and each records who and why."""
+    first, second = make_ledger(), make_ledger()
+    for version in ("v1", "v2"):
+        first.keep_mapping_set(version, [("m.yaml", version)], "publish")
+    clock.advance(3600)
+    first.activate_mapping_set("v1", "publish", author="fast-clock", message="ahead")
+    clock.advance(-3600)
+    second.activate_mapping_set("v2", "publish", author="kim")
+    active = first.active_mapping_set()
+    assert active is not None and active.version == "v2"
+    history = first.activations()
+    assert [(a.version, a.author, a.message) for a in history] == [
+        ("v2", "kim", None),
+        ("v1", "fast-clock", "ahead"),
+    ]
+    second.activate_mapping_set("v1", "rollback")
+    active = first.active_mapping_set()
+    assert active is not None and active.version == "v1"
+
+
+def test_kept_sets_are_listed_last_loaded_first(
+    make_ledger: MakeLedger, clock: ManualClock
+) -> None:
+    """mapping_sets() lists what a release may fall back on, the most recently loaded first."""
+    ledger = make_ledger()
+    for version in ("v1", "v2", "v3"):
+        ledger.keep_mapping_set(version, [("m.yaml", version)], "files")
+        clock.advance(1)
+    ledger.keep_mapping_set("v1", [("m.yaml", "v1")], "files")
+    assert [s.version for s in ledger.mapping_sets()] == ["v1", "v3", "v2"]
+    assert [s.version for s in ledger.mapping_sets(2)] == ["v1", "v3"]
+
+
 def test_ping_answers_when_the_ledger_does(ledger: Ledger) -> None:
     """ping() returns quietly while the ledger answers."""
     ledger.ping()
+
+
+def test_probe_write_commits_when_the_ledger_takes_writes(ledger: Ledger) -> None:
+    """probe_write() returns quietly while a write commits, again and again."""
+    ledger.probe_write()
+    ledger.probe_write()
 
 
 def test_oldest_unsettled_is_the_first_seen_of_what_is_open(

@@ -118,3 +118,45 @@ def test_signatures_of_the_release_before_vouch_for_no_content(
         assert ledger.vouch("new", mine) == mine  # kept until its own keep_until
     finally:
         ledger.close()
+
+
+def test_activations_keep_their_order_and_the_release_before_still_publishes(
+    old_ledger: tuple[str, Run, Settings], clock: ManualClock
+) -> None:
+    """The upgrade to the database's order changes no active set (rows keep the order their
+    times gave them, a fast clock's included); afterwards a publish takes effect, and an
+    instance of the release before (three columns, no author) still records activations
+    that come after."""
+    kind, run, settings = old_ledger
+    at_version(kind, run, 6)
+    now = clock.time()
+    for version in ("v1", "v2", "v3"):
+        run(
+            "INSERT INTO mapping_sets (version, files, origin, created_at, loaded_at)"
+            " VALUES (?, '[]', 'publish', ?, ?)",
+            version,
+            now,
+            now,
+        )
+    insert = "INSERT INTO mapping_activations (version, origin, activated_at) VALUES (?, ?, ?)"
+    run(insert, "v1", "publish", now + 3600)  # a publisher's clock an hour ahead
+    run(insert, "v2", "publish", now)
+    ledger = open_ledger(settings, clock=clock)
+    assert ledger is not None
+    try:
+        assert ledger.schema().up_to_date
+        active = ledger.active_mapping_set()
+        assert active is not None and active.version == "v1"
+        ledger.activate_mapping_set("v3", "publish", author="kim", message="new")
+        active = ledger.active_mapping_set()
+        assert active is not None and active.version == "v3"
+        run(insert, "v2", "rollback", now)  # the release before, during a rolling deploy
+        history = ledger.activations()
+        assert [(a.version, a.origin, a.author) for a in history] == [
+            ("v2", "rollback", None),
+            ("v3", "publish", "kim"),
+            ("v1", "publish", None),
+            ("v2", "publish", None),
+        ]
+    finally:
+        ledger.close()

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,29 @@ def test_not_ready_while_draining_or_without_the_ledger(tmp_path: Path, clock: M
         assert answer.get_json()["reasons"][0].startswith("the ledger does not answer")
         assert app.test_client().get("/healthz").get_json()["status"] == "degraded"
     finally:
+        app.extensions["bridge"].close()
+
+
+def test_not_ready_while_the_ledger_cannot_write(tmp_path: Path, clock: ManualClock) -> None:
+    """Reads answer but writes fail (another process holds the write lock past the wait):
+    /readyz answers 503 saying the ledger cannot write, and ready again once writes work."""
+    app = create_app(make_settings(tmp_path), clock=clock)
+    client = app.test_client()
+    holder = sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)
+    try:
+        assert client.get("/readyz").status_code == 200
+        holder.execute("BEGIN IMMEDIATE")  # every write of the service now waits, then fails
+        clock.advance(3)  # past the cached answer of the last check
+        answer = client.get("/readyz")
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+        (reason,) = answer.get_json()["reasons"]
+        assert reason.startswith("the ledger cannot write: ledger ") and "locked" in reason
+        assert client.get("/healthz").get_json()["ledger"]["problem"] == reason
+        holder.execute("ROLLBACK")
+        clock.advance(3)
+        assert client.get("/readyz").status_code == 200
+    finally:
+        holder.close()
         app.extensions["bridge"].close()
 
 

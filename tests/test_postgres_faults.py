@@ -313,3 +313,51 @@ def test_a_closed_ledger_stays_closed(pg_url: str, clock: ManualClock) -> None:
         pass
     assert ledger.pool.closed  # type: ignore[attr-defined]
     assert _backends(pg_url) == 0
+
+
+def test_not_ready_while_postgres_cannot_write(pg_url: str, clock: ManualClock) -> None:
+    """PostgreSQL answers reads but refuses writes with 'disk full' (53100): /readyz answers
+    503 saying the ledger cannot write, and is ready again once writes work."""
+    app = create_app(app_settings(pg_url), clock=clock)
+    client = app.test_client()
+    admin = psycopg.connect(pg_url, autocommit=True)
+    try:
+        assert client.get("/readyz").status_code == 200
+        admin.execute(
+            "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'"
+            " USING ERRCODE = 'disk_full'; END$$"
+        )
+        admin.execute(
+            "CREATE TRIGGER disk_full BEFORE INSERT OR UPDATE ON locks"
+            " FOR EACH ROW EXECUTE FUNCTION disk_full()"
+        )
+        clock.advance(3)  # past the cached answer of the last check
+        answer = client.get("/readyz")
+        assert answer.status_code == 503
+        (reason,) = answer.get_json()["reasons"]
+        assert reason.startswith("the ledger cannot write: PostgreSQL at ")
+        assert "No space left on device" in reason
+        admin.execute("DROP TRIGGER disk_full ON locks")
+        clock.advance(3)
+        assert client.get("/readyz").status_code == 200
+    finally:
+        admin.execute("DROP TRIGGER IF EXISTS disk_full ON locks")
+        admin.execute("DROP FUNCTION IF EXISTS disk_full()")
+        admin.close()
+        app.extensions["bridge"].close()
+
+
+@pytest.mark.slow  # a database of its own
+def test_bridge_check_on_an_empty_database_says_to_upgrade() -> None:
+    """A PostgreSQL database holding no ledger yet (a first release phase run in the wrong
+    order): `bridge check` fails and says to run `bridge db upgrade`."""
+    with fresh_database(pg_base_url()) as url:
+        env = {"DATABASE_URL": url, "DUB_API_KEY": "k", "BRIDGE_MAPPINGS_DIR": str(MAPPINGS)}
+        done = CliRunner().invoke(main, ["check"], env=env)
+        assert done.exit_code == 1
+        assert done.stderr.startswith("error: DATABASE_URL: schema version 0, ")
+        assert done.stderr.rstrip().endswith("run `bridge db upgrade`")
+        assert CliRunner().invoke(main, ["db", "upgrade"], env=env).exit_code == 0
+        again = CliRunner().invoke(main, ["check"], env=env)
+        assert again.exit_code == 0 and again.stdout == "ok: ready to start\n"

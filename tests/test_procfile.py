@@ -1,5 +1,6 @@
-"""The Procfile's web process: gunicorn workers build their service and close it on exit;
-what it writes on stderr is JSON lines, crashes included."""
+"""The Procfile: gunicorn workers build their service and close it on exit; what the web
+process writes on stderr is JSON lines, crashes included; the release phase migrates, then
+checks what the new release would start from."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.ledger import open_ledger
+from bridge.settings import Settings
 from tests import procs
 from tests.fakedub import FakeDub
 from tests.procs import REPO, ProcfileWeb, clean_env, json_lines
@@ -111,3 +114,37 @@ def test_what_gunicorn_prints_before_its_hooks_is_json_too(tmp_path: Path) -> No
     lines = [json.loads(line) for line in done.stderr.decode().splitlines()]
     assert [(x["level"], x["logger"]) for x in lines] == [("error", "stderr")]
     assert "'abc'" in lines[0]["msg"]  # gunicorn's own words, whichever version
+
+
+def procfile_release() -> str:
+    for line in (REPO / "Procfile").read_text().splitlines():
+        if line.startswith("release:"):
+            return line.removeprefix("release:").strip()
+    raise AssertionError("Procfile has no release: line")
+
+
+def test_release_phase_upgrades_then_refuses_an_unloadable_published_set(tmp_path: Path) -> None:
+    """The release line migrates a new ledger and passes; once the active published set is
+    one this release cannot load, it fails, saying so."""
+    db = tmp_path / "ledger.sqlite3"
+    env = clean_env(
+        DUB_API_KEY="k",
+        BRIDGE_DB=str(db),
+        BRIDGE_MAPPINGS_DIR=str(REPO / "mappings"),
+        BRIDGE_MAPPINGS_SOURCE="database",
+    )
+
+    def release() -> subprocess.CompletedProcess[str]:
+        command = ["bash", "-c", procfile_release()]
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+
+    first = release()
+    assert first.returncode == 0 and first.stdout.endswith("ok: ready to start\n"), first.stderr
+    ledger = open_ledger(Settings.from_env({}, db_path=db))
+    assert ledger is not None
+    ledger.keep_mapping_set("v-next", [("m.yaml", "mappings: [{name: x, sampleRate: 1}]\n")], "p")
+    ledger.activate_mapping_set("v-next", "publish")
+    ledger.close()
+    refused = release()
+    assert refused.returncode == 1
+    assert "published mapping set v-next cannot be loaded by this release" in refused.stderr

@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 import requests
 
+from bridge.ledger import open_ledger
+from bridge.mapping.loader import Source, load_sources
+from bridge.settings import Settings
 from tests.fakedub import FakeDub, Hold
 from tests.faultkit import key_for, mixed_batch
 from tests.procs import REPO, ProcfileWeb, clean_env, json_lines
@@ -189,3 +192,47 @@ def _wait_for(predicate: Any, timeout: float = 30) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)  # polling for a process to come up
+
+
+def test_an_unloadable_published_set_starts_degraded_not_a_crash_loop(tmp_path: Path) -> None:
+    """The active published set has a construct this release cannot load: the instance
+    starts anyway, from the previous published set, and /healthz, /readyz and the gauge
+    say why; events keep flowing."""
+    db = tmp_path / "ledger.sqlite3"
+    ledger = open_ledger(Settings.from_env({}, db_path=db))
+    assert ledger is not None
+    good = [(p.name, p.read_text()) for p in sorted(MAPPINGS.glob("*.yaml"))]
+    newer = [
+        (n, t.replace("  - name: order-sale\n", "  - name: order-sale\n    sampleRate: 1\n"))
+        for n, t in good
+    ]
+    version = load_sources([Source(n, t.encode()) for n, t in good]).engine.version
+    for label, files in ((version, good), ("v-next", newer)):
+        ledger.keep_mapping_set(label, files, "publish")
+        ledger.activate_mapping_set(label, "publish", author="test")
+    ledger.close()
+    with FakeDub(api_key="k").start() as fake:
+        web = ProcfileWeb(env_for(tmp_path, fake, BRIDGE_MAPPINGS_SOURCE="database"), tmp_path)
+        web.start()
+        web.wait_workers(2)
+        try:
+            health = requests.get(web.url + "/healthz", timeout=5).json()
+            assert health["status"] == "degraded" and health["version"] == version
+            assert health["degradedCause"] == "published_unloadable"
+            assert "v-next cannot be loaded by this release" in health["lastError"]
+            ready = requests.get(web.url + "/readyz", timeout=5)
+            assert ready.status_code == 200 and "sampleRate" in ready.json()["degraded"]
+            text = requests.get(web.url + "/metrics", timeout=5).text
+            answer = requests.post(web.url + "/segment", json=mixed_batch(2, "deg"), timeout=10)
+            assert answer.status_code == 200, answer.text
+        finally:
+            web.stop()
+    gauges = [
+        line
+        for line in text.splitlines()
+        if line.startswith('bridge_mappings_degraded{cause="published_unloadable"')
+    ]
+    assert len(gauges) == 2 and all(line.endswith(" 1.0") for line in gauges)
+    warnings = [line["msg"] for line in json_lines(web) if line["level"] == "warning"]
+    assert any("published mapping set v-next cannot be loaded" in w for w in warnings)
+    assert fake.recorded_count() == 2

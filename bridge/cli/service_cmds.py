@@ -8,7 +8,9 @@ stores it in the ledger's database as the active set: every instance with
 
 from __future__ import annotations
 
+import getpass
 import sys
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,8 +26,9 @@ from .common import PROBLEMS, configured, fail, settings
 
 @click.command()
 def check() -> None:
-    """Check settings, ledger (reachable, schema current) and mappings, as start-up does."""
-    report = startup_check(settings(), migrate=False)
+    """Check settings, ledger (reachable, schema current) and mappings, as start-up does,
+    and that this release can load the active published set (a release phase)."""
+    report = startup_check(settings(), release=True)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     for problem in report.problems:
@@ -51,11 +54,58 @@ def _ledger() -> Ledger:
     return ledger
 
 
+AUTHOR_MAX, MESSAGE_MAX = 100, 500
+# Controls, formats, lone surrogates (no UTF-8 for them), line and paragraph separators.
+UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _who(author: str | None) -> str:
+    """``--author``, else the OS user; one line, no control characters."""
+    if author is None:
+        try:
+            author = getpass.getuser()
+        except (OSError, KeyError):  # no login name, no passwd entry (a container)
+            fail("cannot tell who is publishing (no OS user name): pass --author")
+    return _one_line("--author", author, AUTHOR_MAX)
+
+
+def _one_line(option: str, value: str, most: int) -> str:
+    text = value.strip()
+    if not text:
+        fail(f"{option}: is empty")
+    if len(text) > most:
+        fail(f"{option}: is {len(text)} characters long, at most {most}")
+    if any(unicodedata.category(c) in UNPRINTABLE for c in text):
+        fail(f"{option}: holds a control character: one line of text, please")
+    return text
+
+
+def _why(message: str | None) -> str | None:
+    return None if message is None else _one_line("--message", message, MESSAGE_MAX)
+
+
+_AUTHOR = click.option("--author", help="Who does it (default: the OS user).")
+_MESSAGE = click.option("--message", "-m", help="Why, shown by `bridge mappings history`.")
+
+
+def _activate(ledger: Ledger, version: str, origin: str, author: str, why: str | None) -> None:
+    """Record the activation and read back that it is the active set: a success reported
+    is one every instance follows."""
+    ledger.activate_mapping_set(version, origin, author=author, message=why)
+    active = ledger.active_mapping_set()
+    if active is None or active.version != version:
+        now = "none" if active is None else active.version
+        fail(f"recorded, but the active set is {now}, not {version}: publish again", PROBLEMS)
+
+
 @mappings.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
-def publish(directory: Path | None) -> None:
+@_AUTHOR
+@_MESSAGE
+def publish(directory: Path | None, author: str | None, message: str | None) -> None:
     """Validate DIRECTORY's mapping files (default: BRIDGE_MAPPINGS_DIR) and make them the
     active set of every instance that follows the database."""
+    who, why = _who(author), _why(message)
     folder = directory or settings().mappings_dir
     try:
         sources = read_directory(folder)
@@ -68,7 +118,7 @@ def publish(directory: Path | None) -> None:
     try:
         files = [(s.basename, s.text.decode("utf-8", "replace")) for s in sources]
         ledger.keep_mapping_set(engine.version, files, "publish")
-        ledger.activate_mapping_set(engine.version, "publish")
+        _activate(ledger, engine.version, "publish", who, why)
     except BridgeError as exc:
         configured(exc)
     finally:
@@ -79,7 +129,8 @@ def publish(directory: Path | None) -> None:
 @mappings.command()
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 def history(limit: int) -> None:
-    """The latest published and rolled-back sets, newest first; `*` marks the active one."""
+    """The latest published and rolled-back sets, newest first, with who and why; `*` marks
+    the active one."""
     ledger = _ledger()
     try:
         shown = ledger.activations(limit)
@@ -90,15 +141,22 @@ def history(limit: int) -> None:
     for index, activation in enumerate(shown):
         when = datetime.fromtimestamp(activation.activated_at, UTC)
         mark = "*" if index == 0 else " "
-        click.echo(f"{mark} {activation.version}  {activation.origin:<8} {when:%Y-%m-%d %H:%M:%S}Z")
+        line = f"{mark} {activation.version}  {activation.origin:<8} {when:%Y-%m-%d %H:%M:%S}Z"
+        line += f"  {activation.author or '(unknown)'}"
+        if activation.message:
+            line += f"  {activation.message}"
+        click.echo(line)
     if not shown:
         click.echo("nothing published yet", err=True)
 
 
 @mappings.command()
 @click.argument("version")
-def rollback(version: str) -> None:
+@_AUTHOR
+@_MESSAGE
+def rollback(version: str, author: str | None, message: str | None) -> None:
     """Make an earlier set (VERSION, or a unique start of it) active again."""
+    who, why = _who(author), _why(message)
     ledger = _ledger()
     try:
         candidates = {a.version for a in ledger.activations(1000) if a.version.startswith(version)}
@@ -106,7 +164,7 @@ def rollback(version: str) -> None:
             known = "none matches" if not candidates else f"{len(candidates)} match"
             fail(f"version {version!r}: {known}; see `bridge mappings history`", PROBLEMS)
         (chosen,) = candidates
-        ledger.activate_mapping_set(chosen, "rollback")
+        _activate(ledger, chosen, "rollback", who, why)
     except BridgeError as exc:
         configured(exc)
     finally:

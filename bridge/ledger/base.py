@@ -3,7 +3,9 @@
 A backend (SQLite, PostgreSQL, in-memory) implements ``Ledger`` and passes the one
 backend contract test suite. Every move of a row follows ``outcomes.TRANSITIONS``;
 an operation that the table does not allow from a row's current state changes
-nothing. Times are the injected clock's, never the database's own.
+nothing. Times are the injected clock's, never the database's own, except for mapping-set
+activations: the active set is chosen by the order the database recorded them, and the time
+shown is its clock's (one clock for every publisher).
 """
 
 from __future__ import annotations
@@ -140,7 +142,9 @@ class Activation:
 
     version: str
     origin: str  # publish | rollback
-    activated_at: float
+    activated_at: float  # the database's time (memory: the process's), for people to read
+    author: str | None = None  # who (None: recorded by a release that did not ask)
+    message: str | None = None  # why
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,8 +293,15 @@ class Ledger(Protocol):
     def last_good_mapping_set(self) -> MappingSet | None:
         """The set most recently loaded cleanly, by any instance."""
 
-    def activate_mapping_set(self, version: str, origin: str) -> None:
-        """Make a kept set the one every instance that follows the database uses."""
+    def mapping_sets(self, limit: int = 20) -> list[MappingSet]:
+        """The kept sets, the most recently loaded first (a release that cannot load the
+        newest falls back to the next)."""
+
+    def activate_mapping_set(
+        self, version: str, origin: str, *, author: str | None = None, message: str | None = None
+    ) -> None:
+        """Make a kept set the one every instance that follows the database uses: the latest
+        activation in the order the ledger took them, whatever any client's clock says."""
 
     def active_mapping_set(self) -> MappingSet | None: ...
 
@@ -301,6 +312,9 @@ class Ledger(Protocol):
 
     def ping(self) -> None:
         """Raise ``LedgerError`` unless the ledger answers now."""
+
+    def probe_write(self) -> None:
+        """Raise ``LedgerError`` unless a write is committed now (a full disk answers reads)."""
 
     def sweep(self, retention: Retention) -> dict[str, int]:
         """Give up on rows too old to send; prune settled rows and dead letters past their

@@ -353,6 +353,9 @@ class MemoryLedger:
     def ping(self) -> None:
         """Memory always answers."""
 
+    def probe_write(self) -> None:
+        """Memory always takes writes."""
+
     # --- mapping sets -------------------------------------------------------------------------
 
     def keep_mapping_set(self, version: str, files: Sequence[tuple[str, str]], origin: str) -> None:
@@ -369,13 +372,22 @@ class MemoryLedger:
             return self._sets.get(version)
 
     def last_good_mapping_set(self) -> MappingSet | None:
-        with self._lock:
-            ranked = sorted(self._sets.values(), key=lambda s: (-s.loaded_at, s.version))
+        ranked = self.mapping_sets(1)
         return ranked[0] if ranked else None
 
-    def activate_mapping_set(self, version: str, origin: str) -> None:
+    def mapping_sets(self, limit: int = 20) -> list[MappingSet]:
         with self._lock:
-            self._activations.append(Activation(version, origin, self.clock.time()))
+            ranked = sorted(self._sets.values(), key=lambda s: (-s.loaded_at, s.version))
+        return ranked[:limit]
+
+    def activate_mapping_set(
+        self, version: str, origin: str, *, author: str | None = None, message: str | None = None
+    ) -> None:
+        # The list's order is the order taken: the clock's time is only shown.
+        with self._lock:
+            self._activations.append(
+                Activation(version, origin, self.clock.time(), author, message)
+            )
 
     def active_mapping_set(self) -> MappingSet | None:
         with self._lock:

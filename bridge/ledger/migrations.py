@@ -94,6 +94,37 @@ CREATE INDEX IF NOT EXISTS signatures_keep_until ON signatures (keep_until)
 """
 # The release before still writes and reads message_ids (kept filled) during a rolling
 # deploy; its rows have no digests (they vouch for no content) and no keep_until.
+# Activations are ordered by the database: the order in which it took them (SQLite's rowid,
+# PostgreSQL's sequence), never a client's clock, which pinned the set of a publisher whose
+# clock ran ahead. The rows already there keep the order they had (by their time), so the
+# upgrade changes no instance's active set; the previous release, which inserts the three
+# columns it knows and orders by time, keeps working during a rolling deploy.
+_ACTIVATIONS_SQLITE = """
+CREATE TABLE mapping_activations_ordered (
+    version      TEXT NOT NULL,
+    origin       TEXT NOT NULL,
+    activated_at REAL NOT NULL,
+    author       TEXT,
+    message      TEXT
+);
+INSERT INTO mapping_activations_ordered (version, origin, activated_at)
+    SELECT version, origin, activated_at FROM mapping_activations ORDER BY activated_at, rowid;
+DROP TABLE mapping_activations;
+ALTER TABLE mapping_activations_ordered RENAME TO mapping_activations;
+CREATE INDEX IF NOT EXISTS mapping_activations_at ON mapping_activations (activated_at)
+"""
+_ACTIVATIONS_POSTGRES = """
+ALTER TABLE mapping_activations ADD COLUMN author TEXT;
+ALTER TABLE mapping_activations ADD COLUMN message TEXT;
+ALTER TABLE mapping_activations ADD COLUMN seq BIGSERIAL;
+UPDATE mapping_activations a SET seq = ranked.n
+    FROM (SELECT ctid AS place, ROW_NUMBER() OVER (ORDER BY activated_at, seq) AS n
+          FROM mapping_activations) ranked
+    WHERE a.ctid = ranked.place;
+SELECT setval(pg_get_serial_sequence('mapping_activations', 'seq'),
+    (SELECT COALESCE(MAX(seq), 0) + 1 FROM mapping_activations), false);
+CREATE INDEX IF NOT EXISTS mapping_activations_seq ON mapping_activations (seq)
+"""
 # rate_slots stays: during a rolling deploy, instances of the release before still take
 # their slots there until they are replaced (a later migration may drop it).
 _TYPES = {
@@ -123,6 +154,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "the shared rate limit counted per second, not per call", _both(_BUCKETS)),
     Migration(
         7, "what each signature vouched for, by content, and until when", _both(_VOUCHED_CONTENT)
+    ),
+    Migration(
+        8,
+        "mapping activations: who and why, in the database's order",
+        {"sqlite": _ACTIVATIONS_SQLITE, "postgres": _ACTIVATIONS_POSTGRES},
     ),
 )
 LATEST = MIGRATIONS[-1].version

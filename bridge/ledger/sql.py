@@ -317,6 +317,18 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)
 
+    def probe_write(self) -> None:
+        # One row of the locks table that no lock is named after, rewritten: a real commit,
+        # which a full disk or a read-only file refuses while reads still answer.
+        self._run(
+            lambda db: db.execute(
+                "INSERT INTO locks (name, owner, until) VALUES ('write-probe', '-', :now)"
+                " ON CONFLICT (name) DO UPDATE SET until = excluded.until",
+                {"now": self.clock.time()},
+            ),
+            tx=True,
+        )
+
     def close(self) -> None:
         raise NotImplementedError
 

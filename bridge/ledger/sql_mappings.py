@@ -3,7 +3,8 @@
 Every set that loads cleanly is kept by version, so a worker that starts while the
 files on disk are invalid starts from the last good set; ``bridge mappings publish``
 and ``rollback`` record activations, which every instance following the database
-picks up.
+picks up. Activations are ordered as the database took them and stamped with its
+clock: a publisher whose clock runs ahead must not pin its set above later ones.
 """
 
 from __future__ import annotations
@@ -22,17 +23,19 @@ INSERT INTO mapping_sets (version, files, origin, created_at, loaded_at)
 VALUES (:version, :files, :origin, :now, :now)
 ON CONFLICT (version) DO UPDATE SET loaded_at = excluded.loaded_at
 """
-_ACTIVE = f"""
-SELECT {", ".join("s." + c.strip() for c in _COLUMNS.split(","))} FROM mapping_sets s
-JOIN mapping_activations a ON a.version = s.version
-ORDER BY a.activated_at DESC LIMIT 1
-"""
+# The order the database took activations in (see migration 7), and its clock, per backend.
+_ORDER = {"sqlite": "rowid", "postgres": "seq"}
+_NOW = {
+    "sqlite": "(julianday('now') - 2440587.5) * 86400.0",
+    "postgres": "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)",
+}
 
 
 class MappingSetsSQL:
     """The mapping-set part of the contract, for the SQL backends (a mixin of SQLLedger)."""
 
     clock: Clock
+    kind: str
 
     def _run(self, work: Callable[[Any], T], *, tx: bool = False, write: bool = True) -> T:
         raise NotImplementedError
@@ -48,37 +51,49 @@ class MappingSetsSQL:
 
     def mapping_set(self, version: str) -> MappingSet | None:
         sql = f"SELECT {_COLUMNS} FROM mapping_sets WHERE version = :version"
-        return self._one(sql, {"version": version})
+        found = self._sets(sql, {"version": version})
+        return found[0] if found else None
 
     def last_good_mapping_set(self) -> MappingSet | None:
-        sql = f"SELECT {_COLUMNS} FROM mapping_sets ORDER BY loaded_at DESC, version LIMIT 1"
-        return self._one(sql, {})
+        found = self.mapping_sets(1)
+        return found[0] if found else None
 
-    def activate_mapping_set(self, version: str, origin: str) -> None:
-        args = {"version": version, "origin": origin, "now": self.clock.time()}
-        self._run(
-            lambda db: db.execute(
-                "INSERT INTO mapping_activations (version, origin, activated_at)"
-                " VALUES (:version, :origin, :now)",
-                args,
-            )
+    def mapping_sets(self, limit: int = 20) -> list[MappingSet]:
+        sql = f"SELECT {_COLUMNS} FROM mapping_sets ORDER BY loaded_at DESC, version LIMIT :limit"
+        return self._sets(sql, {"limit": limit})
+
+    def activate_mapping_set(
+        self, version: str, origin: str, *, author: str | None = None, message: str | None = None
+    ) -> None:
+        args = {"version": version, "origin": origin, "author": author, "message": message}
+        sql = (
+            "INSERT INTO mapping_activations (version, origin, activated_at, author, message)"
+            f" VALUES (:version, :origin, {_NOW[self.kind]}, :author, :message)"
         )
+        self._run(lambda db: db.execute(sql, args))
 
     def active_mapping_set(self) -> MappingSet | None:
-        return self._one(_ACTIVE, {})
+        columns = ", ".join("s." + c.strip() for c in _COLUMNS.split(","))
+        sql = (
+            f"SELECT {columns} FROM mapping_sets s"
+            " JOIN mapping_activations a ON a.version = s.version"
+            f" ORDER BY a.{_ORDER[self.kind]} DESC LIMIT 1"
+        )
+        found = self._sets(sql, {})
+        return found[0] if found else None
 
     def activations(self, limit: int = 20) -> list[Activation]:
         sql = (
-            "SELECT version, origin, activated_at FROM mapping_activations"
-            " ORDER BY activated_at DESC LIMIT :limit"
+            "SELECT version, origin, activated_at, author, message FROM mapping_activations"
+            f" ORDER BY {_ORDER[self.kind]} DESC LIMIT :limit"
         )
         rows = self._run(lambda db: db.execute(sql, {"limit": limit}).fetchall(), write=False)
-        return [Activation(v, o, a) for v, o, a in rows]
+        return [Activation(*row) for row in rows]
 
-    def _one(self, sql: str, args: dict[str, Any]) -> MappingSet | None:
-        row = self._run(lambda db: db.execute(sql, args).fetchone(), write=False)
-        if row is None:
-            return None
-        version, files, origin, created, loaded = row
-        kept = tuple((f["name"], f["text"]) for f in loads(files))
-        return MappingSet(version, kept, origin, created, loaded)
+    def _sets(self, sql: str, args: dict[str, Any]) -> list[MappingSet]:
+        rows = self._run(lambda db: db.execute(sql, args).fetchall(), write=False)
+        return [
+            MappingSet(version, tuple((f["name"], f["text"]) for f in loads(files)), origin,
+                       created, loaded)
+            for version, files, origin, created, loaded in rows
+        ]  # fmt: skip

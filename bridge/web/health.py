@@ -1,10 +1,12 @@
 """What a platform and Prometheus ask: ``/livez``, ``/readyz``, ``/healthz`` and ``/metrics``.
 
 ``/livez``: the process answers. ``/readyz``: good mappings are loaded, the ledger
-answers and the worker is not draining (else 503 with the reasons). ``/healthz``: a
-summary for people, ``degraded`` while a rejected mapping edit keeps the last good
-mappings active. ``/metrics``: Prometheus, every worker summed, behind
-``BRIDGE_METRICS_TOKEN`` unless ``BRIDGE_METRICS_PUBLIC=1`` (see ``scrape``).
+takes writes (a full disk still answers reads) and the worker is not draining (else
+503 with the reasons); a worker running a fallback mapping set is ready, and says
+why it is degraded. ``/healthz``: a summary for people, ``degraded`` while rejected
+files or a published set this release cannot load keep other mappings active.
+``/metrics``: Prometheus, every worker summed, behind ``BRIDGE_METRICS_TOKEN`` unless
+``BRIDGE_METRICS_PUBLIC=1`` (see ``scrape``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def _service() -> Service:
 
 
 class _LedgerCheck:
-    """Whether the ledger answers, asked at most every couple of seconds."""
+    """Whether the ledger takes a write, asked at most every couple of seconds."""
 
     def __init__(self) -> None:
         self._at = 0.0
@@ -43,11 +45,21 @@ class _LedgerCheck:
             if now - self._at > PING_CACHE_SECONDS or self._at == 0.0:
                 try:
                     service.ledger.ping()
-                    self._problem = None
                 except LedgerError as exc:
                     self._problem = f"the ledger does not answer: {exc.message}"
+                else:
+                    self._problem = self._write_problem(service)
                 self._at = now
             return self._problem
+
+    @staticmethod
+    def _write_problem(service: Service) -> str | None:
+        assert service.ledger is not None
+        try:
+            service.ledger.probe_write()
+        except LedgerError as exc:
+            return f"the ledger cannot write: {exc.message}"
+        return None
 
 
 def _ledger_check() -> _LedgerCheck:
@@ -73,7 +85,10 @@ def readyz() -> Response:
         reasons.append("draining: shutting down")
     if reasons:
         return json_response({"status": "not_ready", "reasons": reasons}, 503, {"Retry-After": "5"})
-    return json_response({"status": "ready", "version": service.store.engine.version})
+    store = service.store
+    return json_response(
+        {"status": "ready", "version": store.engine.version, "degraded": store.last_error}
+    )
 
 
 @health.get("/healthz")
@@ -91,6 +106,7 @@ def healthz() -> Response:
             "origin": store.origin,
             "loadedAt": store.loaded_at,
             "lastError": store.last_error,
+            "degradedCause": store.cause,
             "ledger": {
                 "kind": service.ledger.kind if service.ledger is not None else "off",
                 "problem": problem,
