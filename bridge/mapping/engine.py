@@ -10,7 +10,6 @@ mapping makes that (event, mapping) invalid and costs nothing else.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,7 +25,7 @@ from .codegen import build_apply
 from .conditions import Condition
 from .events import SegmentEvent, describe_validation_error, well_formed
 from .fields import CompiledField, FieldProblem
-from .values import MISSING
+from .values import MISSING, Regex
 
 __all__ = [
     "MISSING",
@@ -54,7 +53,7 @@ class CompiledMapping:
     conditions: tuple[Condition, ...]
     fields: tuple[CompiledField, ...]  # currency before amount: minor_units reads it
     source: str
-    event_pattern: re.Pattern[str] | None = None  # trigger.event_matches, instead of names
+    event_pattern: Regex | None = None  # trigger.event_matches, instead of names
     required: frozenset[str] = field(init=False)
     # The mapping compiled into one function of (event, messageId, event name), and its text.
     apply: Callable[[Mapping[str, Any], str | None, str], Result] = field(
