@@ -7,11 +7,14 @@ alias bomb that takes `bridge validate` to MemoryError.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.cli import main
 from bridge.mapping import values
@@ -104,6 +107,30 @@ def test_a_regex_searches_text_holding_a_lone_surrogate() -> None:
     """Text UTF-8 cannot hold (a lone surrogate) is searched as repaired, never an exception."""
     assert values.Regex("^a.b$").search("a\ud800b") is True
     assert values.Regex("^ab$").search("a\udfffb") is False
+
+
+# The shipped recipes' patterns, and the common shapes; RE2 and `re` agree on them for text
+# without a newline (the README states where they differ).
+SHARED_SYNTAX = [
+    "^(Order Completed - (iOS|Android)|Checkout Finished)$",
+    "^TEST-",
+    "^https://staging\\.",
+    "[?&]dub_id=",
+    "(?i)^order [a-z]+$",
+    "^[A-Z]{2,3}-\\d+$",
+    "^(?P<kind>sku|id)_[0-9a-f]*$",
+]
+_TEXT = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+    st.sampled_from(["Order Completed - iOS", "TEST-1", "https://staging.x", "?a=1&dub_id=c"]),
+    st.sampled_from(["ORDER paid", "AB-12", "sku_0af", "id_", "Checkout Finished"]),
+)
+
+
+@given(pattern=st.sampled_from(SHARED_SYNTAX), text=_TEXT)
+def test_re2_finds_what_pythons_re_finds_for_the_common_syntax(pattern: str, text: str) -> None:
+    """On one-line ASCII text the shipped and common patterns hold exactly where `re`'s did."""
+    assert values.Regex(pattern).search(text) is (re.search(pattern, text) is not None)
 
 
 def _deep(depth: int) -> dict[str, Any]:
