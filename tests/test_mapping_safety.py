@@ -104,9 +104,11 @@ def test_a_filter_regex_is_refused_for_the_matches_condition() -> None:
 
 
 def test_a_regex_searches_text_holding_a_lone_surrogate() -> None:
-    """Text UTF-8 cannot hold (a lone surrogate) is searched as repaired, never an exception."""
+    """Text UTF-8 cannot hold (a lone surrogate) is searched as repaired; such a pattern is refused."""
     assert values.Regex("^a.b$").search("a\ud800b") is True
     assert values.Regex("^ab$").search("a\udfffb") is False
+    with pytest.raises(ValueError, match="a lone surrogate is not text"):
+        values.Regex("^\ud800")
 
 
 # The shipped recipes' patterns, and the common shapes; RE2 and `re` agree on them for text
