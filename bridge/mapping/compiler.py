@@ -7,8 +7,6 @@ triggers compiled, and fields ordered (currency before amount).
 
 from __future__ import annotations
 
-import re
-
 from ..dub.endpoints import ENDPOINTS
 from . import conditions
 from .engine import CompiledMapping
@@ -18,7 +16,7 @@ from .paths import cached_path
 from .sums import Sum
 from .templates import Template
 from .transforms import NAMED, Transform, query_param, value_map
-from .values import MISSING
+from .values import MISSING, compile_pattern
 
 
 def compile_mapping(mapping: Mapping, source: str) -> CompiledMapping:
@@ -33,7 +31,7 @@ def compile_mapping(mapping: Mapping, source: str) -> CompiledMapping:
         tuple(conditions.compile_condition(c) for c in trigger.conditions),
         tuple(fields),
         source,
-        re.compile(trigger.event_matches) if trigger.event_matches is not None else None,
+        compile_pattern(trigger.event_matches) if trigger.event_matches is not None else None,
         tuple(conditions.compile_condition(c) for c in trigger.require),
         mapping.group,
     )

@@ -3,8 +3,9 @@
 A test reads the first non-empty value of its ``path``/``paths`` (``exists`` asks
 whether any path finds anything at all) and compares it exactly: JSON equality for
 ``equals``/``in``, exact decimals for ``gt``..``lte``, a regular expression searched in
-text for ``matches``. An absent value satisfies ``not_equals``, ``not_in``,
-``not_empty: false`` and ``exists: false`` only. ``any``, ``all`` and ``not`` nest freely.
+text for ``matches`` (RE2's, linear in the text: ``values.Regex``). An absent value
+satisfies ``not_equals``, ``not_in``, ``not_empty: false`` and ``exists: false`` only.
+``any``, ``all`` and ``not`` nest freely.
 
 Each condition compiles to a ``holds(event) -> bool`` closure specialised to its test,
 which is all the hot path calls. ``trace`` walks the same compiled tree again, recording
@@ -30,6 +31,7 @@ from .values import (
     Pattern,
     as_number,
     check_json,
+    compile_pattern,
     json_equal,
     json_key,
     shown,
@@ -436,8 +438,8 @@ def _test(kind: str, expected: Any, ignore_case: bool = False) -> Holds:
             return member
         return lambda value: not member(value)
     if kind == "matches":
-        search = re.compile(expected).search
-        return lambda value: type(value) is str and search(value) is not None
+        search = compile_pattern(expected).search
+        return lambda value: type(value) is str and search(value)
     order = _ORDER[kind]
 
     def compare(value: Any) -> bool:

@@ -10,7 +10,6 @@ mapping makes that (event, mapping) invalid and costs nothing else.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,7 +25,7 @@ from .conditions import Condition
 from .events import SegmentEvent, describe_validation_error, well_formed
 from .fields import CompiledField, FieldProblem
 from .interpret import Steps, interpret
-from .values import MISSING
+from .values import MISSING, Regex
 
 __all__ = [
     "MISSING",
@@ -53,7 +52,7 @@ class CompiledMapping:
     conditions: tuple[Condition, ...]
     fields: tuple[CompiledField, ...]  # currency before amount: minor_units reads it
     source: str
-    event_pattern: re.Pattern[str] | None = None  # trigger.event_matches, instead of names
+    event_pattern: Regex | None = None  # trigger.event_matches, instead of names
     require: tuple[Condition, ...] = ()  # trigger.require: a failure makes the event invalid
     group: str | None = None  # the first of a group whose conditions hold takes the event
     required: frozenset[str] = field(init=False)

@@ -52,7 +52,8 @@ _TEST_WORDS: dict[str, tuple[str, dict[str, Any]]] = {
     "lt": ("Less than, as exact decimals.", _NUMBER),
     "lte": ("Less than or equal, as exact decimals.", _NUMBER),
     "matches": (
-        "A Python regular expression searched in text values (anchor: ^...$).",
+        "An RE2 regular expression (no backreferences or lookaround) searched in text values "
+        "(anchor: ^...$).",
         {"type": "string"},
     ),
     "not_empty": (
@@ -170,7 +171,10 @@ def _mapping() -> dict[str, Any]:
             },
             "event_matches": {
                 "type": "string",
-                "description": "A regular expression searched in the event name.",
+                "description": (
+                    "An RE2 regular expression (no backreferences or lookaround) searched in "
+                    "the event name."
+                ),
             },
             "type": {"const": "track", "description": "Only track events."},
             "conditions": {

@@ -2,7 +2,9 @@
 
 pydantic reports where an error is as a path of keys and indexes; these helpers
 turn that path back into the line an ops person should look at. Duplicate keys,
-which YAML would silently merge, are collected instead.
+which YAML would silently merge, are collected instead. Aliases (``*name``) are refused:
+each stands for a whole anchored value, so a kilobyte of nested ones stands for billions
+of values, which every later step (validation, copies, golden tests) would walk.
 """
 
 from __future__ import annotations
@@ -106,12 +108,50 @@ class YAMLProblem(ValueError):
         self.line = line
 
 
+ALIAS_REFUSED = (
+    "YAML: an alias (*{anchor}) repeats an anchored value: mapping files take no aliases, "
+    "since a few lines of them can stand for billions of values (hint: write the value out)"
+)
+
+
+def _shares_a_node(root: yaml.Node) -> bool:
+    """Whether a node is reached twice: what an alias makes (the composer hands out the
+    anchored node again). Linear in the text, however many values the aliases stand for."""
+    seen: set[int] = set()
+    pending = [root]
+    while pending:
+        node = pending.pop()
+        if id(node) in seen:
+            return True
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                pending += (key, value)
+        elif isinstance(node, yaml.SequenceNode):
+            pending += node.value
+    return False
+
+
+def _first_alias(text: bytes) -> YAMLProblem:
+    """The refusal, at the first alias of the text (read again: only on this error)."""
+    for event in yaml.parse(text, Loader=_Base):
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1 if event.start_mark else None
+            return YAMLProblem(ALIAS_REFUSED.format(anchor=event.anchor), line)
+    return YAMLProblem(ALIAS_REFUSED.format(anchor="..."), None)  # pragma: no cover
+
+
 def read_yaml(text: bytes) -> tuple[Any, list[tuple[int, Any]]]:
     """(the document with lines kept, duplicate keys as (line, key)); ``YAMLProblem`` if bad."""
     loader = LineLoader(text)
     loader.duplicates = []
     try:
-        return loader.get_single_data(), loader.duplicates
+        node = loader.get_single_node()
+        if node is None:
+            return None, loader.duplicates
+        if _shares_a_node(node):
+            raise _first_alias(text)
+        return loader.construct_document(node), loader.duplicates
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise YAMLProblem(f"YAML: {exc.problem or exc}", mark.line + 1 if mark else None) from exc
