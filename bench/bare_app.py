@@ -19,7 +19,7 @@ import requests
 from flask import Flask, Response, request
 from requests.adapters import HTTPAdapter
 
-from bridge.jsoncodec import dumps, loads
+from bridge.core.jsoncodec import dumps, loads
 
 LEAD_EVENTS = frozenset({"Sign Up", "Signed Up"})
 CONCURRENCY = 8  # the bridge's default BRIDGE_CONCURRENCY

@@ -1,7 +1,7 @@
 """Benchmark 1b: the default mappings written out by hand, the practical limit for Python.
 
 Same input and output as the engine (event JSON text in, Dub body JSON text out), same
-codec (bridge.jsoncodec), the same decimal cents and the same rules that matter on real
+codec (bridge.core.jsoncodec), the same decimal cents and the same rules that matter on real
 traffic (blank counts as missing, userId and order id as text, email pattern, name length,
 metadata size), but no mapping interpreter, no pydantic, no Result objects.
 ``run.py`` checks that its bodies equal the engine's on the whole corpus.
@@ -14,9 +14,9 @@ import re
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from bridge.core.jsoncodec import dumps, loads
 from bridge.dub.currencies import ZERO_DECIMAL_CURRENCIES
 from bridge.dub.fields import EMAIL_RE
-from bridge.jsoncodec import dumps, loads
 
 LEAD_EVENTS = frozenset({"Sign Up", "Signed Up"})
 PROCESSORS = frozenset(

@@ -44,7 +44,7 @@ POSTGRES = "bridge-postgres"  # the ledger in PostgreSQL (DATABASE_URL), when a 
 
 def ledger_switch() -> str | None:
     """The environment variable that turns the bridge's ledger off, if the bridge has one."""
-    from bridge.settings import ENV  # read at run time: the setting may come and go
+    from bridge.core.settings import ENV  # read at run time: the setting may come and go
 
     return ENV.get("ledger")
 

@@ -43,9 +43,9 @@ if __package__ in (None, ""):  # `python bench/mapping.py`: make the `bench` pac
 
 from bench import corpus, handwritten
 from bench.servers import ROOT
-from bridge.jsoncodec import dumps, loads
+from bridge.core.jsoncodec import dumps, loads
 from bridge.mapping.engine import Engine
-from bridge.sources import load_directory as load_mappings
+from bridge.service.mapping_files import load_directory as load_mappings
 
 NODE_DIR = ROOT / "bench" / "node"
 ZERO_DECIMAL = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga"}

@@ -22,7 +22,7 @@ _CHILD = """
 import json, time
 t0, c0 = time.perf_counter(), time.process_time()
 import bridge.web.app
-from bridge.sources import load_directory as load_mappings
+from bridge.service.mapping_files import load_directory as load_mappings
 t1 = time.perf_counter()
 engine = load_mappings(MAPPINGS).engine
 t2, c2 = time.perf_counter(), time.process_time()

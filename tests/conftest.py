@@ -15,10 +15,10 @@ import psycopg
 import pytest
 import responses
 
+from bridge.core.results import LINE_KEYS as _LINE_KEYS
+from bridge.core.settings import Settings
 from bridge.mapping.engine import Engine
-from bridge.results import LINE_KEYS as _LINE_KEYS
-from bridge.settings import Settings
-from bridge.sources import load_directory
+from bridge.service.mapping_files import load_directory
 from bridge.web.app import create_app
 from bridge.web.signing import sign
 from tests.fakedub import FakeDub

@@ -14,9 +14,9 @@ from typing import Any
 
 from flask import Flask
 
+from bridge.core.outcomes import ACTIVE, State
+from bridge.core.settings import Settings
 from bridge.ledger.sqlite import SQLiteLedger
-from bridge.outcomes import ACTIVE, State
-from bridge.settings import Settings
 from tests.fakedub import FakeDub, Key, lead_key, sale_key
 
 REPO = Path(__file__).resolve().parents[1]

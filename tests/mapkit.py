@@ -5,9 +5,9 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
+from bridge.core.results import Result
 from bridge.mapping.engine import Engine
 from bridge.mapping.loader import LoadResult, Source, load_sources
-from bridge.results import Result
 
 SALE_FIELDS = (
     "customerExternalId: $.userId\n  amount: {path: $.properties.revenue, transform: minor_units}"

@@ -19,19 +19,19 @@ import responses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.core.inputs import Item
+from bridge.core.outcomes import DEAD, FINAL, State
+from bridge.core.results import Result
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.ratelimit import SlidingWindow
 from bridge.delivery.retry import RetryPolicy
 from bridge.dub.client import DubClient
-from bridge.inputs import Item
 from bridge.ledger import open_ledger, retention_of
 from bridge.ledger.base import ClaimRequest, Ledger
 from bridge.ledger.memory import MemoryLedger
 from bridge.ledger.sql import SQLLedger
 from bridge.mapping.batch import plan_all
 from bridge.mapping.engine import Engine
-from bridge.outcomes import DEAD, FINAL, State
-from bridge.results import Result
 from bridge.web.app import create_app
 from tests.conftest import DUB, make_settings, order, sale_ok
 from tests.fakedub import FakeDub, Status

@@ -294,7 +294,7 @@ def test_one_boundary_turns_any_bridge_error_into_one_line() -> None:
     import click
 
     from bridge.cli.common import Boundary
-    from bridge.errors import ConfigError, LedgerError, MappingFileError
+    from bridge.core.errors import ConfigError, LedgerError, MappingFileError
     from bridge.mapping.loader import MappingIssue
 
     @click.group(cls=Boundary)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bridge.mapping.conditions import ConditionSpec, compile_condition
 from bridge.mapping.values import json_equal
-from bridge.sources import load_directory
+from bridge.service.mapping_files import load_directory
 
 ABSENT = object()
 

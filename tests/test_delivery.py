@@ -12,17 +12,17 @@ import pytest
 import requests
 import responses
 
+from bridge.core.inputs import Item
+from bridge.core.results import Result
+from bridge.core.settings import Settings
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.ratelimit import SlidingWindow
 from bridge.delivery.retry import RetryPolicy
 from bridge.dub.client import DubClient
-from bridge.inputs import Item
 from bridge.ledger import open_ledger
 from bridge.ledger.base import ClaimRequest, Ledger
 from bridge.mapping.batch import plan_all
 from bridge.mapping.engine import Engine
-from bridge.results import Result
-from bridge.settings import Settings
 from tests.conftest import DUB, lead_ok, order, sale_ok, signup
 from tests.fakes import ManualClock
 

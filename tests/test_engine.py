@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from bridge.items import Unreadable
+from bridge.core.items import Unreadable
+from bridge.core.results import Result
 from bridge.mapping.engine import Engine
-from bridge.results import Result
 from tests.conftest import order, signup
 
 
@@ -278,7 +278,7 @@ def test_malformed_events_are_invalid(engine: Engine, event: Any, error: str) ->
 
 def test_one_event_two_mappings_leads_first(tmp_path: Any) -> None:
     """An event that is both a sign-up and a purchase makes a lead, then a sale."""
-    from bridge.sources import load_directory
+    from bridge.service.mapping_files import load_directory
 
     (tmp_path / "both.yaml").write_text("""
 mappings:

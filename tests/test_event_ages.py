@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.cli import main
-from bridge.items import Item
+from bridge.core.items import Item
+from bridge.core.outcomes import Outcome
 from bridge.mapping.batch import (
     CLOCK_SKEW,
     NO_TIME,
@@ -26,7 +27,6 @@ from bridge.mapping.batch import (
 )
 from bridge.mapping.engine import Engine
 from bridge.mapping.events import SegmentEvent, well_formed
-from bridge.outcomes import Outcome
 from tests.conftest import DUB, order, sale_ok
 from tests.fakes import ManualClock
 

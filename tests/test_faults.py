@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import requests
 
+from bridge.core.outcomes import FINAL, State
 from bridge.ledger.sqlite import SQLiteLedger
-from bridge.outcomes import FINAL, State
 from tests.fakedub import FakeDub, Hold, Key, Reset, Status
 from tests.fakes import ManualClock
 from tests.faultkit import (

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from bridge.cli import main
-from bridge.settings import Settings
-from bridge.startup import check
+from bridge.core.settings import Settings
+from bridge.service.startup import check
 from bridge.web.app import create_app
 from tests.conftest import MAPPINGS, make_settings
 from tests.fakedub import FakeDub

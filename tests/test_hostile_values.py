@@ -13,11 +13,11 @@ import responses
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.core.jsoncodec import JSONEncodeFailure, RawNumber, dumps, loads_repaired
+from bridge.core.masking import mask_emails
 from bridge.dub.endpoints import LEAD, SALE
 from bridge.dub.fields import Metadata
-from bridge.jsoncodec import JSONEncodeFailure, RawNumber, dumps, loads_repaired
 from bridge.mapping.transforms import NAMED, TransformError
-from bridge.masking import mask_emails
 from tests.conftest import DUB, FRESH, sale_ok
 
 

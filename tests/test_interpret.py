@@ -30,12 +30,12 @@ from typing import Any
 import pytest
 import yaml
 
+from bridge.core.outcomes import Outcome
 from bridge.dub.endpoints import ENDPOINTS
 from bridge.mapping.engine import CompiledMapping, Engine
 from bridge.mapping.explain import explain
 from bridge.mapping.paths import simple_steps
-from bridge.outcomes import Outcome
-from bridge.sources import load_directory
+from bridge.service.mapping_files import load_directory
 from tests.mapkit import engine as engine_of
 from tests.test_dub_endpoints import assert_valid, request_schemas
 

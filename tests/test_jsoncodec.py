@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.jsoncodec import REPLACEMENT, loads_repaired
+from bridge.core.jsoncodec import REPLACEMENT, loads_repaired
 
 SURROGATE = re.compile("[\ud800-\udfff]")
 # Text as JavaScript strings may hold it: any code point, lone surrogates included.

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from bridge.clock import SYSTEM
+from bridge.core.clock import SYSTEM
+from bridge.core.outcomes import DEAD, FINAL, FINISHED, TRANSITIONS, State, Via, allowed
+from bridge.core.settings import Settings
 from bridge.delivery.ratelimit import SharedWindow
 from bridge.ledger import Access, open_ledger
 from bridge.ledger.base import (
@@ -25,8 +27,6 @@ from bridge.ledger.base import (
     Retention,
     Sighting,
 )
-from bridge.outcomes import DEAD, FINAL, FINISHED, TRANSITIONS, State, Via, allowed
-from bridge.settings import Settings
 from tests.fakes import ManualClock
 
 BACKENDS = ["sqlite", "memory", "postgres"]

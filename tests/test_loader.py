@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.errors import MappingFileError
-from bridge.sources import load_directory
+from bridge.core.errors import MappingFileError
+from bridge.service.mapping_files import load_directory
 from tests.conftest import MAPPINGS
 
 GOOD_SALE = """\

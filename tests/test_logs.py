@@ -12,8 +12,8 @@ import responses
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bridge.logs import JSONFormatter, configure
-from bridge.masking import mask_emails, mask_value
+from bridge.core.logs import JSONFormatter, configure
+from bridge.core.masking import mask_emails, mask_value
 from tests.conftest import DUB, body_of, order, sale_ok, signup
 
 
@@ -98,9 +98,9 @@ def test_a_call_finishing_after_the_deadline_is_logged_once_at_its_final_outcome
 def test_the_event_line_goes_through_logger_log() -> None:
     """The event line is an ordinary record from Logger.log: handlers and filters see it,
     with its fields in ``extra`` and the level its outcome calls for."""
-    from bridge import eventlog
-    from bridge.outcomes import Outcome
-    from bridge.results import Result
+    from bridge.core import eventlog
+    from bridge.core.outcomes import Outcome
+    from bridge.core.results import Result
 
     seen: list[logging.LogRecord] = []
 
@@ -140,8 +140,8 @@ def test_an_applications_record_factory_makes_the_event_records(
 ) -> None:
     """With a record factory or a logger class of the application's own, every event line's
     record is made by it (the template would freeze what it computes per record)."""
-    from bridge import eventlog
-    from bridge.results import Result
+    from bridge.core import eventlog
+    from bridge.core.results import Result
 
     made: list[int] = []
 
@@ -185,7 +185,7 @@ def test_stray_text_on_stderr_becomes_json_lines() -> None:
     last line the message), and a log handler's JSON line passes unchanged."""
     import traceback
 
-    from bridge.logs import StrayText
+    from bridge.core.logs import StrayText
 
     raw = io.StringIO()
     stray = StrayText(raw)  # type: ignore[arg-type]
@@ -215,7 +215,7 @@ def test_an_uncaught_exception_is_one_json_line(monkeypatch: pytest.MonkeyPatch)
     import sys
     import threading
 
-    from bridge import logs
+    from bridge.core import logs
 
     raw = io.StringIO()
     monkeypatch.setattr(sys, "stderr", raw)
@@ -244,7 +244,7 @@ def test_an_uncaught_exception_is_one_json_line(monkeypatch: pytest.MonkeyPatch)
 def test_whatever_is_written_to_guarded_stderr_comes_out_as_json_lines(chunks: list[str]) -> None:
     """Any text, written in any pieces, comes out of the guard as JSON objects, one a line,
     and no plain line is lost (each non-blank one is a record's message, or inside one)."""
-    from bridge.logs import StrayText
+    from bridge.core.logs import StrayText
 
     raw = io.StringIO()
     stray = StrayText(raw)  # type: ignore[arg-type]

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from bridge.cli import main
-from bridge.errors import MappingFileError
+from bridge.core.errors import MappingFileError
 from bridge.ledger import open_ledger
 from bridge.ledger.base import Ledger
 from bridge.ledger.migrations import MIGRATIONS, schema_table
 from bridge.mapping.loader import Source, load_sources
-from bridge.store import MappingStore
+from bridge.service.store import MappingStore
 from bridge.web.app import create_app
 from tests.conftest import MAPPINGS, make_settings
 from tests.fakes import ManualClock

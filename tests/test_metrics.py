@@ -14,8 +14,8 @@ import pytest
 import responses
 import yaml
 
-from bridge.errors import LedgerError, SettingsError
-from bridge.settings import Settings
+from bridge.core.errors import LedgerError, SettingsError
+from bridge.core.settings import Settings
 from bridge.web.app import create_app
 from bridge.web.scrape import CLOSED
 from tests.conftest import DUB, MAPPINGS, body_of, make_settings, order, sale_ok

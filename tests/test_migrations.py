@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
 from bridge.ledger.base import COUNTED_FOR, Retention, Sighting
 from bridge.ledger.migrations import MIGRATIONS, schema_table
-from bridge.settings import Settings
 from tests.fakes import ManualClock
 
 Run = Callable[..., None]  # (SQL with ? placeholders, *values)

@@ -18,11 +18,11 @@ import responses
 from click.testing import CliRunner
 
 from bridge.cli import main
-from bridge.errors import MappingFileError
+from bridge.core.errors import MappingFileError
+from bridge.core.logs import JSONFormatter
+from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
-from bridge.logs import JSONFormatter
-from bridge.settings import Settings
-from bridge.store import MappingStore
+from bridge.service.store import MappingStore
 from bridge.web.app import create_app
 from tests.conftest import DUB, MAPPINGS, body_of, make_settings, order, sale_ok
 from tests.fakes import ManualClock

@@ -18,12 +18,12 @@ from click.testing import CliRunner
 from psycopg_pool.base import AttemptWithBackoff
 
 from bridge.cli import main
-from bridge.errors import LedgerConfigError, LedgerError
+from bridge.core.errors import LedgerConfigError, LedgerError
+from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
 from bridge.ledger.migrations import LATEST
 from bridge.ledger.postgres import PROBE_SECONDS
 from bridge.ledger.sql import SQLLedger
-from bridge.settings import Settings
 from bridge.web.app import create_app
 from tests.conftest import DUB, MAPPINGS, fresh_database, order, pg_base_url, sale_ok
 from tests.fakes import ManualClock

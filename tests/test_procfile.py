@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
-from bridge.settings import Settings
 from tests import procs
 from tests.fakedub import FakeDub
 from tests.procs import REPO, ProcfileWeb, clean_env, json_lines

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import requests
 
+from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
 from bridge.mapping.loader import Source, load_sources
-from bridge.settings import Settings
 from tests.fakedub import FakeDub, Hold
 from tests.faultkit import key_for, mixed_batch
 from tests.procs import REPO, ProcfileWeb, clean_env, json_lines

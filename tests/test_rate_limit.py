@@ -15,17 +15,17 @@ import urllib3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.core.errors import LedgerError, SettingsError
+from bridge.core.inputs import Item
+from bridge.core.settings import Settings
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.ratelimit import SharedWindow
 from bridge.delivery.retry import RetryPolicy
 from bridge.dub.client import DubAnswer, DubClient, Failure
-from bridge.errors import LedgerError, SettingsError
-from bridge.inputs import Item
 from bridge.ledger.memory import MemoryLedger
 from bridge.mapping.batch import plan_all
 from bridge.mapping.engine import Engine
-from bridge.settings import Settings
-from bridge.wiring import rate_limiter
+from bridge.service.wiring import rate_limiter
 from tests.conftest import DUB, order, sale_ok
 from tests.fakes import ManualClock
 

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.errors import NoEvents
-from bridge.inputs import events_in, repair_note
-from bridge.items import Item, Unreadable
-from bridge.jsoncodec import JSONDecodeFailure, loads_repaired
+from bridge.core.errors import NoEvents
+from bridge.core.inputs import events_in, repair_note
+from bridge.core.items import Item, Unreadable
+from bridge.core.jsoncodec import JSONDecodeFailure, loads_repaired
 from bridge.reader import layout, lines, read_file, records, scan
 
 EVENT = (

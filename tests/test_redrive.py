@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import responses
 
-from bridge.inputs import Item
+from bridge.core.inputs import Item
+from bridge.core.settings import Settings
 from bridge.ledger import Access, open_ledger
 from bridge.mapping.batch import plan_all
-from bridge.settings import Settings
-from bridge.sources import load_directory
-from bridge.wiring import build_deliverer
+from bridge.service.mapping_files import load_directory
+from bridge.service.wiring import build_deliverer
 from tests.conftest import DUB, MAPPINGS, lead_ok, order, sale_ok, signup
 
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bridge.store import MappingStore
+from bridge.service.store import MappingStore
 from bridge.web.app import create_app
 from tests.conftest import MAPPINGS, make_settings
 

@@ -23,10 +23,10 @@ import responses
 
 from bridge.cli import replay_jobs
 from bridge.cli.replay import SEND_IN_ONE
-from bridge.jsoncodec import dumps
+from bridge.core.jsoncodec import dumps
+from bridge.core.outcomes import Outcome
 from bridge.mapping.batch import plan_all
 from bridge.mapping.engine import Engine
-from bridge.outcomes import Outcome
 from tests.conftest import DUB, MAPPINGS, order, sale_ok, signup
 from tests.test_cli import run
 from tests.test_reader import ODD_INPUTS, read_whole

@@ -9,8 +9,8 @@ import pytest
 
 from bridge.cli import summary as summary_module
 from bridge.cli.summary import Progress, Summary
-from bridge.outcomes import Outcome
-from bridge.results import Result
+from bridge.core.outcomes import Outcome
+from bridge.core.results import Result
 from tests.conftest import LINE_KEYS, SAMPLES
 from tests.test_cli import lines, run
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.core.outcomes import Outcome
 from bridge.mapping.conditions import as_version
 from bridge.mapping.explain import explain, explain_text
-from bridge.outcomes import Outcome
 from tests.mapkit import engine, errors, load
 
 BASE = {"type": "track", "messageId": "m1", "userId": "u1"}

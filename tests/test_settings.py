@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.errors import ConfigError, MappingFileError, SettingsError
-from bridge.settings import ENV, Settings
+from bridge.core.errors import ConfigError, MappingFileError, SettingsError
+from bridge.core.settings import ENV, Settings
 from bridge.web.app import create_app
 
 

@@ -14,18 +14,18 @@ from typing import Any
 import pytest
 import responses
 
+from bridge.core.inputs import Item
+from bridge.core.outcomes import State
+from bridge.core.settings import Settings
 from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.outbox import Outbox
 from bridge.delivery.retry import RetryPolicy
-from bridge.inputs import Item
 from bridge.ledger import open_ledger
 from bridge.ledger.base import COUNTED_FOR, ClaimRequest, Ledger
 from bridge.mapping.batch import plan_all
 from bridge.mapping.engine import Engine
-from bridge.outcomes import State
-from bridge.settings import Settings
+from bridge.service.wiring import build_deliverer
 from bridge.web.app import create_app
-from bridge.wiring import build_deliverer
 from tests.conftest import DUB, MAPPINGS, lead_ok, order, sale_ok, signup
 from tests.fakes import ManualClock
 

@@ -24,9 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.cli import main
-from bridge.delivery.redrive import redrive
+from bridge.core.outcomes import State
 from bridge.ledger import retention_of
-from bridge.outcomes import State
+from bridge.service.redrive import redrive
 from bridge.web.signing import event_texts, sign, signature_key
 from tests.conftest import DUB, SECRET, lead_ok, make_settings, order, sale_ok, signup
 from tests.fakes import ManualClock

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bridge.core.outcomes import State
+from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
 from bridge.ledger.base import ClaimRequest, Retention
-from bridge.outcomes import State
-from bridge.settings import Settings
 from tests.fakes import ManualClock
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bridge.mapping.explain import explain
-from bridge.sources import load_directory
+from bridge.service.mapping_files import load_directory
 from tests.conftest import MAPPINGS, SAMPLES, order
 from tests.test_cli import lines, run
 

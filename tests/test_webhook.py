@@ -12,8 +12,8 @@ import pytest
 import requests
 import responses
 
-from bridge.outcomes import Outcome
-from bridge.results import Result
+from bridge.core.outcomes import Outcome
+from bridge.core.results import Result
 from bridge.web.answers import MAX_ANSWER_BYTES, summarize
 from bridge.web.app import create_app
 from bridge.web.signing import first_element_texts, sign, verify

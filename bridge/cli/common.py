@@ -18,11 +18,11 @@ from typing import Any, NoReturn
 
 import click
 
-from ..errors import BridgeError, ConfigError, MappingFileError
+from ..core.errors import BridgeError, ConfigError, MappingFileError
+from ..core.settings import Settings
 from ..ledger import Access, Ledger, open_ledger
 from ..mapping.engine import Engine
-from ..settings import Settings
-from ..sources import load_directory
+from ..service.mapping_files import load_directory
 
 USAGE = 2
 PROBLEMS = 1

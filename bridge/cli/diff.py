@@ -15,15 +15,15 @@ from typing import Any
 
 import click
 
-from ..errors import MappingFileError
+from ..core.errors import MappingFileError
+from ..core.masking import mask_value
+from ..core.outcomes import Outcome
+from ..core.results import Result
 from ..mapping.engine import Engine
 from ..mapping.loader import Source, load_sources
 from ..mapping.values import MISSING, json_equal
-from ..masking import mask_value
-from ..outcomes import Outcome
 from ..reader import read_file
-from ..results import Result
-from ..sources import load_directory
+from ..service.mapping_files import load_directory
 from .common import fail, mappings_option, settings_for
 
 

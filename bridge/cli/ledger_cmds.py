@@ -7,14 +7,14 @@ from datetime import datetime
 
 import click
 
-from .. import logs
-from ..delivery.redrive import redrive as run_redrive
-from ..errors import BridgeError
-from ..jsoncodec import dumps_exact, dumps_str
+from ..core import logs
+from ..core.errors import BridgeError
+from ..core.jsoncodec import dumps_exact, dumps_str
+from ..core.outcomes import NEEDS_PERSON, RETRY
+from ..core.settings import Settings
 from ..ledger import Access, Ledger, open_ledger
-from ..outcomes import NEEDS_PERSON, RETRY
-from ..settings import Settings
-from ..wiring import build_deliverer
+from ..service.redrive import redrive as run_redrive
+from ..service.wiring import build_deliverer
 from .common import (
     configured,
     engine_of,

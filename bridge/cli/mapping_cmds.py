@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..sources import load_directory
+from ..service.mapping_files import load_directory
 from .common import PROBLEMS, settings
 
 

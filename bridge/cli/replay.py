@@ -18,17 +18,17 @@ from typing import IO
 
 import click
 
-from .. import logs
-from ..errors import BridgeError
-from ..items import Item
-from ..jsoncodec import dumps
+from ..core import logs
+from ..core.errors import BridgeError
+from ..core.items import Item
+from ..core.jsoncodec import dumps
+from ..core.outcomes import NEEDS_PERSON, RETRY, Outcome
+from ..core.settings import Settings
 from ..ledger import Access, open_ledger
 from ..mapping.batch import plan_all
 from ..mapping.engine import Engine
-from ..outcomes import NEEDS_PERSON, RETRY, Outcome
 from ..reader import Record, Wait, decode, read_records
-from ..settings import Settings
-from ..wiring import build_deliverer
+from ..service.wiring import build_deliverer
 from .common import PROBLEMS, configured, engine_of, fail, mappings_option, settings_for
 from .replay_jobs import Done, WorkerFailed, dry_run
 from .summary import Progress, Summary

@@ -26,14 +26,14 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BridgeError
-from ..jsoncodec import dumps
+from ..core.errors import BridgeError
+from ..core.jsoncodec import dumps
+from ..core.outcomes import Outcome
+from ..core.results import Result
 from ..mapping.batch import plan_all
 from ..mapping.engine import Engine
-from ..outcomes import Outcome
 from ..reader import WAIT, Record, Wait, decode, weight
-from ..results import Result
-from ..sources import load_directory
+from ..service.mapping_files import load_directory
 from .summary import Tally
 
 CHUNK_BYTES = 1 << 20  # a chunk of input (about 800 Segment events) handed on at once

@@ -12,8 +12,8 @@ from .common import settings
 @click.option("--port", default=8000, show_default=True, type=int)
 def serve(host: str, port: int) -> None:
     """Run the webhook locally (production runs gunicorn from the Procfile)."""
+    from ..service.wiring import require_api_key, require_signing
     from ..web.app import create_app
-    from ..wiring import require_api_key, require_signing
 
     config = settings()
     require_api_key(config)

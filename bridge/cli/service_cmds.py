@@ -16,11 +16,11 @@ from pathlib import Path
 
 import click
 
-from ..errors import BridgeError, MappingFileError
+from ..core.errors import BridgeError, MappingFileError
 from ..ledger import Access, Ledger, open_ledger
 from ..mapping.loader import load_sources
-from ..sources import read_directory
-from ..startup import check as startup_check
+from ..service.mapping_files import read_directory
+from ..service.startup import check as startup_check
 from .common import PROBLEMS, configured, fail, settings
 
 

@@ -19,9 +19,9 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from ..core.outcomes import Outcome
+from ..core.results import Result
 from ..mapping.engine import NO_MAPPING
-from ..outcomes import Outcome
-from ..results import Result
 
 MAX_KEYS = 10_000
 TOP = 5

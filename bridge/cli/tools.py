@@ -10,15 +10,15 @@ from typing import BinaryIO
 
 import click
 
-from ..items import Item
-from ..jsoncodec import dumps_str
+from ..core.items import Item
+from ..core.jsoncodec import dumps_str
 from ..mapping.batch import plan_all
 from ..mapping.explain import explain as explain_event
 from ..mapping.explain import explain_text
 from ..mapping.goldens import GoldenCase, check
 from ..mapping.schema import mapping_schema
 from ..reader import read_file
-from ..sources import load_directory
+from ..service.mapping_files import load_directory
 from ..web.signing import sign as sign_body
 from .common import PROBLEMS, engine_of, fail, mappings_option, settings, settings_for
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..core.outcomes import DEAD, FINAL, STATE_AFTER, Outcome, State
 from ..dub.client import DubAnswer, Failure
 from ..dub.endpoints import Endpoint
 from ..ledger.base import LeadStatus
-from ..outcomes import DEAD, FINAL, STATE_AFTER, Outcome, State
 
 # Dub answers these when a retry may succeed; every other 4xx is final.
 TRANSIENT_STATUSES = frozenset({408, 429})

@@ -19,15 +19,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..clock import SYSTEM, Clock
+from ..core.clock import SYSTEM, Clock
+from ..core.errors import LedgerError
+from ..core.eventlog import log_result
+from ..core.metrics import metrics
+from ..core.outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
+from ..core.results import Result
 from ..dub.client import DubAnswer, DubClient
 from ..dub.endpoints import ENDPOINTS, Endpoint
-from ..errors import LedgerError
-from ..eventlog import log_result
 from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger
-from ..metrics import metrics
-from ..outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
-from ..results import Result
 from .decide import classify, decide, may_have_reached, refused
 from .ratelimit import RateLimiter
 from .repeats import repeats, settle

@@ -14,11 +14,11 @@ import logging
 import random
 from collections import Counter
 
-from ..clock import SYSTEM, Clock
+from ..core.clock import SYSTEM, Clock
+from ..core.outcomes import RETRY, Outcome
+from ..core.results import Result
 from ..dub.endpoints import ENDPOINTS
 from ..ledger.base import Ledger, Row
-from ..outcomes import RETRY, Outcome
-from ..results import Result
 from .deliverer import Deliverer
 
 log = logging.getLogger("bridge.outbox")

@@ -19,11 +19,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..clock import SYSTEM, Clock
+from ..core.clock import SYSTEM, Clock
+from ..core.errors import LedgerError
+from ..core.metrics import metrics
 from ..dub.client import DubAnswer, Failure
-from ..errors import LedgerError
 from ..ledger.base import Ledger
-from ..metrics import metrics
 
 WINDOW = 60.0
 log = logging.getLogger("bridge.delivery")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..eventlog import log_result
-from ..outcomes import RETRY, Outcome
-from ..results import Result
+from ..core.eventlog import log_result
+from ..core.outcomes import RETRY, Outcome
+from ..core.results import Result
 
 
 def repeats(results: Sequence[Result]) -> dict[int, int]:

@@ -17,8 +17,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError
 
 from .. import __version__
-from ..jsoncodec import dumps, loads
-from ..metrics import labelled, metrics
+from ..core.jsoncodec import dumps, loads
+from ..core.metrics import labelled, metrics
 from .endpoints import Endpoint
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, create_model
 
-from ..masking import mask_value
-from ..outcomes import Outcome
+from ..core.masking import mask_value
+from ..core.outcomes import Outcome
 from .fields import (
     EVENT_NAME_MAX,
     NAME_MAX,

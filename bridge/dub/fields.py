@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-from ..jsoncodec import REPLACEMENT, JSONEncodeFailure, dumps_str
+from ..core.jsoncodec import REPLACEMENT, JSONEncodeFailure, dumps_str
 from .currencies import CURRENCY_RE, MAX_MINOR_UNITS
 
 # Dub's own email pattern (track-openapi.json), so we drop exactly what Dub would refuse.

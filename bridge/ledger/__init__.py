@@ -13,9 +13,9 @@ from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
-from ..clock import SYSTEM, Clock
-from ..errors import LedgerConfigError, LedgerError
-from ..settings import Settings
+from ..core.clock import SYSTEM, Clock
+from ..core.errors import LedgerConfigError, LedgerError
+from ..core.settings import Settings
 from .base import VOUCH_MARGIN, Claim, ClaimRequest, LeadStatus, Ledger, Retention, Row, Sighting
 from .memory import MemoryLedger
 from .sql import SQLLedger

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
-from ..outcomes import FINISHED, TRANSITIONS, State, Via
+from ..core.outcomes import FINISHED, TRANSITIONS, State, Via
 from .migrations import Migration, SchemaStatus
 
 # A slot is taken right before its call, which reaches Dub within this (the connect

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..jsoncodec import JSONEncodeFailure, dumps_exact, dumps_str, loads
+from ..core.jsoncodec import JSONEncodeFailure, dumps_exact, dumps_str, loads
 
 
 def stored(value: Any) -> str | None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from ..clock import SYSTEM, Clock
-from ..poller import Poller
+from ..core.clock import SYSTEM, Clock
+from ..core.poller import Poller
 from .base import Ledger, Retention
 
 log = logging.getLogger("bridge.ledger")

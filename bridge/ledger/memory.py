@@ -13,9 +13,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..clock import SYSTEM, Clock
-from ..jsoncodec import loads
-from ..outcomes import (
+from ..core.clock import SYSTEM, Clock
+from ..core.jsoncodec import loads
+from ..core.outcomes import (
     ACTIVE,
     CLAIMABLE,
     DEAD,

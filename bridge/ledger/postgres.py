@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import psycopg
 import psycopg_pool
 
-from ..clock import SYSTEM, Clock
-from ..errors import LedgerError
+from ..core.clock import SYSTEM, Clock
+from ..core.errors import LedgerError
 from .sql import DB, Cursor, SQLLedger
 
 T = TypeVar("T")

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
-from ..clock import Clock
-from ..outcomes import ACTIVE, DEAD, FINAL, State, Via, sources
+from ..core.clock import Clock
+from ..core.outcomes import ACTIVE, DEAD, FINAL, State, Via, sources
 from . import migrations
 from .base import (
     RECORDED,

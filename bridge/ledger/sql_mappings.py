@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from ..clock import Clock
-from ..jsoncodec import dumps_str, loads
+from ..core.clock import Clock
+from ..core.jsoncodec import dumps_str, loads
 from .base import Activation, MappingSet
 
 T = TypeVar("T")

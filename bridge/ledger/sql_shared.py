@@ -9,8 +9,8 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..clock import Clock
-from ..jsoncodec import dumps_str, loads
+from ..core.clock import Clock
+from ..core.jsoncodec import dumps_str, loads
 from .base import COUNTED_FOR, Sighting, Slots, room
 from .statements import PAUSE, TAKE_SLOTS
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..clock import SYSTEM, Clock
-from ..errors import LedgerError
+from ..core.clock import SYSTEM, Clock
+from ..core.errors import LedgerError
 from .base import Retention
 from .migrations import Migration
 from .sql import DB, SQLLedger

@@ -7,7 +7,7 @@ of its own.
 
 from __future__ import annotations
 
-from ..outcomes import (
+from ..core.outcomes import (
     CLAIMABLE,
     DEAD,
     REDRIVABLE,

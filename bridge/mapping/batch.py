@@ -10,9 +10,9 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ..items import Item
-from ..outcomes import Outcome
-from ..results import Result
+from ..core.items import Item
+from ..core.outcomes import Outcome
+from ..core.results import Result
 from .engine import Engine
 
 # Where an event says when it happened, most trusted first: Segment's own clock when it

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..masking import mask_value
+from ..core.masking import mask_value
 from .paths import CompiledPath, cached_path, check_path
 from .transforms import is_empty
 from .values import (

@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..core.items import Unreadable
+from ..core.outcomes import Outcome
+from ..core.results import Result
 from ..dub.endpoints import Endpoint
-from ..items import Unreadable
-from ..outcomes import Outcome
-from ..results import Result
 from .conditions import Condition
 from .events import SegmentEvent, describe_validation_error, well_formed
 from .fields import CompiledField, FieldProblem

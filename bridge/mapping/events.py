@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..masking import mask_value
+from ..core.masking import mask_value
 
 
 class SegmentEvent(BaseModel):

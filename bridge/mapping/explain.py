@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..masking import mask_value
-from ..results import Result
+from ..core.masking import mask_value
+from ..core.results import Result
 from .engine import CompiledMapping, Engine
 from .interpret import Steps
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from ..masking import mask_value
+from ..core.masking import mask_value
 from .paths import CompiledPath
 from .sums import Sum, SumError
 from .templates import Template

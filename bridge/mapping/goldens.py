@@ -24,9 +24,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..jsoncodec import JSONEncodeFailure, dumps_str
-from ..outcomes import Outcome
-from ..results import Result
+from ..core.jsoncodec import JSONEncodeFailure, dumps_str
+from ..core.outcomes import Outcome
+from ..core.results import Result
 from .values import MISSING, check_json, json_equal
 from .yamlread import line_of
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..outcomes import Outcome
-from ..results import Result
+from ..core.outcomes import Outcome
+from ..core.results import Result
 from .fields import FieldProblem
 from .paths import PathEvalError
 from .values import MISSING

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..core.errors import MappingFileError, MappingIssue
 from ..dub.endpoints import DUB_FIELDS, ENDPOINTS
 from ..dub.fields import FieldRejected
-from ..errors import MappingFileError, MappingIssue
 from . import conditions
 from .compiler import compile_mapping
 from .engine import CompiledMapping, Engine, Exclude

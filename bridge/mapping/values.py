@@ -17,8 +17,8 @@ from typing import Annotated, Any
 import re2
 from pydantic import AfterValidator
 
-from ..jsoncodec import JSONEncodeFailure, dumps_str
-from ..masking import mask_value
+from ..core.jsoncodec import JSONEncodeFailure, dumps_str
+from ..core.masking import mask_value
 from .amounts import AmountError, to_decimal
 
 

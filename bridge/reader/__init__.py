@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..items import Item
+from ..core.items import Item
 from .layout import LINES, classify, document_parts
 from .lines import line_blocks
 from .records import MAX_EVENT_BYTES, WAIT, Problem, Record, Wait, decode, weight

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from ..inputs import BATCH_NOT_ARRAY, NO_EVENTS
-from ..jsoncodec import loads_lenient, loads_repaired
+from ..core.inputs import BATCH_NOT_ARRAY, NO_EVENTS
+from ..core.jsoncodec import loads_lenient, loads_repaired
 from .records import MAX_EVENT_BYTES, Parts, Problem, Record
 from .scan import BLOCK, Malformed, TooLong, Window
 

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count
 
-from ..inputs import repair_note
-from ..items import Item, Unreadable
-from ..jsoncodec import JSONDecodeFailure, Repair, loads_lenient, loads_repaired
+from ..core.inputs import repair_note
+from ..core.items import Item, Unreadable
+from ..core.jsoncodec import JSONDecodeFailure, Repair, loads_lenient, loads_repaired
 
 MAX_EVENT_BYTES = 8 << 20  # one line or one event of a document; Segment's limit is 32 KB
 TOO_LONG = f"longer than {MAX_EVENT_BYTES >> 20} MiB: not read (Segment's events are at most 32 KB)"

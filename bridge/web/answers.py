@@ -15,10 +15,10 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from ..jsoncodec import dumps
-from ..masking import mask_emails
-from ..outcomes import QUIET, Outcome
-from ..results import Result
+from ..core.jsoncodec import dumps
+from ..core.masking import mask_emails
+from ..core.outcomes import QUIET, Outcome
+from ..core.results import Result
 
 MAX_ANSWER_BYTES = 8 * 1024
 REASON_MAX = 160

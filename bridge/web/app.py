@@ -12,11 +12,11 @@ import logging
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from .. import logs
-from ..clock import SYSTEM, Clock
-from ..errors import BridgeError, PayloadTooLarge
-from ..settings import Settings
-from ..wiring import UNSIGNED_WARNING, build_service
+from ..core import logs
+from ..core.clock import SYSTEM, Clock
+from ..core.errors import BridgeError, PayloadTooLarge
+from ..core.settings import Settings
+from ..service.wiring import UNSIGNED_WARNING, build_service
 from . import requests, scrape
 from .health import health
 from .responses import json_response

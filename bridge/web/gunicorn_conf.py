@@ -27,7 +27,7 @@ _MADE_METRICS_DIR: list[str] = []
 
 
 def on_starting(server: Any) -> None:
-    from .. import logs
+    from ..core import logs
 
     logs.guard_stderr()  # before any worker forks: they inherit it
     # Before anything imports prometheus_client: it picks its storage when first imported,
@@ -37,9 +37,9 @@ def on_starting(server: Any) -> None:
         _MADE_METRICS_DIR.append(made)
         os.environ[MULTIPROC_ENV] = made
 
-    from ..errors import ConfigError
-    from ..settings import Settings
-    from ..startup import check
+    from ..core.errors import ConfigError
+    from ..core.settings import Settings
+    from ..service.startup import check
 
     try:
         report = check(Settings.from_env())

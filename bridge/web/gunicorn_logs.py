@@ -8,7 +8,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from ..logs import JSONFormatter
+from ..core.logs import JSONFormatter
 
 access_log = logging.getLogger("bridge.access")
 

@@ -20,9 +20,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import logs
-from ..errors import ConfigError
-from ..settings import Settings
+from ..core import logs
+from ..core.errors import ConfigError
+from ..core.settings import Settings
 
 log = logging.getLogger("bridge.start")
 

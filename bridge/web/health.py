@@ -15,8 +15,8 @@ import threading
 
 from flask import Blueprint, Response, current_app
 
-from ..errors import LedgerError
-from ..wiring import Service
+from ..core.errors import LedgerError
+from ..service.wiring import Service
 from .responses import json_response
 from .scrape import scrape
 

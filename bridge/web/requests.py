@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, request
 
-from ..clock import SYSTEM, Clock
-from ..logs import REQUEST_ID
-from ..metrics import labelled, metrics
+from ..core.clock import SYSTEM, Clock
+from ..core.logs import REQUEST_ID
+from ..core.metrics import labelled, metrics
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

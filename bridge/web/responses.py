@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Response
 
-from ..jsoncodec import dumps
+from ..core.jsoncodec import dumps
 
 
 def json_response(

@@ -14,10 +14,10 @@ from typing import Any
 
 from flask import Response, current_app, request
 
+from ..core.metrics import LedgerRows, exposition
+from ..core.settings import Settings
 from ..ledger.postgres import describe
-from ..metrics import LedgerRows, exposition
-from ..settings import Settings
-from ..wiring import Service
+from ..service.wiring import Service
 from .responses import json_response
 
 CLOSED = (

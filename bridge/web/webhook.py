@@ -18,13 +18,13 @@ import math
 
 from flask import Blueprint, Response, current_app, request
 
-from ..errors import InvalidSignature, PayloadTooLarge, ServiceUnavailable, UnsupportedEncoding
-from ..inputs import Item, parse_body
+from ..core.errors import InvalidSignature, PayloadTooLarge, ServiceUnavailable, UnsupportedEncoding
+from ..core.inputs import Item, parse_body
+from ..core.outcomes import RETRY, Outcome
+from ..core.results import Result
 from ..ledger.base import VOUCH_MARGIN, Sighting
 from ..mapping.batch import event_time, plan_all
-from ..outcomes import RETRY, Outcome
-from ..results import Result
-from ..wiring import Service
+from ..service.wiring import Service
 from .answers import summarize
 from .requests import unavailable
 from .responses import json_response

@@ -152,7 +152,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self.max_body = 4 * 1024 * 1024
 
     def init_process(self) -> None:
-        from ..settings import Settings  # the master checked them already
+        from ..core.settings import Settings  # the master checked them already
 
         self.max_body = Settings.from_env().max_body_bytes
         super().init_process()

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import BridgeError, ConfigError, MappingFileError
-from .ledger import Access, Ledger, open_ledger
-from .settings import Settings
-from .sources import load_directory
+from ..core.errors import BridgeError, ConfigError, MappingFileError
+from ..core.settings import Settings
+from ..ledger import Access, Ledger, open_ledger
+from .mapping_files import load_directory
 from .store import PUBLISHED, Degraded, choose_start
 from .wiring import (
     UNSIGNED_WARNING,

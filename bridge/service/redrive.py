@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..core.masking import mask_value
+from ..core.outcomes import Outcome, State
+from ..core.results import Result
+from ..delivery.deliverer import Deliverer
 from ..ledger.base import Ledger, Row
 from ..mapping.engine import Engine
-from ..masking import mask_value
-from ..outcomes import Outcome, State
-from ..results import Result
-from .deliverer import Deliverer
 
 
 def redrive(

@@ -7,16 +7,16 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from .clock import SYSTEM, Clock
-from .delivery.deliverer import Deliverer
-from .delivery.outbox import Outbox
-from .delivery.ratelimit import RateLimiter, SharedWindow, SlidingWindow
-from .dub.client import DubClient
-from .errors import ConfigError
-from .ledger import Access, Ledger, open_ledger, retention_of
-from .ledger.maintenance import Maintenance
-from .poller import Poller
-from .settings import Settings
+from ..core.clock import SYSTEM, Clock
+from ..core.errors import ConfigError
+from ..core.poller import Poller
+from ..core.settings import Settings
+from ..delivery.deliverer import Deliverer
+from ..delivery.outbox import Outbox
+from ..delivery.ratelimit import RateLimiter, SharedWindow, SlidingWindow
+from ..dub.client import DubClient
+from ..ledger import Access, Ledger, open_ledger, retention_of
+from ..ledger.maintenance import Maintenance
 from .store import MappingStore
 
 OUTBOX_POLL_SECONDS = 30.0

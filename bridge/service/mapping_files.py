@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import MappingFileError, MappingIssue
-from .mapping.engine import Engine
-from .mapping.loader import LoadResult, Source, load_sources
+from ..core.errors import MappingFileError, MappingIssue
+from ..mapping.engine import Engine
+from ..mapping.loader import LoadResult, Source, load_sources
 
 
 def mapping_files(directory: Path) -> list[Path]:

@@ -20,14 +20,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
-from .clock import SYSTEM, Clock
-from .errors import LedgerError, MappingFileError, MappingIssue
-from .ledger.base import Activation, Ledger, MappingSet
-from .mapping.engine import Engine
-from .mapping.loader import Source, load_sources
-from .metrics import metrics, set_mapping_version
-from .poller import Poller
-from .sources import mapping_files, read_directory
+from ..core.clock import SYSTEM, Clock
+from ..core.errors import LedgerError, MappingFileError, MappingIssue
+from ..core.metrics import metrics, set_mapping_version
+from ..core.poller import Poller
+from ..ledger.base import Activation, Ledger, MappingSet
+from ..mapping.engine import Engine
+from ..mapping.loader import Source, load_sources
+from .mapping_files import mapping_files, read_directory
 
 log = logging.getLogger("bridge.reload")
 T = TypeVar("T")
