@@ -23,7 +23,7 @@ from ..core.clock import SYSTEM, Clock
 from ..core.errors import LedgerError
 from ..core.metrics import metrics
 from ..dub.client import DubAnswer, Failure
-from ..ledger.base import Ledger
+from ..ledger.base import RateWindow
 
 WINDOW = 60.0
 log = logging.getLogger("bridge.delivery")
@@ -118,7 +118,7 @@ class SharedWindow:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: RateWindow,
         key: str,
         per_minute: int,
         *,

@@ -179,12 +179,9 @@ class Retention:
     signatures: float = math.inf
 
 
-class Ledger(Protocol):
-    """Where every (messageId, mapping) stands; safe across threads, and across processes
-    and instances where ``shared_across_processes``."""
-
-    kind: str
-    shared_across_processes: bool
+class Deliveries(Protocol):
+    """Where every (messageId, mapping) stands: claims before calls, outcomes after, and
+    what the outbox, redrive and people read."""
 
     # --- claims and outcomes ----------------------------------------------------------------
 
@@ -256,11 +253,9 @@ class Ledger(Protocol):
         """Unsettled rows first seen before then, whose backoff has passed, that nobody
         holds: what the outbox sends now, oldest first."""
 
-    # --- across instances -------------------------------------------------------------------
 
-    def exclusive(self, name: str) -> AbstractContextManager[bool]:
-        """Hold the named lock across every instance for the block: True when held, False
-        when another process has it (then do nothing)."""
+class RateWindow(Protocol):
+    """Dub's per-key rate limit, one window shared by every process and instance."""
 
     def take_slots(
         self, key: str, per_minute: int, count: int, *, per_second: int | None = None
@@ -276,14 +271,18 @@ class Ledger(Protocol):
     def pause(self, key: str, until: float) -> None:
         """No slot of ``key`` is given before ``until`` (Dub said so, with a 429)."""
 
-    # --- signatures -------------------------------------------------------------------------
+
+class Signatures(Protocol):
+    """What each batch signature vouched for when any instance first saw it."""
 
     def vouch(self, key: str, sighting: Sighting) -> Sighting:
         """What a signature vouches for: what it came with the first time any instance saw
         it (this sighting, when it is new). A signature first seen by the release before
         (which kept messageIds only) vouches for no content: ``digests`` is empty."""
 
-    # --- mapping sets -----------------------------------------------------------------------
+
+class MappingSets(Protocol):
+    """Mapping sets kept by version: the last good one, and the one published to all."""
 
     def keep_mapping_set(self, version: str, files: Sequence[tuple[str, str]], origin: str) -> None:
         """Remember a set that loaded cleanly (again): the last good one survives restarts."""
@@ -307,6 +306,18 @@ class Ledger(Protocol):
 
     def activations(self, limit: int = 20) -> list[Activation]:
         """The latest activations, newest first."""
+
+
+class Ledger(Deliveries, RateWindow, Signatures, MappingSets, Protocol):
+    """The four roles in one store; safe across threads, and across processes and
+    instances where ``shared_across_processes``."""
+
+    kind: str
+    shared_across_processes: bool
+
+    def exclusive(self, name: str) -> AbstractContextManager[bool]:
+        """Hold the named lock across every instance for the block: True when held, False
+        when another process has it (then do nothing)."""
 
     # --- housekeeping -----------------------------------------------------------------------
 
