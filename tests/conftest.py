@@ -21,9 +21,12 @@ from bridge.mapping.engine import Engine
 from bridge.service.mapping_files import load_directory
 from bridge.web.app import create_app
 from bridge.web.signing import sign
-from tests.fakedub import FakeDub
-from tests.fakes import ManualClock
-from tests.faultkit import Bridge, fault_settings
+from tests.helpers.fakedub import FakeDub
+from tests.helpers.fakes import ManualClock
+from tests.helpers.faultkit import Bridge, fault_settings
+
+# The ledger fixtures (every backend), shared by the ledger contract files.
+pytest_plugins = ["tests.helpers.ledgers"]
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPPINGS = ROOT / "mappings"

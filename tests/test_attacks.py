@@ -21,9 +21,9 @@ from click.testing import CliRunner
 
 from bridge.cli import main
 from bridge.web.signing import sign
-from tests.fakedub import FakeDub, Status
-from tests.faultkit import key_for, lead_event, sale_event
-from tests.procs import REPO, ProcfileWeb, clean_env, json_lines
+from tests.helpers.fakedub import FakeDub, Status
+from tests.helpers.faultkit import key_for, lead_event, sale_event
+from tests.helpers.procs import REPO, ProcfileWeb, clean_env, json_lines
 
 pytestmark = pytest.mark.slow
 SECRET = "attack-secret"

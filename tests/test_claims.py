@@ -34,9 +34,9 @@ from bridge.mapping.batch import plan_all
 from bridge.mapping.engine import Engine
 from bridge.web.app import create_app
 from tests.conftest import DUB, make_settings, order, sale_ok
-from tests.fakedub import FakeDub, Status
-from tests.fakes import ManualClock
-from tests.faultkit import (
+from tests.helpers.fakedub import FakeDub, Status
+from tests.helpers.fakes import ManualClock
+from tests.helpers.faultkit import (
     MAPPINGS,
     Answer,
     assert_recorded_once,
@@ -44,8 +44,8 @@ from tests.faultkit import (
     sale_event,
     segment_retry,
 )
-from tests.procs import ProcfileWeb, clean_env
-from tests.test_ledger_contract import BACKENDS, backend_settings
+from tests.helpers.ledgers import BACKENDS, backend_settings
+from tests.helpers.procs import ProcfileWeb, clean_env
 
 KEY = ("race-1", "order-sale")
 

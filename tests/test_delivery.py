@@ -24,7 +24,7 @@ from bridge.ledger.base import ClaimRequest, Ledger
 from bridge.mapping.batch import plan_all
 from bridge.mapping.engine import Engine
 from tests.conftest import DUB, lead_ok, order, sale_ok, signup
-from tests.fakes import ManualClock
+from tests.helpers.fakes import ManualClock
 
 
 def sqlite_ledger(tmp_path: Path, clock: ManualClock) -> Ledger:

@@ -28,7 +28,7 @@ from bridge.mapping.batch import (
 from bridge.mapping.engine import Engine
 from bridge.mapping.events import SegmentEvent, well_formed
 from tests.conftest import DUB, order, sale_ok
-from tests.fakes import ManualClock
+from tests.helpers.fakes import ManualClock
 
 DAY = 86400.0
 EIGHT_DAYS = 8 * DAY

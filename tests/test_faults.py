@@ -28,9 +28,9 @@ import requests
 
 from bridge.core.outcomes import FINAL, State
 from bridge.ledger.sqlite import SQLiteLedger
-from tests.fakedub import FakeDub, Hold, Key, Reset, Status
-from tests.fakes import ManualClock
-from tests.faultkit import (
+from tests.helpers.fakedub import FakeDub, Hold, Key, Reset, Status
+from tests.helpers.fakes import ManualClock
+from tests.helpers.faultkit import (
     FIGURES,
     LEAD_MAPPING,
     MAPPINGS,
@@ -45,7 +45,7 @@ from tests.faultkit import (
     sale_event,
     segment_retry,
 )
-from tests.procs import ProcfileWeb, clean_env
+from tests.helpers.procs import ProcfileWeb, clean_env
 
 
 def test_dub_down_then_up(fake_dub: FakeDub, bridge: Callable[..., Bridge]) -> None:

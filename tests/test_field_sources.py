@@ -13,7 +13,7 @@ from bridge.mapping.amounts import minor_units
 from bridge.mapping.templates import Template
 from bridge.mapping.transforms import NAMED, TransformError, query_param
 from bridge.mapping.values import MISSING
-from tests.mapkit import engine, errors, event, one, sale
+from tests.helpers.mapkit import engine, errors, event, one, sale
 
 BASKET = sale(
     "amount: {sum: {items: $.properties.products, value: price, times: quantity}, "
@@ -149,7 +149,7 @@ def test_already_minor_units(value: Any, sent: int | None) -> None:
 
 def test_already_minor_units_needs_no_minor_units_warning() -> None:
     """An amount kept in cents is not warned about as an amount without minor_units."""
-    from tests.mapkit import load
+    from tests.helpers.mapkit import load
 
     result = load(sale("amount: {path: $.properties.cents, transform: already_minor_units}"))
     assert result.issues == []

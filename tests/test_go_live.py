@@ -20,8 +20,8 @@ from bridge.core.settings import Settings
 from bridge.service.startup import check
 from bridge.web.app import create_app
 from tests.conftest import MAPPINGS, make_settings
-from tests.fakedub import FakeDub
-from tests.procs import ProcfileWeb, clean_env, json_lines
+from tests.helpers.fakedub import FakeDub
+from tests.helpers.procs import ProcfileWeb, clean_env, json_lines
 
 SIGNED = {"segment_shared_secret": "s"}
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import MAPPINGS
-from tests.mapkit import errors, sale
+from tests.helpers.mapkit import errors, sale
 from tests.test_cli import run, run_script
 
 EXAMPLES = MAPPINGS / "examples"

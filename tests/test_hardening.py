@@ -19,7 +19,7 @@ from bridge.cli import main
 from bridge.web.app import create_app
 from bridge.web.signing import FIRST_EVENT_MAX, first_element_texts, sign, verify
 from tests.conftest import DUB, SECRET, lead_ok, make_settings, order, sale_ok, signup
-from tests.fakes import ManualClock
+from tests.helpers.fakes import ManualClock
 
 
 @pytest.fixture

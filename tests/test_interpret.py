@@ -36,7 +36,7 @@ from bridge.mapping.engine import CompiledMapping, Engine
 from bridge.mapping.explain import explain
 from bridge.mapping.paths import simple_steps
 from bridge.service.mapping_files import load_directory
-from tests.mapkit import engine as engine_of
+from tests.helpers.mapkit import engine as engine_of
 from tests.test_dub_endpoints import assert_valid, request_schemas
 
 ROOT = Path(__file__).resolve().parents[1]

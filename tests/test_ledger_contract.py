@@ -1,100 +1,27 @@
-"""The ledger contract, one suite run against every backend (SQLite, memory, PostgreSQL): claims,
-leases, concurrent claims from threads and processes, every transition of the table, dead
-letters, the outbox's view, the shared rate limit, cluster locks and housekeeping."""
+"""The ledger contract for deliveries, one suite run against every backend (SQLite, memory,
+PostgreSQL): claims, leases, concurrent claims from threads and processes, every transition
+of the table, dead letters, the outbox's view, cluster locks and housekeeping. The rate
+window, signatures and mapping sets have suites of their own beside it."""
 
 from __future__ import annotations
 
 import multiprocessing
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge.core.clock import SYSTEM
 from bridge.core.outcomes import DEAD, FINAL, FINISHED, TRANSITIONS, State, Via, allowed
 from bridge.core.settings import Settings
-from bridge.delivery.ratelimit import SharedWindow
 from bridge.ledger import Access, open_ledger
 from bridge.ledger.base import (
-    COUNTED_FOR,
-    HELD_SECONDS,
     ClaimRequest,
     LeadStatus,
     Ledger,
     Retention,
-    Sighting,
 )
-from tests.fakes import ManualClock
-
-BACKENDS = ["sqlite", "memory", "postgres"]
-LEASE = 30.0
-MakeLedger = Callable[..., Ledger]
-SOURCES: list[State | None] = [None, *State]
-
-
-def backend_settings(kind: str, tmp_path: Path, pg_url: str | None = None) -> Settings:
-    values: dict[str, Any] = {
-        "ledger": "memory" if kind == "memory" else "on",
-        "db_path": tmp_path / "ledger.sqlite3",
-        "lease_seconds": LEASE,
-    }
-    if kind == "postgres":
-        values["database_url"] = pg_url
-    return Settings.from_env({}, **values)
-
-
-@pytest.fixture(params=BACKENDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def settings_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    pg_url = request.getfixturevalue("pg_url") if kind == "postgres" else None
-    return backend_settings(kind, tmp_path, pg_url)
-
-
-@pytest.fixture
-def make_ledger(settings_for: Settings, clock: ManualClock) -> Iterator[MakeLedger]:
-    """Opens the backend through open_ledger, as the service does; a second call gives a
-    second handle on the same ledger where the backend is shared (another worker)."""
-    opened: list[Ledger] = []
-
-    def make(real_time: bool = False) -> Ledger:
-        if settings_for.ledger == "memory" and opened:
-            return opened[0]  # one process: every "worker" shares the one dict
-        # real_time: for handles that race each other for real, whose waits for the lock
-        # must be real waits (on the manual clock they would give up in a few spins).
-        ledger = open_ledger(settings_for, clock=SYSTEM if real_time else clock)
-        assert ledger is not None
-        opened.append(ledger)
-        return ledger
-
-    yield make
-    for ledger in opened:
-        ledger.close()
-
-
-@pytest.fixture
-def ledger(make_ledger: MakeLedger) -> Ledger:
-    return make_ledger()
-
-
-def claim(ledger: Ledger, message_id: str = "m", mapping: str = "sale", **kw: Any) -> Any:
-    wanted = ClaimRequest(
-        message_id,
-        mapping,
-        kw.pop("action", "sale"),
-        "Order Completed",
-        kw.pop("customer", "u"),
-        {"amount": 1},
-    )
-    (result,) = ledger.claim_many([wanted], **kw)
-    return result
-
+from tests.helpers.fakes import ManualClock
+from tests.helpers.ledgers import LEASE, SOURCES, MakeLedger, claim
 
 # --- claims and leases ---------------------------------------------------------------------------
 
@@ -420,180 +347,7 @@ def test_due_lists_old_unsettled_rows_nobody_holds(ledger: Ledger, clock: Manual
     assert not ledger.defer("c-done", "sale", 0)  # only pending rows wait
 
 
-# --- across processes: the rate limit and cluster locks ---------------------------------------------
-
-
-def test_rate_limit_window_is_shared(make_ledger: MakeLedger, clock: ManualClock) -> None:
-    """Slots of one key are counted over every handle: the limit holds for all of them
-    together (a batch gets what is left), frees as the window slides (a minute, the time a
-    call may take to reach Dub, and the second it was taken in), and another key is
-    untouched."""
-    assert clock.time() == int(clock.time())  # at the start of a second
-    first, second = make_ledger(), make_ledger()
-    assert first.take_slots("k", 3, 2)[:2] == (2, 0.0)
-    assert second.take_slots("k", 3, 5)[:2] == (1, 0.0)
-    granted, wait = first.take_slots("k", 3, 1)[:2]
-    assert granted == 0 and wait == pytest.approx(COUNTED_FOR)
-    assert second.take_slots("other", 3, 1)[:2] == (1, 0.0)
-    clock.advance(30)
-    assert second.take_slots("k", 3, 1)[1] == pytest.approx(COUNTED_FOR - 30)
-    clock.advance(COUNTED_FOR - 30)
-    assert second.take_slots("k", 3, 3)[:2] == (3, 0.0)
-
-
-def test_a_slot_counts_at_least_a_minute_and_a_second(
-    make_ledger: MakeLedger, clock: ManualClock
-) -> None:
-    """A slot taken late in a second still counts HELD_SECONDS after it was taken (slots are
-    counted per second, so the whole second counts until it is COUNTED_FOR old)."""
-    ledger = make_ledger()
-    clock.advance(0.9)
-    assert ledger.take_slots("k", 1, 1)[:2] == (1, 0.0)
-    clock.advance(HELD_SECONDS - 0.01)
-    assert ledger.take_slots("k", 1, 1)[0] == 0
-    clock.advance(COUNTED_FOR - HELD_SECONDS - 0.9 + 0.01)  # the second is COUNTED_FOR old
-    assert ledger.take_slots("k", 1, 1)[:2] == (1, 0.0)
-
-
-def test_a_busy_window_counts_the_last_seconds(make_ledger: MakeLedger, clock: ManualClock) -> None:
-    """Under a steady stream (40 slots a second for two minutes) the window holds exactly
-    the slots of the seconds that still count: the last 61 whole seconds."""
-    ledger = make_ledger()
-    taken = 0
-    for _ in range(960):
-        taken += ledger.take_slots("k", 1_000_000, 5)[0]
-        clock.advance(0.125)  # exact in binary: the seconds are whole where they should be
-    assert taken == 4800
-    # now = start + 120: the seconds start+59 .. start+119 count (each is < COUNTED_FOR old)
-    counting = int(COUNTED_FOR) - 1
-    assert ledger.take_slots("k", 10_000, 10_000)[0] == 10_000 - 40 * counting
-
-
-def test_a_pause_stops_every_handle(make_ledger: MakeLedger, clock: ManualClock) -> None:
-    """Dub's 429 pauses the key for every process until the time it said, never less."""
-    first, second = make_ledger(), make_ledger()
-    first.pause("k", clock.time() + 20)
-    first.pause("k", clock.time() + 5)  # an earlier end never shortens a pause
-    assert second.take_slots("k", 100, 1)[:2] == (0, pytest.approx(20.0))
-    clock.advance(20)
-    assert second.take_slots("k", 100, 1)[:2] == (1, 0.0)
-
-
-def test_a_slot_given_back_no_longer_counts(make_ledger: MakeLedger, clock: ManualClock) -> None:
-    """A slot whose call was not made is given back to its own second, from any handle: the
-    window has room again at once; a second already out of the window is left alone."""
-    first, second = make_ledger(), make_ledger()
-    taken = first.take_slots("k", 2, 2)
-    assert taken.granted == 2 and first.take_slots("k", 2, 1).granted == 0
-    clock.advance(0.5)
-    second.give_back_slots("k", taken.second, 1)
-    assert second.take_slots("k", 2, 5)[:2] == (1, 0.0)
-    clock.advance(COUNTED_FOR)
-    first.give_back_slots("k", taken.second, 2)  # long gone: nothing to give back to
-    assert first.take_slots("k", 2, 5)[:2] == (2, 0.0)
-
-
-def test_the_per_second_allowance_holds_within_the_minute(
-    make_ledger: MakeLedger, clock: ManualClock
-) -> None:
-    """With a per-second allowance, one second of the clock gives no more than it, and the
-    refusal says to wait for the next second; the minute's limit still holds over both."""
-    first, second = make_ledger(), make_ledger()
-    clock.advance(0.25)
-    assert first.take_slots("k", 5, 2, per_second=3)[:2] == (2, 0.0)
-    assert second.take_slots("k", 5, 2, per_second=3)[:2] == (1, 0.0)
-    assert second.take_slots("k", 5, 1, per_second=3)[:2] == (0, pytest.approx(0.75))
-    clock.advance(0.75)
-    assert first.take_slots("k", 5, 9, per_second=3)[:2] == (2, 0.0)  # the minute: 5
-    granted, wait = first.take_slots("k", 5, 1, per_second=3)[:2]
-    assert granted == 0 and wait == pytest.approx(COUNTED_FOR - 1)
-
-
-# --- the shared window under sustained demand, several limiters on one ledger ----------------
-
-STEP = 1 / 16  # exact in binary, so simulated seconds stay whole where they should
-
-
-def simulate(
-    limiters: list[SharedWindow], clock: ManualClock, *, seconds: float, demand_every: float
-) -> list[float]:
-    """Each limiter is a worker that receives a request wanting one Dub call every
-    ``demand_every`` seconds (Segment's retries included), holds four at a time (its
-    threads; a fifth is answered 503 at once) and gives each one second: a request refused
-    a slot waits as long as the refusal said, if that fits, else it is answered 503 (its
-    retry is one of the later requests). The moments of the calls made."""
-    start = clock.time()
-    waiting: list[list[tuple[float, float]]] = [[] for _ in limiters]  # (try at, give up at)
-    arrived = [0.0] * len(limiters)
-    calls: list[float] = []
-    while clock.time() < start + seconds:
-        now = clock.time()
-        for limiter, requests, i in zip(limiters, waiting, range(len(limiters)), strict=True):
-            arrived[i] += STEP / demand_every
-            while arrived[i] >= 1:
-                arrived[i] -= 1
-                if len(requests) < 4:
-                    requests.append((now, now + 1.0))
-            for request in [r for r in requests if r[0] <= now]:
-                requests.remove(request)
-                grant = limiter.acquire(clock.monotonic())  # no waiting: a refusal at once
-                if grant.granted:
-                    calls.append(now)
-                elif now + grant.wait <= request[1]:
-                    requests.append((now + grant.wait, request[1]))
-        clock.advance(STEP)
-    return calls
-
-
-def most_in_any_minute(calls: list[float]) -> int:
-    """The most calls within any 60 s (both ends included), as Dub's window would see."""
-    most, first = 0, 0
-    for last, at in enumerate(calls):
-        while at - calls[first] > 60:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
-
-
-@pytest.mark.parametrize(
-    ("workers", "per_minute", "per_second", "demand_every"),
-    [
-        # The finding (issue 25): six workers, 10 calls a second allowed, 12 wanted. The
-        # release before made 51% of the plan here, and counted 600 slots for 306 calls.
-        pytest.param(6, 600, None, 0.5, id="finding"),
-        pytest.param(6, 600, 12, 1 / 3, id="minute-binds"),  # three instances of two workers
-        pytest.param(6, 1200, 8, 0.5, id="second-binds"),  # below the minute's average
-    ],
-)
-def test_sustained_demand_gets_the_plan_and_never_more(
-    make_ledger: MakeLedger,
-    clock: ManualClock,
-    workers: int,
-    per_minute: int,
-    per_second: int | None,
-    demand_every: float,
-) -> None:
-    """Several workers on one ledger, wanting more than the plan for three minutes: the
-    slots the ledger counts are exactly the calls made, every minute after the first makes
-    at least 90% of the plan, no 60 s hold more than the minute's limit, and no second of
-    the clock more than the per-second allowance."""
-    limiters = [
-        SharedWindow(make_ledger(), "dub", per_minute, per_second=per_second, clock=clock)
-        for _ in range(workers)
-    ]
-    start = clock.time()
-    calls = simulate(limiters, clock, seconds=180, demand_every=demand_every)
-    plan = min(per_minute, 60 * per_second) if per_second else per_minute
-    for minute in (1, 2):
-        made = sum(1 for at in calls if start + 60 * minute <= at < start + 60 * (minute + 1))
-        assert made >= 0.9 * plan, f"minute {minute}: {made} calls of a plan of {plan}"
-    assert most_in_any_minute(calls) <= per_minute
-    if per_second is not None:
-        assert max(Counter(int(at) for at in calls).values()) <= per_second
-    # What the window counts now (the seconds not yet COUNTED_FOR old) is the calls made.
-    huge = 10**9
-    counted = huge - make_ledger().take_slots("dub", huge, huge).granted
-    assert counted == sum(1 for at in calls if int(at) > clock.time() - COUNTED_FOR)
+# --- cluster locks ----------------------------------------------------------------------------
 
 
 def test_exclusive_is_held_by_one_at_a_time(make_ledger: MakeLedger) -> None:
@@ -635,90 +389,6 @@ def test_read_only_access_never_writes(settings_for: Settings, clock: ManualCloc
     reader.close()
 
 
-# --- mapping sets ---------------------------------------------------------------------------------
-
-
-def test_mapping_sets_are_kept_and_the_last_good_one_found(
-    make_ledger: MakeLedger, clock: ManualClock
-) -> None:
-    """A set kept by one worker is found by another; the last loaded is the last good one,
-    and loading an old set again makes it the last good one."""
-    first, second = make_ledger(), make_ledger()
-    assert second.last_good_mapping_set() is None
-    first.keep_mapping_set("v1", [("a.yaml", "one: 1\n")], "files")
-    clock.advance(1)
-    first.keep_mapping_set("v2", [("a.yaml", "two: 2\n"), ("b.yaml", "é\n")], "files")
-    last = second.last_good_mapping_set()
-    assert last is not None and last.version == "v2"
-    assert last.files == (("a.yaml", "two: 2\n"), ("b.yaml", "é\n"))
-    clock.advance(1)
-    second.keep_mapping_set("v1", [("a.yaml", "one: 1\n")], "files")
-    again = first.last_good_mapping_set()
-    assert again is not None and again.version == "v1" and again.created_at < again.loaded_at
-    assert first.mapping_set("nope") is None
-
-
-def test_activations_pick_the_set_every_instance_follows(
-    make_ledger: MakeLedger, clock: ManualClock
-) -> None:
-    """The latest activation is the active set, for every handle; history is newest first."""
-    first, second = make_ledger(), make_ledger()
-    assert second.active_mapping_set() is None
-    for version in ("v1", "v2"):
-        first.keep_mapping_set(version, [("m.yaml", version)], "publish")
-    first.activate_mapping_set("v1", "publish")
-    clock.advance(1)
-    first.activate_mapping_set("v2", "publish")
-    clock.advance(1)
-    first.activate_mapping_set("v1", "rollback")
-    active = second.active_mapping_set()
-    assert active is not None and active.version == "v1"
-    history = second.activations()
-    assert [(a.version, a.origin) for a in history] == [
-        ("v1", "rollback"),
-        ("v2", "publish"),
-        ("v1", "publish"),
-    ]
-    assert len(second.activations(limit=1)) == 1
-
-
-def test_activations_keep_the_ledgers_order_whatever_the_clock_says(
-    make_ledger: MakeLedger, clock: ManualClock
-) -> None:
-    """A publisher whose clock runs an hour ahead pins nothing: the later activation is the
-    active one, and each records who and why."""
-    first, second = make_ledger(), make_ledger()
-    for version in ("v1", "v2"):
-        first.keep_mapping_set(version, [("m.yaml", version)], "publish")
-    clock.advance(3600)
-    first.activate_mapping_set("v1", "publish", author="fast-clock", message="ahead")
-    clock.advance(-3600)
-    second.activate_mapping_set("v2", "publish", author="kim")
-    active = first.active_mapping_set()
-    assert active is not None and active.version == "v2"
-    history = first.activations()
-    assert [(a.version, a.author, a.message) for a in history] == [
-        ("v2", "kim", None),
-        ("v1", "fast-clock", "ahead"),
-    ]
-    second.activate_mapping_set("v1", "rollback")
-    active = first.active_mapping_set()
-    assert active is not None and active.version == "v1"
-
-
-def test_kept_sets_are_listed_last_loaded_first(
-    make_ledger: MakeLedger, clock: ManualClock
-) -> None:
-    """mapping_sets() lists what a release may fall back on, the most recently loaded first."""
-    ledger = make_ledger()
-    for version in ("v1", "v2", "v3"):
-        ledger.keep_mapping_set(version, [("m.yaml", version)], "files")
-        clock.advance(1)
-    ledger.keep_mapping_set("v1", [("m.yaml", "v1")], "files")
-    assert [s.version for s in ledger.mapping_sets()] == ["v1", "v3", "v2"]
-    assert [s.version for s in ledger.mapping_sets(2)] == ["v1", "v3"]
-
-
 def test_ping_answers_when_the_ledger_does(ledger: Ledger) -> None:
     """ping() returns quietly while the ledger answers."""
     ledger.ping()
@@ -743,25 +413,6 @@ def test_oldest_unsettled_is_the_first_seen_of_what_is_open(
     assert ledger.oldest_unsettled() == pytest.approx(start + 5)
     ledger.finish("open", "sale", State.PENDING)
     assert ledger.oldest_unsettled() == pytest.approx(start + 5)
-
-
-def test_a_signature_vouches_for_what_it_first_came_with(
-    make_ledger: MakeLedger, clock: ManualClock
-) -> None:
-    """The first sighting of a signature (its messageIds and content digests) fixes what it
-    vouches for, for every handle; it is kept until its keep_until, whatever the retention
-    of rows, and forgotten after."""
-    first, second = make_ledger(), make_ledger()
-    now = clock.time()
-    seen = Sighting(frozenset({"a", "b"}), frozenset({"da", "db"}), now + 3 * 86400)
-    other = Sighting(frozenset({"a", "x"}), frozenset({"dx"}), now + 86400)
-    assert first.vouch("sig", seen) == seen
-    assert second.vouch("sig", other) == seen
-    assert second.vouch("other", other) == other
-    clock.advance(2 * 86400)
-    first.sweep(Retention(give_up_after=1, settled=1, dead=1, signatures=1))
-    assert second.vouch("sig", other) == seen  # past every retention, not past keep_until
-    assert second.vouch("other", seen) == seen  # forgotten: this is a first sighting again
 
 
 def test_a_verified_claim_takes_over_an_unverified_row_afresh(

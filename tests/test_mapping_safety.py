@@ -20,7 +20,7 @@ from bridge.cli import main
 from bridge.mapping import values
 from bridge.mapping.paths import PathSyntaxError, compile_path
 from bridge.mapping.yamlread import YAMLProblem, read_yaml
-from tests.mapkit import engine, errors, event, one, sale
+from tests.helpers.mapkit import engine, errors, event, one, sale
 
 CATASTROPHIC = "^(a+)+$"
 # Python's `re` tries 2**n ways to split n a's before failing on the last character.

@@ -26,7 +26,7 @@ from bridge.mapping.loader import Source, load_sources
 from bridge.service.store import MappingStore
 from bridge.web.app import create_app
 from tests.conftest import MAPPINGS, make_settings
-from tests.fakes import ManualClock
+from tests.helpers.fakes import ManualClock
 
 # A construct a later release knows and this one refuses (an unknown key).
 NEWER = (

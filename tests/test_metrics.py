@@ -19,8 +19,8 @@ from bridge.core.settings import Settings
 from bridge.web.app import create_app
 from bridge.web.scrape import CLOSED
 from tests.conftest import DUB, MAPPINGS, body_of, make_settings, order, sale_ok
-from tests.fakes import ManualClock
-from tests.tcpproxy import TCPProxy
+from tests.helpers.fakes import ManualClock
+from tests.helpers.tcpproxy import TCPProxy
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -15,7 +15,7 @@ from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
 from bridge.ledger.base import COUNTED_FOR, Retention, Sighting
 from bridge.ledger.migrations import MIGRATIONS, schema_table
-from tests.fakes import ManualClock
+from tests.helpers.fakes import ManualClock
 
 Run = Callable[..., None]  # (SQL with ? placeholders, *values)
 

@@ -25,7 +25,7 @@ from bridge.ledger import open_ledger
 from bridge.service.store import MappingStore
 from bridge.web.app import create_app
 from tests.conftest import DUB, MAPPINGS, body_of, make_settings, order, sale_ok
-from tests.fakes import ManualClock
+from tests.helpers.fakes import ManualClock
 
 
 def copy(tmp_path: Path) -> Path:

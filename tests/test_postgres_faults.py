@@ -26,9 +26,9 @@ from bridge.ledger.postgres import PROBE_SECONDS
 from bridge.ledger.sql import SQLLedger
 from bridge.web.app import create_app
 from tests.conftest import DUB, MAPPINGS, fresh_database, order, pg_base_url, sale_ok
-from tests.fakes import ManualClock
-from tests.procs import free_port
-from tests.tcpproxy import TCPProxy
+from tests.helpers.fakes import ManualClock
+from tests.helpers.procs import free_port
+from tests.helpers.tcpproxy import TCPProxy
 
 
 def app_settings(url: str, **overrides: Any) -> Settings:

@@ -12,9 +12,9 @@ import pytest
 
 from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
-from tests import procs
-from tests.fakedub import FakeDub
-from tests.procs import REPO, ProcfileWeb, clean_env, json_lines
+from tests.helpers import procs
+from tests.helpers.fakedub import FakeDub
+from tests.helpers.procs import REPO, ProcfileWeb, clean_env, json_lines
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,9 @@ import requests
 from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
 from bridge.mapping.loader import Source, load_sources
-from tests.fakedub import FakeDub, Hold
-from tests.faultkit import key_for, mixed_batch
-from tests.procs import REPO, ProcfileWeb, clean_env, json_lines
+from tests.helpers.fakedub import FakeDub, Hold
+from tests.helpers.faultkit import key_for, mixed_batch
+from tests.helpers.procs import REPO, ProcfileWeb, clean_env, json_lines
 
 pytestmark = pytest.mark.slow
 MAPPINGS = REPO / "mappings"

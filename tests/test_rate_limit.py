@@ -27,7 +27,7 @@ from bridge.mapping.batch import plan_all
 from bridge.mapping.engine import Engine
 from bridge.service.wiring import rate_limiter
 from tests.conftest import DUB, order, sale_ok
-from tests.fakes import ManualClock
+from tests.helpers.fakes import ManualClock
 
 KEY = "dub"
 REFUSED = requests.ConnectionError(

@@ -24,9 +24,9 @@ import psycopg
 import pytest
 import requests
 
-from tests.fakedub import Action, Call, FakeDub, Status
-from tests.faultkit import FIGURES, MAPPINGS, sale_event
-from tests.procs import ProcfileWeb, clean_env
+from tests.helpers.fakedub import Action, Call, FakeDub, Status
+from tests.helpers.faultkit import FIGURES, MAPPINGS, sale_event
+from tests.helpers.procs import ProcfileWeb, clean_env
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from bridge.cli import main
 from bridge.web.app import create_app
 from tests.conftest import DUB, body_of, make_settings, order, sale_ok
-from tests.procs import REPO, clean_env, free_port
+from tests.helpers.procs import REPO, clean_env, free_port
 
 SECRET = "local-secret"
 

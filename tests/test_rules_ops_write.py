@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from bridge.core.outcomes import Outcome
 from bridge.mapping.conditions import as_version
 from bridge.mapping.explain import explain, explain_text
-from tests.mapkit import engine, errors, load
+from tests.helpers.mapkit import engine, errors, load
 
 BASE = {"type": "track", "messageId": "m1", "userId": "u1"}
 

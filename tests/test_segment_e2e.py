@@ -34,9 +34,9 @@ import pytest
 import requests
 
 from bridge.web.signing import sign
-from tests.fakedub import FakeDub, Key, lead_key, sale_key
-from tests.faultkit import just_now
-from tests.procs import ProcfileWeb, clean_env
+from tests.helpers.fakedub import FakeDub, Key, lead_key, sale_key
+from tests.helpers.faultkit import just_now
+from tests.helpers.procs import ProcfileWeb, clean_env
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.fakedub import Action, Call, FakeDub, Key, Reset, Status
-from tests.faultkit import (
+from tests.helpers.fakedub import Action, Call, FakeDub, Key, Reset, Status
+from tests.helpers.faultkit import (
     FIGURES,
     MAPPINGS,
     Answer,
@@ -29,7 +29,7 @@ from tests.faultkit import (
     mixed_batch,
     retryable,
 )
-from tests.procs import ProcfileWeb, clean_env
+from tests.helpers.procs import ProcfileWeb, clean_env
 
 pytestmark = pytest.mark.slow
 

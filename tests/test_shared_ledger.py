@@ -27,7 +27,7 @@ from bridge.mapping.engine import Engine
 from bridge.service.wiring import build_deliverer
 from bridge.web.app import create_app
 from tests.conftest import DUB, MAPPINGS, lead_ok, order, sale_ok, signup
-from tests.fakes import ManualClock
+from tests.helpers.fakes import ManualClock
 
 BACKENDS = ["sqlite", "postgres"]
 

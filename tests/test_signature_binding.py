@@ -29,7 +29,7 @@ from bridge.ledger import retention_of
 from bridge.service.redrive import redrive
 from bridge.web.signing import event_texts, sign, signature_key
 from tests.conftest import DUB, SECRET, lead_ok, make_settings, order, sale_ok, signup
-from tests.fakes import ManualClock
+from tests.helpers.fakes import ManualClock
 
 DAY = 86400.0
 MakeApp = Callable[..., Any]

@@ -8,7 +8,7 @@ from bridge.core.outcomes import State
 from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
 from bridge.ledger.base import ClaimRequest, Retention
-from tests.fakes import ManualClock
+from tests.helpers.fakes import ManualClock
 
 
 def fill(ledger: object, prefix: str, count: int) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from bridge.mapping import compiler, paths
 from bridge.mapping.engine import NAME_CACHE_MAX_LENGTH, NAME_CACHE_SIZE
-from tests.mapkit import engine, errors, event, load, one, sale
+from tests.helpers.mapkit import engine, errors, event, load, one, sale
 
 VARIANTS = sale(
     "amount: {path: $.properties.revenue, transform: minor_units}",

@@ -16,8 +16,8 @@ from hypothesis import event as note
 from hypothesis import strategies as st
 
 from bridge.web.app import create_app
-from tests.fakedub import FakeDub
-from tests.faultkit import fault_settings, lead_event, sale_event
+from tests.helpers.fakedub import FakeDub
+from tests.helpers.faultkit import fault_settings, lead_event, sale_event
 
 # --- 9. Garbage on the webhook ------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from flask import Flask
 from bridge.core.outcomes import ACTIVE, State
 from bridge.core.settings import Settings
 from bridge.ledger.sqlite import SQLiteLedger
-from tests.fakedub import FakeDub, Key, lead_key, sale_key
+from tests.helpers.fakedub import FakeDub, Key, lead_key, sale_key
 
 REPO = Path(__file__).resolve().parents[1]
 MAPPINGS = REPO / "mappings"

@@ -1,0 +1,1 @@
+"""What the tests share: fakes, the fake Dub, real processes, ledgers on every backend."""
