@@ -19,7 +19,7 @@ from bridge.core.settings import Settings
 from bridge.ledger.sqlite import SQLiteLedger
 from tests.helpers.fakedub import FakeDub, Key, lead_key, sale_key
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MAPPINGS = REPO / "mappings"
 SALE_MAPPING, LEAD_MAPPING = "order-sale", "signup-lead"
 FIGURES: dict[str, dict[str, Any]] = {}

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Variables a test environment must not inherit from the developer's shell.
 OWN_PREFIXES = (
     "DUB_",
