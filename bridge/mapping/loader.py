@@ -192,8 +192,10 @@ def _keys_at(loc: tuple[Any, ...]) -> list[str]:
             return ["path", *FieldSpec.model_fields]
         if part == "expect":
             return ["mapping", "body"]
+        if part in ("invalid", "skipped"):
+            return ["mapping", "reason"]
         if part == "tests":
-            return ["name", "event", "event_file", "expect", "invalid"]
+            return ["name", "event", "event_file", "expect", "invalid", "skipped"]
     return list(Mapping.model_fields) + list(MappingFile.model_fields)
 
 
