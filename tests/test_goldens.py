@@ -267,7 +267,9 @@ def test_invalid_with_a_reason_checks_the_errors(tmp_path: Path) -> None:
     assert done.returncode == 1
     out = done.stdout
     assert "ok   right error" in out and "ok   plain name" in out
-    assert "wrong error: s: expected invalid with 'amount', the errors are: customerExternalId" in out
+    assert (
+        "wrong error: s: expected invalid with 'amount', the errors are: customerExternalId" in out
+    )
 
 
 @pytest.mark.parametrize(
@@ -280,5 +282,7 @@ def test_invalid_with_a_reason_checks_the_errors(tmp_path: Path) -> None:
 )
 def test_bad_skipped_and_invalid_entries_are_load_errors(entry: str, message: str) -> None:
     """A `skipped`/`invalid` entry naming no mapping, or with an unknown key, is a load error."""
-    found = errors(sale("amount: $.a") + "tests:\n  - {name: t, event: {a: 1}, expect: [], " + entry + "}\n")
+    found = errors(
+        sale("amount: $.a") + "tests:\n  - {name: t, event: {a: 1}, expect: [], " + entry + "}\n"
+    )
     assert any(message in e and e.startswith("m.yaml:") for e in found), found

@@ -13,8 +13,10 @@ import pytest
 import yaml
 
 from bridge.mapping.explain import explain
+from bridge.masking import mask_json
 from bridge.sources import load_directory
 from tests.conftest import MAPPINGS, SAMPLES, order
+from tests.mapkit import sale
 from tests.test_cli import lines, run
 
 EXAMPLES = MAPPINGS / "examples"
@@ -253,3 +255,92 @@ def test_every_object_is_closed_and_every_key_described() -> None:
 def test_the_committed_schema_is_current() -> None:
     """mappings/mapping.schema.json (the editors' copy) is what `bridge schema` prints."""
     assert json.loads((MAPPINGS / "mapping.schema.json").read_text()) == schema()
+
+
+def test_diff_summary_counts_transitions_amounts_and_new_invalid(tmp_path: Path) -> None:
+    """--summary: outcome transitions per mapping, amount per currency before/after, new invalid."""
+    events = write_events(tmp_path)
+    head = changed_copy(tmp_path)
+    sales = head / "sales.yaml"
+    # Every order that was sent or skipped becomes invalid: no customer id any more.
+    sales.write_text(sales.read_text().replace("$.userId", "$.properties.nobody", 1))
+    done = run("diff", "--summary", "--base", str(MAPPINGS), "--mappings", str(head), str(events))
+    assert done.returncode == 1, done.stderr
+    out = done.stdout.splitlines()
+    assert out[:4] == [
+        "outcome transitions per mapping:",
+        "  order-sale: dry_run -> invalid: 2",
+        "  order-sale: dry_run -> skipped: 1",
+        "  order-sale: skipped -> invalid: 1",
+    ]
+    assert "  eur: 101 -> 0 (-101)" in out
+    assert "new invalid: 3" in out
+    assert any(line.startswith("  o2 order-sale: ") for line in out)
+    assert "o1 'Order Completed'" not in out  # counts only, no events
+    assert out[-1] == "4 of 4 event(s) changed"
+
+
+def _reason_pair(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A base and a head whose only difference is a condition's reason, and one event."""
+    base, head = tmp_path / "base", tmp_path / "head"
+    for folder, reason in ((base, "not ok"), (head, "not ok yet")):
+        folder.mkdir()
+        (folder / "m.yaml").write_text(
+            sale(
+                "amount: {path: $.properties.revenue, transform: minor_units}",
+                trigger="{event: E, conditions: [{path: $.properties.ok, equals: true, reason: "
+                + reason
+                + "}]}",
+            )
+        )
+    events = tmp_path / "e.ndjson"
+    events.write_text(
+        '{"type":"track","event":"E","messageId":"m1","userId":"u","properties":{"revenue":1}}\n'
+    )
+    return base, head, events
+
+
+def test_diff_reason_only_changes_are_counted_and_shown_with_reasons(tmp_path: Path) -> None:
+    """A skip whose reason alone changed is no change (exit 0), counted; --reasons shows it."""
+    base, head, events = _reason_pair(tmp_path)
+    plain = run("diff", "--base", str(base), "--mappings", str(head), str(events))
+    assert plain.returncode == 0
+    assert plain.stdout.splitlines() == [
+        "1 skipped event(s) changed only their reason (--reasons)",
+        "0 of 1 event(s) changed",
+    ]
+    shown = run("diff", "--reasons", "--base", str(base), "--mappings", str(head), str(events))
+    assert shown.returncode == 0
+    assert "  s: skipped (not ok) -> skipped (not ok yet)" in shown.stdout.splitlines()
+    summary = run("diff", "--summary", "--base", str(base), "--mappings", str(head), str(events))
+    assert "skipped events whose reason alone changed: 1" in summary.stdout.splitlines()
+
+
+def test_diff_json_is_one_object_per_changed_event_then_a_summary(tmp_path: Path) -> None:
+    """--json: each changed event with messageId and per-mapping before/after, then a summary."""
+    events = write_events(tmp_path)
+    done = run(
+        "diff", "--json", "--base", str(MAPPINGS), "--mappings", str(changed_copy(tmp_path)),
+        str(events),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    *changed, summary = lines(done.stdout)
+    assert [c["messageId"] for c in changed] == ["o1", "o4"]
+    sale_change = changed[0]["mappings"]["order-sale"]
+    assert sale_change["before"]["outcome"] == "dry_run"
+    assert sale_change["after"]["outcome"] == "skipped"
+    assert sale_change["fields"]["amount"] == {"before": 101, "after": None}
+    assert changed[1]["mappings"]["order-sale"]["fields"] == {
+        "currency": {"before": "usd", "after": "gbp"}
+    }
+    assert summary["summary"]["changed"] == 2 and summary["summary"]["events"] == 4
+    assert summary["summary"]["amounts"]["gbp"] == {"before": 0, "after": 1999}
+
+
+def test_diff_json_masks_emails() -> None:
+    """Emails in --json output are masked, in email fields and inside other values."""
+    assert mask_json("customerEmail", "jane@example.com") == "j***@example.com"
+    assert mask_json("metadata", {"note": "from jane@example.com", "n": 1}) == {
+        "note": "from j***@example.com",
+        "n": 1,
+    }

@@ -26,7 +26,7 @@ from ..jsoncodec import dumps_str
 from ..mapping.engine import Engine
 from ..mapping.loader import Source, load_sources
 from ..mapping.values import MISSING, json_equal
-from ..masking import mask_value
+from ..masking import mask_json, mask_value
 from ..outcomes import Outcome
 from ..reader import read_file
 from ..results import Result
@@ -143,8 +143,8 @@ def _side(result: Result | None) -> dict[str, Any] | None:
     return {"outcome": _outcome(result), "reason": result.reason, "errors": list(result.errors)}
 
 
-def _masked(key: str, value: Any) -> str | None:
-    return None if value is MISSING else mask_value(key, value)
+def _masked(key: str, value: Any) -> Any:
+    return None if value is MISSING else mask_json(key, value)
 
 
 def mapping_changes(base: list[Result], head: list[Result]) -> list[MappingChange]:
@@ -226,9 +226,9 @@ class Summary:
         yield "amount sent per currency (minor units), before -> after:"
         if not self.amounts:
             yield "  (no sale amount)"
-        for currency, (before, after) in sorted(self.amounts.items()):
-            delta = f" ({after - before:+d})" if after != before else ""
-            yield f"  {currency}: {before} -> {after}{delta}"
+        for currency, (sent_before, sent_after) in sorted(self.amounts.items()):
+            delta = f" ({sent_after - sent_before:+d})" if sent_after != sent_before else ""
+            yield f"  {currency}: {sent_before} -> {sent_after}{delta}"
         yield f"new invalid: {len(self.new_invalid)}"
         for message_id, label, errors in self.new_invalid:
             yield f"  {message_id} {label}: {errors}"
@@ -274,7 +274,9 @@ class Summary:
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per changed event, then a summary."
 )
-@click.option("--reasons", is_flag=True, help="Also show skipped events whose reason alone changed.")
+@click.option(
+    "--reasons", is_flag=True, help="Also show skipped events whose reason alone changed."
+)
 @mappings_option
 def diff(
     files: tuple[Path, ...],
