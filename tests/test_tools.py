@@ -16,7 +16,7 @@ from bridge.mapping.explain import explain
 from bridge.masking import mask_json
 from bridge.sources import load_directory
 from tests.conftest import MAPPINGS, SAMPLES, order
-from tests.mapkit import sale
+from tests.mapkit import load, sale
 from tests.test_cli import lines, run
 
 EXAMPLES = MAPPINGS / "examples"
@@ -204,7 +204,7 @@ def test_shipped_and_example_mappings_validate_against_the_schema() -> None:
     """Every shipped and example mapping file is valid under the printed JSON Schema."""
     validator = jsonschema.Draft202012Validator(schema())
     files = sorted(MAPPINGS.glob("*.yaml")) + sorted(EXAMPLES.glob("*.yaml"))
-    assert len(files) == 10
+    assert len(files) == 14
     for path in files:
         assert list(validator.iter_errors(yaml.safe_load(path.read_text()))) == [], path
 
@@ -344,3 +344,72 @@ def test_diff_json_masks_emails() -> None:
         "note": "from j***@example.com",
         "n": 1,
     }
+
+
+def test_the_schema_names_exactly_the_keys_the_loader_takes() -> None:
+    """Conditions, triggers, mappings, files and golden tests: the schema's keys are the models'."""
+    from bridge.mapping import conditions
+    from bridge.mapping.goldens import ExpectedOutcome, GoldenSpec
+    from bridge.mapping.models import Mapping, MappingFile, Trigger
+
+    defs = schema()["$defs"]
+    assert set(defs["test"]["properties"]) == set(conditions.keys()) - {"any", "all", "not"}
+    mapping = defs["mapping"]["properties"]
+    assert set(mapping) == set(Mapping.model_fields)
+    assert set(mapping["trigger"]["properties"]) == set(Trigger.model_fields)
+    assert set(schema()["properties"]) == set(MappingFile.model_fields)
+    golden = defs["golden"]["properties"]
+    assert set(golden) == set(GoldenSpec.model_fields)
+    entry = golden["skipped"]["items"]["anyOf"][1]["properties"]
+    assert set(entry) == set(ExpectedOutcome.model_fields)
+
+
+NEW_KEYS = """
+exclude:
+  - {path: $.context.traits.email, ends_with: "@staff.example", ignore_case: true}
+mappings:
+  - name: s
+    group: orders
+    trigger:
+      event: E
+      conditions:
+        - {path: $.context.app.version, version_gte: "2.4"}
+        - {path: $.context.app.build, version_lt: 10}
+        - {path: $.properties.plan, in: [Pro], ignore_case: true}
+        - {path: $.properties.sku, starts_with: "A-", reason: not an A product}
+        - {path: $.properties.note, contains: gift}
+      require: [{path: $.properties.currency, in: [usd], reason: unknown currency}]
+    action: sale
+    fields: {customerExternalId: $.userId, amount: {value: 1}}
+tests:
+  - name: t
+    event: {type: track, event: E}
+    expect: []
+    skipped: [s, {mapping: s, reason: staff}]
+    invalid: [{mapping: s, reason: currency}]
+"""
+
+
+def test_the_schema_takes_every_condition_and_structure_key() -> None:
+    """Text and version tests, ignore_case, require, group, exclude and reasoned test entries."""
+    validator = jsonschema.Draft202012Validator(schema())
+    assert list(validator.iter_errors(yaml.safe_load(NEW_KEYS))) == []
+    assert [str(e) for e in load(NEW_KEYS).errors] == []  # and so does the loader
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('version_gte: "2.4"', "version_gte: two"),
+        ("group: orders", "group: '-orders'"),
+        ("ignore_case: true}", "ignore_case: yes please}"),
+        ("{mapping: s, reason: staff}", "{mapping: s, reasn: staff}"),
+        ("require: [", "requires: ["),
+        ("contains: gift", "contains: ''"),
+    ],
+)
+def test_the_schema_refuses_bad_new_keys(old: str, new: str) -> None:
+    """A bad value or a misspelt key among the new ones is refused by the schema too."""
+    assert old in NEW_KEYS
+    data = yaml.safe_load(NEW_KEYS.replace(old, new))
+    assert list(jsonschema.Draft202012Validator(schema()).iter_errors(data)), new
