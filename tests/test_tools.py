@@ -11,9 +11,14 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
+from bridge.cli.diff import Summary
 from bridge.mapping.explain import explain
 from bridge.masking import mask_json
+from bridge.outcomes import Outcome
+from bridge.results import Result
 from bridge.sources import load_directory
 from tests.conftest import MAPPINGS, SAMPLES, order
 from tests.mapkit import load, sale
@@ -413,3 +418,28 @@ def test_the_schema_refuses_bad_new_keys(old: str, new: str) -> None:
     assert old in NEW_KEYS
     data = yaml.safe_load(NEW_KEYS.replace(old, new))
     assert list(jsonschema.Draft202012Validator(schema()).iter_errors(data)), new
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["usd", "EUR", None]),
+            st.integers(0, 10**12),
+            st.sampled_from([Outcome.READY, Outcome.SKIPPED, Outcome.INVALID]),
+            st.integers(0, 1),
+        ),
+        max_size=20,
+    )
+)
+def test_diff_amounts_are_the_exact_sums_of_planned_sales(
+    planned: list[tuple[str | None, int, Outcome, int]],
+) -> None:
+    """The amount per currency is the exact sum of planned sales (no currency: Dub's usd)."""
+    total = Summary()
+    expected: dict[str, list[int]] = {}
+    for currency, amount, outcome, side in planned:
+        body = {"amount": amount} | ({"currency": currency} if currency else {})
+        total.add_amounts([Result(outcome=outcome, body=body)], side)
+        if outcome is Outcome.READY:
+            expected.setdefault((currency or "usd").lower(), [0, 0])[side] += amount
+    assert total.amounts == expected
