@@ -104,6 +104,7 @@ class MappingChange:
 
     @property
     def outcome_changed(self) -> bool:
+        """The mapping's outcome differs (or it has a result on one side only)."""
         old, new = self.before, self.after
         return old is None or new is None or old.outcome is not new.outcome
 
@@ -123,12 +124,14 @@ class MappingChange:
         return self.mapping or "(no mapping)"
 
     def lines(self) -> Iterator[str]:
+        """The outcome line (when it changed) and one line per changed field."""
         if self.outcome_changed or self.reason_only:
             yield f"  {self.label}: {_shown(self.before)} -> {_shown(self.after)}"
         for key, a, b in self.fields:
             yield f"    {self.label}.{key}: {_value(key, a)} -> {_value(key, b)}"
 
     def to_json(self) -> dict[str, Any]:
+        """Before and after, and the changed fields (masked), for ``--json``."""
         return {
             "before": _side(self.before),
             "after": _side(self.after),
@@ -138,6 +141,7 @@ class MappingChange:
 
 
 def _side(result: Result | None) -> dict[str, Any] | None:
+    """One side of a change: outcome, reason and errors."""
     if result is None:
         return None
     return {"outcome": _outcome(result), "reason": result.reason, "errors": list(result.errors)}
@@ -166,13 +170,6 @@ def mapping_changes(base: list[Result], head: list[Result]) -> list[MappingChang
         if change.outcome_changed or fields or change.reason_only:
             found.append(change)
     return found
-
-
-def changes(base: list[Result], head: list[Result]) -> Iterator[str]:
-    """The lines that tell how ``head`` differs from ``base`` for one event."""
-    for change in mapping_changes(base, head):
-        if not change.reason_only:
-            yield from change.lines()
 
 
 def _value(key: str, value: Any) -> str:
@@ -218,6 +215,7 @@ class Summary:
                 self.new_invalid.append((message_id, change.label, errors))
 
     def lines(self) -> Iterator[str]:
+        """The readable summary ``--summary`` prints."""
         yield "outcome transitions per mapping:"
         if not self.transitions:
             yield "  (none)"
@@ -235,6 +233,7 @@ class Summary:
         yield f"skipped events whose reason alone changed: {self.reason_only}"
 
     def to_json(self) -> dict[str, Any]:
+        """The last object ``--json`` prints."""
         return {
             "summary": {
                 "events": self.events,
