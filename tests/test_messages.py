@@ -26,14 +26,16 @@ def _currency(transform: str, value: Any) -> str:
 
 def test_currency_hint_suggests_lower_only_when_it_would_help() -> None:
     """Upper-case `USD` without `lower` gets the hint; with `lower` already there it does not."""
-    assert "hint: transform: lower" in _currency("", "USD")
+    assert "hint: 'usd'; transform: lower makes" in _currency("", "USD")
     with_lower = _currency(", transform: lower", "US Dollar")
     assert "transform: lower" not in with_lower
     assert "map other spellings" in with_lower
 
 
-def test_a_literal_currency_in_capitals_is_refused_with_the_hint() -> None:
-    """A currency that lower-casing would fix says so, also where no transform applies yet."""
+def test_a_literal_currency_gets_the_hint_that_fits_it() -> None:
+    """A literal in capitals is shown lower-cased; one lower-casing cannot fix is not told to."""
+    found = errors(sale("amount: {value: 1}\ncurrency: {path: $.c, default: USD}"))
+    assert any("currency.default" in e and "hint: 'usd'" in e for e in found), found
     found = errors(sale("amount: {value: 1}\ncurrency: {path: $.c, default: usd1}"))
     assert any("currency.default" in e and "map other spellings" in e for e in found), found
 
