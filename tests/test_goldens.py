@@ -31,7 +31,7 @@ def test_every_recipe_passes_its_golden_tests() -> None:
     done = run("test", str(EXAMPLES))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 failed" in done.stdout.splitlines()[-1]
-    assert len(sorted(EXAMPLES.glob("*.yaml"))) == 8
+    assert len(sorted(EXAMPLES.glob("*.yaml"))) == 12
 
 
 def broken_copy(tmp_path: Path) -> Path:
@@ -164,7 +164,7 @@ def readme_blocks() -> list[str]:
 def test_readme_recipes_are_the_example_files() -> None:
     """Every recipe excerpt in the README appears, as it is, in the example file it names."""
     recipes = [b for b in readme_blocks() if b.startswith("# mappings/examples/")]
-    assert len(recipes) == 8
+    assert len(recipes) == 12
     for block in recipes:
         name, excerpt = block.split("\n", 1)
         assert excerpt in (MAPPINGS.parent / name.removeprefix("# ")).read_text(), name
@@ -175,3 +175,114 @@ def test_readme_mapping_example_passes_its_own_test(tmp_path: Path) -> None:
     (tmp_path / "readme.yaml").write_text(readme_blocks()[0])
     done = run("test", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+SKIPPING = sale(
+    "amount: {path: $.properties.revenue, transform: minor_units}",
+    trigger="{event: E, conditions: [{path: $.properties.ok, equals: true, reason: not ok}]}",
+)
+
+
+def _run_tests(tmp_path: Path, tests: str) -> Any:
+    (tmp_path / "m.yaml").write_text(SKIPPING + "tests:\n" + tests)
+    return run("test", str(tmp_path))
+
+
+def test_skipped_with_a_reason_passes_when_the_mapping_skips_for_it(tmp_path: Path) -> None:
+    """`skipped: [{mapping, reason}]` holds when that mapping skips the event with that reason."""
+    done = _run_tests(
+        tmp_path,
+        """\
+  - name: skipped for its reason
+    event: {type: track, event: E, messageId: m1, userId: u, properties: {revenue: 1}}
+    expect: []
+    skipped: [{mapping: s, reason: not ok}]
+  - name: plain name form
+    event: {type: track, event: E, messageId: m2, userId: u, properties: {revenue: 1}}
+    expect: []
+    skipped: [s]
+""",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_skipped_for_another_reason_or_sent_fails(tmp_path: Path) -> None:
+    """A skip for another reason, or a request sent instead, fails the test and says so."""
+    done = _run_tests(
+        tmp_path,
+        """\
+  - name: other reason
+    event: {type: track, event: E, messageId: m1, userId: u, properties: {revenue: 1}}
+    expect: []
+    skipped: [{mapping: s, reason: staff order}]
+  - name: sent instead
+    event: {type: track, event: E, messageId: m2, userId: u, properties: {ok: true, revenue: 1}}
+    expect: [{mapping: s, body: {customerExternalId: u, amount: 100}}]
+    skipped: [{mapping: s}]
+""",
+    )
+    assert done.returncode == 1
+    assert "other reason: s: expected skipped with 'staff order', the reason is 'not ok'" in (
+        done.stdout
+    )
+    assert "sent instead: s: expected skipped, it was sent" in done.stdout
+
+
+def test_skipped_fails_when_the_trigger_never_took_the_event(tmp_path: Path) -> None:
+    """A mistyped trigger no longer passes a "should be skipped" test: no match is a failure."""
+    done = _run_tests(
+        tmp_path,
+        """\
+  - name: wrong event name
+    event: {type: track, event: Order Completed, messageId: m1, userId: u}
+    expect: []
+    skipped: [{mapping: s, reason: not ok}]
+""",
+    )
+    assert done.returncode == 1
+    assert "wrong event name: s: expected skipped, but its trigger never took the event" in (
+        done.stdout
+    )
+
+
+def test_invalid_with_a_reason_checks_the_errors(tmp_path: Path) -> None:
+    """`invalid: [{mapping, reason}]` needs the errors to hold the text; a plain name still works."""
+    done = _run_tests(
+        tmp_path,
+        """\
+  - name: right error
+    event: {type: track, event: E, messageId: m1, properties: {ok: true, revenue: 1}}
+    expect: []
+    invalid: [{mapping: s, reason: customerExternalId}]
+  - name: wrong error
+    event: {type: track, event: E, messageId: m2, properties: {ok: true, revenue: 1}}
+    expect: []
+    invalid: [{mapping: s, reason: amount}]
+  - name: plain name
+    event: {type: track, event: E, messageId: m3, properties: {ok: true, revenue: 1}}
+    expect: []
+    invalid: [s]
+""",
+    )
+    assert done.returncode == 1
+    out = done.stdout
+    assert "ok   right error" in out and "ok   plain name" in out
+    assert (
+        "wrong error: s: expected invalid with 'amount', the errors are: customerExternalId" in out
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("skipped: [{mapping: sx}]", "t.skipped[0]: no mapping named 'sx' (did you mean 's'?)"),
+        ("skipped: [{mapping: s, reasn: x}]", "unknown key (did you mean 'reason'?)"),
+        ("invalid: [{mapping: s, reason: ''}]", "at least 1 character"),
+    ],
+)
+def test_bad_skipped_and_invalid_entries_are_load_errors(entry: str, message: str) -> None:
+    """A `skipped`/`invalid` entry naming no mapping, or with an unknown key, is a load error."""
+    found = errors(
+        sale("amount: $.a") + "tests:\n  - {name: t, event: {a: 1}, expect: [], " + entry + "}\n"
+    )
+    assert any(message in e and e.startswith("m.yaml:") for e in found), found

@@ -11,10 +11,17 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
+from bridge.cli.diff import Summary
+from bridge.core.masking import mask_json
+from bridge.core.outcomes import Outcome
+from bridge.core.results import Result
 from bridge.mapping.explain import explain
 from bridge.service.mapping_files import load_directory
 from tests.conftest import MAPPINGS, SAMPLES, order
+from tests.helpers.mapkit import load, sale
 from tests.test_cli import lines, run
 
 EXAMPLES = MAPPINGS / "examples"
@@ -202,7 +209,7 @@ def test_shipped_and_example_mappings_validate_against_the_schema() -> None:
     """Every shipped and example mapping file is valid under the printed JSON Schema."""
     validator = jsonschema.Draft202012Validator(schema())
     files = sorted(MAPPINGS.glob("*.yaml")) + sorted(EXAMPLES.glob("*.yaml"))
-    assert len(files) == 10
+    assert len(files) == 14
     for path in files:
         assert list(validator.iter_errors(yaml.safe_load(path.read_text()))) == [], path
 
@@ -253,3 +260,186 @@ def test_every_object_is_closed_and_every_key_described() -> None:
 def test_the_committed_schema_is_current() -> None:
     """mappings/mapping.schema.json (the editors' copy) is what `bridge schema` prints."""
     assert json.loads((MAPPINGS / "mapping.schema.json").read_text()) == schema()
+
+
+def test_diff_summary_counts_transitions_amounts_and_new_invalid(tmp_path: Path) -> None:
+    """--summary: outcome transitions per mapping, amount per currency before/after, new invalid."""
+    events = write_events(tmp_path)
+    head = changed_copy(tmp_path)
+    sales = head / "sales.yaml"
+    # Every order that was sent or skipped becomes invalid: no customer id any more.
+    sales.write_text(sales.read_text().replace("$.userId", "$.properties.nobody", 1))
+    done = run("diff", "--summary", "--base", str(MAPPINGS), "--mappings", str(head), str(events))
+    assert done.returncode == 1, done.stderr
+    out = done.stdout.splitlines()
+    assert out[:4] == [
+        "outcome transitions per mapping:",
+        "  order-sale: dry_run -> invalid: 2",
+        "  order-sale: dry_run -> skipped: 1",
+        "  order-sale: skipped -> invalid: 1",
+    ]
+    assert "  eur: 101 -> 0 (-101)" in out
+    assert "new invalid: 3" in out
+    assert any(line.startswith("  o2 order-sale: ") for line in out)
+    assert "o1 'Order Completed'" not in out  # counts only, no events
+    assert out[-1] == "4 of 4 event(s) changed"
+
+
+def _reason_pair(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A base and a head whose only difference is a condition's reason, and one event."""
+    base, head = tmp_path / "base", tmp_path / "head"
+    for folder, reason in ((base, "not ok"), (head, "not ok yet")):
+        folder.mkdir()
+        (folder / "m.yaml").write_text(
+            sale(
+                "amount: {path: $.properties.revenue, transform: minor_units}",
+                trigger="{event: E, conditions: [{path: $.properties.ok, equals: true, reason: "
+                + reason
+                + "}]}",
+            )
+        )
+    events = tmp_path / "e.ndjson"
+    events.write_text(
+        '{"type":"track","event":"E","messageId":"m1","userId":"u","properties":{"revenue":1}}\n'
+    )
+    return base, head, events
+
+
+def test_diff_reason_only_changes_are_counted_and_shown_with_reasons(tmp_path: Path) -> None:
+    """A skip whose reason alone changed is no change (exit 0), counted; --reasons shows it."""
+    base, head, events = _reason_pair(tmp_path)
+    plain = run("diff", "--base", str(base), "--mappings", str(head), str(events))
+    assert plain.returncode == 0
+    assert plain.stdout.splitlines() == [
+        "1 skipped event(s) changed only their reason (--reasons)",
+        "0 of 1 event(s) changed",
+    ]
+    shown = run("diff", "--reasons", "--base", str(base), "--mappings", str(head), str(events))
+    assert shown.returncode == 0
+    assert "  s: skipped (not ok) -> skipped (not ok yet)" in shown.stdout.splitlines()
+    summary = run("diff", "--summary", "--base", str(base), "--mappings", str(head), str(events))
+    assert "skipped events whose reason alone changed: 1" in summary.stdout.splitlines()
+
+
+def test_diff_json_is_one_object_per_changed_event_then_a_summary(tmp_path: Path) -> None:
+    """--json: each changed event with messageId and per-mapping before/after, then a summary."""
+    events = write_events(tmp_path)
+    done = run(
+        "diff", "--json", "--base", str(MAPPINGS), "--mappings", str(changed_copy(tmp_path)),
+        str(events),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    *changed, summary = lines(done.stdout)
+    assert [c["messageId"] for c in changed] == ["o1", "o4"]
+    sale_change = changed[0]["mappings"]["order-sale"]
+    assert sale_change["before"]["outcome"] == "dry_run"
+    assert sale_change["after"]["outcome"] == "skipped"
+    assert sale_change["fields"]["amount"] == {"before": 101, "after": None}
+    assert changed[1]["mappings"]["order-sale"]["fields"] == {
+        "currency": {"before": "usd", "after": "gbp"}
+    }
+    assert summary["summary"]["changed"] == 2 and summary["summary"]["events"] == 4
+    assert summary["summary"]["amounts"]["gbp"] == {"before": 0, "after": 1999}
+
+
+def test_diff_json_masks_emails() -> None:
+    """Emails in --json output are masked, in email fields and inside other values."""
+    assert mask_json("customerEmail", "jane@example.com") == "j***@example.com"
+    assert mask_json("metadata", {"note": "from jane@example.com", "n": 1}) == {
+        "note": "from j***@example.com",
+        "n": 1,
+    }
+
+
+def test_the_schema_names_exactly_the_keys_the_loader_takes() -> None:
+    """Conditions, triggers, mappings, files and golden tests: the schema's keys are the models'."""
+    from bridge.mapping import conditions
+    from bridge.mapping.goldens import ExpectedOutcome, GoldenSpec
+    from bridge.mapping.models import Mapping, MappingFile, Trigger
+
+    defs = schema()["$defs"]
+    assert set(defs["test"]["properties"]) == set(conditions.keys()) - {"any", "all", "not"}
+    mapping = defs["mapping"]["properties"]
+    assert set(mapping) == set(Mapping.model_fields)
+    assert set(mapping["trigger"]["properties"]) == set(Trigger.model_fields)
+    assert set(schema()["properties"]) == set(MappingFile.model_fields)
+    golden = defs["golden"]["properties"]
+    assert set(golden) == set(GoldenSpec.model_fields)
+    entry = golden["skipped"]["items"]["anyOf"][1]["properties"]
+    assert set(entry) == set(ExpectedOutcome.model_fields)
+
+
+NEW_KEYS = """
+exclude:
+  - {path: $.context.traits.email, ends_with: "@staff.example", ignore_case: true}
+mappings:
+  - name: s
+    group: orders
+    trigger:
+      event: E
+      conditions:
+        - {path: $.context.app.version, version_gte: "2.4"}
+        - {path: $.context.app.build, version_lt: 10}
+        - {path: $.properties.plan, in: [Pro], ignore_case: true}
+        - {path: $.properties.sku, starts_with: "A-", reason: not an A product}
+        - {path: $.properties.note, contains: gift}
+      require: [{path: $.properties.currency, in: [usd], reason: unknown currency}]
+    action: sale
+    fields: {customerExternalId: $.userId, amount: {value: 1}}
+tests:
+  - name: t
+    event: {type: track, event: E}
+    expect: []
+    skipped: [s, {mapping: s, reason: staff}]
+    invalid: [{mapping: s, reason: currency}]
+"""
+
+
+def test_the_schema_takes_every_condition_and_structure_key() -> None:
+    """Text and version tests, ignore_case, require, group, exclude and reasoned test entries."""
+    validator = jsonschema.Draft202012Validator(schema())
+    assert list(validator.iter_errors(yaml.safe_load(NEW_KEYS))) == []
+    assert [str(e) for e in load(NEW_KEYS).errors] == []  # and so does the loader
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('version_gte: "2.4"', "version_gte: two"),
+        ("group: orders", "group: '-orders'"),
+        ("ignore_case: true}", "ignore_case: yes please}"),
+        ("{mapping: s, reason: staff}", "{mapping: s, reasn: staff}"),
+        ("require: [", "requires: ["),
+        ("contains: gift", "contains: ''"),
+    ],
+)
+def test_the_schema_refuses_bad_new_keys(old: str, new: str) -> None:
+    """A bad value or a misspelt key among the new ones is refused by the schema too."""
+    assert old in NEW_KEYS
+    data = yaml.safe_load(NEW_KEYS.replace(old, new))
+    assert list(jsonschema.Draft202012Validator(schema()).iter_errors(data)), new
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["usd", "EUR", None]),
+            st.integers(0, 10**12),
+            st.sampled_from([Outcome.READY, Outcome.SKIPPED, Outcome.INVALID]),
+            st.integers(0, 1),
+        ),
+        max_size=20,
+    )
+)
+def test_diff_amounts_are_the_exact_sums_of_planned_sales(
+    planned: list[tuple[str | None, int, Outcome, int]],
+) -> None:
+    """The amount per currency is the exact sum of planned sales (no currency: Dub's usd)."""
+    total = Summary()
+    expected: dict[str, list[int]] = {}
+    for currency, amount, outcome, side in planned:
+        body = {"amount": amount} | ({"currency": currency} if currency else {})
+        total.add_amounts([Result(outcome=outcome, body=body)], side)
+        if outcome is Outcome.READY:
+            expected.setdefault((currency or "usd").lower(), [0, 0])[side] += amount
+    assert total.amounts == expected

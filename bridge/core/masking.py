@@ -47,14 +47,29 @@ def _masked(match: re.Match[str]) -> str:
     return f"{shown}***@{match['domain']}"
 
 
+def _mask_address(value: str) -> str:
+    """Whatever an email field holds is treated as an address, well-formed or not."""
+    domain = value.rpartition("@")[2] if "@" in value else ""
+    return f"{value[:1]}***@{domain}" if domain else f"{value[:1]}***"
+
+
 def mask_value(field: str, value: Any) -> str:
     """A short, masked representation of a value for an error or a warning."""
     if isinstance(value, str) and "email" in field.lower():
-        # Whatever an email field holds is treated as an address, well-formed or not.
-        domain = value.rpartition("@")[2] if "@" in value else ""
-        shown = repr(f"{value[:1]}***@{domain}" if domain else f"{value[:1]}***")
+        shown = repr(_mask_address(value))
     else:
         shown = _SHORT.repr(value)
     if len(shown) > _SHOWN_MAX:
         shown = shown[: _SHOWN_MAX - 3] + "..."
     return mask_emails(shown)
+
+
+def mask_json(field: str, value: Any) -> Any:
+    """A JSON value with every email masked, kept JSON (for machine-read output)."""
+    if isinstance(value, dict):
+        return {k: mask_json(str(k), v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_json(field, v) for v in value]
+    if isinstance(value, str):
+        return _mask_address(value) if "email" in field.lower() else mask_emails(value)
+    return value

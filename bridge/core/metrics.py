@@ -40,7 +40,7 @@ ROWS_CACHE_SECONDS = 5.0
 DUB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Segment gives up after 5 s; the bridge answers within BRIDGE_DEADLINE_SECONDS (4 s).
 WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0)
-log = logging.getLogger("bridge.metrics")
+log = logging.getLogger("bridge.core.metrics")
 
 
 @dataclass(frozen=True)

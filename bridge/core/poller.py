@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-log = logging.getLogger("bridge.poller")
+log = logging.getLogger("bridge.core.poller")
 
 
 class Poller:

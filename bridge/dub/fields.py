@@ -135,9 +135,13 @@ class Amount(Rule):
 class Currency(Rule):
     def check(self, value: Any) -> tuple[Any, str | None]:
         if not isinstance(value, str) or not CURRENCY_RE.match(value):
-            raise FieldRejected(
-                "must be a three-letter lower-case currency code (hint: transform: lower)"
-            )
+            # `lower` is suggested only when it would help: a value that is already
+            # lower-case (a mapping that has `lower` gives one) needs another fix.
+            if isinstance(value, str) and CURRENCY_RE.match(value.lower()):
+                hint = f"hint: {value.lower()!r}; transform: lower makes an event's value so"
+            else:
+                hint = "hint: map other spellings to a code with {map: {...}}"
+            raise FieldRejected(f"must be a three-letter lower-case currency code ({hint})")
         return value, None
 
 

@@ -8,11 +8,16 @@ tests:
       - mapping: order-sale
         body: {customerExternalId: u1, amount: 1999, ...}
     invalid: [other-mapping]        # optional: these mappings must find the event invalid
+    skipped: [{mapping: m, reason: not ok}]  # optional: these must skip it, for that reason
 ```
 
 A test passes when the engine (plan only, nothing sent) makes exactly the expected
-requests, with exactly the expected bodies, and finds the event invalid for exactly the
-mappings under ``invalid``. A failure is told field by field. Pure: the caller reads
+requests, with exactly the expected bodies, finds the event invalid for exactly the
+mappings under ``invalid`` and skips it for each mapping under ``skipped``. An entry of
+``invalid`` or ``skipped`` is a mapping name or ``{mapping, reason}``: the reason (or the
+errors) must contain that text. A ``skipped`` mapping must have been triggered: one whose
+trigger never took the event fails the test, so a mistyped trigger cannot pass a "should
+be skipped" test. A failure is told field by field. Pure: the caller reads
 ``event_file`` (relative to the mapping file) and hands the events over.
 """
 
@@ -45,6 +50,19 @@ class ExpectedRequest(BaseModel):
         return dict(check_json(body, where="body"))
 
 
+class ExpectedOutcome(BaseModel):
+    """A mapping that must skip (or find invalid) the event, and text its reason holds."""
+
+    model_config = _STRICT
+    mapping: str = Field(min_length=1)
+    reason: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name(cls, data: Any) -> Any:
+        return {"mapping": data} if isinstance(data, str) else data
+
+
 class GoldenSpec(BaseModel):
     """One test as written."""
 
@@ -53,7 +71,8 @@ class GoldenSpec(BaseModel):
     event: Any = None
     event_file: str | None = Field(None, min_length=1)
     expect: tuple[ExpectedRequest, ...]
-    invalid: tuple[str, ...] = ()
+    invalid: tuple[ExpectedOutcome, ...] = ()
+    skipped: tuple[ExpectedOutcome, ...] = ()
 
     @field_validator("event")
     @classmethod
@@ -84,7 +103,8 @@ class GoldenCase:
     event: Any  # MISSING when the test reads event_file
     event_file: str | None
     expect: tuple[ExpectedRequest, ...]
-    invalid: tuple[str, ...]
+    invalid: tuple[ExpectedOutcome, ...]
+    skipped: tuple[ExpectedOutcome, ...] = ()
     lines: dict[str, int | None] = field(default_factory=dict)
 
     @property
@@ -95,8 +115,9 @@ class GoldenCase:
         """(key, mapping name) of every mapping the test names."""
         for index, request in enumerate(self.expect):
             yield f"expect[{index}].mapping", request.mapping
-        for index, name in enumerate(self.invalid):
-            yield f"invalid[{index}]", name
+        for key in ("invalid", "skipped"):
+            for index, entry in enumerate(getattr(self, key)):
+                yield f"{key}[{index}]", entry.mapping
 
 
 def read_tests(file: str, data: Any, index: int, raw: Any) -> GoldenCase | ValidationError:
@@ -109,10 +130,11 @@ def read_tests(file: str, data: Any, index: int, raw: Any) -> GoldenCase | Valid
         f"expect[{i}].mapping": line_of(data, ("tests", index, "expect", i, "mapping"))
         for i in range(len(spec.expect))
     }
-    lines |= {
-        f"invalid[{i}]": line_of(data, ("tests", index, "invalid", i))
-        for i in range(len(spec.invalid))
-    }
+    for key in ("invalid", "skipped"):
+        lines |= {
+            f"{key}[{i}]": line_of(data, ("tests", index, key, i))
+            for i in range(len(getattr(spec, key)))
+        }
     return GoldenCase(
         spec.name,
         file,
@@ -121,6 +143,7 @@ def read_tests(file: str, data: Any, index: int, raw: Any) -> GoldenCase | Valid
         spec.event_file,
         spec.expect,
         spec.invalid,
+        spec.skipped,
         lines,
     )
 
@@ -133,7 +156,9 @@ def check(case: GoldenCase, results: Iterable[Result]) -> list[str]:
     sent: dict[str, list[Result]] = {}
     invalid: list[Result] = []
     other: dict[str, Result] = {}
+    by_mapping: dict[str, list[Result]] = {}
     for result in results:
+        by_mapping.setdefault(result.mapping or "", []).append(result)
         if result.outcome is Outcome.READY and result.body is not None:
             sent.setdefault(result.mapping or "", []).append(result)
         elif result.outcome is Outcome.INVALID:
@@ -158,6 +183,7 @@ def check(case: GoldenCase, results: Iterable[Result]) -> list[str]:
                 f"{mapping}: sent a request the test does not expect: {_json(result.body)}"
             )
     problems += _invalid_diff(case.invalid, invalid)
+    problems += _skipped_diff(case.skipped, by_mapping)
     return problems
 
 
@@ -178,16 +204,53 @@ def _body_diff(mapping: str, expected: dict[str, Any], got: dict[str, Any]) -> l
     return lines
 
 
-def _invalid_diff(expected: tuple[str, ...], invalid: list[Result]) -> list[str]:
+def _invalid_diff(expected: tuple[ExpectedOutcome, ...], invalid: list[Result]) -> list[str]:
     lines = []
     found = {r.mapping or "(event)": r for r in invalid}
-    for name in expected:
-        if name not in found:
-            lines.append(f"{name}: expected invalid, it was not")
+    for entry in expected:
+        result = found.get(entry.mapping)
+        if result is None:
+            lines.append(f"{entry.mapping}: expected invalid, it was not")
+        elif entry.reason is not None and entry.reason not in "; ".join(result.errors):
+            lines.append(
+                f"{entry.mapping}: expected invalid with {entry.reason!r}, "
+                f"the errors are: {'; '.join(result.errors)}"
+            )
+    names = {entry.mapping for entry in expected}
     for name, result in found.items():
-        if name not in expected:
+        if name not in names:
             errors = "; ".join(result.errors)
             lines.append(f"{name}: invalid, the test does not expect it: {errors}")
+    return lines
+
+
+def _skipped_diff(
+    expected: tuple[ExpectedOutcome, ...], by_mapping: dict[str, list[Result]]
+) -> list[str]:
+    """Each ``skipped`` entry: the mapping was triggered and skipped, for that reason."""
+    lines = []
+    for entry in expected:
+        results = by_mapping.get(entry.mapping, [])
+        if not results:
+            lines.append(
+                f"{entry.mapping}: expected skipped, but its trigger never took the event"
+                " (a skip only counts once the trigger matched)"
+            )
+            continue
+        skips = [r for r in results if r.outcome is Outcome.SKIPPED]
+        if not skips:
+            first = results[0]
+            what = "sent" if first.outcome is Outcome.READY else str(first.outcome)
+            detail = "; ".join(first.errors)
+            lines.append(
+                f"{entry.mapping}: expected skipped, it was {what}"
+                + (f" ({detail})" if detail else "")
+            )
+        elif entry.reason is not None and not any(entry.reason in (r.reason or "") for r in skips):
+            lines.append(
+                f"{entry.mapping}: expected skipped with {entry.reason!r}, "
+                f"the reason is {skips[0].reason!r}"
+            )
     return lines
 
 

@@ -118,7 +118,7 @@ def _read_file(
     try:
         data, duplicates = read_yaml(text)
     except YAMLProblem as exc:
-        yield None, None, [MappingIssue(name, exc.line, "", str(exc))]
+        yield None, None, [MappingIssue(name, exc.line, "", str(exc), _yaml_hint(str(exc)))]
         return
     dupes = [MappingIssue(name, line, str(key), "key given twice") for line, key in duplicates]
     try:
@@ -153,6 +153,17 @@ def _read_file(
             continue
         problems += _semantic(name, data, index, mapping)
         yield (None if any(p.severity == "error" for p in problems) else mapping), raw, problems
+
+
+def _yaml_hint(message: str) -> str:
+    """What to do about a YAML error an ops person meets often."""
+    if "unknown escape character" in message:
+        # A regex such as "^\d+$" in double quotes: YAML reads the backslash first.
+        return (
+            "inside double quotes a backslash starts an escape: use single quotes"
+            " ('^\\d+$') or double the backslash (\"^\\\\d+$\")"
+        )
+    return ""
 
 
 def _label(raw: Any, index: int, kind: str) -> str:
@@ -192,8 +203,10 @@ def _keys_at(loc: tuple[Any, ...]) -> list[str]:
             return ["path", *FieldSpec.model_fields]
         if part == "expect":
             return ["mapping", "body"]
+        if part in ("invalid", "skipped"):
+            return ["mapping", "reason"]
         if part == "tests":
-            return ["name", "event", "event_file", "expect", "invalid"]
+            return ["name", "event", "event_file", "expect", "invalid", "skipped"]
     return list(Mapping.model_fields) + list(MappingFile.model_fields)
 
 

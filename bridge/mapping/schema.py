@@ -60,6 +60,27 @@ _TEST_WORDS: dict[str, tuple[str, dict[str, Any]]] = {
         "true: some path gives a non-empty value; false: none does.",
         {"type": "boolean"},
     ),
+    "starts_with": ("The text value starts with this text.", {"type": "string", "minLength": 1}),
+    "ends_with": ("The text value ends with this text.", {"type": "string", "minLength": 1}),
+    "contains": ("The text value contains this text.", {"type": "string", "minLength": 1}),
+}
+_VERSION_TEXT = {
+    "version_gt": "greater than",
+    "version_gte": "greater than or equal to",
+    "version_lt": "less than",
+    "version_lte": "less than or equal to",
+}
+_VERSION = {
+    "anyOf": [{"type": "string", "pattern": r"^[vV]?\d+(\.\d+)*$"}, {"type": "number"}],
+}
+_TEST_WORDS |= {
+    word: (
+        f"The value, read as a dotted version (optional leading v, numeric parts, missing "
+        f"parts 0: '2' is '2.0.0', '2.10.1' > '2.9'), is {text} this one; text that is "
+        "no version does not hold.",
+        _VERSION,
+    )
+    for word, text in _VERSION_TEXT.items()
 }
 
 
@@ -76,8 +97,19 @@ def _obj(properties: dict[str, Any], description: str, **more: Any) -> dict[str,
 def _condition_defs() -> dict[str, Any]:
     reason = {"type": "string", "description": "Shown as the skip reason when this does not hold."}
     tests = {word: {**schema, "description": text} for word, (text, schema) in _TEST_WORDS.items()}
+    ignore_case = {
+        "type": "boolean",
+        "description": "true: compare text ignoring case (with equals, not_equals, in, not_in, "
+        "starts_with, ends_with, contains or matches).",
+    }
     leaf = _obj(
-        {"path": _JSONPATH, "paths": _PATHS, **tests, "reason": reason},
+        {
+            "path": _JSONPATH,
+            "paths": _PATHS,
+            **tests,
+            "ignore_case": ignore_case,
+            "reason": reason,
+        },
         "A test on the first non-empty value of path/paths.",
         allOf=[
             {"oneOf": [{"required": ["path"]}, {"required": ["paths"]}]},
@@ -182,6 +214,12 @@ def _mapping() -> dict[str, Any]:
                 "items": {"$ref": "#/$defs/condition"},
                 "description": "All must hold, else the event is skipped with the reason.",
             },
+            "require": {
+                "type": "array",
+                "items": {"$ref": "#/$defs/condition"},
+                "description": "Checked once `conditions` hold: one that fails makes the event "
+                "invalid (a dead letter in `bridge deadletters`) with its reason, not skipped.",
+            },
         },
         "Which events this mapping takes.",
         oneOf=[{"required": ["event"]}, {"required": ["event_matches"]}],
@@ -210,6 +248,14 @@ def _mapping() -> dict[str, Any]:
                 "description": "Unique across files; the ledger key with the messageId.",
             },
             "description": {"type": "string", "description": "Free text."},
+            "group": {
+                "type": "string",
+                "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                "maxLength": 100,
+                "description": "Among the mappings of one group, the first in load order (files "
+                "by name, then order in the file) whose trigger and conditions hold takes the "
+                "event; the others skip it ('group NAME: taken by MAPPING').",
+            },
             "trigger": trigger,
             "action": {"enum": sorted(ENDPOINTS), "description": "The Dub call: lead or sale."},
             "fields": _obj(
@@ -235,6 +281,23 @@ def _test() -> dict[str, Any]:
         "One Dub request the event must make.",
         required=["mapping", "body"],
     )
+    outcome = {
+        "anyOf": [
+            {"type": "string", "minLength": 1, "description": "A mapping name."},
+            _obj(
+                {
+                    "mapping": {"type": "string", "minLength": 1, "description": "The mapping."},
+                    "reason": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "Text its skip reason (or its errors) must contain.",
+                    },
+                },
+                "A mapping, and text its reason must contain.",
+                required=["mapping"],
+            ),
+        ]
+    }
     return _obj(
         {
             "name": {"type": "string", "minLength": 1, "description": "Shown by `bridge test`."},
@@ -250,8 +313,13 @@ def _test() -> dict[str, Any]:
             },
             "invalid": {
                 "type": "array",
-                "items": {"type": "string"},
+                "items": outcome,
                 "description": "Mappings that must find the event invalid.",
+            },
+            "skipped": {
+                "type": "array",
+                "items": outcome,
+                "description": "Mappings whose trigger takes the event and that must skip it.",
             },
         },
         "A golden test: an event and exactly the Dub requests it makes.",
@@ -278,6 +346,12 @@ def mapping_schema() -> dict[str, Any]:
                     "type": "array",
                     "items": {"$ref": "#/$defs/golden"},
                     "description": "Golden tests, run by `bridge test`.",
+                },
+                "exclude": {
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/condition"},
+                    "description": "For every mapping of the set (all files): an event for which "
+                    "one of these holds is skipped ('excluded by FILE: ...').",
                 },
             },
             "Segment events in, Dub conversions out.",

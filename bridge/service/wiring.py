@@ -21,7 +21,7 @@ from .store import MappingStore
 
 OUTBOX_POLL_SECONDS = 30.0
 
-log = logging.getLogger("bridge.wiring")
+log = logging.getLogger("bridge.service.wiring")
 
 
 def require_api_key(settings: Settings) -> str:
