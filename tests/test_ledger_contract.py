@@ -417,6 +417,20 @@ def test_due_lists_old_unsettled_rows_nobody_holds(ledger: Ledger, clock: Manual
     assert not ledger.defer("c-done", "sale", 0)  # only pending rows wait
 
 
+def test_a_row_handed_over_is_due_whatever_its_age(ledger: Ledger, clock: ManualClock) -> None:
+    """A pending row given a next try (an SDK's message handed to the outbox) is due once
+    that time comes, though first seen after the cut; a fresh row with none is not."""
+    for name in ("handed", "fresh"):
+        claim(ledger, name)
+        ledger.finish(name, "sale", State.PENDING)
+    cut = clock.time() - 3600  # both rows are younger than the outbox's age
+    assert ledger.due(first_seen_before=cut, limit=10) == []
+    assert ledger.defer("handed", "sale", clock.time() + 5)
+    assert ledger.due(first_seen_before=cut, limit=10) == []
+    clock.advance(5)
+    assert [r.message_id for r in ledger.due(first_seen_before=cut, limit=10)] == ["handed"]
+
+
 # --- across processes: the rate limit and cluster locks ---------------------------------------------
 
 

@@ -187,8 +187,8 @@ class Ledger(Protocol):
         """When the oldest row still pending or in flight was first seen, if any."""
 
     def due(self, *, first_seen_before: float, limit: int) -> list[Row]:
-        """Unsettled rows first seen before then, whose backoff has passed, that nobody
-        holds: what the outbox sends now, oldest first."""
+        """Unsettled rows first seen before then (or handed to the outbox with ``defer``),
+        whose backoff has passed, that nobody holds: what the outbox sends now, oldest first."""
 
     # --- across instances -------------------------------------------------------------------
 

@@ -253,7 +253,7 @@ class MemoryLedger:
             rows = [
                 r
                 for key, r in self._rows.items()
-                if r.created_at < first_seen_before
+                if (r.created_at < first_seen_before or self._extra[key].not_before > 0)
                 and r.request_body is not None
                 and self._extra[key].not_before <= now
                 and (

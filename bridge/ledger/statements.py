@@ -66,7 +66,8 @@ WHERE message_id = :message_id AND mapping = :mapping AND state IN {states(DEAD)
 """
 DUE = f"""
 SELECT {COLUMNS} FROM deliveries
-WHERE created_at < :before AND COALESCE(not_before, 0) <= :now AND request_body IS NOT NULL
+WHERE (created_at < :before OR not_before IS NOT NULL) AND COALESCE(not_before, 0) <= :now
+  AND request_body IS NOT NULL
   AND (state = 'pending' OR (state = 'in_flight' AND COALESCE(lease_until, 0) <= :now))
 ORDER BY created_at LIMIT :limit
 """

@@ -20,6 +20,7 @@ from ..wiring import UNSIGNED_WARNING, Service, build_service
 from . import requests
 from .health import health
 from .responses import json_response
+from .sdk import sdk
 from .webhook import webhook
 
 log = logging.getLogger("bridge.app")
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["bridge"] = service
     app.register_blueprint(webhook)
+    app.register_blueprint(sdk)
     app.register_blueprint(health)
     requests.install(app)
 

@@ -9,6 +9,7 @@ than the ledger's memory refused, the rest planned and delivered within the budg
 from __future__ import annotations
 
 import math
+from collections.abc import Set
 
 from flask import Blueprint, Response, current_app, request
 
@@ -42,17 +43,27 @@ def segment() -> Response:
     unvouched = _unvouched(service, verified, items)
     if unvouched and settings.unverified_events == "refuse":
         raise InvalidSignature("the signature does not vouch for every event of this body")
-    not_before = clock.time() - settings.max_event_age_days * 86400
-    results, payloads = plan_all(
-        service.store.engine, items, not_before=not_before, unvouched=unvouched
-    )
-    budget = settings.deadline_seconds - (clock.monotonic() - started)
-    results = service.deliverer.deliver(results, budget, payloads)
+    results = run_events(service, items, started, unvouched=unvouched)
     if any(r.outcome in RETRY for r in results):
         wait = _retry_after(results, settings.retry_after_seconds)
         error = ServiceUnavailable("Dub did not take every event; retry the request").to_dict()
         return json_response(summarize(results, error), 503, {"Retry-After": str(wait)})
     return json_response(summarize(results))
+
+
+def run_events(
+    service: Service, items: list[Item], started: float, *, unvouched: Set[int] = frozenset(),
+    hand_over: bool = False,
+) -> list[Result]:  # fmt: skip
+    """Every way in's one pipeline: age checks, mappings, then delivery (ledger, Dub, rate
+    limit) within what is left of the time budget since ``started`` (monotonic)."""
+    settings, clock = service.settings, service.deliverer.clock
+    not_before = clock.time() - settings.max_event_age_days * 86400
+    results, payloads = plan_all(
+        service.store.engine, items, not_before=not_before, unvouched=unvouched
+    )
+    budget = settings.deadline_seconds - (clock.monotonic() - started)
+    return service.deliverer.deliver(results, budget, payloads, hand_over=hand_over)
 
 
 def read_body(limit: int) -> bytes:
@@ -62,6 +73,11 @@ def read_body(limit: int) -> bytes:
         raise UnsupportedEncoding(
             f"Content-Encoding {encoding!r} is not accepted: send the JSON body as it is"
         )
+    return read_limited(limit)
+
+
+def read_limited(limit: int) -> bytes:
+    """The body's bytes as they came, at most ``limit``: 413 past it (chunked too)."""
     length = request.content_length
     if length is not None:
         if length > limit:
