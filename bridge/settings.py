@@ -200,6 +200,17 @@ class Settings(BaseModel):
         return self.segment_shared_secret is None
 
     @property
+    def keyed_ways_in(self) -> bool:
+        """A way in with keys of its own is configured (the SDK API, RudderStack)."""
+        return self.write_keys is not None or self.rudderstack_token is not None
+
+    @property
+    def webhook_off(self) -> bool:
+        """POST /segment is off: only keyed ways in are configured, without a shared secret
+        (and unsigned requests were not chosen)."""
+        return self.unsigned and not self.allow_unsigned and self.keyed_ways_in
+
+    @property
     def ledger_chosen(self) -> bool:
         """Where the ledger lives was said, not defaulted: DATABASE_URL, BRIDGE_DB, or a
         BRIDGE_LEDGER other than the SQLite file."""

@@ -18,6 +18,7 @@ from .settings import Settings
 from .sources import load_directory
 from .wiring import (
     UNSIGNED_WARNING,
+    WEBHOOK_OFF,
     require_api_key,
     require_ledger_choice,
     require_signing,
@@ -45,6 +46,8 @@ def check(settings: Settings, *, migrate: bool = True) -> Report:
             report.problems.append(exc.message)
     if settings.unsigned and settings.allow_unsigned:
         report.warnings.append(UNSIGNED_WARNING)
+    elif settings.webhook_off:
+        report.warnings.append(WEBHOOK_OFF)
     ledger: Ledger | None = None
     try:
         require_ledger_choice(settings)  # before a default SQLite file could be made

@@ -25,6 +25,7 @@ from bridge.ledger.base import Ledger
 from bridge.logs import JSONFormatter
 from bridge.outcomes import State
 from bridge.settings import Settings
+from bridge.startup import check
 from bridge.web.app import create_app
 from bridge.web.sdk import BATCH_LIMIT, MESSAGE_LIMIT, derived_message_id, normalize
 from tests.conftest import DUB, body_of, lead_ok, make_settings, order, sale_ok, signup
@@ -41,7 +42,13 @@ def basic(key: str) -> dict[str, str]:
 
 @pytest.fixture
 def app(tmp_path: Path, clock: ManualClock) -> Any:
-    settings = make_settings(tmp_path, write_keys=f"shop:{KEY},other_key", rudderstack_token=TOKEN)
+    # Unsigned POST /segment too, for the tests that send the same event both ways.
+    settings = make_settings(
+        tmp_path,
+        write_keys=f"shop:{KEY},other_key",
+        rudderstack_token=TOKEN,
+        allow_unsigned=True,
+    )
     made = create_app(settings, clock=clock)
     yield made
     made.extensions["bridge"].close()
@@ -438,3 +445,33 @@ def test_the_sources_name_is_on_the_log_lines_and_the_metric(
     events = [line for line in lines if line.get("messageId") == "src-1"]
     assert events and all(line["source"] == "shop" for line in events)
     assert REGISTRY.get_sample_value("bridge_source_events_total", labels) == before + 1
+
+
+# --- only keyed ways in -----------------------------------------------------------------------
+
+
+def test_only_keyed_ways_in_start_without_a_secret_and_close_the_webhook(
+    tmp_path: Path, dub: responses.RequestsMock
+) -> None:
+    """With write keys and no SEGMENT_SHARED_SECRET (nor BRIDGE_ALLOW_UNSIGNED), the service
+    starts, POST /segment is off (404, never unsigned), and /v1 takes keyed requests."""
+    settings = make_settings(tmp_path, write_keys=KEY)
+    report = check(settings)
+    assert report.ok, report.problems
+    assert any("POST /segment is off" in w for w in report.warnings)
+    made = create_app(settings)
+    try:
+        client = made.test_client()
+        dub.post(f"{DUB}/track/sale", json=sale_ok())
+        assert post(client, "/segment", order("w-1")).status_code == 404
+        assert len(dub.calls) == 0
+        assert post(client, "/v1/track", order("w-2"), basic(KEY)).status_code == 200
+        assert client.get("/healthz").get_json()["signatures"].startswith("POST /segment off")
+    finally:
+        made.extensions["bridge"].close()
+
+
+def test_no_secret_and_no_other_way_in_still_refuses_to_start(tmp_path: Path) -> None:
+    """Without a secret, BRIDGE_ALLOW_UNSIGNED or a keyed way in, start-up still refuses."""
+    problems = check(make_settings(tmp_path)).problems
+    assert any("SEGMENT_SHARED_SECRET is not set" in p for p in problems)

@@ -114,7 +114,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The fake Dub and the Procfile's web process, with one write key."""
+    """The fake Dub and the Procfile's web process, with one write key and nothing else: no
+    SEGMENT_SHARED_SECRET, no BRIDGE_ALLOW_UNSIGNED (a shop that sends from its backend)."""
     tmp = tmp_path_factory.mktemp("sdk-e2e")
     dub = FakeDub(api_key=API_KEY).start()
     env = clean_env(
@@ -124,6 +125,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         BRIDGE_MAPPINGS_DIR=str(MAPPINGS),
         BRIDGE_RELOAD_SECONDS="0",
         BRIDGE_WRITE_KEYS=f"shop:{WRITE_KEY}",
+        BRIDGE_ALLOW_UNSIGNED="0",
     )
     web = ProcfileWeb(env, tmp)
     try:
@@ -275,3 +277,12 @@ def test_dub_down_past_the_budget_is_queued_and_the_outbox_sends_it(stack: Stack
     outcomes = [line["outcome"] for line in lines if line.get("event") == "Order Completed"
                 and line.get("source") == "shop"]  # fmt: skip
     assert "queued" in outcomes
+
+
+def test_with_only_write_keys_the_webhook_is_off(stack: Stack) -> None:
+    """The SDK-only deployment started (the master's start-up check passed) and POST
+    /segment is off: an unsigned event is 404, never sent."""
+    event = {"type": "track", "event": "Order Completed", "messageId": "hook-1",
+             "userId": "u-hook", "properties": {"order_id": "ORD-hook", "revenue": 5}}  # fmt: skip
+    assert requests.post(stack.web.url + "/segment", json=event, timeout=10).status_code == 404
+    assert stack.dub.received_count(sale_key("ORD-hook")) == 0

@@ -16,7 +16,7 @@ from .. import logs
 from ..clock import SYSTEM, Clock
 from ..errors import BridgeError, PayloadTooLarge
 from ..settings import Settings
-from ..wiring import UNSIGNED_WARNING, Service, build_service
+from ..wiring import UNSIGNED_WARNING, WEBHOOK_OFF, Service, build_service
 from . import requests
 from .health import health
 from .responses import json_response
@@ -64,8 +64,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
         )
 
     service.start()
-    if settings.unsigned:
+    if settings.unsigned and settings.allow_unsigned:
         log.warning(UNSIGNED_WARNING)
+    elif settings.webhook_off:
+        log.warning(WEBHOOK_OFF)
     log.info(
         "bridge ready",
         extra={

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, current_app, request
 
 from ..errors import LedgerError
 from ..metrics import LedgerRows, exposition
+from ..settings import Settings
 from ..wiring import Service
 from .responses import json_response
 
@@ -96,9 +97,7 @@ def healthz() -> Response:
                 "kind": service.ledger.kind if service.ledger is not None else "off",
                 "problem": problem,
             },
-            "signatures": "not checked (BRIDGE_ALLOW_UNSIGNED=1)"
-            if service.settings.unsigned
-            else "required",
+            "signatures": _signatures(service.settings),
             "draining": service.draining,
             "callsInFlight": service.deliverer.in_flight,
         }
@@ -127,3 +126,9 @@ def prometheus() -> Response:
         current_app.extensions["bridge.ledger_rows"] = rows
     body, content_type = exposition(rows)
     return Response(body, mimetype=content_type.split(";")[0], content_type=content_type)
+
+
+def _signatures(settings: Settings) -> str:
+    if settings.webhook_off:
+        return "POST /segment off (no SEGMENT_SHARED_SECRET)"
+    return "not checked (BRIDGE_ALLOW_UNSIGNED=1)" if settings.unsigned else "required"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Set
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, abort, current_app, request
 
 from ..errors import InvalidSignature, PayloadTooLarge, ServiceUnavailable, UnsupportedEncoding
 from ..inputs import Item, parse_body
@@ -32,6 +32,8 @@ def segment() -> Response:
     clock = service.deliverer.clock
     started = clock.monotonic()
     settings = service.settings
+    if settings.webhook_off:  # only keyed ways in are configured
+        abort(404, description="POST /segment is off: SEGMENT_SHARED_SECRET is not set")
     raw = read_body(settings.max_body_bytes)
     secret = settings.segment_shared_secret
     verified = None
