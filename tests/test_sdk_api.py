@@ -475,3 +475,22 @@ def test_no_secret_and_no_other_way_in_still_refuses_to_start(tmp_path: Path) ->
     """Without a secret, BRIDGE_ALLOW_UNSIGNED or a keyed way in, start-up still refuses."""
     problems = check(make_settings(tmp_path)).problems
     assert any("SEGMENT_SHARED_SECRET is not set" in p for p in problems)
+
+
+def test_the_ledger_keeps_the_sources_name(
+    app: Any, client: Any, dub: responses.RequestsMock
+) -> None:
+    """Each row remembers the way in its event first came by: the write key's name, or
+    rudderstack; Segment's webhook leaves it empty; an invalid event's dead letter too."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    assert post(client, "/v1/batch", sdk_batch(order("l-1")), basic(KEY)).status_code == 200
+    rudder = {"X-Bridge-Token": TOKEN}
+    assert post(client, "/rudderstack", order("l-2"), rudder).status_code == 200
+    assert post(client, "/segment", order("l-3")).status_code == 200
+    bad = order("l-4", revenue=-1)
+    assert post(client, "/v1/batch", sdk_batch(bad), basic("other_key")).status_code == 200
+    sources = {m: ledger_of(app).get(m, "order-sale") for m in ("l-1", "l-2", "l-3", "l-4")}
+    assert {m: r.source if r else "missing" for m, r in sources.items()} == {
+        "l-1": "shop", "l-2": "rudderstack", "l-3": None, "l-4": "sdk"
+    }  # fmt: skip
+    assert sources["l-4"] is not None and sources["l-4"].state is State.INVALID

@@ -25,6 +25,7 @@ from ..dub.endpoints import ENDPOINTS, Endpoint
 from ..errors import LedgerError
 from ..eventlog import log_result
 from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger
+from ..logs import SOURCE
 from ..metrics import metrics
 from ..outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
 from ..results import Result
@@ -201,6 +202,7 @@ class Deliverer:
                 results[i].event,
                 results[i].customer,
                 results[i].body,
+                SOURCE.get(),
             )
             for i in ready
         ]
@@ -220,6 +222,7 @@ class Deliverer:
                 event=result.event,
                 errors=list(result.errors),
                 payload=payloads.get(result.message_id),
+                source=SOURCE.get(),
             )
 
     def _release(self, job: _Job, payload: Any) -> None:

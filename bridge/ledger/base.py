@@ -39,6 +39,7 @@ class ClaimRequest:
     event: str | None
     customer: str | None
     body: dict[str, Any] | None
+    source: str | None = None  # the way in (a write key's name); None: Segment's webhook
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class Row:
     error: Any
     created_at: float
     updated_at: float
+    source: str | None = None  # the way in it first came by; None: Segment's webhook
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +85,7 @@ class Row:
             "requestBody": self.request_body,
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
+            "source": self.source,
         }
 
 
@@ -165,6 +168,7 @@ class Ledger(Protocol):
         event: str | None,
         errors: Any,
         payload: Any,
+        source: str | None = None,
     ) -> bool:
         """Note an event that was never sent (invalid), unless the row already went further."""
 

@@ -114,6 +114,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "mapping sets: the last good one, and the published one", _both(_MAPPINGS)),
     Migration(5, "what each batch signature vouched for when first seen", _both(_SIGNATURES)),
     Migration(6, "the shared rate limit counted per second, not per call", _both(_BUCKETS)),
+    Migration(
+        7,
+        "the way in each row first came by (a write key's name, rudderstack)",
+        _both("ALTER TABLE deliveries ADD COLUMN source TEXT"),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

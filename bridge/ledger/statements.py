@@ -24,17 +24,17 @@ def states(values: frozenset[State]) -> str:
 
 COLUMNS = (
     "message_id, mapping, action, event, customer, state, attempts, request_body,"
-    " payload, status, error, created_at, updated_at"
+    " payload, status, error, created_at, updated_at, source"
 )
 CLAIM = f"""
 INSERT INTO deliveries (message_id, mapping, action, event, customer, state, attempts,
-                        request_body, lease_until, created_at, updated_at)
+                        request_body, lease_until, created_at, updated_at, source)
 VALUES (:message_id, :mapping, :action, :event, :customer, 'in_flight', 0,
-        :body, :lease, :now, :now)
+        :body, :lease, :now, :now, :source)
 ON CONFLICT (message_id, mapping) DO UPDATE SET
     prev_state = deliveries.state, state = 'in_flight', lease_until = excluded.lease_until,
     request_body = excluded.request_body, customer = excluded.customer,
-    updated_at = excluded.updated_at
+    updated_at = excluded.updated_at, source = COALESCE(deliveries.source, excluded.source)
 WHERE deliveries.state IN {states(CLAIMABLE)}
    OR (deliveries.state = 'in_flight' AND COALESCE(deliveries.lease_until, 0) <= :now)
    OR (:redrive = 1 AND deliveries.state IN {states(REDRIVABLE)})
@@ -54,10 +54,11 @@ WHERE message_id = :message_id AND mapping = :mapping AND state = 'in_flight'
 """
 RECORD = """
 INSERT INTO deliveries (message_id, mapping, action, event, state, error, payload,
-                        created_at, updated_at)
-VALUES (:message_id, :mapping, :action, :event, :state, :error, :payload, :now, :now)
+                        created_at, updated_at, source)
+VALUES (:message_id, :mapping, :action, :event, :state, :error, :payload, :now, :now, :source)
 ON CONFLICT (message_id, mapping) DO UPDATE SET state = excluded.state,
-    error = excluded.error, payload = excluded.payload, updated_at = excluded.updated_at
+    error = excluded.error, payload = excluded.payload, updated_at = excluded.updated_at,
+    source = COALESCE(deliveries.source, excluded.source)
 WHERE deliveries.state IN {recordable}
 """
 SUPERSEDE = f"""
