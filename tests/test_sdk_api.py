@@ -494,3 +494,29 @@ def test_the_ledger_keeps_the_sources_name(
         "l-1": "shop", "l-2": "rudderstack", "l-3": None, "l-4": "sdk"
     }  # fmt: skip
     assert sources["l-4"] is not None and sources["l-4"].state is State.INVALID
+
+
+def _deep_message(depth: int, message_id: str | None) -> bytes:
+    """An order whose properties hold lists nested ``depth`` deep, as text (the standard
+    library cannot write it under pytest's stack)."""
+    given = f'"messageId": "{message_id}", ' if message_id else ""
+    nested = "[" * depth + "]" * depth
+    return (
+        f'{{"type": "track", "event": "Order Completed", {given}"userId": "u",'
+        f' "properties": {{"revenue": 1, "a": {nested}}}}}'
+    ).encode()
+
+
+@pytest.mark.parametrize("depth", [990, 1020])
+def test_a_deeply_nested_message_is_a_clear_400_never_a_crash(client: Any, depth: int) -> None:
+    """A message nested too deeply to be written again, sent without a messageId (or in a
+    batch big enough to be measured message by message), is 400 naming it, not a 500."""
+    response = post(client, "/v1/track", _deep_message(depth, None), basic(KEY))
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_message"
+    assert "the message: no messageId" in response.get_json()["error"]["message"]
+    pads = [body_of(order(f"pad{i}", note="x" * 20_000)) for i in range(2)]
+    raw = b'{"batch": [' + b",".join([*pads, _deep_message(depth, "deep")]) + b"]}"
+    response = post(client, "/v1/batch", raw, basic(KEY))
+    assert response.status_code == 400
+    assert response.get_json()["error"]["message"].startswith("batch[2]:")

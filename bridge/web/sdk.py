@@ -18,12 +18,14 @@ import gzip
 import hashlib
 import hmac
 import io
+import json
 import threading
 import zlib
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, abort, current_app, request
 from prometheus_client import Counter
 
@@ -37,7 +39,7 @@ from ..errors import (
     UnsupportedEncoding,
 )
 from ..inputs import BATCH_NOT_ARRAY, Item, events_in, repair_note
-from ..jsoncodec import JSONDecodeFailure, Repair, dumps, loads_repaired
+from ..jsoncodec import JSONDecodeFailure, JSONEncodeFailure, Repair, dumps, loads_repaired
 from ..logs import SOURCE
 from ..metrics import labelled
 from ..outcomes import RETRY
@@ -63,6 +65,10 @@ _PER_TRY = ("sentAt", "receivedAt", "writeKey", "messageId")
 
 class InvalidGzip(RequestError):
     code = "invalid_gzip"
+
+
+class InvalidMessage(RequestError):
+    code = "invalid_message"
 
 
 class Unauthorized(InvalidSignature):
@@ -230,8 +236,9 @@ def _batch_items(data: Any, repairs: list[Repair], size: int) -> list[Item]:
     received = _now_iso()
     made = []
     for index, item in enumerate(items):
-        message = normalize(item.event, shared=shared, received_at=received)
-        if size > MESSAGE_LIMIT and len(dumps(message)) > MESSAGE_LIMIT:
+        where = f"batch[{index}]"
+        message = normalize(item.event, shared=shared, received_at=received, where=where)
+        if size > MESSAGE_LIMIT and _size(message, where) > MESSAGE_LIMIT:
             raise PayloadTooLarge(
                 f"batch[{index}] (messageId {_id_of(message)!r}) is over Segment's limit of"
                 f" {MESSAGE_LIMIT} bytes per message"
@@ -257,6 +264,7 @@ def normalize(
     kind: str | None = None,
     shared: Mapping[str, Any] | None = None,
     received_at: str,
+    where: str = "the message",
 ) -> Any:
     """A message as the pipeline wants it: the type its path gives, the batch's context
     and integrations under its own, ``receivedAt`` (when the bridge got it), no write key,
@@ -273,25 +281,36 @@ def normalize(
             message[key] = {**value, **(own or {})}
     message_id = message.get("messageId")
     if not isinstance(message_id, str) or not message_id:
-        message["messageId"] = derived_message_id(message)
+        try:
+            message["messageId"] = derived_message_id(message)
+        except JSONEncodeFailure as exc:
+            raise InvalidMessage(
+                f"{where}: no messageId, and one cannot be derived ({exc}); send one"
+            ) from exc
     message.setdefault("receivedAt", received_at)
     return message
 
 
 def derived_message_id(message: Mapping[str, Any]) -> str:
     """A messageId for a message sent without one: a hash of what it says (not of what
-    changes between a sender's tries), so every retry of it is the same message."""
+    changes between a sender's tries), so every retry of it is the same message.
+    ``JSONEncodeFailure`` for a message nested too deeply to be written."""
     content = {k: v for k, v in message.items() if k not in _PER_TRY}
-    digest = hashlib.sha256(dumps(_sorted(content))).hexdigest()
-    return DERIVED_PREFIX + digest[:32]
+    try:
+        text = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # past 64-bit integers or 255 levels of nesting, which orjson refuses
+        try:
+            text = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise JSONEncodeFailure(f"cannot write as JSON: {type(exc).__name__}") from exc
+    return DERIVED_PREFIX + hashlib.sha256(text).hexdigest()[:32]
 
 
-def _sorted(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _sorted(value[k]) for k in sorted(value, key=str)}
-    if isinstance(value, list):
-        return [_sorted(v) for v in value]
-    return value
+def _size(message: Any, where: str) -> int:
+    try:
+        return len(dumps(message))
+    except JSONEncodeFailure as exc:
+        raise InvalidMessage(f"{where}: {exc}") from exc
 
 
 def _id_of(message: Any) -> Any:
