@@ -109,7 +109,7 @@ def rudderstack() -> Response:
 def _tracking_api(kind: str | None) -> Response:
     service: Service = current_app.extensions["bridge"]
     started = service.deliverer.clock.monotonic()
-    keys = write_keys(service.settings)
+    keys = service.settings.write_key_names
     if not keys:
         abort(404)
     name = None
@@ -150,11 +150,6 @@ def _run(service: Service, source: str, items: list[Item], started: float) -> Re
 
 
 # --- who is sending -----------------------------------------------------------------------
-
-
-def write_keys(settings: Settings) -> dict[str, str]:
-    """The write keys (key -> name); a few short entries, read on each request."""
-    return settings.write_key_names
 
 
 def _source_of(given: str | None, keys: Mapping[str, str]) -> str | None:
