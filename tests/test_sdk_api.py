@@ -520,3 +520,17 @@ def test_a_deeply_nested_message_is_a_clear_400_never_a_crash(client: Any, depth
     response = post(client, "/v1/batch", raw, basic(KEY))
     assert response.status_code == 400
     assert response.get_json()["error"]["message"].startswith("batch[2]:")
+
+
+def test_a_ledger_that_cannot_queue_is_503(
+    app: Any, client: Any, dub: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dub failing and the ledger refusing the hand-over to the outbox: 503, the SDK retries."""
+    dub.post(f"{DUB}/track/sale", status=503)
+
+    def down(*_: Any, **__: Any) -> bool:
+        raise LedgerError("database is locked")
+
+    monkeypatch.setattr(ledger_of(app), "defer", down)
+    response = post(client, "/v1/batch", sdk_batch(order("nq-1")), basic(KEY))
+    assert response.status_code == 503 and "Retry-After" in response.headers
