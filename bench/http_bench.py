@@ -40,6 +40,7 @@ from bench.servers import (
 
 BRIDGE, NO_LEDGER, BARE = "bridge", "bridge-noledger", "bare"
 POSTGRES = "bridge-postgres"  # the ledger in PostgreSQL (DATABASE_URL), when a server is given
+WRITE_KEY = "bench_write_key"  # the SDK API's key (BRIDGE_WRITE_KEYS) for item 2b
 
 
 def ledger_switch() -> str | None:
@@ -110,6 +111,8 @@ def bench_env(ledger_dir: Path, dub_port: int) -> dict[str, str]:
             # The default (1200/min per key, split over the workers) would cap the bridge at
             # 20 calls/s and measure the limiter; fake Dub has no limit.
             "DUB_RATE_LIMIT_PER_MINUTE": "1000000000",
+            # Item 2b posts to /v1/batch as the server SDKs do.
+            "BRIDGE_WRITE_KEYS": f"bench:{WRITE_KEY}",
         }
     )
     for name in ("WEB_CONCURRENCY", "GUNICORN_THREADS", "BRIDGE_CONCURRENCY", "BRIDGE_LOG_LEVEL"):
@@ -164,6 +167,8 @@ def load_run(
     seconds: float,
     warmup: float,
     tag: str,
+    path: str = "/segment",
+    write_key: str | None = None,
 ) -> dict[str, Any]:
     """One loadgen run against one app, plus its workers' CPU time and Dub calls."""
     server = stack.servers[target]
@@ -174,7 +179,7 @@ def load_run(
         "-m",
         "bench.loadgen",
         "--url",
-        stack.url(target),
+        stack.url(target, path),
         "--corpus",
         str(corpus),
         "--batch",
@@ -189,6 +194,7 @@ def load_run(
         str(warmup),
         "--tag",
         tag,
+        *(["--write-key", write_key] if write_key else []),
     ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -261,6 +267,42 @@ def compare(stack: Stack, corpus: Path, *, rounds: int, label: str, **load: Any)
         "vs_bare": {t: versus_bare(runs[t]) for t in targets if t != BARE},
         "runs": runs,
     }
+
+
+def sdk_compare(stack: Stack, corpus: Path, *, rounds: int, **load: Any) -> dict[str, Any]:
+    """Item 2b: 100-event batches to the bridge (ledger on) through POST /v1/batch, as the
+    server SDKs post them, beside POST /segment; alternating, medians, and their ratio."""
+    ways = {"/segment": {}, "/v1/batch": {"path": "/v1/batch", "write_key": WRITE_KEY}}
+    runs: dict[str, list[dict[str, Any]]] = {way: [] for way in ways}
+    for index in range(rounds):
+        order = list(ways) if index % 2 == 0 else list(reversed(ways))
+        for way in order:
+            tag = f"sdk{index}{'v' if way != '/segment' else 's'}"
+            run = load_run(stack, BRIDGE, corpus, batch=100, tag=tag, **load, **ways[way])
+            runs[way].append(run)
+            os.sync()
+            time.sleep(0.3)
+            print(
+                f"  sdk round {index + 1}/{rounds} {way:10}: {run['events_per_second']:7,.0f} ev/s"
+                f"  p50 {run['p50_ms']:.2f} ms  p99 {run['p99_ms']:.2f} ms"
+                f"  CPU {run['cpu_us_per_event']:.0f} us/ev  statuses {run['statuses']}",
+                flush=True,
+            )
+    med = statistics.median
+    sides = {
+        way: {
+            "events_per_second": med(r["events_per_second"] for r in rs),
+            "p50_ms": med(r["p50_ms"] for r in rs),
+            "p99_ms": med(r["p99_ms"] for r in rs),
+            "cpu_us_per_event": med(r["cpu_us_per_event"] for r in rs),
+            "non_200": sum(n for r in rs for s, n in r["statuses"].items() if s != "200"),
+            "dub_calls": sum(r["dub_calls"] for r in rs),
+        }
+        for way, rs in runs.items()
+    }
+    pairs = list(zip(runs["/v1/batch"], runs["/segment"], strict=True))
+    ratio = med(a["events_per_second"] / b["events_per_second"] for a, b in pairs)
+    return {"sides": sides, "v1_over_segment": ratio}
 
 
 def memory(stack: Stack) -> dict[str, Any]:

@@ -12,12 +12,16 @@ Requests that finish during ``--warmup`` are not counted.
     python bench/loadgen.py --url http://127.0.0.1:8000/segment --corpus c.jsonl \
         --batch 1 --connections 8 --seconds 10
 
+With ``--write-key KEY`` it posts as Segment's server SDKs do (point ``--url`` at
+``/v1/batch``): ``{"batch": [...]}`` bodies, the key as the HTTP Basic user.
+
 Prints one JSON line: events/s, requests/s, latency percentiles (ms), statuses.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import multiprocessing as mp
 import re
 import socket
@@ -44,10 +48,13 @@ ID_NEEDLE = b'"messageId":"' + MESSAGE_ID_PREFIX.encode()
 class Connection:
     """One keep-alive HTTP/1.1 connection; reconnects after the server closes it."""
 
-    def __init__(self, host: str, port: int, path: str):
+    def __init__(self, host: str, port: int, path: str, write_key: str | None = None):
         self.address = (host, port)
+        auth = ""
+        if write_key is not None:
+            auth = f"Authorization: Basic {base64.b64encode(f'{write_key}:'.encode()).decode()}\r\n"
         self.head = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
             "Content-Type: application/json\r\nContent-Length: "
         ).encode()
         self.sock: socket.socket | None = None
@@ -98,12 +105,15 @@ class Tally:
     error_sample: str = ""
 
 
-def templates(lines: list[bytes], batch: int) -> list[tuple[bytes, bool]]:
-    """Request bodies (one event, or a JSON array of ``batch``) and whether Dub is called."""
+def templates(lines: list[bytes], batch: int, sdk: bool = False) -> list[tuple[bytes, bool]]:
+    """Request bodies (one event, or a JSON array of ``batch``; ``sdk``: always
+    ``{"batch": [...]}``) and whether Dub is called."""
     out = []
     for start in range(0, len(lines), batch):
         group = [lines[(start + i) % len(lines)] for i in range(batch)]
         body = group[0] if batch == 1 else b"[" + b",".join(group) + b"]"
+        if sdk:
+            body = b'{"batch":[' + b",".join(group) + b"]}"
         converts = any(plan(orjson.loads(line)) for line in group)
         out.append((body, converts))
     return out
@@ -118,9 +128,10 @@ def run_thread(
     counted_from: float,
     end: float,
     tally: Tally,
+    write_key: str | None = None,
 ) -> None:
     parts = urlsplit(url)
-    conn = Connection(parts.hostname or "127.0.0.1", parts.port or 80, parts.path)
+    conn = Connection(parts.hostname or "127.0.0.1", parts.port or 80, parts.path, write_key)
     n = len(bodies)
     i = offset
     while True:
@@ -152,7 +163,7 @@ def run_thread(
 
 def run_process(args: dict[str, Any], proc: int, out: Any) -> None:
     lines = read_lines(Path(args["corpus"]))
-    bodies = templates(lines, args["batch"])
+    bodies = templates(lines, args["batch"], sdk=args["write_key"] is not None)
     tallies = []
     threads = []
     for k in range(args["threads"]):
@@ -170,6 +181,7 @@ def run_process(args: dict[str, Any], proc: int, out: Any) -> None:
                 args["counted_from"],
                 args["end"],
                 tally,
+                args["write_key"],
             ),
         )
         threads.append(thread)
@@ -234,6 +246,7 @@ def load(
     seconds: float = 10.0,
     warmup: float = 1.0,
     tag: str = "lg",
+    write_key: str | None = None,
 ) -> dict[str, Any]:
     procs = max(1, min(procs, connections))
     ctx = mp.get_context("fork")
@@ -244,6 +257,7 @@ def load(
         "batch": batch,
         "threads": connections // procs,
         "tag": tag,
+        "write_key": write_key,
         "counted_from": start + warmup,
         "end": start + warmup + seconds,
     }
@@ -279,6 +293,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--tag", default="lg", help="messageId prefix; unique per run")
+    parser.add_argument("--write-key", help="post as the SDKs do, with this write key")
     args = parser.parse_args()
     if urlsplit(args.url).hostname not in ("127.0.0.1", "localhost"):
         sys.exit("loadgen: the benchmark only loads servers on 127.0.0.1")
@@ -291,6 +306,7 @@ def main() -> None:
         seconds=args.seconds,
         warmup=args.warmup,
         tag=args.tag,
+        write_key=args.write_key,
     )
     print(orjson.dumps(result).decode(), flush=True)
 

@@ -160,6 +160,10 @@ def run(
     print(f"  apps: {', '.join(stack.targets)}; ledger at {db_dir}", flush=True)
     try:
         results["webhook"] = webhook_phases(stack, corpus_path, cfg)
+        load = {"warmup": cfg["warmup"], "procs": LOAD_PROCS, "connections": CONNECTIONS}
+        results["sdk"] = http_bench.sdk_compare(
+            stack, corpus_path, rounds=cfg["rounds"], seconds=cfg["seconds"], **load
+        )
         results["memory"] = http_bench.memory(stack)
         results["big_batch"] = http_bench.big_batch(stack, lines, repeats=cfg["big_repeats"])
         results["log_problems"] = http_bench.log_problems(stack)
@@ -333,6 +337,16 @@ def report(r: dict[str, Any]) -> str:
     add("=" * 92)
     _mapping_report(r, add)
     _webhook_report(r, add)
+
+    sdk = r["sdk"]
+    add("\n2b. 100-event batches, bridge (ledger on): POST /v1/batch (the server SDKs' API)")
+    for way, side in sdk["sides"].items():
+        add(
+            f"   {way:10} {side['events_per_second']:9,.0f} ev/s  p50 {side['p50_ms']:.2f} ms"
+            f"  p99 {side['p99_ms']:.2f} ms  CPU {side['cpu_us_per_event']:,.0f} us/ev"
+            f"  non-200 {side['non_200']}, Dub calls {side['dub_calls']:,}"
+        )
+    add(f"   /v1/batch over /segment: {sdk['v1_over_segment']:.2f} (median of per-round ratios)")
 
     mem = r["memory"]
     add("\n3. Peak RSS per gunicorn worker (VmHWM after all the load above)")

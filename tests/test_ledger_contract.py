@@ -347,6 +347,40 @@ def test_due_lists_old_unsettled_rows_nobody_holds(ledger: Ledger, clock: Manual
     assert not ledger.defer("c-done", "sale", 0)  # only pending rows wait
 
 
+def test_a_row_keeps_the_way_in_it_first_came_by(ledger: Ledger) -> None:
+    """A row's source is the one of its first claim or record; a later claim (another way
+    in, the outbox without one) leaves it; none given stays none."""
+    wanted = ClaimRequest("src", "sale", "sale", "Order Completed", "c", {"amount": 1}, "shop")
+    (first,) = ledger.claim_many([wanted])
+    assert first.granted
+    ledger.finish("src", "sale", State.PENDING)
+    (again,) = ledger.claim_many([ClaimRequest("src", "sale", "sale", None, "c", None, None)])
+    assert again.granted
+    row = ledger.get("src", "sale")
+    assert row is not None and row.source == "shop" and row.to_dict()["source"] == "shop"
+    assert ledger.record("bad", "sale", State.INVALID, action="sale", event=None, errors=[],
+                         payload={}, source="rudderstack")  # fmt: skip
+    bad = ledger.get("bad", "sale")
+    assert bad is not None and bad.source == "rudderstack"
+    claim(ledger, "hook")
+    hook = ledger.get("hook", "sale")
+    assert hook is not None and hook.source is None
+
+
+def test_a_row_handed_over_is_due_whatever_its_age(ledger: Ledger, clock: ManualClock) -> None:
+    """A pending row given a next try (an SDK's message handed to the outbox) is due once
+    that time comes, though first seen after the cut; a fresh row with none is not."""
+    for name in ("handed", "fresh"):
+        claim(ledger, name)
+        ledger.finish(name, "sale", State.PENDING)
+    cut = clock.time() - 3600  # both rows are younger than the outbox's age
+    assert ledger.due(first_seen_before=cut, limit=10) == []
+    assert ledger.defer("handed", "sale", clock.time() + 5)
+    assert ledger.due(first_seen_before=cut, limit=10) == []
+    clock.advance(5)
+    assert [r.message_id for r in ledger.due(first_seen_before=cut, limit=10)] == ["handed"]
+
+
 # --- cluster locks ----------------------------------------------------------------------------
 
 

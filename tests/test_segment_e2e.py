@@ -17,23 +17,20 @@ without having run them.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 import requests
 
 from bridge.web.signing import sign
+from tests.helpers import npmkit
 from tests.helpers.fakedub import FakeDub, Key, lead_key, sale_key
 from tests.helpers.faultkit import just_now
 from tests.helpers.procs import ProcfileWeb, clean_env
@@ -44,7 +41,6 @@ REPO = Path(__file__).resolve().parents[1]
 MAPPINGS = REPO / "mappings"
 NODE_DIR = Path(__file__).resolve().parent / "segment_e2e"
 DRIVER = NODE_DIR / "driver.js"
-PACKAGE_FILES = ("package.json", "package-lock.json", ".npmrc")
 SECRET = "e2e-shared-secret"
 API_KEY = "dub_e2e_key"
 # The driver gives up on a call after this long and reports it as not settled. Segment gives
@@ -54,75 +50,10 @@ SEGMENT_BUDGET_MS = 5_000  # Segment gives up on a webhook after 5 s
 LONE_SURROGATE = {"$utf16": ["ab", 0xD800, "cd"]}  # the driver makes it 'ab' + '\ud800' + 'cd'
 
 
-def _unavailable(reason: str) -> NoReturn:
-    """Skip where the Node side cannot be had; fail where it is required (CI)."""
-    if os.environ.get("BRIDGE_TEST_SEGMENT_E2E"):
-        pytest.fail(f"BRIDGE_TEST_SEGMENT_E2E is set, so this test must run, but: {reason}")
-    pytest.skip(f"{reason} (set BRIDGE_TEST_SEGMENT_E2E=1 to make this a failure)")
-
-
-# --- the Node side ---------------------------------------------------------------------------
-
-
-def _cache_root() -> Path:
-    configured = os.environ.get("SEGMENT_E2E_CACHE")
-    return (
-        Path(configured) if configured else Path(tempfile.gettempdir()) / "segment-dub-bridge-e2e"
-    )
-
-
-def _install(npm: str) -> Path:
-    """``npm ci`` the driver's packages into a cache folder keyed by the package files' hash."""
-    digest = hashlib.sha256()
-    for name in PACKAGE_FILES:
-        digest.update(name.encode() + b"\0" + (NODE_DIR / name).read_bytes() + b"\0")
-    root = _cache_root()
-    prefix = root / digest.hexdigest()[:16]
-    done = prefix / ".installed"
-    if done.is_file():
-        return prefix
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / f"{prefix.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run waits for this install
-        if done.is_file():
-            return prefix
-        staging = Path(tempfile.mkdtemp(prefix=f"{prefix.name}.", dir=root))
-        for name in PACKAGE_FILES:
-            shutil.copyfile(NODE_DIR / name, staging / name)
-        # No install scripts: the webhook destination loads no native module, and the native
-        # builds of ssh2 and cpu-features (an SFTP destination's) would only cost time.
-        command = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
-        try:
-            proc = subprocess.run(command, cwd=staging, capture_output=True, text=True, timeout=600)
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(staging, ignore_errors=True)
-            _unavailable("npm ci did not finish within 600 s (is a package registry reachable?)")
-        if proc.returncode != 0:
-            shutil.rmtree(staging, ignore_errors=True)
-            said = [
-                line for line in (proc.stderr or proc.stdout).splitlines() if " at " not in line
-            ]
-            reason = "\n".join(said[:6])
-            _unavailable(
-                f"npm ci failed (exit {proc.returncode}); no registry reachable?\n{reason}"
-            )
-        (staging / ".installed").write_text(" ".join(command) + "\n")
-        if prefix.exists():  # a half-made folder from an interrupted run
-            shutil.rmtree(prefix)
-        staging.rename(prefix)
-    return prefix
-
-
 @pytest.fixture(scope="module")
 def node_prefix() -> Path:
     """Where the driver's node_modules are; skips (CI: fails) when Node or the install is missing."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        _unavailable("node and npm are needed for the Segment end-to-end test; not on PATH")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
-    if int(version.lstrip("v").split(".")[0] or 0) < 20:
-        _unavailable(f"Node 20 or newer is needed for the Segment end-to-end test; found {version}")
-    return _install(npm)
+    return npmkit.node_prefix(NODE_DIR, "BRIDGE_TEST_SEGMENT_E2E", "the Segment end-to-end test")
 
 
 @dataclass

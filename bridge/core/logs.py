@@ -33,6 +33,9 @@ from .masking import mask_emails
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 # The request being handled by this thread (and by the threads sending its calls).
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# Which way in (a write key's name, "rudderstack") the request's events came by, if not
+# Segment's webhook: on every line the request causes, as ``source``.
+SOURCE: contextvars.ContextVar[str | None] = contextvars.ContextVar("source", default=None)
 
 
 class JSONFormatter(logging.Formatter):
@@ -47,6 +50,9 @@ class JSONFormatter(logging.Formatter):
         request_id = REQUEST_ID.get()
         if request_id is not None:
             entry["requestId"] = request_id
+        source = SOURCE.get()
+        if source is not None:
+            entry["source"] = source
         fields = record.__dict__.get("fields")
         if fields is not None:  # log_result's fast path: one dict, no scan of the record
             entry.update(fields)

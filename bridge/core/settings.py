@@ -7,6 +7,7 @@ what was found (secrets are never echoed).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -59,8 +60,20 @@ ENV = {
     "max_event_age_days": "BRIDGE_MAX_EVENT_AGE_DAYS",
     "unverified_events": "BRIDGE_UNVERIFIED_EVENTS",
     "allow_unsigned": "BRIDGE_ALLOW_UNSIGNED",
+    "write_keys": "BRIDGE_WRITE_KEYS",
+    "rudderstack_token": "BRIDGE_RUDDERSTACK_TOKEN",
 }
-SECRETS = {"dub_api_key", "segment_shared_secret", "database_url", "metrics_token"}
+SECRETS = {
+    "dub_api_key",
+    "segment_shared_secret",
+    "database_url",
+    "metrics_token",
+    "write_keys",
+    "rudderstack_token",
+}
+# A write key given without a name is recorded under this one.
+UNNAMED_WRITE_KEY = "sdk"
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class Settings(BaseModel):
@@ -122,6 +135,11 @@ class Settings(BaseModel):
     # Accepting unsigned requests lets anyone who can reach the service post sales: a
     # choice to make on purpose (a private network, local trials), never a default.
     allow_unsigned: bool = False
+    # Segment's HTTP API for server SDKs (/v1/*): `name:key` or `key`, comma-separated.
+    # Unset: the /v1 endpoints answer 404.
+    write_keys: SecretStr | None = None
+    # RudderStack's webhook destination (POST /rudderstack); unset: 404.
+    rudderstack_token: SecretStr | None = None
 
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> Settings:
@@ -170,6 +188,20 @@ class Settings(BaseModel):
             )
         return self
 
+    @field_validator("write_keys", mode="after")
+    @classmethod
+    def _write_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_write_keys(value.get_secret_value())
+        return value
+
+    @property
+    def write_key_names(self) -> dict[str, str]:
+        """Each write key -> the name its events are recorded under (empty: /v1 is off)."""
+        if self.write_keys is None:
+            return {}
+        return parse_write_keys(self.write_keys.get_secret_value())
+
     @field_validator("database_url", mode="after")
     @classmethod
     def _database(cls, value: SecretStr | None) -> SecretStr | None:
@@ -183,6 +215,17 @@ class Settings(BaseModel):
     def unsigned(self) -> bool:
         """Requests are accepted without a signature (chosen with BRIDGE_ALLOW_UNSIGNED=1)."""
         return self.segment_shared_secret is None
+
+    @property
+    def keyed_ways_in(self) -> bool:
+        """A way in with keys of its own is configured (the SDK API, RudderStack)."""
+        return self.write_keys is not None or self.rudderstack_token is not None
+
+    @property
+    def webhook_off(self) -> bool:
+        """POST /segment is off: only keyed ways in are configured, without a shared secret
+        (and unsigned requests were not chosen)."""
+        return self.unsigned and not self.allow_unsigned and self.keyed_ways_in
 
     @property
     def ledger_chosen(self) -> bool:
@@ -224,7 +267,13 @@ class Settings(BaseModel):
         return level
 
     @field_validator(
-        "dub_api_key", "segment_shared_secret", "database_url", "metrics_token", mode="before"
+        "dub_api_key",
+        "segment_shared_secret",
+        "database_url",
+        "metrics_token",
+        "write_keys",
+        "rudderstack_token",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
@@ -244,6 +293,25 @@ class Settings(BaseModel):
     @property
     def api_key(self) -> str | None:
         return self.dub_api_key.get_secret_value() if self.dub_api_key else None
+
+
+def parse_write_keys(text: str) -> dict[str, str]:
+    """``name:key,key,...`` -> {key: name}; ``ValueError`` (never quoting a key) when an
+    entry is empty, a name is not a plain word, or a key is given twice."""
+    keys: dict[str, str] = {}
+    for number, entry in enumerate(text.split(","), 1):
+        name, colon, key = entry.partition(":")
+        name, key = (name.strip(), key.strip()) if colon else (UNNAMED_WRITE_KEY, name.strip())
+        if not key:
+            raise ValueError(f"entry {number} has no key: `name:key` or `key`, comma-separated")
+        if not _SOURCE_NAME.fullmatch(name):
+            raise ValueError(
+                f"entry {number}: a name of letters, digits, '.', '_' or '-' (at most 64)"
+            )
+        if key in keys:
+            raise ValueError(f"entry {number}: the same key is given twice")
+        keys[key] = name
+    return keys
 
 
 def _explain(exc: ValidationError, values: Mapping[str, Any]) -> str:

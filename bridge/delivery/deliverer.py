@@ -22,6 +22,7 @@ from typing import Any
 from ..core.clock import SYSTEM, Clock
 from ..core.errors import LedgerError
 from ..core.eventlog import log_result
+from ..core.logs import SOURCE
 from ..core.metrics import metrics
 from ..core.outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
 from ..core.results import Result
@@ -29,6 +30,7 @@ from ..dub.client import DubAnswer, DubClient
 from ..dub.endpoints import ENDPOINTS, Endpoint
 from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger
 from .decide import classify, decide, may_have_reached, refused
+from .handover import handed_to_outbox
 from .ratelimit import RateLimiter
 from .repeats import repeats, settle
 from .retry import MIN_CALL_SECONDS, RetryPolicy, parse_retry_after
@@ -57,6 +59,7 @@ class _Pass:
     payloads: Mapping[str, Any]
     once: bool
     redrive: bool
+    hand_over: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,19 +119,23 @@ class Deliverer:
         *,
         redrive: bool = False,
         once: bool = False,
+        hand_over: bool = False,
     ) -> list[Result]:
         """Send every ready result; answer within ``budget`` seconds whatever Dub does.
 
         ``once``: one call per result (the outbox's own backoff spaces the tries), instead
-        of retrying within the budget. A result repeated in ``results`` (a body holding the
+        of retrying within the budget; ``hand_over``: what the budget does not settle is the
+        outbox's at once (``queued``). A result repeated in ``results`` (a body holding the
         same event twice) is sent once; its copies come to what the first came to."""
         copies = repeats(results)
-        final = self._deliver(results, budget, payloads or {}, redrive, once, set(copies))
+        final = self._deliver(
+            results, budget, payloads or {}, redrive, once, set(copies), hand_over
+        )
         return settle(final, copies)
 
     def _deliver(
         self, results: Sequence[Result], budget: float, payloads: Mapping[str, Any],
-        redrive: bool, once: bool, copies: set[int],
+        redrive: bool, once: bool, copies: set[int], hand_over: bool = False,
     ) -> list[Result]:  # fmt: skip
         deadline = self.clock.monotonic() + budget
         final = list(results)
@@ -155,11 +162,11 @@ class Deliverer:
         if len(jobs) == 1 and deadline - self.clock.monotonic() >= longest:
             # One customer: send from this thread, saving the hand-off to the pool. Every
             # call starts only if it can end (timeouts included) before the deadline.
-            inline = _Pass(deadline, longest, payloads, once, redrive)
+            inline = _Pass(deadline, longest, payloads, once, redrive, hand_over)
             for index, result in self._send_group(jobs[0], inline):
                 final[index] = result
             return final
-        pooled = _Pass(deadline, MIN_CALL_SECONDS, payloads, once, redrive)
+        pooled = _Pass(deadline, MIN_CALL_SECONDS, payloads, once, redrive, hand_over)
         # Each thread runs in a copy of this request's context: its log lines keep the
         # request id, also when they come after the answer.
         futures: dict[Future[list[tuple[int, Result]]], list[_Job]] = {
@@ -173,8 +180,10 @@ class Deliverer:
         for future in not_done:
             # The thread keeps going and the ledger gets its answer; this request must not wait.
             for job in futures[future]:
+                queued = hand_over and job.claim is not None  # its thread hands it over
                 final[job.index] = job.result.finish(
-                    Outcome.PENDING, reason="still in flight when the time budget ran out"
+                    Outcome.QUEUED if queued else Outcome.PENDING,
+                    reason="still in flight when the time budget ran out",
                 )
         return final
 
@@ -193,6 +202,7 @@ class Deliverer:
                 results[i].event,
                 results[i].customer,
                 results[i].body,
+                SOURCE.get(),
             )
             for i in ready
         ]
@@ -212,6 +222,7 @@ class Deliverer:
                 event=result.event,
                 errors=list(result.errors),
                 payload=payloads.get(result.message_id),
+                source=SOURCE.get(),
             )
 
     def _release(self, job: _Job, payload: Any) -> None:
@@ -261,7 +272,7 @@ class Deliverer:
                     self._count(-1)
                 elapsed = round((self.clock.monotonic() - started) * 1000, 1)
                 result = result.replace(elapsed_ms=elapsed)
-            result = self._handed_to_outbox(result, job.claim)
+            result = handed_to_outbox(self, result, job.claim, now=pass_.hand_over)
             log_result(result)
             done.append((job.index, result))
             lead_unsettled = result.action == "lead" and result.outcome in RETRY
@@ -331,21 +342,6 @@ class Deliverer:
                 else None
             ),
         )
-
-    def _handed_to_outbox(self, result: Result, claim: Claim | None) -> Result:
-        """An unsettled row older than Segment's retry window is the outbox's: no 503 for it."""
-        if (
-            result.outcome in RETRY
-            and self.outbox_after is not None
-            and claim is not None
-            and claim.created_at
-            and claim.created_at < self.clock.time() - self.outbox_after
-        ):
-            return result.finish(
-                Outcome.QUEUED,
-                reason=f"{result.reason}; the bridge's outbox has it from now on",
-            )
-        return result
 
     def _lead_status(self, result: Result) -> LeadStatus | None:
         if self.ledger is None or not result.customer:

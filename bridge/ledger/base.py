@@ -78,6 +78,7 @@ class ClaimRequest:
     event: str | None
     customer: str | None
     body: dict[str, Any] | None
+    source: str | None = None  # the way in (a write key's name); None: Segment's webhook
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,7 @@ class Row:
     error: Any
     created_at: float
     updated_at: float
+    source: str | None = None  # the way in it first came by; None: Segment's webhook
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +124,7 @@ class Row:
             "requestBody": self.request_body,
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
+            "source": self.source,
         }
 
 
@@ -225,6 +228,7 @@ class Deliveries(Protocol):
         event: str | None,
         errors: Any,
         payload: Any,
+        source: str | None = None,
     ) -> bool:
         """Note an event that was never sent (invalid), unless the row already went further."""
 
@@ -250,8 +254,8 @@ class Deliveries(Protocol):
         """When the oldest row still pending or in flight was first seen, if any."""
 
     def due(self, *, first_seen_before: float, limit: int) -> list[Row]:
-        """Unsettled rows first seen before then, whose backoff has passed, that nobody
-        holds: what the outbox sends now, oldest first."""
+        """Unsettled rows first seen before then (or handed to the outbox with ``defer``),
+        whose backoff has passed, that nobody holds: what the outbox sends now, oldest first."""
 
 
 class RateWindow(Protocol):

@@ -95,7 +95,8 @@ class MemoryLedger:
         extra.before = None if row is None else row.state
         if row is None:
             self._rows[key] = Row(w.message_id, w.mapping, w.action, w.event, w.customer,
-                                  State.IN_FLIGHT, 0, body, None, None, None, now, now)  # fmt: skip
+                                  State.IN_FLIGHT, 0, body, None, None, None, now, now,
+                                  w.source)  # fmt: skip
             return Claim(True, None, 0, False, now)
         if row.state in UNPROVEN:
             row = replace(row, payload=None, error=None, created_at=now)
@@ -106,6 +107,7 @@ class MemoryLedger:
             customer=w.customer,
             action=row.action or w.action,
             updated_at=now,
+            source=row.source or w.source,
         )
         return Claim(True, row.state, row.attempts, extra.tainted, row.created_at)
 
@@ -181,6 +183,7 @@ class MemoryLedger:
         event: str | None,
         errors: Any,
         payload: Any,
+        source: str | None = None,
     ) -> bool:
         key, now = (message_id, mapping), self.clock.time()
         with self._lock:
@@ -190,7 +193,7 @@ class MemoryLedger:
                 return False
             if row is None:
                 row = Row(message_id, mapping, action, event, None, State(state), 0, None, None,
-                          None, None, now, now)  # fmt: skip
+                          None, None, now, now, source)  # fmt: skip
                 self._extra[key] = _Extra()
             self._rows[key] = replace(
                 row,
@@ -198,6 +201,7 @@ class MemoryLedger:
                 error=_roundtrip(errors),
                 payload=_roundtrip(payload),
                 updated_at=now,
+                source=row.source or source,
             )
             return True
 
@@ -265,7 +269,7 @@ class MemoryLedger:
             rows = [
                 r
                 for key, r in self._rows.items()
-                if r.created_at < first_seen_before
+                if (r.created_at < first_seen_before or self._extra[key].not_before > 0)
                 and r.request_body is not None
                 and self._extra[key].not_before <= now
                 and (

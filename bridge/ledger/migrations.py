@@ -160,6 +160,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "mapping activations: who and why, in the database's order",
         {"sqlite": _ACTIVATIONS_SQLITE, "postgres": _ACTIVATIONS_POSTGRES},
     ),
+    Migration(
+        9,
+        "the way in each row first came by (a write key's name, rudderstack)",
+        _both("ALTER TABLE deliveries ADD COLUMN source TEXT"),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

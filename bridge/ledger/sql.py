@@ -125,6 +125,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             "event": w.event,
             "customer": w.customer,
             "body": stored(w.body),
+            "source": w.source,
             "now": now,
             "lease": until,
             "redrive": int(redrive),
@@ -196,6 +197,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         event: str | None,
         errors: Any,
         payload: Any,
+        source: str | None = None,
     ) -> bool:
         target = check_record(state)
         args = {
@@ -207,6 +209,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             "error": stored(errors),
             "payload": stored(payload),
             "now": self.clock.time(),
+            "source": source,
         }
         return self._changed(self._record[target], args)
 
@@ -376,5 +379,5 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
 def _row(r: Sequence[Any]) -> Row:
     return Row(
         r[0], r[1], r[2], r[3], r[4], State(r[5]), r[6], read(r[7]), read(r[8]), r[9],
-        read(r[10]), r[11], r[12],
+        read(r[10]), r[11], r[12], r[13],
     )  # fmt: skip

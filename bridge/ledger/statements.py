@@ -25,19 +25,19 @@ def states(values: frozenset[State]) -> str:
 
 COLUMNS = (
     "message_id, mapping, action, event, customer, state, attempts, request_body,"
-    " payload, status, error, created_at, updated_at"
+    " payload, status, error, created_at, updated_at, source"
 )
 # A row that held an unproven copy starts afresh: no payload, error or first sighting of it.
 _UNPROVEN = states(UNPROVEN)
 CLAIM = f"""
 INSERT INTO deliveries (message_id, mapping, action, event, customer, state, attempts,
-                        request_body, lease_until, created_at, updated_at)
+                        request_body, lease_until, created_at, updated_at, source)
 VALUES (:message_id, :mapping, :action, :event, :customer, 'in_flight', 0,
-        :body, :lease, :now, :now)
+        :body, :lease, :now, :now, :source)
 ON CONFLICT (message_id, mapping) DO UPDATE SET
     prev_state = deliveries.state, state = 'in_flight', lease_until = excluded.lease_until,
     request_body = excluded.request_body, customer = excluded.customer,
-    updated_at = excluded.updated_at,
+    updated_at = excluded.updated_at, source = COALESCE(deliveries.source, excluded.source),
     payload = CASE WHEN deliveries.state IN {_UNPROVEN} THEN NULL ELSE deliveries.payload END,
     error = CASE WHEN deliveries.state IN {_UNPROVEN} THEN NULL ELSE deliveries.error END,
     created_at = CASE WHEN deliveries.state IN {_UNPROVEN} THEN excluded.created_at
@@ -61,10 +61,11 @@ WHERE message_id = :message_id AND mapping = :mapping AND state = 'in_flight'
 """
 RECORD = """
 INSERT INTO deliveries (message_id, mapping, action, event, state, error, payload,
-                        created_at, updated_at)
-VALUES (:message_id, :mapping, :action, :event, :state, :error, :payload, :now, :now)
+                        created_at, updated_at, source)
+VALUES (:message_id, :mapping, :action, :event, :state, :error, :payload, :now, :now, :source)
 ON CONFLICT (message_id, mapping) DO UPDATE SET state = excluded.state,
-    error = excluded.error, payload = excluded.payload, updated_at = excluded.updated_at
+    error = excluded.error, payload = excluded.payload, updated_at = excluded.updated_at,
+    source = COALESCE(deliveries.source, excluded.source)
 WHERE deliveries.state IN {recordable}
 """
 SUPERSEDE = f"""
@@ -73,7 +74,8 @@ WHERE message_id = :message_id AND mapping = :mapping AND state IN {states(DEAD)
 """
 DUE = f"""
 SELECT {COLUMNS} FROM deliveries
-WHERE created_at < :before AND COALESCE(not_before, 0) <= :now AND request_body IS NOT NULL
+WHERE (created_at < :before OR not_before IS NOT NULL) AND COALESCE(not_before, 0) <= :now
+  AND request_body IS NOT NULL
   AND (state = 'pending' OR (state = 'in_flight' AND COALESCE(lease_until, 0) <= :now))
 ORDER BY created_at LIMIT :limit
 """

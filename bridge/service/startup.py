@@ -22,6 +22,7 @@ from .mapping_files import load_directory
 from .store import PUBLISHED, Degraded, choose_start
 from .wiring import (
     UNSIGNED_WARNING,
+    WEBHOOK_OFF,
     require_api_key,
     require_ledger_choice,
     require_signing,
@@ -49,6 +50,8 @@ def check(settings: Settings, *, release: bool = False) -> Report:
             report.problems.append(exc.message)
     if settings.unsigned and settings.allow_unsigned:
         report.warnings.append(UNSIGNED_WARNING)
+    elif settings.webhook_off:
+        report.warnings.append(WEBHOOK_OFF)
     ledger: Ledger | None = None
     try:
         require_ledger_choice(settings)  # before a default SQLite file could be made

@@ -34,15 +34,21 @@ def require_api_key(settings: Settings) -> str:
 
 
 def require_signing(settings: Settings) -> None:
-    """Unsigned requests are accepted only when that was chosen."""
-    if settings.unsigned and not settings.allow_unsigned:
+    """Unsigned requests are accepted only when that was chosen; with only keyed ways in
+    (BRIDGE_WRITE_KEYS, BRIDGE_RUDDERSTACK_TOKEN), POST /segment is off instead."""
+    if settings.unsigned and not settings.allow_unsigned and not settings.keyed_ways_in:
         raise ConfigError(
             "SEGMENT_SHARED_SECRET is not set: anyone who can reach the service could post"
             " conversions. Set it to the Webhooks destination's shared secret, or set"
-            " BRIDGE_ALLOW_UNSIGNED=1 to accept unsigned requests on purpose."
+            " BRIDGE_ALLOW_UNSIGNED=1 to accept unsigned requests on purpose (or only"
+            " BRIDGE_WRITE_KEYS / BRIDGE_RUDDERSTACK_TOKEN, for the SDKs and RudderStack)."
         )
 
 
+WEBHOOK_OFF = (
+    "SEGMENT_SHARED_SECRET is not set: POST /segment is off (404); the SDK API and"
+    " RudderStack take events with their own keys"
+)
 UNSIGNED_WARNING = (
     "SEGMENT_SHARED_SECRET is not set and BRIDGE_ALLOW_UNSIGNED=1: requests are accepted"
     " without a signature"

@@ -16,10 +16,11 @@ from ..core import logs
 from ..core.clock import SYSTEM, Clock
 from ..core.errors import BridgeError, PayloadTooLarge
 from ..core.settings import Settings
-from ..service.wiring import UNSIGNED_WARNING, build_service
+from ..service.wiring import UNSIGNED_WARNING, WEBHOOK_OFF, build_service
 from . import requests, scrape
 from .health import health
 from .responses import json_response
+from .sdk import sdk
 from .webhook import webhook
 
 log = logging.getLogger("bridge.app")
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["bridge"] = service
     app.register_blueprint(webhook)
+    app.register_blueprint(sdk)
     app.register_blueprint(health)
     requests.install(app, clock)
 
@@ -64,8 +66,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
         )
 
     service.start()
-    if settings.unsigned:
+    if settings.unsigned and settings.allow_unsigned:
         log.warning(UNSIGNED_WARNING)
+    elif settings.webhook_off:
+        log.warning(WEBHOOK_OFF)
     if scrape.access(settings) == "closed":
         log.warning(scrape.CLOSED)
     log.info(

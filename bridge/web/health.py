@@ -16,6 +16,7 @@ import threading
 from flask import Blueprint, Response, current_app
 
 from ..core.errors import LedgerError
+from ..core.settings import Settings
 from ..service.wiring import Service
 from .responses import json_response
 from .scrape import scrape
@@ -111,9 +112,7 @@ def healthz() -> Response:
                 "kind": service.ledger.kind if service.ledger is not None else "off",
                 "problem": problem,
             },
-            "signatures": "not checked (BRIDGE_ALLOW_UNSIGNED=1)"
-            if service.settings.unsigned
-            else "required",
+            "signatures": _signatures(service.settings),
             "draining": service.draining,
             "callsInFlight": service.deliverer.in_flight,
         }
@@ -123,3 +122,9 @@ def healthz() -> Response:
 @health.get("/metrics")
 def prometheus() -> Response:
     return scrape(_service())
+
+
+def _signatures(settings: Settings) -> str:
+    if settings.webhook_off:
+        return "POST /segment off (no SEGMENT_SHARED_SECRET)"
+    return "not checked (BRIDGE_ALLOW_UNSIGNED=1)" if settings.unsigned else "required"

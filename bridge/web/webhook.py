@@ -15,8 +15,9 @@ is ``unverified``. Once that first event is too old, the body is refused whole.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, abort, current_app, request
 
 from ..core.errors import InvalidSignature, PayloadTooLarge, ServiceUnavailable, UnsupportedEncoding
 from ..core.inputs import Item, parse_body
@@ -39,6 +40,8 @@ def segment() -> Response:
     clock = service.deliverer.clock
     started = clock.monotonic()
     settings = service.settings
+    if settings.webhook_off:  # only keyed ways in are configured
+        abort(404, description="POST /segment is off: SEGMENT_SHARED_SECRET is not set")
     raw = read_body(settings.max_body_bytes)
     secret = settings.segment_shared_secret
     verified = None
@@ -52,17 +55,33 @@ def segment() -> Response:
     unvouched = _unvouched(service, verified, raw, items, not_before, now)
     if unvouched and settings.unverified_events == "refuse":
         raise InvalidSignature("the signature does not vouch for every event of this body")
-    results, payloads = plan_all(
-        service.store.engine, items, not_before=not_before, now=now, unvouched=unvouched
-    )
-    budget = settings.deadline_seconds - (clock.monotonic() - started)
-    results = service.deliverer.deliver(results, budget, payloads)
+    results = run_events(service, items, started, unvouched=unvouched)
     if any(r.outcome in RETRY for r in results):
         wait = _retry_after(results, settings.retry_after_seconds)
         error = ServiceUnavailable("Dub did not take every event; retry the request").to_dict()
         unavailable(retry_reason(results))
         return json_response(summarize(results, error), 503, {"Retry-After": str(wait)})
     return json_response(summarize(results))
+
+
+def run_events(
+    service: Service,
+    items: list[Item],
+    started: float,
+    *,
+    unvouched: Mapping[int, str] | None = None,
+    hand_over: bool = False,
+) -> list[Result]:
+    """Every way in's one pipeline: age checks, mappings, then delivery (ledger, Dub, rate
+    limit) within what is left of the time budget since ``started`` (monotonic)."""
+    settings, clock = service.settings, service.deliverer.clock
+    now = clock.time()
+    not_before = now - settings.max_event_age_days * 86400
+    results, payloads = plan_all(
+        service.store.engine, items, not_before=not_before, now=now, unvouched=unvouched
+    )
+    budget = settings.deadline_seconds - (clock.monotonic() - started)
+    return service.deliverer.deliver(results, budget, payloads, hand_over=hand_over)
 
 
 def read_body(limit: int) -> bytes:
@@ -72,6 +91,11 @@ def read_body(limit: int) -> bytes:
         raise UnsupportedEncoding(
             f"Content-Encoding {encoding!r} is not accepted: send the JSON body as it is"
         )
+    return read_limited(limit)
+
+
+def read_limited(limit: int) -> bytes:
+    """The body's bytes as they came, at most ``limit``: 413 past it (chunked too)."""
     length = request.content_length
     if length is not None:
         if length > limit:
