@@ -353,7 +353,8 @@ def test_bridge_check_on_an_empty_database_says_to_upgrade() -> None:
     """A PostgreSQL database holding no ledger yet (a first release phase run in the wrong
     order): `bridge check` fails and says to run `bridge db upgrade`."""
     with fresh_database(pg_base_url()) as url:
-        env = {"DATABASE_URL": url, "DUB_API_KEY": "k", "BRIDGE_MAPPINGS_DIR": str(MAPPINGS)}
+        env = {"DATABASE_URL": url, "DUB_API_KEY": "k", "BRIDGE_MAPPINGS_DIR": str(MAPPINGS),
+               "SEGMENT_SHARED_SECRET": "s"}  # fmt: skip
         done = CliRunner().invoke(main, ["check"], env=env)
         assert done.exit_code == 1
         assert done.stderr.startswith("error: DATABASE_URL: schema version 0, ")

@@ -212,7 +212,10 @@ def test_an_unloadable_published_set_starts_degraded_not_a_crash_loop(tmp_path: 
         ledger.activate_mapping_set(label, "publish", author="test")
     ledger.close()
     with FakeDub(api_key="k").start() as fake:
-        web = ProcfileWeb(env_for(tmp_path, fake, BRIDGE_MAPPINGS_SOURCE="database"), tmp_path)
+        web = ProcfileWeb(
+            env_for(tmp_path, fake, BRIDGE_MAPPINGS_SOURCE="database", BRIDGE_METRICS_PUBLIC="1"),
+            tmp_path,
+        )
         web.start()
         web.wait_workers(2)
         try:
