@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator
 
@@ -79,6 +80,20 @@ class Text(Rule):
                 raise FieldRejected(f"is {size} characters, Dub allows at most {limit}")
             return js_trim(value, limit), f"trimmed from {size} to {limit} characters"
         return value, None
+
+
+class HttpUrl(Text):
+    """An http(s) URL with a host, as Dub's schema asks of ``customerAvatar``."""
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        value, note = super().check(value)
+        try:
+            url = urlsplit(value)
+        except ValueError:  # a bracketed host that is not an IP address
+            url = None
+        if url is None or url.scheme.lower() not in ("http", "https") or not url.hostname:
+            raise FieldRejected("must be an http(s) URL")
+        return value, note
 
 
 class OneOf(Rule):

@@ -7,22 +7,29 @@ triggers compiled, and fields ordered (currency before amount).
 
 from __future__ import annotations
 
-import re
-
 from ..dub.endpoints import ENDPOINTS
 from . import conditions
 from .engine import CompiledMapping
 from .fields import CompiledField
-from .models import FieldSpec, Mapping
+from .models import Mapping, SourceSpec, TransformStep
 from .paths import cached_path
 from .sums import Sum
 from .templates import Template
-from .transforms import NAMED, Transform, query_param, value_map
-from .values import MISSING
+from .transforms import (
+    NAMED,
+    Transform,
+    cookie,
+    minor_units_step,
+    query_param,
+    regex,
+    replace,
+    value_map,
+)
+from .values import MISSING, compile_pattern
 
 
 def compile_mapping(mapping: Mapping, source: str) -> CompiledMapping:
-    fields = [_compile_field(name, spec) for name, spec in mapping.fields.items()]
+    fields = [_compile_field(name, spec, spec.required) for name, spec in mapping.fields.items()]
     # minor_units reads the resolved currency, so currency is resolved first.
     fields.sort(key=lambda f: f.name != "currency")
     trigger = mapping.trigger
@@ -33,37 +40,39 @@ def compile_mapping(mapping: Mapping, source: str) -> CompiledMapping:
         tuple(conditions.compile_condition(c) for c in trigger.conditions),
         tuple(fields),
         source,
-        re.compile(trigger.event_matches) if trigger.event_matches is not None else None,
+        compile_pattern(trigger.event_matches) if trigger.event_matches is not None else None,
         tuple(conditions.compile_condition(c) for c in trigger.require),
         mapping.group,
     )
 
 
-def _compile_field(name: str, spec: FieldSpec) -> CompiledField:
+def _compile_field(name: str, spec: SourceSpec, required: bool = False) -> CompiledField:
+    """A source, and every source nested in it, compiled; ``name`` is the Dub field's."""
     steps: list[Transform] = []
     names: list[str] = []
     for step in spec.transform:
-        if step.name is not None:
-            steps.append(NAMED[step.name])
-            names.append(step.name)
-        elif step.query_param is not None:
-            steps.append(query_param(step.query_param))
-            names.append(f"query_param {step.query_param}")
-        else:
-            steps.append(value_map(step.map or {}, step.fallback, step.has_fallback))
-            names.append("map")
+        transform, label = _compile_transform(step)
+        steps.append(transform)
+        names.append(label)
     computed: Template | Sum | None = None
     if spec.template is not None:
         computed = Template(spec.template)
     elif spec.sum is not None:
         computed = Sum(spec.sum)
+    nested = spec.first or spec.add or ()
+    keys = tuple(spec.object or ())
+    if spec.object is not None:
+        nested = tuple(spec.object.values())
+    # A `when` test without a path tests the source's value; one with paths, the event.
+    checks = tuple(conditions.compile_condition(c) for c in spec.when if c.without_path())
+    when = tuple(conditions.compile_condition(c) for c in spec.when if not c.without_path())
     return CompiledField(
         name=name,
         paths=tuple(cached_path(p) for p in spec.paths),
         literal=spec.value,
         default=spec.default if spec.has_default else MISSING,
         transforms=tuple(steps),
-        required=spec.required,
+        required=required,
         computed=computed,
         compute=(
             computed.render
@@ -73,4 +82,29 @@ def _compile_field(name: str, spec: FieldSpec) -> CompiledField:
             else None
         ),
         steps=tuple(names),
+        kind=spec.kind,
+        parts=tuple(_compile_field(name, part) for part in nested),
+        minus=tuple(_compile_field(name, part) for part in spec.subtract or ()),
+        keys=keys,
+        when=when,
+        checks=checks,
     )
+
+
+def _compile_transform(step: TransformStep) -> tuple[Transform, str]:
+    """A transform step as a function, and the name ``bridge explain`` shows for it."""
+    if step.name is not None:
+        return NAMED[step.name], step.name
+    if step.query_param is not None:
+        return query_param(step.query_param), f"query_param {step.query_param}"
+    if step.regex is not None:
+        return regex(step.regex), f"regex {step.regex}"
+    if step.cookie is not None:
+        return cookie(step.cookie), f"cookie {step.cookie}"
+    if step.replace is not None:
+        rule = step.replace
+        return replace(rule.pattern, rule.with_), f"replace {rule.pattern} with {rule.with_}"
+    if step.minor_units is not None:
+        how = step.minor_units.extra_decimals
+        return minor_units_step(how), f"minor_units (extra decimals: {how})"
+    return value_map(step.map or {}, step.fallback, step.has_fallback), "map"

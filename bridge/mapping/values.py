@@ -72,13 +72,27 @@ def as_number(value: Any) -> Decimal | None:
         return None
 
 
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A mapping file's regular expression, compiled: the one place patterns are built."""
+    return re.compile(pattern)
+
+
 def check_pattern(pattern: str) -> str:
     """A regular expression of a mapping file, or the load error that names it."""
     try:
-        re.compile(pattern)
+        compile_pattern(pattern)
     except re.error as exc:
         raise ValueError(f"bad regular expression {pattern!r}: {exc}") from exc
     return pattern
+
+
+def check_replacement(pattern: str, replacement: str) -> str:
+    """A ``replace`` transform's text, or the load error (a ``\\2`` the pattern lacks)."""
+    try:
+        compile_pattern(pattern).sub(replacement, "")
+    except (re.error, IndexError) as exc:
+        raise ValueError(f"bad replacement {replacement!r} for {pattern!r}: {exc}") from exc
+    return replacement
 
 
 # A mapping file's regular expression (a trigger's or a condition's), checked at load.
