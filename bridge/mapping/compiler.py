@@ -60,6 +60,10 @@ def _compile_field(name: str, spec: SourceSpec, required: bool = False) -> Compi
     elif spec.sum is not None:
         computed = Sum(spec.sum)
     nested = spec.first or spec.add or ()
+    if spec.first is not None and all(_plain(part) for part in spec.first):
+        # `first` of bare paths reads exactly as `paths` does: compiled as that.
+        spec = spec.model_copy(update={"paths": tuple(p for s in spec.first for p in s.paths)})
+        nested = ()
     keys = tuple(spec.object or ())
     if spec.object is not None:
         nested = tuple(spec.object.values())
@@ -82,13 +86,18 @@ def _compile_field(name: str, spec: SourceSpec, required: bool = False) -> Compi
             else None
         ),
         steps=tuple(names),
-        kind=spec.kind,
+        kind="paths" if spec.paths else spec.kind,
         parts=tuple(_compile_field(name, part) for part in nested),
         minus=tuple(_compile_field(name, part) for part in spec.subtract or ()),
         keys=keys,
         when=when,
         checks=checks,
     )
+
+
+def _plain(spec: SourceSpec) -> bool:
+    """A source that is bare paths: no default, transform or `when` of its own."""
+    return spec.kind == "paths" and not (spec.transform or spec.has_default or spec.when)
 
 
 def _compile_transform(step: TransformStep) -> tuple[Transform, str]:

@@ -13,8 +13,9 @@ fails, sends the source on to its next path or alternative, as an empty value wo
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
+from math import isfinite
 from typing import Any
 
 from ..masking import mask_value
@@ -58,6 +59,14 @@ class CompiledField:
     keys: tuple[str, ...] = ()  # object's keys, one per part
     when: tuple[Condition, ...] = ()  # `when` tests of the event (with a path)
     checks: tuple[Condition, ...] = ()  # `when` tests of the source's own value (no path)
+    source: str = field(init=False)  # what the source reads, as a message names it
+    _terms: tuple[tuple[CompiledField, str, int], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Made once: messages and `add`'s result name it on every event.
+        object.__setattr__(self, "source", self._label())
+        terms = [(p, "add", 1) for p in self.parts] + [(p, "subtract", -1) for p in self.minus]
+        object.__setattr__(self, "_terms", tuple(terms) if self.kind == "add" else ())
 
     def resolve(
         self,
@@ -130,16 +139,22 @@ class CompiledField:
 
     def _event_holds(self, event: Any, trace: dict[str, Any] | None) -> bool:
         """Whether every `when` test of the event holds (each is traced when explained)."""
-        if trace is None:
-            return all(condition.holds(event) for condition in self.when)
+        if trace is None:  # a loop, not all(): no generator per event
+            for condition in self.when:  # noqa: SIM110
+                if not condition.holds(event):
+                    return False
+            return True
         traced = [condition.trace(event) for condition in self.when]
         trace.setdefault("when", []).extend(t.to_json() for t in traced)
         return all(t.held for t in traced)
 
     def _value_holds(self, value: Any, trace: dict[str, Any] | None) -> bool:
         """Whether every `when` test of the source's own value holds for ``value``."""
-        if trace is None:
-            return all(check.holds(value) for check in self.checks)
+        if trace is None:  # a loop, not all(): no generator per event
+            for check in self.checks:  # noqa: SIM110
+                if not check.holds(value):
+                    return False
+            return True
         traced = [check.trace(value) for check in self.checks]
         trace.setdefault("when", []).extend(t.to_json() for t in traced)
         return all(t.held for t in traced)
@@ -187,7 +202,7 @@ class CompiledField:
     ) -> tuple[Any, str | None]:
         """A nested source's value, its trace kept under this one's ``parts``."""
         if trace is None:
-            return part.resolve(event, fields)
+            return part._resolve(event, fields, None)  # resolve() adds only the tracing
         sub: dict[str, Any] = {"part": label}
         trace.setdefault("parts", []).append(sub)
         return part.resolve(event, fields, sub)
@@ -212,28 +227,38 @@ class CompiledField:
     ) -> tuple[Any, str | None]:
         total = Decimal(0)
         whole = True  # every term an integer: the total stays one (cents added to cents)
-        terms = [(p, "add", 1) for p in self.parts] + [(p, "subtract", -1) for p in self.minus]
         counts = {"add": 0, "subtract": 0}
-        for part, word, sign in terms:
+        for part, word, sign in self._terms:
             counts[word] += 1
-            value, where = self._part(part, f"{word} {counts[word]}", event, fields, trace)
+            if trace is None:
+                value, where = part._resolve(event, fields, None)
+            else:
+                value, where = self._part(part, f"{word} {counts[word]}", event, fields, trace)
             if value is MISSING:
                 # A term without a value (and no default of its own) leaves no total: a
                 # total without its discount would be a wrong amount, not a smaller one.
                 return self._default(trace)
-            at = where or part.source
-            number = as_number(value)
+            kind = type(value)
+            # The usual terms, JSON numbers, read as as_number would, without its checks.
+            if kind is int:
+                number: Decimal | None = Decimal(value)
+            elif kind is float and isfinite(value):
+                number = Decimal(repr(value))
+                whole = False
+            else:
+                number = as_number(value)
+                whole = False
             if number is None:
+                at = where or part.source
                 message = f"{word} term {counts[word]} is not a number"
                 if trace is not None:
                     trace["error"] = f"{message} (at {at})"
                 raise FieldProblem(self.name, message, at, value)
-            whole = whole and type(value) is int
             try:
                 total = _EXACT.add(total, number) if sign > 0 else _EXACT.subtract(total, number)
             except ArithmeticError:
                 message = f"{word} term {counts[word]} cannot be added exactly (too many digits)"
-                raise FieldProblem(self.name, message, at, value) from None
+                raise FieldProblem(self.name, message, where or part.source, value) from None
         if trace is not None:
             trace["from"] = self.source
         result: Any = int(total) if whole else total
@@ -287,9 +312,7 @@ class CompiledField:
                 return MISSING
         return value
 
-    @property
-    def source(self) -> str:
-        """What the source reads, as a message names it."""
+    def _label(self) -> str:
         if self.computed is not None:
             return self.computed.label
         if self.kind == "first":
