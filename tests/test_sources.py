@@ -72,6 +72,19 @@ def test_a_cookie_gives_its_own_value_not_the_rest_of_the_cookie_text() -> None:
     assert _body(CLICK_FIRST, data)["clickId"] == "cl_9"
 
 
+def test_query_param_over_cookie_text_is_refused_not_misread() -> None:
+    """The old form, one query_param over URL and cookie paths, no longer sends `cl_9; b=2`."""
+    text = _lead(
+        "clickId:\n  paths: [$.context.page.url, $.context.traits.cookies]\n"
+        "  transform: {query_param: dub_id}"
+    )
+    data = _signup(cookies="dub_id=cl_9; b=2")
+    data["context"]["page"] = {"url": "https://a.test/?x=1"}
+    got = one(engine(text), data)
+    assert got.outcome == "invalid", got.body
+    assert "hint: cookie text takes {cookie: NAME}" in got.errors[0]
+
+
 def test_already_minor_units_refuses_text_with_a_decimal_point() -> None:
     """ "49.00" is a major amount, never 49 cents; the JSON number 49.0 is still 49."""
     text = sale("amount: {path: $.properties.cents, transform: already_minor_units}")

@@ -141,6 +141,13 @@ def query_param(name: str) -> Transform:
             query = query.split("?", 1)[1]
         elif "://" in query:
             return MISSING  # a URL without a query
+        elif any(c.isspace() for c in query.strip()):
+            # A query string has no blanks (they are encoded); cookie text has "; " between
+            # cookies, and reading it as a query gave "cl_9; b=2" for "dub_id=cl_9; b=2".
+            raise TransformError(
+                "query_param needs a URL or query text, and text with blanks is neither "
+                "(hint: cookie text takes {cookie: NAME})"
+            )
         found = parse_qs(query, keep_blank_values=False).get(name)
         return found[0] if found else MISSING
 
