@@ -13,12 +13,14 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.mapping.amounts import minor_units
 from bridge.mapping.explain import explain, explain_text
+from bridge.mapping.schema import mapping_schema
 from bridge.mapping.transforms import TransformError, cookie, regex, replace
 from bridge.mapping.values import MISSING
 from tests.mapkit import engine, errors, event, load, one, sale
@@ -507,10 +509,10 @@ def test_bad_transforms_are_load_errors_naming_file_line_and_key(
         ("customerName: {add: [$.a]}", "`add` makes a number: only amount and eventQuantity"),
         ("customerName: {first: [{sum: {items: $.p, value: v}}]}", "`sum` makes a number"),
         ("amount: {path: $.a, subtract: [$.b]}", "`subtract` goes with `add`"),
-        ("amount: {first: []}", "at least 1 item"),
+        ("amount: {first: []}", "`first` needs at least one source"),
         ("amount: {first: [{pth: $.a}]}", "unknown key (did you mean 'path'?)"),
         ("amount: {first: [$.a], path: $.b}", "give exactly one of"),
-        ("amount: {object: {}}", "at least 1 item"),
+        ("amount: {object: {}}", "`object` needs at least one source"),
     ],
 )
 def test_misused_sources_are_load_errors(field: str, message: str) -> None:
@@ -559,3 +561,63 @@ def test_an_avatar_that_is_not_an_http_url_is_dropped_with_a_warning() -> None:
     got = one(engine(text), _signup(avatar="javascript:alert(1)"))
     assert got.body is not None and "customerAvatar" not in got.body
     assert got.warnings[0].startswith("customerAvatar: dropped, must be an http(s) URL")
+
+
+def test_nested_mistakes_are_each_reported_once_at_their_line() -> None:
+    """Each mistake inside nested sources is one error, `file:line: mapping.key: message`."""
+    text = r"""
+        mappings:
+          - name: s
+            trigger: {event: X}
+            action: sale
+            fields:
+              customerExternalId: $.userId
+              amount:
+                add:
+                  - $.properties.total
+                  - {pth: $.properties.shipping}
+                subtract: [{path: $.properties.discount, transform: {regex: "("}}]
+                transform: minor_units
+              customerName:
+                first:
+                  - {path: $.a, when: {startswith: x}}
+                  - {path: $.b, transform: {replace: {pattern: a, with: '\2'}}}
+        """
+    assert errors(text) == [
+        "m.yaml:11: s.fields.amount.add.1.pth: unknown key (did you mean 'path'?)",
+        "m.yaml:12: s.fields.amount.subtract.0.transform.regex: bad regular expression '(':"
+        " missing ), unterminated subpattern at position 0",
+        "m.yaml:16: s.fields.customerName.first.0.when.startswith: unknown key"
+        " (did you mean 'starts_with'?)",
+        "m.yaml:17: s.fields.customerName.first.1.transform.replace: bad replacement '\\\\2'"
+        " for 'a': invalid group reference 2 at position 1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "accepted"),
+    [
+        ({"first": [{"path": "$.a", "transform": {"cookie": "dub_id"}}, "$.b"]}, True),
+        ({"add": ["$.a"], "subtract": [{"path": "$.b", "default": 0}]}, True),
+        ({"path": "$.a", "when": {"starts_with": "https://"}}, True),
+        ({"path": "$.a", "transform": {"minor_units": {"extra_decimals": "refuse"}}}, True),
+        ({"first": [{"pth": "$.a"}]}, False),
+        ({"path": "$.a", "subtract": ["$.b"]}, False),
+        ({"path": "$.a", "transform": {"replace": {"pattern": "a"}}}, False),
+        ({"path": "$.a", "when": {"starts_with": "x", "pth": "$.b"}}, False),
+    ],
+)
+def test_the_schema_knows_the_new_sources(field: dict[str, Any], accepted: bool) -> None:
+    """`bridge schema` accepts the nested sources and transforms, and refuses misspellings."""
+    data = {
+        "mappings": [
+            {
+                "name": "s",
+                "trigger": {"event": "E"},
+                "action": "sale",
+                "fields": {"customerExternalId": "$.u", "amount": field},
+            }
+        ]
+    }
+    found = list(jsonschema.Draft202012Validator(mapping_schema()).iter_errors(data))
+    assert (found == []) is accepted, found

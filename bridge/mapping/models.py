@@ -122,10 +122,12 @@ class SourceSpec(BaseModel):
     value: Any = None
     template: str | None = None
     sum: SumSpec | None = None
-    first: tuple[SourceSpec, ...] | None = Field(None, min_length=1)
-    add: tuple[SourceSpec, ...] | None = Field(None, min_length=1)
-    subtract: tuple[SourceSpec, ...] | None = Field(None, min_length=1)
-    object: dict[str, SourceSpec] | None = Field(None, min_length=1)
+    # Emptiness is checked in _source: a length bound here would also be reported when
+    # the items themselves are wrong, as a second, misleading error.
+    first: tuple[SourceSpec, ...] | None = None
+    add: tuple[SourceSpec, ...] | None = None
+    subtract: tuple[SourceSpec, ...] | None = None
+    object: dict[str, SourceSpec] | None = None
     default: Any = None
     transform: tuple[TransformStep, ...] = ()
     when: tuple[ConditionSpec, ...] = ()
@@ -190,6 +192,9 @@ class SourceSpec(BaseModel):
                 "give exactly one of `path`, `paths` or `value` (or `template`, `sum`, "
                 "`first`, `add` or `object`)"
             )
+        for key in ("first", "add", "subtract", "object"):
+            if getattr(self, key) is not None and not getattr(self, key):
+                raise ValueError(f"`{key}` needs at least one source")
         if self.subtract is not None and self.add is None:
             raise ValueError("`subtract` goes with `add`: add: [...], subtract: [...]")
         if self.has_value and (self.transform or "default" in self.model_fields_set):
