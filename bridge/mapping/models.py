@@ -2,8 +2,9 @@
 
 A file holds ``version: 1``, a list of ``mappings`` and optionally golden ``tests``.
 Every construct added since the first release (more condition tests and combinators,
-``event_matches``, ``template``, ``sum``, more transforms) is a key that version 1
-used to refuse, so old files keep their meaning and no version bump is needed.
+``event_matches``, ``template``, ``sum``, nested sources with ``first``, ``add``,
+``object`` and ``when``, more transforms) is a key that version 1 used to refuse, so
+old files keep their meaning and no version bump is needed.
 Shorthands are expanded before validation (a field given as one path or a list of
 paths; a transform given as a name), so every error points at one key of one shape.
 Path syntax, regular expressions, templates and transform names are checked here;
