@@ -106,6 +106,11 @@ def test_any_event_gives_a_valid_body_or_a_clear_error(
         ("eventQuantity", 2.5, "eventQuantity: dropped"),
         ("mode", "later", "mode: dropped, must be one of async, wait, deferred"),
         ("customerAvatar", 42, "customerAvatar: dropped, must be text"),
+        ("customerAvatar", "avatar.png", "customerAvatar: dropped, must be an http(s) URL"),
+        ("customerAvatar", "ftp://x.test/a.png", "customerAvatar: dropped, must be an http(s)"),
+        ("customerAvatar", "javascript:alert(1)", "customerAvatar: dropped, must be an http(s)"),
+        ("customerAvatar", "https://", "customerAvatar: dropped, must be an http(s) URL"),
+        ("customerAvatar", "https://[nothost]/a", "customerAvatar: dropped, must be an http(s)"),
         ("metadata", ["a"], "metadata: dropped, must be an object"),
     ],
 )
@@ -115,6 +120,14 @@ def test_optional_lead_fields_are_dropped_not_fatal(field: str, value: Any, warn
     clean, errors, warnings = LEAD.clean(body)
     assert errors == [] and field not in clean
     assert warnings[0].startswith(warning)
+
+
+def test_an_http_or_https_avatar_is_kept() -> None:
+    """customerAvatar keeps http and https URLs with a host, whatever the scheme's case."""
+    for url in ("https://x.test/a.png", "http://x.test/a.png", "HTTPS://x.test/a"):
+        body = {"clickId": "c", "eventName": "E", "customerExternalId": "u", "customerAvatar": url}
+        clean, errors, warnings = LEAD.clean(body)
+        assert (clean["customerAvatar"], errors, warnings) == (url, [], [])
 
 
 def test_required_field_errors_are_errors() -> None:

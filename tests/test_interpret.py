@@ -79,7 +79,7 @@ def golden_sets(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Engine, 
 
 
 def _paths(mappings: tuple[CompiledMapping, ...]) -> list[tuple[str | int, ...]]:
-    texts = [p.text for m in mappings for f in m.fields for p in f.paths]
+    texts = [p.text for m in mappings for f in m.fields for p in f.all_paths()]
     texts += [p.text for m in mappings for c in m.conditions for p in c.paths]
     return sorted({steps for steps in map(simple_steps, texts) if steps}, key=str)
 

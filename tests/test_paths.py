@@ -86,7 +86,7 @@ REFUSED = [
     ("$.a.`sub(/x/, y)`", "`sub()` is not supported (hint: use a transform or a `template`)"),
     ("$.a.`str()`", "`str()` is not supported (hint: use `transform: string`"),
     ("$.a.`split(,, 0, -1)`", "`split()` is not supported"),
-    ("$.a + $.b", "arithmetic (+ - * /) is not supported (hint: use `sum:"),
+    ("$.a - $.b", "arithmetic (+ - * /) is not supported (hint: use `add: [...]` and `subtract:"),
     ("$.a * 2", "arithmetic"),
     ("$.a.`len`", "`len` is not supported"),
     ("$.a.`keys`", "`keys` is not supported"),

@@ -22,6 +22,7 @@ from .fields import (
     Currency,
     Email,
     FieldRejected,
+    HttpUrl,
     Identity,
     IdentityRejected,
     Metadata,
@@ -131,7 +132,7 @@ def _sale_settled(body: dict[str, Any]) -> Outcome:
 _CUSTOMER = {
     "customerName": DubField(Text(NAME_MAX)),
     "customerEmail": DubField(Email()),
-    "customerAvatar": DubField(Text()),
+    "customerAvatar": DubField(HttpUrl(trim=False)),
     "metadata": DubField(Metadata()),
 }
 LEAD = Endpoint(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator
 
@@ -102,6 +103,20 @@ class Identity(Text):
                 "surrogate): two different ids could read the same"
             )
         return super().check(value)
+
+
+class HttpUrl(Text):
+    """An http(s) URL with a host, as Dub's schema asks of ``customerAvatar``."""
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        value, note = super().check(value)
+        try:
+            url = urlsplit(value)
+        except ValueError:  # a bracketed host that is not an IP address
+            url = None
+        if url is None or url.scheme.lower() not in ("http", "https") or not url.hostname:
+            raise FieldRejected("must be an http(s) URL")
+        return value, note
 
 
 class OneOf(Rule):

@@ -55,11 +55,12 @@ def to_decimal(value: Any) -> Decimal:
     raise AmountError(f"a {type(value).__name__} is not an amount")
 
 
-def minor_units(value: Any, currency: str = "usd") -> int:
+def minor_units(value: Any, currency: str = "usd", *, refuse_extra: bool = False) -> int:
     """Convert a major amount to Dub's integer minor units, exactly.
 
     Raises ``AmountError`` for a negative, non-finite, boolean or non-numeric
-    value, or one above ``MAX_MINOR_UNITS`` once converted.
+    value, or one above ``MAX_MINOR_UNITS`` once converted; with ``refuse_extra``,
+    also for a value with more decimals than the currency has (instead of rounding).
     """
     # A finite JSON number, the usual case, read as to_decimal reads it, without its checks.
     amount = (
@@ -72,6 +73,12 @@ def minor_units(value: Any, currency: str = "usd") -> int:
     # Compare before quantize: a huge exponent ("1e999999") would overflow it.
     if scaled > MAX_MINOR_UNITS + 1:
         raise AmountError(f"amount is above {MAX_MINOR_UNITS} minor units")
+    if refuse_extra and scaled != scaled.to_integral_value():
+        places = 0 if zero_decimal else 2
+        raise AmountError(
+            f"amount has more than {places} decimals, as {currency.upper()} has "
+            "(hint: a thousands separator? extra_decimals: refuse does not round)"
+        )
     try:
         result = int(_EXACT.quantize(scaled, _ONE))
     except InvalidOperation as exc:  # pragma: no cover - guarded by the bound above

@@ -97,33 +97,53 @@ def explain_text(report: dict[str, Any]) -> list[str]:
 
 
 def _condition_lines(
-    cond: dict[str, Any], indent: str, show: Any, word: str = "condition"
+    cond: dict[str, Any], indent: str, show: Any, word: str = "condition", where: str = ""
 ) -> list[str]:
     mark = "held" if cond["held"] else "FAILED"
     reason = f" ({cond['reason']})" if cond.get("reason") and not cond["held"] else ""
-    if "path" in cond:
+    if "path" in cond and cond["path"] is None:  # a `when` test of the source's own value
+        value = show(where, cond["value"], cond["absent"])
+        lines = [f"{indent}{word} {cond['test']}: value {value}: {mark}{reason}"]
+    elif "path" in cond:
         value = show(cond["path"], cond["value"], cond["absent"])
         lines = [f"{indent}{word} {cond['path']} {cond['test']}: value {value}: {mark}{reason}"]
     else:
         lines = [f"{indent}{word} {cond['test']}: {mark}{reason}"]
     for child in cond.get("conditions", ()):
-        lines += _condition_lines(child, indent + "  ", show)
+        lines += _condition_lines(child, indent + "  ", show, "condition", where)
     return lines
 
 
 def _field_lines(field: dict[str, Any], show: Any) -> list[str]:
-    name = field["field"]
-    if "from" in field:
-        parts = [f"    field {name}: from {field['from']}"]
+    return _source_lines(f"field {field['field']}", field["field"], field, show, "    ")
+
+
+def _source_lines(
+    label: str, name: str, trace: dict[str, Any], show: Any, indent: str
+) -> list[str]:
+    """One source's line (from where, raw value, each transform, the value), then its
+    `when` tests and its nested sources, each on its own lines below it."""
+    if "from" in trace:
+        parts = [f"{indent}{label}: from {trace['from']}"]
+    elif "tried" in trace:
+        tried = ", ".join(t["path"] for t in trace["tried"])
+        parts = [f"{indent}{label}: nothing at {tried}"]
     else:
-        tried = ", ".join(t["path"] for t in field.get("tried", ()))
-        parts = [f"    field {name}: nothing at {tried}"]
-    if "raw" in field and field.get("from") not in ("value", "default"):
-        parts.append(f"raw {show(name, field['raw'])}")
-    for step in field.get("steps", ()):
+        parts = [f"{indent}{label}: nothing"]
+    if "raw" in trace and trace.get("from") not in ("value", "default"):
+        parts.append(f"raw {show(name, trace['raw'])}")
+    for step in trace.get("steps", ()):
         if "error" in step:
             parts.append(f"{step['transform']} -> error: {step['error']}")
         else:
-            parts.append(f"{step['transform']} -> {show(name, step['value'])}")
-    parts.append(f"value {show(name, field['value'], field['absent'])}")
-    return ["; ".join(parts)]
+            shows = show(name, step["value"], step.get("absent", False))
+            parts.append(f"{step['transform']} -> {shows}")
+    if "error" in trace and not any("error" in step for step in trace.get("steps", ())):
+        parts.append(f"error: {trace['error']}")
+    parts.append(f"value {show(name, trace.get('value'), trace.get('absent', True))}")
+    lines = ["; ".join(parts)]
+    for cond in trace.get("when", ()):
+        lines += _condition_lines(cond, indent + "  ", show, "when", name)
+    for part in trace.get("parts", ()):
+        lines += _source_lines(part["part"], name, part, show, indent + "  ")
+    return lines

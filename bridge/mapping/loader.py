@@ -23,9 +23,17 @@ from . import conditions
 from .compiler import compile_mapping
 from .engine import CompiledMapping, Engine, Exclude
 from .goldens import GoldenCase, read_tests
-from .models import FieldSpec, Mapping, MappingFile, TransformStep, Trigger
+from .models import (
+    FieldSpec,
+    Mapping,
+    MappingFile,
+    MinorUnits,
+    Replace,
+    SourceSpec,
+    TransformStep,
+    Trigger,
+)
 from .sums import SumSpec
-from .transforms import AMOUNT_TRANSFORMS
 from .yamlread import YAMLProblem, line_of, locate, read_yaml
 
 # `sum` makes a number: only these fields take one.
@@ -193,13 +201,15 @@ def _keys_at(loc: tuple[Any, ...]) -> list[str]:
         "trigger": Trigger,
         "transform": TransformStep,
         "sum": SumSpec,
+        "replace": Replace,
+        "minor_units": MinorUnits,
     }
     for part in reversed(loc[:-1]):
-        if part in ("conditions", "any", "all", "not"):
+        if part in ("conditions", "any", "all", "not", "when", "require", "exclude"):
             return conditions.keys()
         if part in parents:
             return list(parents[part].model_fields)
-        if part == "fields":
+        if part in ("fields", "first", "add", "subtract", "object"):
             return ["path", *FieldSpec.model_fields]
         if part == "expect":
             return ["mapping", "body"]
@@ -265,19 +275,26 @@ def _semantic(file: str, data: Any, index: int, mapping: Mapping) -> Iterator[Ma
                         f"{literal!r} {exc}",
                     )
     for key, spec in mapping.fields.items():
-        if spec.sum is not None and key not in SUM_FIELDS:
+        if key in SUM_FIELDS:
+            continue
+        for loc, word in _arithmetic(spec, ()):
             yield MappingIssue(
                 file,
-                at("fields", key, "sum"),
-                f"{mapping.name}.fields.{key}.sum",
-                "`sum` makes a number: only amount and eventQuantity take one",
+                at("fields", key, *loc),
+                ".".join([mapping.name, "fields", key, *map(str, loc)]),
+                f"`{word}` makes a number: only amount and eventQuantity take one",
             )
+    metadata = mapping.fields.get("metadata")
+    if metadata is not None and not metadata.can_be_object():
+        yield MappingIssue(
+            file,
+            at("fields", "metadata"),
+            f"{mapping.name}.fields.metadata",
+            f"a `{metadata.kind}` source never gives an object, and metadata is one",
+            "use a path to an object, or `object: {KEY: source}` to build one",
+        )
     amount = mapping.fields.get("amount")
-    if (
-        amount is not None
-        and not any(t.name in AMOUNT_TRANSFORMS for t in amount.transform)
-        and not amount.has_value
-    ):
+    if amount is not None and not amount.converts_amount():
         yield MappingIssue(
             file,
             at("fields", "amount"),
@@ -287,6 +304,18 @@ def _semantic(file: str, data: Any, index: int, mapping: Mapping) -> Iterator[Ma
             "or `already_minor_units` for amounts kept in cents",
             "warning",
         )
+
+
+def _arithmetic(spec: SourceSpec, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Where ``spec`` (or a source nested in it) adds numbers: ``sum`` or ``add``."""
+    if spec.sum is not None:
+        yield (*loc, "sum"), "sum"
+    if spec.add is not None:
+        yield (*loc, "add"), "add"
+    for index, part in enumerate(spec.first or ()):
+        yield from _arithmetic(part, (*loc, "first", index))
+    for key, part in (spec.object or {}).items():
+        yield from _arithmetic(part, (*loc, "object", key))
 
 
 def _overlap_warnings(

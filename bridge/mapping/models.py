@@ -2,8 +2,9 @@
 
 A file holds ``version: 1``, a list of ``mappings`` and optionally golden ``tests``.
 Every construct added since the first release (more condition tests and combinators,
-``event_matches``, ``template``, ``sum``, more transforms) is a key that version 1
-used to refuse, so old files keep their meaning and no version bump is needed.
+``event_matches``, ``template``, ``sum``, nested sources with ``first``, ``add``,
+``object`` and ``when``, more transforms) is a key that version 1 used to refuse, so
+old files keep their meaning and no version bump is needed.
 Shorthands are expanded before validation (a field given as one path or a list of
 paths; a transform given as a name), so every error points at one key of one shape.
 Path syntax, regular expressions, templates and transform names are checked here;
@@ -22,11 +23,11 @@ from .conditions import ConditionSpec
 from .paths import check_path
 from .sums import SumSpec
 from .templates import parse as parse_template
-from .transforms import NAMED
-from .values import Pattern, check_json
+from .transforms import AMOUNT_TRANSFORMS, NAMED
+from .values import Pattern, check_json, check_replacement
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
-SOURCES = ("paths", "value", "template", "sum")
+SOURCES = ("paths", "value", "template", "sum", "first", "add", "object")
 
 
 def _one_or_many(data: Any) -> Any:
@@ -36,27 +37,61 @@ def _one_or_many(data: Any) -> Any:
     return data
 
 
+class Replace(BaseModel):
+    """``{replace: {pattern: REGEX, with: TEXT}}``: every match replaced, ``\\1`` a group."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+    pattern: Pattern
+    with_: str = Field(alias="with")
+
+    @model_validator(mode="after")
+    def _groups(self) -> Replace:
+        check_replacement(self.pattern, self.with_)
+        return self
+
+
+class MinorUnits(BaseModel):
+    """``{minor_units: {extra_decimals: refuse}}``: more decimals than the currency has make
+    the event invalid instead of being rounded."""
+
+    model_config = _STRICT
+    extra_decimals: Literal["round", "refuse"] = "round"
+
+
+# The transforms written as an object, by their one key (`fallback` goes with `map`).
+TRANSFORM_KEYS = ("map", "query_param", "regex", "cookie", "replace", "minor_units")
+
+
 class TransformStep(BaseModel):
-    """One transform: a named one, a value map with an optional fallback, or a query param."""
+    """One transform: a named one, or one written as an object (see ``TRANSFORM_KEYS``)."""
 
     model_config = _STRICT
     name: str | None = None
     map: dict[Any, Any] | None = None
     fallback: Any = None
     query_param: str | None = Field(None, min_length=1)
+    regex: Pattern | None = None
+    cookie: str | None = Field(None, min_length=1)
+    replace: Replace | None = None
+    minor_units: MinorUnits | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _expand(cls, data: Any) -> Any:
         if isinstance(data, str):
             return {"name": data}
-        if isinstance(data, dict) and ("map" in data) == ("query_param" in data):
-            raise ValueError(
-                f"a transform is a name ({', '.join(sorted(NAMED))}), "
-                "{map: ..., fallback: ...} or {query_param: NAME}"
-            )
-        if isinstance(data, dict) and "query_param" in data and len(data) > 1:
-            raise ValueError("{query_param: NAME} takes no other key")
+        if isinstance(data, dict):
+            keys = [k for k in TRANSFORM_KEYS if k in data]
+            if len(keys) != 1 or "name" in data:
+                raise ValueError(
+                    f"a transform is a name ({', '.join(sorted(NAMED))}), "
+                    "{map: ..., fallback: ...}, {query_param: NAME}, {regex: PATTERN}, "
+                    "{cookie: NAME}, {replace: {pattern: REGEX, with: TEXT}} or "
+                    "{minor_units: {extra_decimals: refuse}}"
+                )
+            extra = set(data) - {keys[0], *(("fallback",) if keys[0] == "map" else ())}
+            if extra:
+                raise ValueError(f"{{{keys[0]}: ...}} takes no other key ({', '.join(extra)})")
         return data
 
     @field_validator("name")
@@ -70,18 +105,33 @@ class TransformStep(BaseModel):
     def has_fallback(self) -> bool:
         return "fallback" in self.model_fields_set
 
+    @property
+    def converts_amount(self) -> bool:
+        """Whether this step leaves an amount in minor units."""
+        return self.name in AMOUNT_TRANSFORMS or self.minor_units is not None
 
-class FieldSpec(BaseModel):
-    """Where a Dub field's value comes from, and what happens to it on the way."""
+
+class SourceSpec(BaseModel):
+    """Where a value comes from, and what happens to it on the way; sources nest.
+
+    One of ``paths``, ``value``, ``template``, ``sum``, ``first``, ``add`` (with an
+    optional ``subtract``) or ``object``; each source, also a nested one, may carry its
+    own ``default``, ``transform`` and ``when``."""
 
     model_config = _STRICT
     paths: tuple[str, ...] = ()
     value: Any = None
     template: str | None = None
     sum: SumSpec | None = None
+    # Emptiness is checked in _source: a length bound here would also be reported when
+    # the items themselves are wrong, as a second, misleading error.
+    first: tuple[SourceSpec, ...] | None = None
+    add: tuple[SourceSpec, ...] | None = None
+    subtract: tuple[SourceSpec, ...] | None = None
+    object: dict[str, SourceSpec] | None = None
     default: Any = None
     transform: tuple[TransformStep, ...] = ()
-    required: bool = False
+    when: tuple[ConditionSpec, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -97,10 +147,12 @@ class FieldSpec(BaseModel):
                 data["paths"] = [data.pop("path")]
             if isinstance(data.get("transform"), (str, dict)):
                 data["transform"] = [data["transform"]]
+            if isinstance(data.get("when"), dict):
+                data["when"] = [data["when"]]
             return data
         raise ValueError(
-            "a field is a JSONPath, a list of JSONPaths, or an object with path, paths, "
-            "value, template or sum"
+            "a source is a JSONPath, a list of JSONPaths, or an object with one of path, "
+            "paths, value, template, sum, first, add or object"
         )
 
     @field_validator("paths")
@@ -122,16 +174,38 @@ class FieldSpec(BaseModel):
     def _literal(cls, value: Any) -> Any:
         return check_json(value, allow_null=True)
 
+    @field_validator("when")
+    @classmethod
+    def _when(cls, when: tuple[ConditionSpec, ...]) -> tuple[ConditionSpec, ...]:
+        for condition in when:
+            if condition.without_path() and _with_path(condition):
+                raise ValueError(
+                    "a `when` condition tests either the source's value (no `path`) or the "
+                    "event (every test with a `path`), not both in one condition"
+                )
+        return when
+
     @model_validator(mode="after")
-    def _source(self) -> FieldSpec:
+    def _source(self) -> SourceSpec:
         given = [key for key in SOURCES if key in self.model_fields_set]
         if len(given) != 1 or (given == ["paths"] and not self.paths):
             raise ValueError(
-                "give exactly one of `path`, `paths` or `value` (or `template`, or `sum`)"
+                "give exactly one of `path`, `paths` or `value` (or `template`, `sum`, "
+                "`first`, `add` or `object`)"
             )
+        for key in ("first", "add", "subtract", "object"):
+            if getattr(self, key) is not None and not getattr(self, key):
+                raise ValueError(f"`{key}` needs at least one source")
+        if self.subtract is not None and self.add is None:
+            raise ValueError("`subtract` goes with `add`: add: [...], subtract: [...]")
         if self.has_value and (self.transform or "default" in self.model_fields_set):
             raise ValueError("a literal `value` takes no `transform` or `default`")
         return self
+
+    @property
+    def kind(self) -> str:
+        """Which source this is: paths, value, template, sum, first, add or object."""
+        return next(key for key in SOURCES if key in self.model_fields_set)
 
     @property
     def has_value(self) -> bool:
@@ -140,6 +214,39 @@ class FieldSpec(BaseModel):
     @property
     def has_default(self) -> bool:
         return "default" in self.model_fields_set
+
+    def converts_amount(self) -> bool:
+        """Whether the value leaves this source in minor units: an amount transform of its
+        own, a literal, or every alternative or term converting itself."""
+        if self.has_value or any(t.converts_amount for t in self.transform):
+            return True
+        if self.first is not None:
+            return all(s.converts_amount() for s in self.first)
+        if self.add is not None:
+            return all(s.converts_amount() for s in (*self.add, *(self.subtract or ())))
+        return False
+
+    def can_be_object(self) -> bool:
+        """Whether this source can ever give an object (for ``metadata``)."""
+        if self.template is not None or self.sum is not None or self.add is not None:
+            return False
+        if self.has_value:
+            return isinstance(self.value, dict) and bool(self.value)
+        if self.first is not None:
+            return any(s.can_be_object() for s in self.first)
+        return True
+
+
+class FieldSpec(SourceSpec):
+    """A Dub field's source, and whether the mapping makes the field required."""
+
+    required: bool = False
+
+
+def _with_path(condition: ConditionSpec) -> bool:
+    """Whether some test of ``condition`` (or nested in it) reads a path of the event."""
+    children = condition.any or condition.all or ((condition.not_,) if condition.not_ else ())
+    return bool(condition.paths) or any(_with_path(c) for c in children)
 
 
 class Trigger(BaseModel):

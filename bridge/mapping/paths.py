@@ -61,7 +61,10 @@ _REFUSED = {
     "Sub": ("`sub()`", "use a transform or a `template`"),
     "Split": ("`split()`", "use a `template` or a transform"),
     "Str": ("`str()`", "use `transform: string` or a `template`"),
-    "Operation": ("arithmetic (+ - * /)", "use `sum: {items, value, times}` or a `template`"),
+    "Operation": (
+        "arithmetic (+ - * /)",
+        "use `add: [...]` and `subtract: [...]` (total - discount), or `sum: {items, value}`",
+    ),
     "Len": ("`len`", "use a condition such as `not_empty: true`"),
     "Keys": ("`keys`", "select the values by name"),
     "SortedThis": ("sorting (`sorted`, [/key], [\\key])", "select by index or filter"),

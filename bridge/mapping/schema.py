@@ -60,27 +60,25 @@ _TEST_WORDS: dict[str, tuple[str, dict[str, Any]]] = {
         "true: some path gives a non-empty value; false: none does.",
         {"type": "boolean"},
     ),
-    "starts_with": ("The text value starts with this text.", {"type": "string", "minLength": 1}),
-    "ends_with": ("The text value ends with this text.", {"type": "string", "minLength": 1}),
-    "contains": ("The text value contains this text.", {"type": "string", "minLength": 1}),
+    "starts_with": ("The text value starts with this.", {"type": "string", "minLength": 1}),
+    "ends_with": ("The text value ends with this.", {"type": "string", "minLength": 1}),
+    "contains": ("The text value contains this.", {"type": "string", "minLength": 1}),
+    **{
+        f"version_{op}": (
+            f"The value read as a dotted version (v2.10.1) is {text} this one.",
+            {"anyOf": [{"type": "string", "pattern": r"^[vV]?\d+(\.\d+)*$"}, {"type": "number"}]},
+        )
+        for op, text in (
+            ("gt", "greater than"),
+            ("gte", "at least"),
+            ("lt", "less than"),
+            ("lte", "at most"),
+        )
+    },
 }
-_VERSION_TEXT = {
-    "version_gt": "greater than",
-    "version_gte": "greater than or equal to",
-    "version_lt": "less than",
-    "version_lte": "less than or equal to",
-}
-_VERSION = {
-    "anyOf": [{"type": "string", "pattern": r"^[vV]?\d+(\.\d+)*$"}, {"type": "number"}],
-}
-_TEST_WORDS |= {
-    word: (
-        f"The value, read as a dotted version (optional leading v, numeric parts, missing "
-        f"parts 0: '2' is '2.0.0', '2.10.1' > '2.9'), is {text} this one; text that is "
-        "no version does not hold.",
-        _VERSION,
-    )
-    for word, text in _VERSION_TEXT.items()
+_IGNORE_CASE = {
+    "type": "boolean",
+    "description": "Compare text ignoring case (equals, in, starts_with, matches, ...).",
 }
 
 
@@ -94,44 +92,40 @@ def _obj(properties: dict[str, Any], description: str, **more: Any) -> dict[str,
     }
 
 
-def _condition_defs() -> dict[str, Any]:
+def _condition_defs(prefix: str = "", with_path: bool = True) -> dict[str, Any]:
+    """A condition's definitions; ``with_path=False``: the `when` tests of a source's own
+    value, which name no path."""
     reason = {"type": "string", "description": "Shown as the skip reason when this does not hold."}
     tests = {word: {**schema, "description": text} for word, (text, schema) in _TEST_WORDS.items()}
-    ignore_case = {
-        "type": "boolean",
-        "description": "true: compare text ignoring case (with equals, not_equals, in, not_in, "
-        "starts_with, ends_with, contains or matches).",
-    }
+    paths = {"path": _JSONPATH, "paths": _PATHS} if with_path else {}
+    one_test = {"oneOf": [{"required": [word]} for word in _TEST_WORDS]}
     leaf = _obj(
-        {
-            "path": _JSONPATH,
-            "paths": _PATHS,
-            **tests,
-            "ignore_case": ignore_case,
-            "reason": reason,
-        },
-        "A test on the first non-empty value of path/paths.",
-        allOf=[
-            {"oneOf": [{"required": ["path"]}, {"required": ["paths"]}]},
-            {"oneOf": [{"required": [word]} for word in _TEST_WORDS]},
-        ],
+        {**paths, **tests, "ignore_case": _IGNORE_CASE, "reason": reason},
+        "A test on the first non-empty value of path/paths."
+        if with_path
+        else "A test on the source's own value (after its transforms).",
+        allOf=[{"oneOf": [{"required": ["path"]}, {"required": ["paths"]}]}, one_test]
+        if with_path
+        else [one_test],
     )
-    ref = {"$ref": "#/$defs/condition"}
+    name = f"{prefix}condition"
+    ref = {"$ref": f"#/$defs/{name}"}
     many = {"type": "array", "items": ref, "minItems": 1}
+    kinds = ("test", "any", "all", "not")
     return {
-        "condition": {"oneOf": [{"$ref": f"#/$defs/{k}"} for k in ("test", "any", "all", "not")]},
-        "test": leaf,
-        "any": _obj(
+        name: {"oneOf": [{"$ref": f"#/$defs/{prefix}{k}"} for k in kinds]},
+        f"{prefix}test": leaf,
+        f"{prefix}any": _obj(
             {"any": {**many, "description": "Holds when one of these holds."}, "reason": reason},
             "Any of the conditions.",
             required=["any"],
         ),
-        "all": _obj(
+        f"{prefix}all": _obj(
             {"all": {**many, "description": "Holds when every one holds."}, "reason": reason},
             "All of the conditions.",
             required=["all"],
         ),
-        "not": _obj(
+        f"{prefix}not": _obj(
             {"not": {**ref, "description": "Holds when this does not."}, "reason": reason},
             "The opposite of a condition.",
             required=["not"],
@@ -154,12 +148,59 @@ def _transform() -> dict[str, Any]:
         "The value of a query parameter in a URL or query string, percent-decoded.",
         required=["query_param"],
     )
-    return {"oneOf": [named, value_map, param]}
+    text = {"type": "string", "minLength": 1}
+    regex = _obj(
+        {"regex": {**text, "description": "A regular expression searched in text."}},
+        "The first capture group of the first match (else the whole match); absent when none.",
+        required=["regex"],
+    )
+    cookie = _obj(
+        {"cookie": {**text, "description": "The cookie's name, compared whole."}},
+        "The value of a cookie in cookie text (a=1; dub_id=cl_9), percent-decoded.",
+        required=["cookie"],
+    )
+    replace = _obj(
+        {
+            "replace": _obj(
+                {
+                    "pattern": {**text, "description": "A regular expression."},
+                    "with": {"type": "string", "description": "The replacement; \\1 a group."},
+                },
+                "Every match of pattern replaced.",
+                required=["pattern", "with"],
+            )
+        },
+        "Text with every match of a regular expression replaced.",
+        required=["replace"],
+    )
+    minor = _obj(
+        {
+            "minor_units": _obj(
+                {
+                    "extra_decimals": {
+                        "enum": ["round", "refuse"],
+                        "description": "round (half away from zero, the default) or refuse: "
+                        "more decimals than the currency has make the event invalid.",
+                    }
+                },
+                "minor_units with options.",
+            )
+        },
+        "minor_units, refusing (or rounding) extra decimals.",
+        required=["minor_units"],
+    )
+    return {"oneOf": [named, value_map, param, regex, cookie, replace, minor]}
 
 
-def _field() -> dict[str, Any]:
+_SOURCE_KINDS = ("path", "paths", "value", "template", "sum", "first", "add", "object")
+
+
+def _source_object(extra: dict[str, Any], description: str) -> dict[str, Any]:
     transform = {"$ref": "#/$defs/transform"}
-    spec = _obj(
+    source = {"$ref": "#/$defs/source"}
+    sources = {"type": "array", "items": source, "minItems": 1}
+    when = {"anyOf": [{"$ref": "#/$defs/condition"}, {"$ref": "#/$defs/value_condition"}]}
+    return _obj(
         {
             "path": _JSONPATH,
             "paths": _PATHS,
@@ -175,18 +216,50 @@ def _field() -> dict[str, Any]:
                     "value": {"type": "string", "description": "The key of each item's value."},
                     "times": {"type": "string", "description": "The key it is multiplied by."},
                 },
-                "The exact decimal sum of item[value] x item[times] (absent times: 1).",
+                "The exact decimal sum of item[value] x item[times] (absent or null times: 1).",
                 required=["items", "value"],
             ),
-            "default": {"description": "Used when no path gives a value."},
+            "first": {**sources, "description": "Sources tried in order; the first value wins."},
+            "add": {**sources, "description": "Sources added as exact decimals (numbers)."},
+            "subtract": {**sources, "description": "Sources subtracted from the `add` total."},
+            "object": {
+                "type": "object",
+                "additionalProperties": source,
+                "minProperties": 1,
+                "description": "Chosen keys; a key whose source is absent is left out.",
+            },
+            "default": {"description": "Used when the source gives no value."},
             "transform": {
                 "description": "One transform, or a list applied in order.",
                 "anyOf": [transform, {"type": "array", "items": transform}],
             },
-            "required": {"type": "boolean", "description": "Make an optional Dub field required."},
+            "when": {
+                "description": "A condition or a list: the source is absent unless all hold "
+                "(a test without a path tests the source's own value).",
+                "anyOf": [when, {"type": "array", "items": when, "minItems": 1}],
+            },
+            **extra,
         },
+        description,
+        oneOf=[{"required": [k]} for k in _SOURCE_KINDS],
+        dependentRequired={"subtract": ["add"]},
+    )
+
+
+def _source() -> dict[str, Any]:
+    return {
+        "anyOf": [
+            _JSONPATH,
+            _PATHS,
+            _source_object({}, "Where a value comes from, and what happens to it."),
+        ]
+    }
+
+
+def _field() -> dict[str, Any]:
+    spec = _source_object(
+        {"required": {"type": "boolean", "description": "Make an optional Dub field required."}},
         "Where the value comes from, and what happens to it.",
-        oneOf=[{"required": [k]} for k in ("path", "paths", "value", "template", "sum")],
     )
     return {"anyOf": [_JSONPATH, _PATHS, spec]}
 
@@ -359,7 +432,9 @@ def mapping_schema() -> dict[str, Any]:
         ),
         "$defs": {
             **_condition_defs(),
+            **_condition_defs("value_", with_path=False),
             "transform": _transform(),
+            "source": _source(),
             "field": _field(),
             "mapping": _mapping(),
             "golden": _test(),

@@ -1,6 +1,6 @@
 """``sum: {items, value, times}``: an exact basket total from an array of line items.
 
-Each item contributes ``item[value] * item[times]`` (``times`` absent means 1), added
+Each item contributes ``item[value] * item[times]`` (``times`` absent or null means 1), added
 as exact decimals: 19.99 * 3 is 59.97, never 59.970000000000006. A value that is not a
 number or numeric text makes the event invalid, naming the item's index and key; an
 empty or missing array gives no value (the field's ``default`` applies).
@@ -72,7 +72,8 @@ class Sum:
                 where = f"{self.items.text}[{index}]"
                 raise SumError(f"item {index} is not an object", where, item)
             value = self._number(item, index, self.value)
-            if self.times is not None and self.times in item:
+            # `times: null` counts as 1, as a missing key does: nothing says to repeat it.
+            if self.times is not None and item.get(self.times) is not None:
                 value = self._exact(
                     index, _EXACT.multiply, value, self._number(item, index, self.times)
                 )

@@ -10,17 +10,19 @@ it returns ``MISSING`` and the field goes on to its next path or its default.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from ..dub.currencies import MAX_MINOR_UNITS
 from .amounts import AmountError, minor_units, to_decimal
-from .values import MISSING
+from .values import MISSING, compile_pattern
 
 Transform = Callable[[Any, Mapping[str, Any]], Any]
 EXACT_FLOAT_MAX = 2.0**53  # every integer up to here is a float exactly; not all above it
+_INTEGER_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
 
 
 class TransformError(ValueError):
@@ -83,6 +85,12 @@ def _integer(value: Any, _fields: Mapping[str, Any]) -> Any:
 
 
 def _already_minor_units(value: Any, _fields: Mapping[str, Any]) -> Any:
+    # "49.00" is a major amount written as text: taking it as 49 cents loses 48.51.
+    if isinstance(value, str) and not _INTEGER_TEXT.match(value):
+        raise TransformError(
+            "already_minor_units: text is not a whole number of minor units "
+            "(hint: '49.00' is a major amount, use minor_units)"
+        )
     return _whole(
         "already_minor_units",
         value,
@@ -96,6 +104,21 @@ def _minor_units(value: Any, fields: Mapping[str, Any]) -> Any:
         return minor_units(value, currency if isinstance(currency, str) else "usd")
     except AmountError as exc:
         raise TransformError(str(exc)) from exc
+
+
+def _minor_units_exact(value: Any, fields: Mapping[str, Any]) -> Any:
+    currency = fields.get("currency")
+    try:
+        return minor_units(
+            value, currency if isinstance(currency, str) else "usd", refuse_extra=True
+        )
+    except AmountError as exc:
+        raise TransformError(str(exc)) from exc
+
+
+def minor_units_step(extra_decimals: str) -> Transform:
+    """``minor_units``, rounding half away from zero or (``refuse``) refusing extra decimals."""
+    return _minor_units_exact if extra_decimals == "refuse" else _minor_units
 
 
 NAMED: dict[str, Transform] = {
@@ -127,10 +150,62 @@ def query_param(name: str) -> Transform:
             query = query.split("?", 1)[1]
         elif "://" in query:
             return MISSING  # a URL without a query
+        elif any(c.isspace() for c in query.strip()):
+            # A query string has no blanks (they are encoded); cookie text has "; " between
+            # cookies, and reading it as a query gave "cl_9; b=2" for "dub_id=cl_9; b=2".
+            raise TransformError(
+                "query_param needs a URL or query text, and text with blanks is neither "
+                "(hint: cookie text takes {cookie: NAME})"
+            )
         found = parse_qs(query, keep_blank_values=False).get(name)
         return found[0] if found else MISSING
 
     return _param
+
+
+def _text(transform: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TransformError(f"{transform} needs text, got {type(value).__name__}")
+    return value
+
+
+def regex(pattern: str) -> Transform:
+    """The first capture group of the first match (the whole match without a group);
+    MISSING when nothing matches."""
+    first = compile_pattern(pattern).first
+
+    def _regex(value: Any, _fields: Mapping[str, Any]) -> Any:
+        found = first(_text("regex", value))
+        return MISSING if found is None else found
+
+    return _regex
+
+
+def replace(pattern: str, replacement: str) -> Transform:
+    """Every match of ``pattern`` replaced by ``replacement`` (``\\1`` names a group)."""
+    sub = compile_pattern(pattern).sub
+
+    def _replace(value: Any, _fields: Mapping[str, Any]) -> Any:
+        return sub(replacement, _text("replace", value))
+
+    return _replace
+
+
+def cookie(name: str) -> Transform:
+    """The value of cookie ``name`` in cookie text (``a=1; dub_id=cl_9``), percent-decoded;
+    MISSING when it is not there. Names compare whole: ``my_dub_id`` is not ``dub_id``."""
+
+    def _cookie(value: Any, _fields: Mapping[str, Any]) -> Any:
+        for part in _text("cookie", value).split(";"):
+            key, equals, found = part.partition("=")
+            if equals and key.strip() == name:
+                found = found.strip()
+                if len(found) >= 2 and found[0] == found[-1] == '"':
+                    found = found[1:-1]
+                return unquote(found) or MISSING
+        return MISSING
+
+    return _cookie
 
 
 def value_map(table: Mapping[Any, Any], fallback: Any, has_fallback: bool) -> Transform:
@@ -165,7 +240,11 @@ __all__ = [
     "READS_FIELDS",
     "Transform",
     "TransformError",
+    "cookie",
     "is_empty",
+    "minor_units_step",
     "query_param",
+    "regex",
+    "replace",
     "value_map",
 ]

@@ -10,6 +10,7 @@ as a date and ``null`` as nothing, neither of which an event can hold.
 from __future__ import annotations
 
 import math
+import re as _re  # fixed patterns of our own; a mapping file's go through RE2
 from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated, Any
@@ -91,7 +92,7 @@ class Regex:
     backtracking ``re`` can take years on ``^(a+)+$``.
     """
 
-    __slots__ = ("_search", "pattern")
+    __slots__ = ("_compiled", "_search", "pattern")
 
     def __init__(self, pattern: str):
         try:
@@ -107,6 +108,7 @@ class Regex:
             raise ValueError(
                 f"bad regular expression {pattern!r}: a lone surrogate is not text"
             ) from None
+        self._compiled = compiled
         self._search = compiled.search
         self.pattern = pattern
 
@@ -120,8 +122,35 @@ class Regex:
             repaired = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
             return self._search(repaired) is not None
 
+    @property
+    def groups(self) -> int:
+        """How many capture groups the pattern has."""
+        return int(self._compiled.groups)
+
+    def first(self, text: str) -> str | None:
+        """The first match's first capture group (the whole match when the pattern has no
+        group); None when nothing matches, or the group took part in no match."""
+        match = self._compiled.search(_repaired(text))
+        if match is None:
+            return None
+        found = match[1] if self._compiled.groups else match[0]
+        return None if found is None else str(found)
+
+    def sub(self, replacement: str, text: str) -> str:
+        """Every match replaced by ``replacement`` (``\\1`` names a group)."""
+        return str(self._compiled.sub(replacement, _repaired(text)))
+
     def __repr__(self) -> str:
         return f"Regex({self.pattern!r})"
+
+
+def _repaired(text: str) -> str:
+    """Text RE2's UTF-8 can hold: a lone surrogate becomes a replacement character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 @lru_cache(maxsize=1024)
@@ -134,6 +163,22 @@ def check_pattern(pattern: str) -> str:
     """A regular expression of a mapping file, or the load error that names it."""
     compile_pattern(pattern)
     return pattern
+
+
+# A group named in a replacement text: \1 .. \99.
+_GROUP_REFERENCE = _re.compile(r"\\(\d{1,2})")
+
+
+def check_replacement(pattern: str, replacement: str) -> str:
+    """A ``replace`` transform's text, or the load error (a ``\\2`` the pattern lacks)."""
+    groups = compile_pattern(pattern).groups
+    for reference in _GROUP_REFERENCE.findall(replacement):
+        if int(reference) > groups:
+            raise ValueError(
+                f"bad replacement {replacement!r} for {pattern!r}: \\{reference} names a group"
+                f" the pattern does not have (it has {groups})"
+            )
+    return replacement
 
 
 # A mapping file's regular expression (a trigger's or a condition's), checked at load.

@@ -78,6 +78,8 @@ def locate(data: Any, loc: tuple[Any, ...]) -> tuple[int | None, tuple[Any, ...]
     shown: list[Any] = []
     for part in loc:
         key = "path" if part == "paths" and isinstance(node, LineDict) and "path" in node else part
+        if isinstance(part, int) and isinstance(node, LineDict):
+            continue  # one item written where a list goes (`transform: {...}`): no index
         found, child_line, child = _child(node, key)
         if found:
             line, node = child_line, child
