@@ -73,12 +73,9 @@ def settings_for(mappings: str | None) -> Settings:
 
 
 def engine_of(config: Settings) -> Engine:
-    """The compiled mappings; every mapping error printed and exit 1 when any."""
-    try:
-        return load_directory(config.mappings_dir).engine
-    except MappingFileError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(PROBLEMS)
+    """The compiled mappings; every mapping error printed and exit 1 when any (the
+    boundary's rule for ``MappingFileError``)."""
+    return load_directory(config.mappings_dir).engine
 
 
 def configured(exc: BridgeError) -> NoReturn:

@@ -8,17 +8,14 @@ from datetime import datetime
 import click
 
 from ..core import logs
-from ..core.errors import BridgeError
 from ..core.jsoncodec import dumps_exact, dumps_str
 from ..core.outcomes import NEEDS_PERSON, RETRY
-from ..core.settings import Settings
-from ..ledger import Access, Ledger, open_ledger
+from ..ledger import Access
 from ..service.redrive import redrive as run_redrive
 from ..service.wiring import build_deliverer
 from .common import (
-    configured,
     engine_of,
-    fail,
+    ledger_for,
     mapping_option,
     mappings_option,
     parse_since,
@@ -28,16 +25,6 @@ from .common import (
 )
 
 
-def _ledger(config: Settings, access: Access) -> Ledger:
-    try:
-        ledger = open_ledger(config, access)
-    except BridgeError as exc:
-        configured(exc)
-    if ledger is None:
-        fail("BRIDGE_LEDGER=off: there is no ledger to read")
-    return ledger
-
-
 @click.command()
 @mapping_option
 @since_option
@@ -45,13 +32,8 @@ def _ledger(config: Settings, access: Access) -> Ledger:
 def deadletters(mapping: str | None, since: str | None, as_json: bool) -> None:
     """List events that need a person: invalid, rejected, uncertain, given up, unverified."""
     after = parse_since(since)
-    ledger = _ledger(settings(), Access.READ)
-    try:
+    with ledger_for(settings(), Access.READ) as ledger:
         rows = ledger.dead_letters(mapping=mapping, since=after)
-    except BridgeError as exc:
-        configured(exc)
-    finally:
-        ledger.close()
     for row in rows:
         if as_json:
             line = row.to_dict()
@@ -92,27 +74,24 @@ def redrive(
     after = parse_since(since)
     config = settings_for(mappings)
     engine = engine_of(config)
-    ledger = _ledger(config, Access.READ if dry_run else Access.WRITE)
-    deliverer = None
-    try:
-        if not dry_run:
-            logs.configure(config.log_level)
-            deliverer = build_deliverer(config, ledger)
-        changes = run_redrive(
-            engine,
-            ledger,
-            deliverer,
-            mapping=mapping,
-            since=after,
-            budget=config.cli_budget_seconds,
-            include_unverified=include_unverified,
-        )
-    except BridgeError as exc:
-        configured(exc)
-    finally:
-        if deliverer is not None:
-            deliverer.close()
-        ledger.close()
+    with ledger_for(config, Access.READ if dry_run else Access.WRITE) as ledger:
+        deliverer = None
+        try:
+            if not dry_run:
+                logs.configure(config.log_level)
+                deliverer = build_deliverer(config, ledger)
+            changes = run_redrive(
+                engine,
+                ledger,
+                deliverer,
+                mapping=mapping,
+                since=after,
+                budget=config.cli_budget_seconds,
+                include_unverified=include_unverified,
+            )
+        finally:
+            if deliverer is not None:
+                deliverer.close()
     still_bad = False
     for line in changes:
         still_bad |= line["outcome"] in NEEDS_PERSON or line["outcome"] in RETRY

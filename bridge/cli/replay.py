@@ -19,7 +19,6 @@ from typing import IO
 import click
 
 from ..core import logs
-from ..core.errors import BridgeError
 from ..core.items import Item
 from ..core.jsoncodec import dumps
 from ..core.outcomes import NEEDS_PERSON, RETRY, Outcome
@@ -29,7 +28,7 @@ from ..mapping.batch import plan_all
 from ..mapping.engine import Engine
 from ..reader import Record, Wait, decode, read_records
 from ..service.wiring import build_deliverer
-from .common import PROBLEMS, configured, engine_of, fail, mappings_option, settings_for
+from .common import PROBLEMS, engine_of, fail, mappings_option, settings_for
 from .replay_jobs import Done, WorkerFailed, dry_run
 from .summary import Progress, Summary
 
@@ -118,11 +117,8 @@ def _send(
     summary: Summary,
     progress: Progress,
 ) -> None:
-    try:
-        logs.configure(config.log_level)
-        deliverer = build_deliverer(config, open_ledger(config, Access.CREATE))
-    except BridgeError as exc:
-        configured(exc)
+    logs.configure(config.log_level)
+    deliverer = build_deliverer(config, open_ledger(config, Access.CREATE))
     # Sending, like the webhook, refuses what the ledger can no longer de-duplicate.
     max_age = None if accept_old else config.max_event_age_days * 86400
     try:
