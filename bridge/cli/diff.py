@@ -27,7 +27,7 @@ from ..core.masking import mask_json, mask_value
 from ..core.outcomes import Outcome
 from ..core.results import Result
 from ..mapping.engine import Engine
-from ..mapping.loader import Source, load_sources
+from ..mapping.loader import MappingText, load_sources
 from ..mapping.values import MISSING, json_equal
 from ..reader import read_file
 from ..service.mapping_files import load_directory
@@ -44,7 +44,7 @@ def _git(args: list[str], cwd: Path) -> bytes:
     return done.stdout
 
 
-def sources_at(directory: Path, rev: str) -> list[Source]:
+def sources_at(directory: Path, rev: str) -> list[MappingText]:
     """The mapping files of ``directory`` as they were at git revision ``rev``."""
     if not directory.is_dir():
         fail(f"{directory} is not a directory of mapping files")
@@ -60,11 +60,11 @@ def sources_at(directory: Path, rev: str) -> list[Source]:
             and name.endswith((".yaml", ".yml"))
             and "/" not in name[len(prefix) :]
         ):
-            sources.append(Source(f"{rev}:{name}", _git(["show", f"{rev}:{name}"], top)))
+            sources.append(MappingText(f"{rev}:{name}", _git(["show", f"{rev}:{name}"], top)))
     return sorted(sources, key=lambda s: s.name)
 
 
-def _engine(sources: list[Source] | None, folder: Path, label: str) -> Engine:
+def _engine(sources: list[MappingText] | None, folder: Path, label: str) -> Engine:
     try:
         if sources is None:
             return load_directory(folder).engine

@@ -28,7 +28,7 @@ from .transforms import (
 from .values import MISSING, compile_pattern
 
 
-def compile_mapping(mapping: Mapping, source: str) -> CompiledMapping:
+def compile_mapping(mapping: Mapping, file: str) -> CompiledMapping:
     fields = [_compile_field(name, spec, spec.required) for name, spec in mapping.fields.items()]
     # minor_units reads the resolved currency, so currency is resolved first.
     fields.sort(key=lambda f: f.name != "currency")
@@ -39,7 +39,7 @@ def compile_mapping(mapping: Mapping, source: str) -> CompiledMapping:
         frozenset(trigger.event or ()),
         tuple(conditions.compile_condition(c) for c in trigger.conditions),
         tuple(fields),
-        source,
+        file,
         compile_pattern(trigger.event_matches) if trigger.event_matches is not None else None,
         tuple(conditions.compile_condition(c) for c in trigger.require),
         mapping.group,

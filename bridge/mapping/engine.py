@@ -51,7 +51,7 @@ class CompiledMapping:
     event_names: frozenset[str]
     conditions: tuple[Condition, ...]
     fields: tuple[CompiledField, ...]  # currency before amount: minor_units reads it
-    source: str
+    file: str  # the mapping file it came from
     event_pattern: Regex | None = None  # trigger.event_matches, instead of names
     require: tuple[Condition, ...] = ()  # trigger.require: a failure makes the event invalid
     group: str | None = None  # the first of a group whose conditions hold takes the event

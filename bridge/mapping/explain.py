@@ -49,7 +49,7 @@ def _mapping(mapping: CompiledMapping, result: Result, steps: Steps) -> dict[str
     step: dict[str, Any] = {
         "mapping": mapping.name,
         "action": mapping.action,
-        "file": mapping.source,
+        "file": mapping.file,
         "trigger": trigger,
         "conditions": steps.get("conditions", []),
         "require": steps.get("require", []),

@@ -59,12 +59,12 @@ class CompiledField:
     keys: tuple[str, ...] = ()  # object's keys, one per part
     when: tuple[Condition, ...] = ()  # `when` tests of the event (with a path)
     checks: tuple[Condition, ...] = ()  # `when` tests of the source's own value (no path)
-    source: str = field(init=False)  # what the source reads, as a message names it
+    label: str = field(init=False)  # what the source reads, as a message names it
     _terms: tuple[tuple[CompiledField, str, int], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Made once: messages and `add`'s result name it on every event.
-        object.__setattr__(self, "source", self._label())
+        object.__setattr__(self, "label", self._label())
         terms = [(p, "add", 1) for p in self.parts] + [(p, "subtract", -1) for p in self.minus]
         object.__setattr__(self, "_terms", tuple(terms) if self.kind == "add" else ())
 
@@ -175,7 +175,7 @@ class CompiledField:
     ) -> tuple[Any, str | None]:
         assert self.compute is not None
         if trace is not None:
-            trace["from"] = self.source
+            trace["from"] = self.label
             if isinstance(self.computed, Template):
                 trace["placeholders"] = [
                     {"path": path, "value": None if v is MISSING else v}
@@ -187,9 +187,9 @@ class CompiledField:
             if trace is not None:
                 trace["error"] = f"{exc} (at {exc.where})"
             raise FieldProblem(self.name, str(exc), exc.where, exc.value) from exc
-        value = self._finish(value, fields, self.source, trace)
+        value = self._finish(value, fields, self.label, trace)
         if value is not MISSING:
-            return value, self.source
+            return value, self.label
         return self._default(trace)
 
     def _part(
@@ -214,7 +214,7 @@ class CompiledField:
             value, where = self._part(part, f"first {index}", event, fields, trace)
             if value is MISSING or is_empty(value):
                 continue
-            at = where or part.source
+            at = where or part.label
             if trace is not None:
                 trace["from"] = f"first {index} ({at})"
             value = self._finish(value, fields, at, trace)
@@ -249,7 +249,7 @@ class CompiledField:
                 number = as_number(value)
                 whole = False
             if number is None:
-                at = where or part.source
+                at = where or part.label
                 message = f"{word} term {counts[word]} is not a number"
                 if trace is not None:
                     trace["error"] = f"{message} (at {at})"
@@ -258,13 +258,13 @@ class CompiledField:
                 total = _EXACT.add(total, number) if sign > 0 else _EXACT.subtract(total, number)
             except ArithmeticError:
                 message = f"{word} term {counts[word]} cannot be added exactly (too many digits)"
-                raise FieldProblem(self.name, message, where or part.source, value) from None
+                raise FieldProblem(self.name, message, where or part.label, value) from None
         if trace is not None:
-            trace["from"] = self.source
+            trace["from"] = self.label
         result: Any = int(total) if whole else total
-        result = self._finish(result, fields, self.source, trace)
+        result = self._finish(result, fields, self.label, trace)
         if result is not MISSING:
-            return result, self.source
+            return result, self.label
         return self._default(trace)
 
     def _object(
@@ -276,10 +276,10 @@ class CompiledField:
             if value is not MISSING and not is_empty(value):
                 built[key] = shown(value)
         if trace is not None and built:
-            trace["from"] = self.source
-        value = self._finish(built or MISSING, fields, self.source, trace)
+            trace["from"] = self.label
+        value = self._finish(built or MISSING, fields, self.label, trace)
         if value is not MISSING:
-            return value, self.source
+            return value, self.label
         return self._default(trace)
 
     def transform(
@@ -316,11 +316,11 @@ class CompiledField:
         if self.computed is not None:
             return self.computed.label
         if self.kind == "first":
-            return "first of (" + "; ".join(p.source for p in self.parts) + ")"
+            return "first of (" + "; ".join(p.label for p in self.parts) + ")"
         if self.kind == "add":
-            text = "add (" + "; ".join(p.source for p in self.parts) + ")"
+            text = "add (" + "; ".join(p.label for p in self.parts) + ")"
             if self.minus:
-                text += " subtract (" + "; ".join(p.source for p in self.minus) + ")"
+                text += " subtract (" + "; ".join(p.label for p in self.minus) + ")"
             return text
         if self.kind == "object":
             return "object {" + ", ".join(self.keys) + "}"
@@ -330,7 +330,7 @@ class CompiledField:
 
     @property
     def tried(self) -> str:
-        return self.source
+        return self.label
 
     def all_paths(self) -> list[CompiledPath]:
         """Every path this source and its nested sources read."""

@@ -41,7 +41,7 @@ SUM_FIELDS = frozenset({"amount", "eventQuantity"})
 
 
 @dataclass(frozen=True, slots=True)
-class Source:
+class MappingText:
     """One mapping file's text; ``name`` is what errors show (a path, usually)."""
 
     name: str
@@ -68,7 +68,7 @@ class LoadResult:
         return [i for i in self.issues if i.severity == "warning"]
 
 
-def version_of(sources: Sequence[Source]) -> str:
+def version_of(sources: Sequence[MappingText]) -> str:
     """The mapping set's version: a hash of its file names and contents."""
     digest = hashlib.sha256()
     for source in sources:
@@ -77,7 +77,7 @@ def version_of(sources: Sequence[Source]) -> str:
 
 
 def load_sources(
-    sources: Sequence[Source], *, strict: bool = True, where: str = "mappings"
+    sources: Sequence[MappingText], *, strict: bool = True, where: str = "mappings"
 ) -> LoadResult:
     """Check and compile every mapping of ``sources`` (``where`` names them when empty).
 
@@ -348,11 +348,11 @@ def _overlap_warnings(
                     continue
                 warned.add((first.name, mapping.name))
                 yield MappingIssue(
-                    mapping.source,
+                    mapping.file,
                     None,
                     mapping.name,
                     f"event {event!r} also makes a {mapping.action} through {first.name!r} "
-                    f"({first.source}): one event would send two {mapping.action}s",
+                    f"({first.file}): one event would send two {mapping.action}s",
                     "narrow one trigger with a condition, or put both in one `group` (the first"
                     " whose conditions hold takes the event)",
                     "warning",

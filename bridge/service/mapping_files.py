@@ -6,14 +6,14 @@ from pathlib import Path
 
 from ..core.errors import MappingFileError, MappingIssue
 from ..mapping.engine import Engine
-from ..mapping.loader import LoadResult, Source, load_sources
+from ..mapping.loader import LoadResult, MappingText, load_sources
 
 
 def mapping_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-def read_directory(directory: Path) -> list[Source]:
+def read_directory(directory: Path) -> list[MappingText]:
     """Every ``*.yaml``/``*.yml`` file of the folder (not subfolders), in name order."""
     if not directory.is_dir():
         raise MappingFileError(
@@ -22,7 +22,7 @@ def read_directory(directory: Path) -> list[Source]:
     sources = []
     for path in mapping_files(directory):
         try:
-            sources.append(Source(str(path), path.read_bytes()))
+            sources.append(MappingText(str(path), path.read_bytes()))
         except OSError as exc:
             raise MappingFileError(
                 [MappingIssue(str(path), None, "", f"cannot be read: {exc.strerror}")]

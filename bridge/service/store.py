@@ -26,7 +26,7 @@ from ..core.metrics import metrics, set_mapping_version
 from ..core.poller import Poller
 from ..ledger.base import Activation, Ledger, MappingSet
 from ..mapping.engine import Engine
-from ..mapping.loader import Source, load_sources
+from ..mapping.loader import MappingText, load_sources
 from .mapping_files import mapping_files, read_directory
 
 log = logging.getLogger("bridge.reload")
@@ -67,7 +67,7 @@ def refusal(version: str, exc: MappingFileError) -> str:
 
 
 def stored_engine(kept: MappingSet) -> Engine:
-    sources = [Source(name, text.encode()) for name, text in kept.files]
+    sources = [MappingText(name, text.encode()) for name, text in kept.files]
     return load_sources(sources, where=f"mapping set {kept.version}").engine
 
 
@@ -270,7 +270,7 @@ class MappingStore:
         self._keep(engine.version, sources)
         return engine
 
-    def _keep(self, version: str, sources: Sequence[Source]) -> None:
+    def _keep(self, version: str, sources: Sequence[MappingText]) -> None:
         if self.ledger is None:
             return
         files = [(s.basename, s.text.decode("utf-8", "replace")) for s in sources]
