@@ -1,0 +1,141 @@
+"""The worker's ties to gunicorn, and its framing rules (fast: no process started).
+
+``bridge/web/worker.py`` subclasses gunicorn's ``ThreadWorker`` because plain ``gthread``
+lets slow clients hold every thread (see the README's *Deploying*). What it relies on is
+listed in ``GUNICORN_INTERNALS`` and pinned here by the source of gunicorn 27.0.1: a
+gunicorn release that changes any of it fails this test, and the worker is read against the
+new code before the digest is updated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import re
+from typing import Any
+
+import pytest
+from gunicorn.workers.gthread import ThreadWorker
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.web.framing import BadRequest, chunk_size, content_length, request_end
+from bridge.web.worker import GUNICORN_INTERNALS, BufferedThreadWorker
+
+# sha256 of each one's source in gunicorn 27.0.1, first 16 hex digits.
+TESTED = {
+    "gunicorn.workers.gthread.ThreadWorker.__init__": "5681b8b542ea91bf",
+    "gunicorn.workers.gthread.ThreadWorker.run": "f92c7394d85715a4",
+    "gunicorn.workers.gthread.ThreadWorker.accept": "f8dcead3dce5c851",
+    "gunicorn.workers.gthread.ThreadWorker.enqueue_req": "c9f428953d24acef",
+    "gunicorn.workers.gthread.ThreadWorker.on_client_socket_readable": "aead1a3ea7b7daff",
+    "gunicorn.workers.gthread.ThreadWorker.finish_request": "616e7bb15a009ff7",
+    "gunicorn.workers.gthread.ThreadWorker.murder_keepalived": "4459960c4ccc36d4",
+    "gunicorn.workers.gthread.ThreadWorker.murder_pending": "7bf11f46454296e1",
+    "gunicorn.workers.gthread.ThreadWorker.set_accept_enabled": "140150ebfd3cae34",
+    "gunicorn.workers.gthread.ThreadWorker.handle": "ca85c9be3df75da4",
+    "gunicorn.workers.gthread.TConn.__init__": "c8763d7c65974e1b",
+    "gunicorn.workers.gthread.TConn.init": "5ff3d4ba451cfdf3",
+    "gunicorn.workers.gthread.TConn.close": "6d1c334ed1979fcb",
+    "gunicorn.http.unreader.Unreader.take_buffered": "89cef5e60e6f09e1",
+}
+
+
+def _resolve(dotted: str) -> Any:
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attribute in parts[split:]:
+            found = getattr(found, attribute)
+        return found
+    raise AssertionError(f"{dotted}: not importable")
+
+
+def test_gunicorn_internals_the_worker_relies_on_are_unchanged() -> None:
+    """Every gunicorn method the worker overrides or calls has the tested release's source."""
+    found = {
+        name: hashlib.sha256(inspect.getsource(_resolve(name)).encode()).hexdigest()[:16]
+        for name in GUNICORN_INTERNALS
+    }
+    changed = sorted(name for name in TESTED if found.get(name) != TESTED[name])
+    assert changed == [], f"gunicorn changed {changed}: read bridge/web/worker.py against them"
+    assert set(found) == set(TESTED)
+
+
+def test_every_override_is_guarded() -> None:
+    """A ThreadWorker method the worker overrides is one of the guarded internals."""
+    overridden = {
+        name
+        for name, value in vars(BufferedThreadWorker).items()
+        if callable(value) and hasattr(ThreadWorker, name) and not name.startswith("__")
+    }
+    guarded = {name.rpartition(".")[2] for name in GUNICORN_INTERNALS}
+    assert overridden - {"init_process"} <= guarded  # init_process: gunicorn's public hook
+
+
+def chunked(*sizes: bytes) -> bytes:
+    body = b"".join(size + b"\r\n" + b"a" * int(size, 16) + b"\r\n" for size in sizes)
+    return b"POST /segment HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("size", [b"+5", b"0x5", b"5_0", b" 5", b"5 ", b"-5", b""])
+def test_malformed_chunk_sizes_are_400(size: bytes) -> None:
+    """A chunk size Python's int() takes but HTTP does not is refused 400 before the app."""
+    head = b"POST /segment HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with pytest.raises(BadRequest) as refused:
+        request_end(head + size + b"\r\naaaaa\r\n0\r\n\r\n", 1024)
+    assert refused.value.status == 400 and "chunk size" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("tail", "says"),
+    [(b"5;x=1\r\naaaaa\r\n0\r\n\r\n", "extensions"), (b"5\r\naaaaa\r\n0\r\nX-T: 1\r\n\r\n", "trailer"),
+     (b"2\r\naaaaa\r\n0\r\n\r\n", "longer than its size")],
+)  # fmt: skip
+def test_chunk_extensions_trailers_and_overlong_chunks_are_400(tail: bytes, says: str) -> None:
+    """Chunked framing the worker does not frame the way gunicorn's parser would is 400."""
+    head = b"POST /segment HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with pytest.raises(BadRequest) as refused:
+        request_end(head + tail, 1024)
+    assert refused.value.status == 400 and says in refused.value.message
+
+
+@pytest.mark.parametrize("value", [b"+5", b"5_0", b"0x5", b"5 5", b"-1", b""])
+def test_malformed_content_lengths_are_400(value: bytes) -> None:
+    """A Content-Length that is not plain decimal digits is refused 400."""
+    with pytest.raises(BadRequest) as refused:
+        request_end(b"POST / HTTP/1.1\r\nContent-Length: " + value + b"\r\n\r\naaaaa", 1024)
+    assert refused.value.status == 400
+
+
+@given(st.binary(max_size=20) | st.from_regex(rb"\A[0-9a-fA-F+x_ -]{0,18}\Z"))
+def test_a_chunk_size_is_hexadecimal_digits_only(line: bytes) -> None:
+    """chunk_size accepts exactly 1-16 hex digits, read base 16; anything else is 400."""
+    if re.fullmatch(rb"[0-9a-fA-F]{1,16}", line):
+        assert chunk_size(line) == int(line, 16)
+    else:
+        with pytest.raises(BadRequest):
+            chunk_size(line)
+
+
+@given(st.binary(max_size=22) | st.from_regex(rb"\A[0-9+_ -]{0,20}\Z"))
+def test_a_content_length_is_decimal_digits_only(value: bytes) -> None:
+    """content_length accepts decimal digits (around spaces/tabs); anything else is 400."""
+    stripped = value.strip(b" \t")
+    if re.fullmatch(rb"[0-9]{1,19}", stripped):
+        assert content_length(value) == int(stripped)
+    else:
+        with pytest.raises(BadRequest):
+            content_length(value)
+
+
+@given(st.lists(st.integers(0, 300).filter(bool), max_size=5))
+def test_well_formed_chunked_bodies_end_where_they_end(sizes: list[int]) -> None:
+    """A well-formed chunked request ends after its last chunk, and not one byte sooner."""
+    request = chunked(*(b"%x" % size for size in sizes))
+    assert request_end(request + b"GET / HTTP/1.1\r\n", 10_000) == len(request)
+    assert request_end(request[:-1], 10_000) is None
