@@ -27,6 +27,7 @@ from bridge.web.worker import GUNICORN_INTERNALS, BufferedThreadWorker
 TESTED = {
     "gunicorn.workers.gthread.ThreadWorker.__init__": "5681b8b542ea91bf",
     "gunicorn.workers.gthread.ThreadWorker.run": "f92c7394d85715a4",
+    "gunicorn.workers.gthread.ThreadWorker.handle_exit": "b4e7decd4f9203ac",
     "gunicorn.workers.gthread.ThreadWorker.accept": "f8dcead3dce5c851",
     "gunicorn.workers.gthread.ThreadWorker.enqueue_req": "c9f428953d24acef",
     "gunicorn.workers.gthread.ThreadWorker.on_client_socket_readable": "aead1a3ea7b7daff",

@@ -20,6 +20,8 @@ arrives whole is never the one shed while an unfinished one can be.
 After SIGTERM the worker keeps accepting until its last request is answered: a
 connection made then (a router that has not yet seen the instance go) is answered 503
 with ``Retry-After``, not left in the listen backlog to be reset when the socket closes.
+(A worker restarting alone after ``--max-requests`` stops accepting, as gunicorn's does:
+its siblings serve those connections.)
 
 This subclasses gunicorn's ``ThreadWorker`` and relies on its internals (the methods in
 ``GUNICORN_INTERNALS``): gunicorn is pinned to the tested major, and
@@ -55,6 +57,7 @@ REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large",
 GUNICORN_INTERNALS = (
     "gunicorn.workers.gthread.ThreadWorker.__init__",
     "gunicorn.workers.gthread.ThreadWorker.run",
+    "gunicorn.workers.gthread.ThreadWorker.handle_exit",
     "gunicorn.workers.gthread.ThreadWorker.accept",
     "gunicorn.workers.gthread.ThreadWorker.enqueue_req",
     "gunicorn.workers.gthread.ThreadWorker.on_client_socket_readable",
@@ -150,6 +153,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self.bounds = Bounds()
         self.max_body = 4 * 1024 * 1024
         self.retry_after = 30
+        self.stopping = False  # SIGTERM: new connections are answered 503 until the exit
         self.draining = False
 
     def init_process(self) -> None:
@@ -178,15 +182,19 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
 
         conn = TConn(self.cfg, sock, client, listener.getsockname())
         conn.sock = PrefetchedSocket(sock)
-        if not self.alive:
+        if self.stopping:
             self.late.add(conn)
         self._read(conn)
         if self.nr_conns > self.bounds.max_connections:
             self._make_room(conn)
         self.bounds.note(self.nr_conns)
 
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.stopping = True
+        super().handle_exit(sig, frame)
+
     def set_accept_enabled(self, enabled: bool) -> None:
-        if not enabled and not self.alive:
+        if not enabled and self.stopping:
             return  # a stopping worker answers new connections 503 until it exits
         super().set_accept_enabled(enabled)
 
@@ -216,19 +224,24 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().murder_pending()
         now = time.monotonic()
         if not self.alive and not self.draining:
-            # Requests half-sent at SIGTERM: a short while to finish sending, then 503.
+            # Requests half-sent as the worker stops: a short while to finish sending; then
+            # 503 if the instance is stopping (SIGTERM), else served (a worker restarting).
             self.draining = True
             for conn, reading in self.reading.items():
                 reading.deadline = min(reading.deadline, now + DRAIN_READ_SECONDS)
-                self.late.add(conn)
+                if self.stopping:
+                    self.late.add(conn)
         for conn, reading in list(self.reading.items()):
             if reading.deadline <= now:
-                message = f"the request was not sent whole within {CLIENT_SECONDS:g} s"
+                message = (
+                    f"the request was not sent whole in time ({CLIENT_SECONDS:g} s, "
+                    f"{DRAIN_READ_SECONDS:g} s once the worker stops)"
+                )
                 self._refuse(conn, 408, "request_timeout", message)
 
     def murder_keepalived(self, force: bool = False) -> None:
         super().murder_keepalived(force)
-        if force and not self.alive:
+        if force and self.stopping:
             self._answer_backlog()  # gunicorn closes the listeners next
 
     # --- reading ---------------------------------------------------------------------------
@@ -323,15 +336,16 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def _answer_backlog(self) -> None:
         """The connections still waiting in the listen backlog as the worker stops: 503,
-        rather than a reset when the listening socket closes."""
+        rather than a reset when the listening socket closes (within a second in all)."""
+        deadline = time.monotonic() + 1.0
         for listener in self.sockets:
-            while True:
+            while time.monotonic() < deadline:
                 try:
                     sock, _ = listener.accept()
                 except OSError:
                     break
                 with contextlib.suppress(OSError), sock:
-                    sock.settimeout(0.2)
+                    sock.settimeout(max(0.001, min(0.1, deadline - time.monotonic())))
                     with contextlib.suppress(OSError):
                         sock.recv(RECV_SIZE)  # its request, so the close sends no reset
                     self.bounds.shed("stopping")
