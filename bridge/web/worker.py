@@ -21,7 +21,8 @@ After SIGTERM the worker keeps accepting until its last request is answered: a
 connection made then (a router that has not yet seen the instance go) is answered 503
 with ``Retry-After``, not left in the listen backlog to be reset when the socket closes.
 (A worker restarting alone after ``--max-requests`` stops accepting, as gunicorn's does:
-its siblings serve those connections.)
+its siblings serve those connections. One stopped alone by a SIGTERM, as in gunicorn's
+HUP reload, answers them 503 too: the platforms the Procfile is for restart processes whole.)
 
 This subclasses gunicorn's ``ThreadWorker`` and relies on its internals (the methods in
 ``GUNICORN_INTERNALS``): gunicorn is pinned to the tested major, and
