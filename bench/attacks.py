@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import socket
 import statistics
 import sys
@@ -153,6 +154,8 @@ def main() -> None:
     args = parser.parse_args()
     if unknown := set(args.scenarios) - set(SCENARIOS):
         parser.error(f"no scenario {sorted(unknown)}: one of {', '.join(SCENARIOS)}")
+    # A SIGTERM (a timeout) still runs the finally blocks that stop the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 16384), hard))  # 4,000 sockets
     tmp = Path(tempfile.mkdtemp(prefix="bench-attacks-"))

@@ -23,6 +23,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.web import limits
 from bridge.web.framing import BadRequest, chunk_size, content_length, request_end
 from bridge.web.worker import GUNICORN_INTERNALS, BufferedThreadWorker
 
@@ -200,3 +201,29 @@ def _size_lines(body: bytes) -> list[bytes]:
         if size == 0:
             return lines
         at = line_end + 2 + size + 2
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "cap", "raised_to", "warned"),
+    [(20_000, 20_000, 1000, 20_000, False), (1024, 4096, 1000, 1064, False),
+     (1024, 1024, 1000, 1024, True)],
+)  # fmt: skip
+def test_the_connection_cap_fits_the_open_files_limit(
+    monkeypatch: pytest.MonkeyPatch, soft: int, hard: int, cap: int, raised_to: int, warned: bool
+) -> None:
+    """The soft open-files limit is raised for the cap; past the hard limit the cap is
+    lowered with a warning, so accept() never fails with EMFILE and ends the worker."""
+    limit = [soft, hard]
+
+    def setrlimit(_: int, values: tuple[int, int]) -> None:
+        if values[0] > limit[1]:
+            raise ValueError("over the hard limit")
+        limit[0] = values[0]
+
+    monkeypatch.setattr(limits.resource, "getrlimit", lambda _: tuple(limit))
+    monkeypatch.setattr(limits.resource, "setrlimit", setrlimit)
+    warnings: list[str] = []
+    allowed = limits.connection_cap(cap, warnings.append)
+    assert limit[0] == raised_to
+    assert allowed == (raised_to - limits.FD_SPARE if warned else cap)
+    assert bool(warnings) == warned and all("BRIDGE_MAX_CONNECTIONS" in w for w in warnings)

@@ -47,6 +47,7 @@ from typing import Any
 from gunicorn.workers.gthread import ThreadWorker
 
 from .framing import BadRequest, head_facts, request_end
+from .limits import Bounds, connection_cap, make_gauges
 
 CLIENT_SECONDS = 10.0  # to send one whole request, headers and body (Segment: milliseconds)
 DRAIN_READ_SECONDS = 2.0  # after SIGTERM, to finish sending a request that will get 503
@@ -104,45 +105,6 @@ class _Reading:
     data: bytearray = field(default_factory=bytearray)
 
 
-@dataclass
-class Bounds:
-    """What a worker holds, against its caps; the peaks are exported as metrics."""
-
-    max_connections: int = 1000
-    max_buffered: int = 64 * 1024 * 1024
-    buffered: int = 0  # bytes read and not yet answered: being read, or handed to a thread
-    peak_buffered: int = 0
-    peak_connections: int = 0
-    gauges: Any = None  # (buffered peak, connections peak, shed counter), made in the worker
-
-    def note(self, connections: int) -> None:
-        if self.buffered > self.peak_buffered:
-            self.peak_buffered = self.buffered
-            if self.gauges is not None:
-                self.gauges[0].set(self.buffered)
-        if connections > self.peak_connections:
-            self.peak_connections = connections
-            if self.gauges is not None:
-                self.gauges[1].set(connections)
-
-    def shed(self, reason: str) -> None:
-        if self.gauges is not None:
-            self.gauges[2].labels(reason).inc()
-
-
-def _gauges() -> tuple[Any, Any, Any]:
-    from prometheus_client import Counter, Gauge
-
-    return (
-        Gauge("bridge_worker_buffered_bytes_peak", "Most request bytes a worker has held "
-              "read and unanswered.", multiprocess_mode="livemax"),
-        Gauge("bridge_worker_connections_peak", "Most connections a worker has held open.",
-              multiprocess_mode="livemax"),
-        Counter("bridge_worker_shed_total", "Connections answered 503 and closed to stay within "
-                "a cap, or because the worker is stopping.", ["reason"]),
-    )  # fmt: skip
-
-
 class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
     """``gthread``, but every request arrives in a thread already read, within bounds."""
 
@@ -163,10 +125,10 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         settings = Settings.from_env()
         self.max_body = settings.max_body_bytes
         self.retry_after = settings.retry_after_seconds
-        self.bounds = Bounds(settings.max_connections, settings.max_buffered_bytes)
-        self.bounds.gauges = _gauges()
+        connections = connection_cap(settings.max_connections, self.log.warning)
+        self.bounds = Bounds(connections, settings.max_buffered_bytes, gauges=make_gauges())
         # gunicorn stops accepting at worker_connections; this worker makes room instead.
-        self.worker_connections = settings.max_connections + 1
+        self.worker_connections = self.bounds.max_connections + 1
         super().init_process()
 
     # --- gunicorn's entry points, rerouted through the read ------------------------------------
