@@ -75,7 +75,7 @@ class Settings(BaseModel):
     # answered 503 with Retry-After and closed, so idle sockets and half-sent bodies cost
     # neither time nor memory to the requests that arrive whole.
     max_connections: int = Field(1000, ge=16, le=100_000)
-    max_buffered_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_buffered_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     # Segment waits 5 s for an answer; 4 s leaves room for the network.
     deadline_seconds: float = Field(4.0, gt=0, le=30)
     # connect + read stay under the deadline, so a single call can be sent inline.

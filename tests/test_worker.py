@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.web import limits
-from bridge.web.framing import BadRequest, chunk_size, content_length, request_end
+from bridge.web.framing import MAX_CHUNKS, BadRequest, chunk_size, content_length, request_end
 from bridge.web.worker import GUNICORN_INTERNALS, BufferedThreadWorker
 
 # sha256 of each one's source in gunicorn 27.0.1, first 16 hex digits.
@@ -227,3 +227,12 @@ def test_the_connection_cap_fits_the_open_files_limit(
     assert limit[0] == raised_to
     assert allowed == (raised_to - limits.FD_SPARE if warned else cap)
     assert bool(warnings) == warned and all("BRIDGE_MAX_CONNECTIONS" in w for w in warnings)
+
+
+def test_too_many_chunks_are_400() -> None:
+    """A body of more chunks than MAX_CHUNKS is refused 400 (each arrival rereads them)."""
+    request = chunked(*[b"1"] * (MAX_CHUNKS + 1))
+    with pytest.raises(BadRequest) as refused:
+        request_end(request, 10**9)
+    assert refused.value.status == 400 and "chunks" in refused.value.message
+    assert request_end(chunked(*[b"1"] * MAX_CHUNKS), 10**9) is not None

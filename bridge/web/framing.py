@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 
 HEADER_MAX = 32 * 1024
+# The framing is read again from the start as each part of a body arrives: a bound on the
+# chunks bounds that work (a 4 MB body of 1-byte chunks would be 700,000 of them).
+MAX_CHUNKS = 10_000
 _DIGITS = re.compile(rb"[0-9]{1,19}")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
@@ -94,7 +97,7 @@ def request_end(data: bytes | bytearray, max_body: int) -> int | None:
 
 def _chunked_end(data: bytes | bytearray, at: int, max_body: int) -> int | None:
     total = 0
-    while True:
+    for _ in range(MAX_CHUNKS + 1):
         line_end = data.find(b"\r\n", at)
         if line_end < 0:
             if len(data) - at > 1024:
@@ -115,3 +118,4 @@ def _chunked_end(data: bytes | bytearray, at: int, max_body: int) -> int | None:
             return None
         if data[at - 2 : at] != b"\r\n":
             raise _bad("a chunk longer than its size")
+    raise _bad(f"more than {MAX_CHUNKS} chunks")

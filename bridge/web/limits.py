@@ -21,7 +21,7 @@ class Bounds:
     """What a worker holds, against its caps; the peaks are exported as metrics."""
 
     max_connections: int = 1000
-    max_buffered: int = 64 * 1024 * 1024
+    max_buffered: int = 32 * 1024 * 1024
     buffered: int = 0  # bytes read and not yet answered: being read, or handed to a thread
     peak_buffered: int = 0
     peak_connections: int = 0

@@ -52,6 +52,8 @@ from .limits import Bounds, connection_cap, make_gauges
 CLIENT_SECONDS = 10.0  # to send one whole request, headers and body (Segment: milliseconds)
 DRAIN_READ_SECONDS = 2.0  # after SIGTERM, to finish sending a request that will get 503
 RECV_SIZE = 64 * 1024
+ACCEPT_BATCH = 256
+STOPPING = "the service is stopping: send it again"
 REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large",
            431: "Request Header Fields Too Large", 503: "Service Unavailable"}  # fmt: skip
 
@@ -134,12 +136,20 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
     # --- gunicorn's entry points, rerouted through the read ------------------------------------
 
     def accept(self, listener: socket.socket) -> None:
-        try:
-            sock, client = listener.accept()
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                raise
-            return
+        # Every connection waiting, not one a poll: a normal request must not queue in the
+        # backlog behind hundreds of others for a poll each.
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, client = listener.accept()
+            except OSError as exc:
+                if exc.errno == errno.ECONNABORTED:
+                    continue  # gone before it was accepted; others may be waiting
+                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise
+                return
+            self._accepted(listener, sock, client)
+
+    def _accepted(self, listener: socket.socket, sock: socket.socket, client: Any) -> None:
         self.nr_conns += 1
         from gunicorn.workers.gthread import TConn
 
@@ -195,7 +205,10 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 if self.stopping:
                     self.late.add(conn)
         for conn, reading in list(self.reading.items()):
-            if reading.deadline <= now:
+            if reading.deadline <= now and conn in self.late:
+                self.bounds.shed("stopping")
+                self._refuse(conn, 503, "stopping", STOPPING)
+            elif reading.deadline <= now:
                 message = (
                     f"the request was not sent whole in time ({CLIENT_SECONDS:g} s, "
                     f"{DRAIN_READ_SECONDS:g} s once the worker stops)"
@@ -225,20 +238,19 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         reading = self.reading.get(conn)
         if reading is None:
             return
-        while True:
-            try:
-                data = conn.sock.sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                data = b""
-            if not data:  # the client went away
-                self._drop(conn)
-                return
-            reading.data += data
-            self.bounds.buffered += len(data)
-            if len(data) < RECV_SIZE or self.bounds.buffered > self.bounds.max_buffered:
-                break  # the rest waits for the next poll, after a shed if over the cap
+        # One read per poll, whatever is waiting: a connection with megabytes queued cannot
+        # hold the loop while others wait (the poll reports it again).
+        try:
+            data = conn.sock.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away
+            self._drop(conn)
+            return
+        reading.data += data
+        self.bounds.buffered += len(data)
         if self.bounds.buffered > self.bounds.max_buffered and not self._shed_bytes(conn):
             return
         self.bounds.note(self.nr_conns)
@@ -254,8 +266,8 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         if end is None:
             return False
         if conn in self.late:
-            message = "the service is stopping: send it again"
-            self._refuse(conn, 503, "stopping", message, registered=registered)
+            self.bounds.shed("stopping")
+            self._refuse(conn, 503, "stopping", STOPPING, registered=registered)
             return True
         if registered:
             self.poller.unregister(conn.sock.sock)
@@ -312,7 +324,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
                     with contextlib.suppress(OSError):
                         sock.recv(RECV_SIZE)  # its request, so the close sends no reset
                     self.bounds.shed("stopping")
-                    sock.sendall(self._answer(503, "stopping", "the service is stopping", "")[0])
+                    sock.sendall(self._answer(503, "stopping", STOPPING, "")[0])
 
     # --- answers ---------------------------------------------------------------------------
 
