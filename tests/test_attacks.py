@@ -5,8 +5,11 @@ data in answers."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -21,7 +24,7 @@ from click.testing import CliRunner
 
 from bridge.cli import main
 from bridge.web.signing import sign
-from tests.helpers.fakedub import FakeDub, Status
+from tests.helpers.fakedub import FakeDub, Hold, Status
 from tests.helpers.faultkit import key_for, lead_event, sale_event
 from tests.helpers.procs import REPO, ProcfileWeb, clean_env, json_lines
 
@@ -29,8 +32,9 @@ pytestmark = pytest.mark.slow
 SECRET = "attack-secret"
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[tuple[ProcfileWeb, FakeDub]]:
+@contextlib.contextmanager
+def running(tmp_path: Path, **extra: str) -> Iterator[tuple[ProcfileWeb, FakeDub]]:
+    """The Procfile's service on SQLite with a fake Dub; ``extra``: more variables."""
     fake = FakeDub(api_key="k").start()
     env = clean_env(
         DUB_API_KEY="k",
@@ -40,6 +44,7 @@ def service(tmp_path: Path) -> Iterator[tuple[ProcfileWeb, FakeDub]]:
         BRIDGE_MAPPINGS_DIR=str(REPO / "mappings"),
         BRIDGE_MAX_BODY_BYTES=str(4 * 1024 * 1024),
         BRIDGE_METRICS_PUBLIC="1",
+        **extra,
     )
     web = ProcfileWeb(env, tmp_path)
     web.start()
@@ -49,6 +54,12 @@ def service(tmp_path: Path) -> Iterator[tuple[ProcfileWeb, FakeDub]]:
     finally:
         web.stop()
         fake.stop()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[tuple[ProcfileWeb, FakeDub]]:
+    with running(tmp_path) as started:
+        yield started
 
 
 def compact(value: Any) -> bytes:
@@ -153,6 +164,76 @@ def test_slow_clients_hold_no_thread(service: tuple[ProcfileWeb, FakeDub]) -> No
             sock.close()
 
 
+def metric(web: ProcfileWeb, name: str, labels: str = "") -> float | None:
+    """One sample of /metrics (``labels`` as written there, e.g. ``{reason="x"}``)."""
+    for line in requests.get(web.url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + labels + " "):
+            return float(line.rpartition(" ")[2])
+    return None
+
+
+def eventually(predicate: Any, timeout: float = 15) -> bool:
+    """Poll ``predicate`` until it holds or the deadline passes (a process catching up)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)  # polling another process
+    return bool(predicate())
+
+
+def answered(sock: socket.socket) -> bytes:
+    """What the service sent on a connection so far (b"" if nothing, or it was reset)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(4096)
+    except OSError:
+        return b""
+
+
+def test_idle_sockets_cannot_crowd_out_a_request(tmp_path: Path) -> None:
+    """400 idle connections against a cap of 100 a worker: a normal request is answered 200
+    while they are held, no worker holds more than 100, and the oldest idle ones are answered
+    503 with Retry-After and closed to make room."""
+    with running(tmp_path, BRIDGE_MAX_CONNECTIONS="100") as (web, _):
+        idle = [socket.create_connection(("127.0.0.1", web.port)) for _ in range(400)]
+        try:
+            assert post(web, compact(sale_event("beside-idle"))).status_code == 200
+            shed = [answer for answer in map(answered, idle) if answer]
+            assert len(shed) >= 400 - 2 * 100  # two workers, 100 each at most
+            assert all(a.startswith(b"HTTP/1.1 503") and b"\r\nRetry-After: 30\r\n" in a
+                       for a in shed)  # fmt: skip
+            assert (metric(web, "bridge_worker_connections_peak") or 0) <= 100
+            assert (metric(web, "bridge_worker_shed_total", '{reason="connections"}') or 0) >= 200
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_half_sent_bodies_stay_under_the_buffer_cap(tmp_path: Path) -> None:
+    """Twenty-four connections stalled after 1 MB of a 4 MB body, against a cap of 8 MB a
+    worker: the largest stalled bodies are shed, no worker ever holds more than the cap, and
+    a normal request beside them is answered 200."""
+    cap = 8 * 1024 * 1024
+    head = (b"POST /segment HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 4194304\r\n\r\n")  # fmt: skip
+    with running(tmp_path, BRIDGE_MAX_BUFFERED_BYTES=str(cap)) as (web, _):
+        stalled = []
+        try:
+            for _ in range(24):
+                stalled.append(socket.create_connection(("127.0.0.1", web.port)))
+                with contextlib.suppress(OSError):  # shed while sending
+                    stalled[-1].sendall(head + b" " * (1024 * 1024))
+            # 24 MB against two caps of 8 MB: at least 8 MB is shed, once the workers read it.
+            shed = '{reason="buffered_bytes"}'
+            assert eventually(lambda: (metric(web, "bridge_worker_shed_total", shed) or 0) >= 2)
+            assert post(web, compact(sale_event("beside-bodies"))).status_code == 200
+            assert 0 < (metric(web, "bridge_worker_buffered_bytes_peak") or 0) <= cap
+        finally:
+            for sock in stalled:
+                sock.close()
+
+
 def test_unsigned_work_is_cheap_and_bounded(service: tuple[ProcfileWeb, FakeDub]) -> None:
     """Six loops of 4 MB arrays with a bad signature get 401 each, and normal signed requests
     beside them are still answered."""
@@ -222,6 +303,48 @@ def test_oversized_chunked_and_compressed_bodies(service: tuple[ProcfileWeb, Fak
     web.stop()  # its log is complete
     refused = [line for line in json_lines(web) if line["msg"] == "request refused"]
     assert {(line["status"], line.get("requestId")) for line in refused} >= {(413, "rid-big")}
+
+
+@pytest.mark.parametrize("size", [b"+5", b"0x5", b"5_0"])
+def test_malformed_chunk_sizes_are_400(service: tuple[ProcfileWeb, FakeDub], size: bytes) -> None:
+    """A chunk size Python's int() would read (+5, 0x5, 5_0) is answered 400, not 500."""
+    web, _ = service
+    with socket.create_connection(("127.0.0.1", web.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /segment HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + size + b"\r\n[{}]\r\n0\r\n\r\n"
+        )
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400") and b"chunk size" in answer, answer[:200]
+
+
+def test_connections_after_sigterm_are_answered_503(tmp_path: Path) -> None:
+    """SIGTERM while a sale waits on Dub: connections made during the drain are answered 503
+    with Retry-After (not reset from the listen backlog), and the sale in flight gets 200."""
+    slow_dub = {"DUB_READ_TIMEOUT": "20", "BRIDGE_DEADLINE_SECONDS": "25",
+                "BRIDGE_LEASE_SECONDS": "60"}  # fmt: skip
+    with running(tmp_path, **slow_dub) as (web, fake):
+        gate = threading.Event()
+        fake.script_next(Hold(gate))
+        answers: list[Any] = []
+        sale = compact(sale_event("in-flight"))
+        inflight = threading.Thread(target=lambda: answers.append(post(web, sale)), daemon=True)
+        inflight.start()
+        late: list[Any] = []
+        try:
+            assert fake.wait_until(lambda: fake.received_count() == 1, timeout=15)
+            assert web.proc is not None
+            os.kill(web.proc.pid, signal.SIGTERM)  # the master, as a platform stops it
+            assert eventually(lambda: web.tail_all().count('"msg":"drain started') >= 2)
+            for _ in range(5):
+                late.append(requests.get(web.url + "/healthz", timeout=15))
+        finally:
+            gate.set()
+            inflight.join(30)
+        assert [answer.status_code for answer in late] == [503] * 5
+        assert all(answer.headers["Retry-After"] == "30" for answer in late)
+        assert answers and answers[0].status_code == 200
+        assert fake.recorded_count() == 1
 
 
 def test_odd_numbers_stay_in_the_dead_letter(

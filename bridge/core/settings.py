@@ -31,6 +31,8 @@ ENV = {
     "segment_shared_secret": "SEGMENT_SHARED_SECRET",
     "mappings_dir": "BRIDGE_MAPPINGS_DIR",
     "max_body_bytes": "BRIDGE_MAX_BODY_BYTES",
+    "max_connections": "BRIDGE_MAX_CONNECTIONS",
+    "max_buffered_bytes": "BRIDGE_MAX_BUFFERED_BYTES",
     "deadline_seconds": "BRIDGE_DEADLINE_SECONDS",
     "connect_timeout": "DUB_CONNECT_TIMEOUT",
     "read_timeout": "DUB_READ_TIMEOUT",
@@ -84,6 +86,12 @@ class Settings(BaseModel):
     segment_shared_secret: SecretStr | None = None
     mappings_dir: Path = Path("mappings")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Per gunicorn worker: open connections, and bytes of requests read but not yet answered.
+    # Past either, the oldest unfinished request (or the one holding the most bytes) is
+    # answered 503 with Retry-After and closed, so idle sockets and half-sent bodies cost
+    # neither time nor memory to the requests that arrive whole.
+    max_connections: int = Field(1000, ge=16, le=100_000)
+    max_buffered_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     # Segment waits 5 s for an answer; 4 s leaves room for the network.
     deadline_seconds: float = Field(4.0, gt=0, le=30)
     # connect + read stay under the deadline, so a single call can be sent inline.
@@ -158,6 +166,15 @@ class Settings(BaseModel):
         if self.mappings_source == "database" and self.ledger != "on":
             raise ValueError(
                 "mappings_source: 'files' unless the ledger is a database (BRIDGE_LEDGER=on)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _a_whole_body_fits(self) -> Settings:
+        if self.max_buffered_bytes < 2 * self.max_body_bytes:
+            raise ValueError(
+                "max_buffered_bytes: at least twice BRIDGE_MAX_BODY_BYTES "
+                f"({2 * self.max_body_bytes}), or a body of the largest size is never read whole"
             )
         return self
 
