@@ -89,3 +89,24 @@ def test_only_open_ledger_builds_a_backend() -> None:
                 assert path == PACKAGE / "ledger" / "__init__.py", (
                     f"{path.relative_to(PACKAGE)} builds a {node.func.id}"
                 )
+
+
+def test_one_error_shape_is_built_in_one_place() -> None:
+    """Every HTTP error body comes from core.errors.error_body: no other module writes the
+    {"error": {"code": ..., "message": ...}} shape by hand."""
+    for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "core" / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Dict):
+                keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
+                inner = [v for k, v in zip(node.keys, node.values, strict=True)
+                         if isinstance(k, ast.Constant) and k.value == "error"]  # fmt: skip
+                assert not (
+                    "error" in keys
+                    and any(
+                        isinstance(v, ast.Dict)
+                        and any(isinstance(k, ast.Constant) and k.value == "code" for k in v.keys)
+                        for v in inner
+                    )
+                ), f"{path.relative_to(PACKAGE)}:{node.lineno} builds an error body by hand"

@@ -29,7 +29,12 @@ class BridgeError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """The one JSON error shape the service answers with."""
-        return {"error": {"code": self.code, "message": self.message}}
+        return error_body(self.code, self.message)
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The one JSON shape of every error the service answers, whoever answers it."""
+    return {"error": {"code": code, "message": message}}
 
 
 # --- configuration (start-up) ------------------------------------------------------------

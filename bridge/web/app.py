@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..core import logs
 from ..core.clock import SYSTEM, Clock
-from ..core.errors import BridgeError, PayloadTooLarge
+from ..core.errors import BridgeError, PayloadTooLarge, error_body
 from ..core.settings import Settings
 from ..service.wiring import UNSIGNED_WARNING, WEBHOOK_OFF, build_service
 from . import requests, scrape
@@ -56,14 +56,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
         message = exc.description or exc.name
         requests.unavailable(code)
         requests.refused(exc.code or 500, code, message)
-        return json_response({"error": {"code": code, "message": message}}, exc.code or 500)
+        return json_response(error_body(code, message), exc.code or 500)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error")
-        return json_response(
-            {"error": {"code": "internal_error", "message": "internal error"}}, 500
-        )
+        return json_response(error_body("internal_error", "internal error"), 500)
 
     service.start()
     if settings.unsigned and settings.allow_unsigned:

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Response, current_app, request
 
+from ..core.errors import error_body
 from ..core.metrics import LedgerRows, exposition
 from ..core.settings import Settings
 from ..ledger.postgres import describe
@@ -67,11 +68,9 @@ def _refusal(settings: Settings) -> Response | None:
     if token is None:
         if settings.metrics_public:
             return None
-        return json_response({"error": {"code": "metrics_closed", "message": CLOSED}}, 403)
+        return json_response(error_body("metrics_closed", CLOSED), 403)
     given = request.headers.get("Authorization", "")
     expected = f"Bearer {token.get_secret_value()}"
     if hmac.compare_digest(given.encode(), expected.encode()):
         return None
-    return json_response(
-        {"error": {"code": "unauthorized", "message": "a bearer token is needed"}}, 401
-    )
+    return json_response(error_body("unauthorized", "a bearer token is needed"), 401)

@@ -46,6 +46,7 @@ from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
+from ..core.errors import error_body
 from .framing import BadRequest, head_facts, request_end
 from .limits import Bounds, connection_cap, make_gauges
 
@@ -333,9 +334,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         from .requests import make_request_id
 
         request_id = make_request_id(given)
-        body = json.dumps(
-            {"error": {"code": code, "message": message}}, separators=(",", ":")
-        ).encode()
+        body = json.dumps(error_body(code, message), separators=(",", ":")).encode()
         retry = f"Retry-After: {self.retry_after}\r\n" if status == 503 else ""
         head = (
             f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: application/json\r\n"
