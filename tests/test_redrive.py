@@ -167,3 +167,41 @@ def test_since_must_be_a_time(tmp_path: Path, maps: Path) -> None:
 def test_settings_reach_redrive(tmp_path: Path) -> None:
     """Redrive uses the same settings model as the service."""
     assert Settings.from_env({"BRIDGE_DB": str(tmp_path / "x.db")}).db_path == tmp_path / "x.db"
+
+
+def test_redrive_sends_in_chunks_and_prints_the_replay_line_shape(
+    tmp_path: Path, maps: Path, dub: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """250 dead letters are redriven in chunks of 100 events, each chunk delivered within a
+    budget of its own, and every line is replay's line shape plus `before`."""
+    from bridge.core.results import LINE_KEYS
+    from bridge.delivery.deliverer import Deliverer
+    from bridge.service.redrive import CHUNK
+    from bridge.service.redrive import redrive as run_redrive
+
+    where = Where(tmp_path / "l.db")
+    dub.post(f"{DUB}/track/sale", status=400, json={"error": {"code": "bad", "message": "no"}})
+    deliver(where, maps, [order(f"r{i}") for i in range(250)])  # 250 rejected dead letters
+    dub.replace(responses.POST, f"{DUB}/track/sale", json=sale_ok())
+    calls: list[int] = []
+    real = Deliverer.deliver
+
+    def counted(self: Deliverer, results: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(len({r.message_id for r in results}))
+        return real(self, results, *args, **kw)
+
+    monkeypatch.setattr(Deliverer, "deliver", counted)
+    settings = settings_for(where, maps)
+    ledger = open_ledger(settings, Access.WRITE)
+    assert ledger is not None
+    deliverer = build_deliverer(settings, ledger)
+    try:
+        lines = run_redrive(
+            load_directory(maps).engine, ledger, deliverer, mapping=None, since=None, budget=60
+        )
+    finally:
+        deliverer.close()
+        ledger.close()
+    assert calls == [CHUNK, CHUNK, 50]
+    assert all(list(line) == [*LINE_KEYS, "before"] for line in lines)
+    assert {line["outcome"] for line in lines} == {"delivered"}

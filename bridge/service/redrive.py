@@ -23,6 +23,8 @@ from ..delivery.deliverer import Deliverer
 from ..ledger.base import Ledger, Row
 from ..mapping.engine import Engine
 
+CHUNK = 100  # events sent together, within one budget, as `replay --send` sends them
+
 
 def redrive(
     engine: Engine,
@@ -81,19 +83,30 @@ def _redrive(
                 )
             )
     results: list[Result] = []
-    for event in events.values():
-        # What was dead, and what a changed mapping now adds; not what was delivered before
-        # (nor an unverified row, which only its own redrive takes).
-        results += [
-            r
-            for r in engine.plan(event)
-            if r.mapping is not None and (r.key in before or (adds and ledger.get(*r.key) is None))
-        ]
-    results.sort(key=lambda r: r.action != "lead")  # leads first, across events too
-    if deliverer is None:
-        results = [r.finish(Outcome.DRY_RUN) if r.outcome is Outcome.READY else r for r in results]
-    elif results:
-        results = deliverer.deliver(results, budget, events, redrive=True)
+    queue = list(events.values())
+    # In chunks, as `replay --send` sends: each chunk's calls go out together within a
+    # budget of their own, so a long list of dead letters never races one deadline.
+    for start in range(0, len(queue), CHUNK):
+        planned: list[Result] = []
+        for event in queue[start : start + CHUNK]:
+            # What was dead, and what a changed mapping now adds; not what was delivered
+            # before (nor an unverified row, which only its own redrive takes).
+            known = (
+                {r.mapping for r in ledger.rows_of(event.get("messageId", ""))} if adds else set()
+            )
+            planned += [
+                r
+                for r in engine.plan(event)
+                if r.mapping is not None and (r.key in before or (adds and r.mapping not in known))
+            ]
+        planned.sort(key=lambda r: r.action != "lead")  # leads first, across events too
+        if deliverer is None:
+            planned = [
+                r.finish(Outcome.DRY_RUN) if r.outcome is Outcome.READY else r for r in planned
+            ]
+        elif planned:
+            planned = deliverer.deliver(planned, budget, events, redrive=True)
+        results += planned
     lines = []
     produced: dict[tuple[str, str], Outcome] = {}
     for result in results:
@@ -156,15 +169,8 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _line(
-    message_id: str, mapping: str, before: State, outcome: str, reason: str
+    message_id: str, mapping: str, before: State, outcome: Outcome | State, reason: str
 ) -> dict[str, Any]:
-    return {
-        "messageId": message_id,
-        "mapping": mapping,
-        "before": before,
-        "outcome": outcome,
-        "request": None,
-        "errors": [],
-        "warnings": [],
-        "reason": reason,
-    }
+    """A line for a row no plan was made for, in the shape of every other line."""
+    line = Result(message_id, mapping=mapping, outcome=Outcome(outcome.value), reason=reason)
+    return line.to_line() | {"before": before}
