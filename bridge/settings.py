@@ -59,6 +59,7 @@ ENV = {
     "max_event_age_days": "BRIDGE_MAX_EVENT_AGE_DAYS",
     "unverified_events": "BRIDGE_UNVERIFIED_EVENTS",
     "allow_unsigned": "BRIDGE_ALLOW_UNSIGNED",
+    "accept_dub_source": "BRIDGE_ACCEPT_DUB_SOURCE",
 }
 SECRETS = {"dub_api_key", "segment_shared_secret", "database_url", "metrics_token"}
 
@@ -122,6 +123,9 @@ class Settings(BaseModel):
     # Accepting unsigned requests lets anyone who can reach the service post sales: a
     # choice to make on purpose (a private network, local trials), never a default.
     allow_unsigned: bool = False
+    # Dub's own Segment source sends Dub's conversions back as track events: planning them
+    # would track every sale twice, so they are skipped unless this says otherwise.
+    accept_dub_source: bool = False
 
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> Settings:

@@ -76,6 +76,9 @@ class ClaimRequest:
     event: str | None
     customer: str | None
     body: dict[str, Any] | None
+    # An unsettled row keeps the body it holds (a call computed from what Dub said, pinned
+    # with ``pin``, may already have reached Dub: its retries must send the same).
+    keep: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ class Claim:
     attempts: int = 0  # Dub calls made for this row before
     tainted: bool = False  # an earlier lead attempt may have reached Dub
     created_at: float = 0.0  # when the row was first seen
+    body: dict[str, Any] | None = None  # granted: the request body the row holds now
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +234,19 @@ class Ledger(Protocol):
     def supersede(self, message_id: str, mapping: str) -> bool:
         """A dead letter no current mapping sends: settle it, so it leaves the list."""
 
+    def pin(self, message_id: str, mapping: str, body: dict[str, Any]) -> bool:
+        """Keep ``body`` as the request body of a row its holder has in flight; False when
+        it is not in flight. A claim with ``keep`` then leaves it as it is."""
+
+    def invoice_rows(self, invoice_id: str) -> list[Row]:
+        """Delivered rows whose request body carries this ``invoiceId`` (the sale sent for
+        an invoice, its refunds), oldest first."""
+
+    def erase(self, customer: str, note: dict[str, Any]) -> int:
+        """Replace the payload and request body of every row of this customer (its
+        ``customer``, or a payload whose ``userId`` is it) with ``note``; ids, states and
+        counts stay. The number of rows changed."""
+
     # --- reading ----------------------------------------------------------------------------
 
     def lead_status(self, customer: str, within_seconds: float) -> LeadStatus | None: ...
@@ -333,3 +350,8 @@ def check_record(state: State) -> State:
     if state not in RECORDED:
         raise ValueError(f"record() notes only {sorted(RECORDED)}, not {state!r}")
     return state
+
+
+def of_user(payload: Any, user: str) -> bool:
+    """Whether a stored Segment payload is this user's (its ``userId``), for ``erase``."""
+    return isinstance(payload, dict) and str(payload.get("userId")) == user and user != ""

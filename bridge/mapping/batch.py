@@ -22,6 +22,7 @@ def plan_all(
     *,
     not_before: float | None = None,
     unvouched: Mapping[int, str] | None = None,
+    accept_dub_source: bool = False,
 ) -> tuple[list[Result], dict[str, Any]]:
     """Plan a batch: every result in order, and the payload of each event that may be kept.
 
@@ -40,7 +41,7 @@ def plan_all(
         if received is not None and not_before is not None and received < not_before:
             results.append(_too_old(event, received, not_before))
             continue
-        planned = engine.plan(event)
+        planned = engine.plan(event, accept_dub_source=accept_dub_source)
         if item.notes:
             planned = [r.with_warnings(item.notes) for r in planned]
         if index in unvouched:

@@ -36,6 +36,7 @@ def compile_mapping(mapping: Mapping, source: str) -> CompiledMapping:
         re.compile(trigger.event_matches) if trigger.event_matches is not None else None,
         tuple(conditions.compile_condition(c) for c in trigger.require),
         mapping.group,
+        mapping.trigger.type,
     )
 
 

@@ -52,7 +52,11 @@ def segment() -> Response:
     if unvouched and settings.unverified_events == "refuse":
         raise InvalidSignature("the signature does not vouch for every event of this body")
     results, payloads = plan_all(
-        service.store.engine, items, not_before=not_before, unvouched=unvouched
+        service.store.engine,
+        items,
+        not_before=not_before,
+        unvouched=unvouched,
+        accept_dub_source=settings.accept_dub_source,
     )
     budget = settings.deadline_seconds - (clock.monotonic() - started)
     results = service.deliverer.deliver(results, budget, payloads)
