@@ -8,17 +8,36 @@ PATCH that changed it, whatever Segment retried or Dub failed at.
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from bridge.cli import main
 from bridge.settings import Settings
 from bridge.web.app import create_app
-from tests.fakedub import FakeDub, Reset, Status
-from tests.faultkit import SALE_MAPPING, Bridge, assert_settled, sale_event
-from tests.lifecyclekit import REFUND_MAPPING, lifecycle_mappings, refund_event
+from tests.fakedub import FakeDub, Hold, Reset, Status
+from tests.faultkit import (
+    SALE_MAPPING,
+    Answer,
+    Bridge,
+    assert_settled,
+    key_for,
+    lead_event,
+    sale_event,
+)
+from tests.lifecyclekit import (
+    REFUND_MAPPING,
+    UPDATE_MAPPING,
+    delete_event,
+    identify_event,
+    lifecycle_mappings,
+    refund_event,
+)
 
 
 @pytest.fixture
@@ -238,3 +257,207 @@ def test_full_refund_whose_answer_was_lost_is_not_rejected_on_retry(
     assert answers[-1].outcomes() == ["refunded"]
     assert patches(fake_dub) == [{"status": "refunded"}]  # the retried PATCH changed nothing
     assert assert_settled(b.db) == {"delivered": 1}
+
+
+def test_refund_redelivered_to_three_instances_at_once_patches_once(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge]
+) -> None:
+    """One partial refund redelivered to three instances at once (one ledger): one PATCH, the
+    amount subtracted once; the others answer 503 until it settles, then duplicate."""
+    instances = [lbridge(), lbridge(), lbridge()]
+    fake_dub.add_commission("ORD-3i", 10000)
+    gate = threading.Event()
+    fake_dub.script(("commissions", "ORD-3i"), Hold(gate))  # the first GET waits for the rest
+    event = refund_event("3i", "ORD-3i", total=40)
+    answers: list[list[Answer]] = [[] for _ in instances]
+
+    def post(i: int) -> None:
+        answers[i] = instances[i].deliver([event])
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    fake_dub.wait_until(lambda: len(fake_dub.calls("GET", "/commissions")) >= 1)
+    gate.set()
+    for thread in threads:
+        thread.join(30)
+    assert all(a[-1].status == 200 for a in answers), answers
+    assert patches(fake_dub) == [{"saleAmount": 6000}]
+    assert fake_dub.commission("ORD-3i")["amount"] == 6000  # type: ignore[index]
+    assert assert_settled(instances[0].db) == {"delivered": 1}
+
+
+# --- customer updates -----------------------------------------------------------------------------
+
+
+def customer_patches(fake: FakeDub) -> list[tuple[str, Any]]:
+    return [(r.path, r.body) for r in fake.calls("PATCH", "/customers/")]
+
+
+def test_identify_patches_the_customer_with_only_the_fields_present(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge]
+) -> None:
+    """An identify call PATCHes /customers/ext_<userId> with only the traits it carries."""
+    b = lbridge()
+    fake_dub.add_customer("u-1", email="old@example.com")
+    event = identify_event(1, "u-1", email="new@example.com", stripe_customer_id="cus_S1")
+    answer = b.post([event])
+    assert answer.status == 200, answer.body
+    assert answer.outcomes() == ["delivered"]
+    assert customer_patches(fake_dub) == [
+        ("/customers/ext_u-1", {"email": "new@example.com", "stripeCustomerId": "cus_S1"})
+    ]
+    assert fake_dub.customer("u-1")["stripeCustomerId"] == "cus_S1"  # type: ignore[index]
+    assert b.state("msg-identify-1", UPDATE_MAPPING) == "delivered"
+
+
+def test_identify_of_someone_dub_does_not_know_is_skipped(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge]
+) -> None:
+    """Dub's 404 for an identified user who never came through a link: a final `skipped`
+    ("not a Dub customer"), not a dead letter; Segment's retry sends nothing more."""
+    b = lbridge()
+    event = identify_event(2, "stranger", name="Ada")
+    answer = b.post([event])
+    assert answer.status == 200
+    assert answer.outcomes() == ["skipped"]
+    assert b.ledger().dead_letters() == []
+    assert b.state("msg-identify-2", UPDATE_MAPPING) == "not_recorded"
+    assert b.post([event]).outcomes() == ["duplicate"]
+    assert len(customer_patches(fake_dub)) == 1
+
+
+def test_external_ids_are_quoted_into_the_path(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge]
+) -> None:
+    """An id that begins with ext_ is reached as ext_ext_...; a slash cannot change the route."""
+    b = lbridge()
+    fake_dub.add_customer("ext_7")
+    fake_dub.add_customer("a/b")
+    b.post([identify_event(3, "ext_7", name="Seven"), identify_event(4, "a/b", name="Slash")])
+    paths = sorted(r.path for r in fake_dub.calls("PATCH", "/customers/"))
+    assert paths == ["/customers/ext_a%2Fb", "/customers/ext_ext_7"]
+    assert sorted(r.key for r in fake_dub.calls("PATCH", "/customers/")) == [  # type: ignore[type-var]
+        ("customer", "a/b"),
+        ("customer", "ext_7"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Status(500), Status(429, retry_after_in=0.3), Reset(after_processing=True)],
+    ids=["500", "429-ms-retry-after", "reset-after-processing"],
+)
+def test_customer_update_faults_are_retried(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge], fault: Any
+) -> None:
+    """A customer PATCH that fails (5xx, 429 with Dub's ms Retry-After, a reset) is retried."""
+    b = lbridge()
+    fake_dub.add_customer("u-f")
+    fake_dub.script(("customer", "u-f"), fault)
+    answers = b.deliver([identify_event("f", "u-f", name="Flaky")])
+    assert answers[-1].status == 200, answers[-1].body
+    assert answers[-1].outcomes() == ["delivered"]
+    assert fake_dub.customer("u-f")["name"] == "Flaky"  # type: ignore[index]
+    assert_settled(b.db)
+
+
+# --- deletions ----------------------------------------------------------------------------------
+
+
+def test_delete_removes_the_customer_and_erases_the_users_data_from_the_ledger(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    """A delete message DELETEs /customers/ext_<userId> and erases the user's payloads and
+    requests from the ledger: `bridge deadletters --json` shows no trace of email or traits,
+    while ids, outcomes and counts stay (a redelivery is still a duplicate)."""
+    b = lbridge()
+    lead = lead_event("gone", user="gone-1")
+    lead["context"]["traits"].update(email="gone@example.com", name="Gone Person")
+    fake_dub.script(key_for(lead), Status(422, message="customerEmail: refused"))
+    assert b.post([lead]).outcomes() == ["rejected"]
+    broken = sale_event("gone", user="gone-1")
+    broken["properties"]["revenue"] = "lots"  # invalid: a dead letter with its payload
+    assert b.post([broken]).outcomes() == ["invalid"]
+    fake_dub.add_customer("gone-1", email="gone@example.com")
+    counts = b.ledger().counts()
+
+    answer = b.post([delete_event(1, "gone-1")])
+    assert answer.status == 200, answer.body
+    assert answer.outcomes() == ["delivered"]
+    assert [(r.method, r.path, r.body) for r in fake_dub.calls("DELETE")] == [
+        ("DELETE", "/customers/ext_gone-1", None)
+    ]
+    assert fake_dub.customer("gone-1") is None
+    shown = CliRunner().invoke(
+        main, ["deadletters", "--json"], env={"BRIDGE_DB": str(b.db), "BRIDGE_LEDGER": "on"}
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "gone@example.com" not in shown.output
+    assert "Gone Person" not in shown.output
+    assert "buyergone@example.com" not in shown.output  # the invalid sale's traits
+    assert "Buyer gone" not in shown.output
+    lines = [json.loads(line) for line in shown.output.splitlines() if line.startswith("{")]
+    assert sorted(line["messageId"] for line in lines) == ["msg-lead-gone", "msg-sale-gone"]
+    assert all("msg-delete-1" in json.dumps(line["payload"]) for line in lines)
+    assert {k: v for k, v in b.ledger().counts().items() if k != "delivered"} == {
+        k: v for k, v in counts.items() if k != "delivered"
+    }
+    assert b.post([lead]).outcomes() == ["rejected"]  # still known: never sent again
+
+
+def test_delete_of_someone_dub_does_not_know_is_fine(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge]
+) -> None:
+    """Dub's 404 to a DELETE: nothing to delete there; delivered, and the ledger is erased."""
+    b = lbridge()
+    answer = b.post([delete_event(2, "nobody")])
+    assert answer.status == 200
+    assert answer.outcomes() == ["delivered"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Status(503), Status(429, retry_after_in=0.3), Reset(after_processing=True)],
+    ids=["503", "429-ms-retry-after", "reset-after-processing"],
+)
+def test_delete_faults_are_retried(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge], fault: Any
+) -> None:
+    """A DELETE that fails is retried; one that Dub applied before the reset ends as 404: fine."""
+    b = lbridge()
+    fake_dub.add_customer("u-d")
+    fake_dub.script(("customer", "u-d"), fault)
+    answers = b.deliver([delete_event("f", "u-d")])
+    assert answers[-1].outcomes() == ["delivered"]
+    assert fake_dub.customer("u-d") is None
+    assert_settled(b.db)
+
+
+# --- no loops -----------------------------------------------------------------------------------
+
+
+def from_dub(event: dict[str, Any]) -> dict[str, Any]:
+    event.setdefault("context", {})["library"] = {"name": "dub", "version": "1.0.0"}
+    return event
+
+
+def test_events_of_dubs_own_segment_source_are_skipped(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge]
+) -> None:
+    """Dub's own Segment source (context.library.name dub) is skipped, with the reason, and
+    nothing is sent: its sale.created would otherwise be tracked again."""
+    b = lbridge()
+    answer = b.post([from_dub(sale_event("loop"))])
+    assert answer.status == 200
+    assert answer.outcomes() == ["skipped"]
+    assert fake_dub.received_count() == 0
+    assert b.state("msg-sale-loop", SALE_MAPPING) is None
+
+
+def test_accept_dub_source_turns_the_guard_off(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge]
+) -> None:
+    """BRIDGE_ACCEPT_DUB_SOURCE=1: such events are planned like any other."""
+    b = lbridge(accept_dub_source=True)
+    assert b.post([from_dub(sale_event("loop2"))]).outcomes() == ["delivered"]
