@@ -31,7 +31,7 @@ def test_every_recipe_passes_its_golden_tests() -> None:
     done = run("test", str(EXAMPLES))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 failed" in done.stdout.splitlines()[-1]
-    assert len(sorted(EXAMPLES.glob("*.yaml"))) == 8
+    assert len(sorted(EXAMPLES.glob("*.yaml"))) == 9
 
 
 def broken_copy(tmp_path: Path) -> Path:
@@ -164,7 +164,7 @@ def readme_blocks() -> list[str]:
 def test_readme_recipes_are_the_example_files() -> None:
     """Every recipe excerpt in the README appears, as it is, in the example file it names."""
     recipes = [b for b in readme_blocks() if b.startswith("# mappings/examples/")]
-    assert len(recipes) == 8
+    assert len(recipes) == 11
     for block in recipes:
         name, excerpt = block.split("\n", 1)
         assert excerpt in (MAPPINGS.parent / name.removeprefix("# ")).read_text(), name

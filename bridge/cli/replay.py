@@ -127,7 +127,9 @@ def _send(
     old = None if accept_old else time.time() - config.max_event_age_days * 86400
     try:
         for chunk in _item_chunks(records):
-            results, payloads = plan_all(engine, chunk, not_before=old)
+            results, payloads = plan_all(
+                engine, chunk, not_before=old, accept_dub_source=config.accept_dub_source
+            )
             results = deliverer.deliver(results, config.cli_budget_seconds, payloads)
             out.write(b"".join(dumps(result.to_line()) + b"\n" for result in results))
             out.flush()
