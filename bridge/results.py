@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .dub.endpoints import ENDPOINTS
 from .outcomes import Outcome
 
 # The keys of a replay line, in order.
@@ -70,7 +71,9 @@ class Result(NamedTuple):
         """The stable JSON shape of a replay line."""
         request = None
         if self.body is not None and self.request_path is not None:
-            request = {"method": "POST", "path": self.request_path, "body": self.body}
+            endpoint = ENDPOINTS.get(self.action or "")
+            method = endpoint.method if endpoint is not None else "POST"
+            request = {"method": method, "path": self.request_path, "body": self.body}
         line: dict[str, Any] = {
             "messageId": self.message_id,
             "event": self.event,

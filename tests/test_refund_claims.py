@@ -6,6 +6,7 @@ backend (PostgreSQL where BRIDGE_TEST_DATABASE_URL is set)."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,15 @@ from typing import Any
 import pytest
 
 from bridge.delivery.deliverer import Deliverer
+from bridge.delivery.outbox import Outbox
 from bridge.delivery.ratelimit import SlidingWindow
 from bridge.delivery.retry import RetryPolicy
 from bridge.dub.client import DubAnswer, DubClient
 from bridge.items import Item
 from bridge.ledger import open_ledger
-from bridge.ledger.base import Ledger
+from bridge.ledger.base import ClaimRequest, Ledger, erasure_note
 from bridge.mapping.batch import plan_all
+from bridge.outcomes import State
 from bridge.sources import load_directory
 from tests.fakedub import FakeDub
 from tests.fakes import ManualClock
@@ -98,3 +101,27 @@ def test_refund_killed_at_its_patch_then_retried_subtracts_once(
     assert all(body == {"saleAmount": 7500} for body in sent)
     settled = ledger.get("msg-refund-k", REFUND_MAPPING)
     assert settled is not None and settled.state == "delivered"
+
+
+def test_the_outbox_sends_nothing_of_a_user_deleted_since(
+    fake_dub: FakeDub, ledger: Ledger, clock: ManualClock
+) -> None:
+    """A lead still pending when its user was deleted: the outbox finds the erasure note
+    instead of the request and settles the row (not_recorded) without calling Dub."""
+    body = {"customerExternalId": "gone", "clickId": "cl", "eventName": "Sign Up",
+            "customerEmail": "gone@example.com"}  # fmt: skip
+    wanted = ClaimRequest("m-gone", "signup-lead", "lead", "Sign Up", "gone", body)
+    ledger.claim_many([wanted])
+    ledger.finish("m-gone", "signup-lead", State.PENDING, calls=1)
+    assert ledger.erase("gone", erasure_note("msg-delete-9")) == 1
+    clock.advance(5 * 3600)
+    sender = deliverer(DubClient(fake_dub.url, "test-key"), ledger, clock)
+    try:
+        counts = Outbox(ledger, sender, after_seconds=4 * 3600, clock=clock).run_once()
+    finally:
+        sender.close()
+    assert counts == Counter({"skipped": 1})
+    assert fake_dub.received_count() == 0
+    row = ledger.get("m-gone", "signup-lead")
+    assert row is not None and row.state == State.NOT_RECORDED
+    assert "gone@example.com" not in str(row)

@@ -25,7 +25,7 @@ from ..dub.client import DubAnswer, DubClient
 from ..dub.endpoints import ENDPOINTS, Endpoint
 from ..errors import LedgerError
 from ..eventlog import log_result
-from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger
+from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger, erasure_note, is_erased
 from ..metrics import metrics
 from ..outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
 from ..results import Result
@@ -289,6 +289,12 @@ class Deliverer:
             tainted = claim.tainted
             # A redrive is a person's order: it gets a round of calls of its own.
             made = 0 if pass_.redrive else claim.attempts
+        if is_erased(result.body):
+            # The outbox found a row of a user deleted since: nothing of theirs is sent again.
+            decision = Decision(Outcome.SKIPPED, "its user was deleted: personal data erased")
+            if ledger is not None:
+                ledger.finish(*result.key, STATE_AFTER[decision.outcome])
+            return result.finish(decision.outcome, reason=decision.reason)
         if made >= self.max_attempts:
             # No call is left, but nothing is given up while Segment may still retry it:
             # the row stays unsettled (503), and housekeeping makes it a dead letter at the
@@ -381,8 +387,13 @@ class Deliverer:
             plan = lifecycle.plan_refund(result.body, commission, sent)
         if plan.patch is None or plan.commission is None:
             return Decision(plan.outcome, plan.reason), found
-        if self.ledger is not None and not isinstance(pin, dict):
-            self.ledger.pin(*result.key, plan.pinned(result.body))
+        if (
+            self.ledger is not None
+            and not isinstance(pin, dict)
+            and not self.ledger.pin(*result.key, plan.pinned(result.body))
+        ):
+            # Its lease ran out and another worker took the refund over: that one sends it.
+            return Decision(Outcome.PENDING, "taken over by another worker before its PATCH"), found
         path = f"/commissions/{quote(plan.commission, safe='')}"
         if pass_.deadline - self.clock.monotonic() < pass_.guard:
             return Decision(
@@ -419,9 +430,8 @@ class Deliverer:
         customer = result.customer
         if not customer:
             return
-        note = {"erased": f"personal data erased by deletion {result.message_id}"}
         try:
-            self.ledger.erase(customer, note)
+            self.ledger.erase(customer, erasure_note(result.message_id))
         except LedgerError as exc:
             log.error("could not erase a deleted user's data",
                       extra={"messageId": result.message_id, "error": exc.message})  # fmt: skip

@@ -352,6 +352,18 @@ def check_record(state: State) -> State:
     return state
 
 
+ERASED = "erased"
+
+
+def erasure_note(message_id: str | None) -> dict[str, Any]:
+    """What ``erase`` leaves in place of a deleted user's payloads and requests."""
+    return {ERASED: f"personal data erased by deletion {message_id}"}
+
+
+def is_erased(body: Any) -> bool:
+    return isinstance(body, dict) and set(body) == {ERASED}
+
+
 def of_user(payload: Any, user: str) -> bool:
     """Whether a stored Segment payload is this user's (its ``userId``), for ``erase``."""
     return isinstance(payload, dict) and str(payload.get("userId")) == user and user != ""

@@ -81,7 +81,7 @@ def _apply(mapping: Any, event: Mapping[str, Any], result: Result, steps: Steps 
         return result.finish(Outcome.INVALID, errors=(*errors, *rule_errors))
     if mapping.endpoint.action == "sale" and clean.get("amount") == 0:
         return result.finish(Outcome.SKIPPED, reason=ZERO_SALE)
-    return result._replace(request_path=mapping.endpoint.path, body=clean)
+    return result._replace(request_path=mapping.endpoint.request(clean)[1], body=clean)
 
 
 def _first_failure(
