@@ -38,6 +38,7 @@ from tests.lifecyclekit import (
     lifecycle_mappings,
     refund_event,
 )
+from tests.test_cli import run
 
 
 @pytest.fixture
@@ -461,3 +462,14 @@ def test_accept_dub_source_turns_the_guard_off(
     """BRIDGE_ACCEPT_DUB_SOURCE=1: such events are planned like any other."""
     b = lbridge(accept_dub_source=True)
     assert b.post([from_dub(sale_event("loop2"))]).outcomes() == ["delivered"]
+
+
+def test_dub_source_skips_are_counted_in_the_replay_summary(tmp_path: Path) -> None:
+    """`bridge replay` counts Dub's own Segment source under its skip reason."""
+    events = tmp_path / "dub-source.ndjson"
+    events.write_text(
+        "\n".join(json.dumps(from_dub(sale_event(f"echo{i}"))) for i in range(3)) + "\n"
+    )
+    done = run("replay", str(events))
+    assert done.returncode == 0, done.stderr
+    assert "          3  order-sale: sent by Dub's own Segment source" in done.stderr.splitlines()
