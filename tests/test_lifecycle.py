@@ -473,3 +473,20 @@ def test_dub_source_skips_are_counted_in_the_replay_summary(tmp_path: Path) -> N
     done = run("replay", str(events))
     assert done.returncode == 0, done.stderr
     assert "          3  order-sale: sent by Dub's own Segment source" in done.stderr.splitlines()
+
+
+def test_refund_right_after_its_sale_waits_for_dubs_commission(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge]
+) -> None:
+    """Dub creates a commission after the sale (a queued workflow): a refund that finds none
+    soon after the bridge sent the sale is retried (503), not settled as skipped."""
+    b = lbridge()
+    assert b.post([sale_event("soon")]).outcomes() == ["delivered"]
+    refund = refund_event("soon", "ORD-soon")
+    first = b.post([refund])
+    assert first.status == 503
+    assert first.outcomes() == ["failed"]
+    fake_dub.add_commission("ORD-soon", 1999)  # the workflow has run
+    answers = b.deliver([refund])
+    assert answers[-1].outcomes() == ["refunded"]
+    assert patches(fake_dub) == [{"status": "refunded"}]

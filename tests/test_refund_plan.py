@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.delivery.lifecycle import PIN, plan_refund, replan
+from bridge.delivery.lifecycle import COMMISSION_WAIT_SECONDS, PIN, plan_refund, replan
 from bridge.ledger.base import Row
 from bridge.outcomes import Outcome, State
 
@@ -98,3 +98,12 @@ def test_a_commission_without_a_whole_amount_is_a_dead_letter() -> None:
     """A USD partial refund of a commission whose amount is not a whole number of cents."""
     plan = plan_refund({"invoiceId": "I", "amount": 5}, {"id": "cm", "amount": "x"}, [])
     assert plan.outcome is Outcome.INVALID
+
+
+def test_no_commission_soon_after_the_sale_is_retried_later_skipped() -> None:
+    """No commission within the wait after the ledger's sale: retry; after it: skipped."""
+    sale = row("sale", {"invoiceId": "I", "amount": 100}, 1000)
+    soon = plan_refund({"invoiceId": "I"}, None, [sale], now=1000 + 60)
+    assert soon.outcome is Outcome.FAILED
+    late = plan_refund({"invoiceId": "I"}, None, [sale], now=1000 + COMMISSION_WAIT_SECONDS + 1)
+    assert late.outcome is Outcome.SKIPPED and "no partner referred" in (late.reason or "")

@@ -384,7 +384,7 @@ class Deliverer:
             plan = lifecycle.replan(pin, commission)
         else:
             sent = self.ledger.invoice_rows(invoice) if self.ledger is not None else []
-            plan = lifecycle.plan_refund(result.body, commission, sent)
+            plan = lifecycle.plan_refund(result.body, commission, sent, self.clock.time())
         if plan.patch is None or plan.commission is None:
             return Decision(plan.outcome, plan.reason), found
         if (

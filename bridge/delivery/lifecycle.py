@@ -26,6 +26,9 @@ from ..outcomes import Outcome
 USD = "usd"
 # A commission in these states no longer pays: a refund has nothing left to take back.
 CLOSED = frozenset({"refunded", "duplicate", "canceled", "fraud"})
+# Dub creates a sale's commission after the sale, in a queued workflow: a refund that finds
+# none this soon after the bridge sent the sale retries instead of settling as skipped.
+COMMISSION_WAIT_SECONDS = 3600.0
 PIN = "pin"  # the key of a refund's request body that holds the PATCH worked out for it
 
 
@@ -51,13 +54,25 @@ def no_commission(invoice: str) -> RefundPlan:
 
 
 def plan_refund(
-    body: Mapping[str, Any], commission: Mapping[str, Any] | None, sent: Sequence[Row]
+    body: Mapping[str, Any],
+    commission: Mapping[str, Any] | None,
+    sent: Sequence[Row],
+    now: float = 0.0,
 ) -> RefundPlan:
     """The PATCH for a refund ``body`` ({invoiceId, amount?, currency?}) of ``commission``
     (Dub's, None when there is none), given ``sent``: the ledger's delivered rows for that
-    invoice (its sale, earlier refunds)."""
+    invoice (its sale, earlier refunds), and the time ``now``."""
     invoice = str(body["invoiceId"])
     if commission is None:
+        recent = [
+            r for r in sent if r.action == "sale" and r.updated_at > now - COMMISSION_WAIT_SECONDS
+        ]
+        if recent:
+            return RefundPlan(
+                Outcome.FAILED,
+                f"no commission yet for invoice {invoice!r}, whose sale the bridge sent lately:"
+                " Dub creates it after the sale; retry later",
+            )
         return no_commission(invoice)
     commission_id = commission.get("id")
     if not isinstance(commission_id, str) or not commission_id:
