@@ -54,6 +54,7 @@ class Metrics:
     webhook_seconds: Histogram
     reloads: Counter
     mappings_info: Gauge
+    dub_source: Counter
 
 
 _made: Metrics | None = None
@@ -109,6 +110,11 @@ def metrics() -> Metrics:
                         "1 for the mapping version each worker runs (label pid in multiprocess).",
                         ["version"],
                         multiprocess_mode="liveall",
+                    ),
+                    Counter(
+                        "bridge_dub_source_events_total",
+                        "Events of Dub's own Segment source, skipped so no conversion is tracked"
+                        " twice (none when BRIDGE_ACCEPT_DUB_SOURCE=1).",
                     ),
                 )
     return _made

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import REGISTRY
 
 from bridge.cli import main
 from bridge.settings import Settings
@@ -438,6 +439,10 @@ def test_delete_faults_are_retried(
 # --- no loops -----------------------------------------------------------------------------------
 
 
+def dub_source_count() -> float:
+    return REGISTRY.get_sample_value("bridge_dub_source_events_total") or 0.0
+
+
 def from_dub(event: dict[str, Any]) -> dict[str, Any]:
     event.setdefault("context", {})["library"] = {"name": "dub", "version": "1.0.0"}
     return event
@@ -449,10 +454,12 @@ def test_events_of_dubs_own_segment_source_are_skipped(
     """Dub's own Segment source (context.library.name dub) is skipped, with the reason, and
     nothing is sent: its sale.created would otherwise be tracked again."""
     b = lbridge()
+    counted = dub_source_count()
     answer = b.post([from_dub(sale_event("loop"))])
     assert answer.status == 200
     assert answer.outcomes() == ["skipped"]
     assert fake_dub.received_count() == 0
+    assert dub_source_count() == counted + 1
     assert b.state("msg-sale-loop", SALE_MAPPING) is None
 
 

@@ -22,6 +22,8 @@ from ..errors import InvalidSignature, PayloadTooLarge, ServiceUnavailable, Unsu
 from ..inputs import Item, parse_body
 from ..ledger.base import VOUCH_MARGIN, Sighting
 from ..mapping.batch import event_time, plan_all
+from ..mapping.engine import DUB_SOURCE
+from ..metrics import metrics
 from ..outcomes import RETRY, Outcome
 from ..results import Result
 from ..wiring import Service
@@ -58,6 +60,9 @@ def segment() -> Response:
         unvouched=unvouched,
         accept_dub_source=settings.accept_dub_source,
     )
+    echoed = len({r.message_id for r in results if r.reason == DUB_SOURCE})
+    if echoed:
+        metrics().dub_source.inc(echoed)
     budget = settings.deadline_seconds - (clock.monotonic() - started)
     results = service.deliverer.deliver(results, budget, payloads)
     if any(r.outcome in RETRY for r in results):
