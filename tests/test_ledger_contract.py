@@ -825,3 +825,18 @@ def test_erase_replaces_a_users_personal_data_and_keeps_the_rest(ledger: Ledger)
     assert ledger.counts() == before
     first = ledger.get("m1", "lead")
     assert first is not None and first.attempts == 1 and first.state == State.REJECTED
+
+
+def test_one_pinned_change_of_an_invoice_at_a_time(ledger: Ledger) -> None:
+    """pin(invoice=) refuses while another unsettled row of that invoice holds a pinned body
+    (its PATCH may not be applied yet); once that row settles, the next one may pin."""
+    _claim_body(ledger, {"invoiceId": "I"}, keep=True, message_id="r1")
+    _claim_body(ledger, {"invoiceId": "I"}, keep=True, message_id="r2")
+    _claim_body(ledger, {"invoiceId": "J"}, keep=True, message_id="r3")
+    assert ledger.pin("r1", "refund", {"invoiceId": "I", "pin": {"patch": {}}}, invoice="I")
+    assert not ledger.pin("r2", "refund", {"invoiceId": "I", "pin": {"patch": {}}}, invoice="I")
+    assert ledger.pin("r3", "refund", {"invoiceId": "J", "pin": {"patch": {}}}, invoice="J")
+    # its own pin again (a retry) is fine
+    assert ledger.pin("r1", "refund", {"invoiceId": "I", "pin": {"patch": {}}}, invoice="I")
+    ledger.finish("r1", "refund", State.DELIVERED, calls=2)
+    assert ledger.pin("r2", "refund", {"invoiceId": "I", "pin": {"patch": {}}}, invoice="I")

@@ -497,3 +497,46 @@ def test_refund_right_after_its_sale_waits_for_dubs_commission(
     answers = b.deliver([refund])
     assert answers[-1].outcomes() == ["refunded"]
     assert patches(fake_dub) == [{"status": "refunded"}]
+
+
+def test_two_partial_refunds_of_one_invoice_in_one_batch_both_count(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge]
+) -> None:
+    """Two partial refunds of one invoice in one body: one PATCH at a time, each from the
+    amount the other left, so both are subtracted (never one PATCH overwriting the other)."""
+    b = lbridge()
+    fake_dub.add_commission("ORD-2r", 10000)
+    events = [refund_event("2r-a", "ORD-2r", total=25), refund_event("2r-b", "ORD-2r", total=10)]
+    answers = b.deliver(events)
+    assert answers[-1].status == 200, answers[-1].body
+    assert answers[-1].outcomes() == ["refunded", "refunded"]
+    assert fake_dub.commission("ORD-2r")["amount"] == 6500  # type: ignore[index]
+    assert assert_settled(b.db) == {"delivered": 2}
+
+
+def test_two_partial_refunds_of_one_invoice_on_two_instances_at_once_both_count(
+    fake_dub: FakeDub, lbridge: Callable[..., Bridge]
+) -> None:
+    """Two partial refunds of one invoice sent to two instances at once: the second waits for
+    the first's PATCH (503, Segment retries), then subtracts from what it left."""
+    first, second = lbridge(), lbridge()
+    cid = fake_dub.add_commission("ORD-2i", 10000)
+    gate = threading.Event()
+    fake_dub.script(("commission", cid), Hold(gate))  # the first PATCH waits
+    answers: dict[str, list[Answer]] = {}
+
+    def post(name: str, b: Bridge, event: dict[str, Any]) -> None:
+        answers[name] = b.deliver([event])
+
+    a = threading.Thread(target=post, args=("a", first, refund_event("2i-a", "ORD-2i", total=25)))
+    a.start()
+    fake_dub.wait_until(lambda: len(fake_dub.calls("PATCH", "/commissions/")) >= 1)
+    # The second refund GETs the amount the first has not changed yet: it must not PATCH.
+    blocked = second.post([refund_event("2i-b", "ORD-2i", total=10)])
+    assert blocked.status == 503 and blocked.outcomes() == ["pending"]
+    gate.set()
+    a.join(30)
+    post("b", second, refund_event("2i-b", "ORD-2i", total=10))
+    assert answers["a"][-1].outcomes() == ["refunded"]
+    assert answers["b"][-1].outcomes() == ["refunded"]
+    assert fake_dub.commission("ORD-2i")["amount"] == 6500  # type: ignore[index]

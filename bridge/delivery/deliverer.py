@@ -42,6 +42,16 @@ log = logging.getLogger("bridge.delivery")
 LEAD_INGEST_SECONDS = 600.0
 
 
+def _group_key(result: Result, index: int) -> Any:
+    """Calls of one group go out in order: one customer's, and one invoice's refunds (each
+    starts from the amount the one before left)."""
+    if result.customer is not None:
+        return result.customer
+    if result.action == "refund" and result.body is not None:
+        return ("invoice", result.body.get("invoiceId"))
+    return ("event", index)
+
+
 def _none() -> LeadStatus | None:
     return None
 
@@ -143,7 +153,7 @@ class Deliverer:
             if index in copies:
                 continue
             if result.outcome is Outcome.READY:
-                key = result.customer if result.customer is not None else ("event", index)
+                key = _group_key(result, index)
                 groups.setdefault(key, []).append(index)
             else:
                 self._record_unsent(result, payloads)
@@ -390,10 +400,15 @@ class Deliverer:
         if (
             self.ledger is not None
             and not isinstance(pin, dict)
-            and not self.ledger.pin(*result.key, plan.pinned(result.body))
+            and not self.ledger.pin(*result.key, plan.pinned(result.body), invoice=invoice)
         ):
-            # Its lease ran out and another worker took the refund over: that one sends it.
-            return Decision(Outcome.PENDING, "taken over by another worker before its PATCH"), found
+            # Another refund of this invoice is under way (its PATCH, worked out from the same
+            # amount, may not be applied yet), or another worker took this one over.
+            return Decision(
+                Outcome.PENDING,
+                f"another change of invoice {invoice!r}'s commission is not settled yet;"
+                " Segment will retry",
+            ), found
         path = f"/commissions/{quote(plan.commission, safe='')}"
         if pass_.deadline - self.clock.monotonic() < pass_.guard:
             return Decision(

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..ledger.base import Row
+from ..ledger.base import PINNED, Row
 from ..outcomes import Outcome
 
 USD = "usd"
@@ -29,7 +29,7 @@ CLOSED = frozenset({"refunded", "duplicate", "canceled", "fraud"})
 # Dub creates a sale's commission after the sale, in a queued workflow: a refund that finds
 # none this soon after the bridge sent the sale retries instead of settling as skipped.
 COMMISSION_WAIT_SECONDS = 3600.0
-PIN = "pin"  # the key of a refund's request body that holds the PATCH worked out for it
+PIN = PINNED  # the key of a refund's request body that holds the PATCH worked out for it
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
-from ..outcomes import FINISHED, TRANSITIONS, State, Via
+from ..outcomes import ACTIVE, FINISHED, TRANSITIONS, State, Via
 from .migrations import Migration, SchemaStatus
 
 # A slot is taken right before its call, which reaches Dub within this (the connect
@@ -234,9 +234,13 @@ class Ledger(Protocol):
     def supersede(self, message_id: str, mapping: str) -> bool:
         """A dead letter no current mapping sends: settle it, so it leaves the list."""
 
-    def pin(self, message_id: str, mapping: str, body: dict[str, Any]) -> bool:
+    def pin(
+        self, message_id: str, mapping: str, body: dict[str, Any], *, invoice: str | None = None
+    ) -> bool:
         """Keep ``body`` as the request body of a row its holder has in flight; False when
-        it is not in flight. A claim with ``keep`` then leaves it as it is."""
+        it is not in flight. A claim with ``keep`` then leaves it as it is. With ``invoice``:
+        False too while another unsettled row of that invoice holds a pinned body (one
+        change of an invoice's commission at a time, across instances)."""
 
     def invoice_rows(self, invoice_id: str) -> list[Row]:
         """Delivered rows whose request body carries this ``invoiceId`` (the sale sent for
@@ -362,6 +366,20 @@ def erasure_note(message_id: str | None) -> dict[str, Any]:
 
 def is_erased(body: Any) -> bool:
     return isinstance(body, dict) and set(body) == {ERASED}
+
+
+PINNED = "pin"  # the key of a request body that holds a call worked out from Dub's answer
+
+
+def pins_invoice(row: Row, invoice: str) -> bool:
+    """Whether an unsettled row holds a pinned body for this invoice (``pin``'s check)."""
+    body = row.request_body
+    return (
+        row.state in ACTIVE
+        and isinstance(body, dict)
+        and body.get("invoiceId") == invoice
+        and PINNED in body
+    )
 
 
 def of_user(payload: Any, user: str) -> bool:

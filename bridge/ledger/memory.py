@@ -43,6 +43,7 @@ from .base import (
     check_finish,
     check_record,
     of_user,
+    pins_invoice,
     room,
 )
 from .codec import stored
@@ -213,11 +214,17 @@ class MemoryLedger:
             self._rows[key] = replace(row, state=State.SUPERSEDED, updated_at=self.clock.time())
             return True
 
-    def pin(self, message_id: str, mapping: str, body: dict[str, Any]) -> bool:
+    def pin(
+        self, message_id: str, mapping: str, body: dict[str, Any], *, invoice: str | None = None
+    ) -> bool:
         key = (message_id, mapping)
         with self._lock:
             row = self._in_flight(key)
             if row is None:
+                return False
+            if invoice is not None and any(
+                k != key and pins_invoice(r, invoice) for k, r in self._rows.items()
+            ):
                 return False
             self._rows[key] = replace(row, request_body=_roundtrip(body))
             return True

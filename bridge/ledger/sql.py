@@ -28,6 +28,7 @@ from .base import (
     check_finish,
     check_record,
     of_user,
+    pins_invoice,
 )
 from .codec import read, stored
 from .sql_mappings import MappingSetsSQL
@@ -219,13 +220,36 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         args = {"message_id": message_id, "mapping": mapping, "now": self.clock.time()}
         return self._changed(SUPERSEDE, args)
 
-    def pin(self, message_id: str, mapping: str, body: dict[str, Any]) -> bool:
+    def pin(
+        self, message_id: str, mapping: str, body: dict[str, Any], *, invoice: str | None = None
+    ) -> bool:
         args = {"message_id": message_id, "mapping": mapping, "body": stored(body)}
-        return self._changed(
-            "UPDATE deliveries SET request_body = :body"
-            " WHERE message_id = :message_id AND mapping = :mapping AND state = 'in_flight'",
-            args,
-        )
+
+        def pin_one(db: DB) -> bool:
+            if invoice is not None:
+                self._serialise(db, f"invoice:{invoice}")
+                pattern = "%" + _like(dumps_str({"invoiceId": invoice})[1:-1]) + "%"
+                found = db.execute(
+                    f"SELECT {COLUMNS} FROM deliveries WHERE state IN {states(ACTIVE)}"
+                    " AND request_body LIKE :pattern ESCAPE '\\'",
+                    {"pattern": pattern},
+                ).fetchall()
+                for other in map(_row, found):
+                    mine = (other.message_id, other.mapping) == (message_id, mapping)
+                    if not mine and pins_invoice(other, invoice):
+                        return False
+            changed = db.execute(
+                "UPDATE deliveries SET request_body = :body"
+                " WHERE message_id = :message_id AND mapping = :mapping AND state = 'in_flight'",
+                args,
+            )
+            return changed.rowcount == 1
+
+        return self._run(pin_one, tx=True)
+
+    def _serialise(self, db: DB, name: str) -> None:
+        """Make this transaction the only one at a time for ``name`` (SQLite: every write
+        transaction already is)."""
 
     def invoice_rows(self, invoice_id: str) -> list[Row]:
         # No column holds the invoice: a LIKE on the stored JSON narrows, Python decides.
