@@ -475,3 +475,96 @@ def test_a_verified_claim_takes_over_an_unverified_row_afresh(
         ("sale", State.DELIVERED),
     ]
     assert ledger.rows_of("nothing") == []
+
+
+# --- the conversion lifecycle: pinned bodies, invoices, erasure -----------------------------------
+
+
+def _claim_body(ledger: Ledger, body: dict[str, Any], *, keep: bool, message_id: str = "r") -> Any:
+    wanted = ClaimRequest(message_id, "refund", "refund", "Order Refunded", None, body, keep=keep)
+    (result,) = ledger.claim_many([wanted])
+    return result
+
+
+def test_a_pinned_body_survives_later_claims_that_keep(ledger: Ledger, clock: ManualClock) -> None:
+    """A body pinned by a refund's holder is the one every later claim (keep) gets back,
+    after a crash (lease ran out) or a failed call; without keep, a claim replaces it."""
+    first = _claim_body(ledger, {"invoiceId": "I"}, keep=True)
+    assert first.granted and first.body == {"invoiceId": "I"}
+    pinned = {"invoiceId": "I", "pin": {"commission": "cm_1", "patch": {"saleAmount": 50}}}
+    assert ledger.pin("r", "refund", pinned)
+    clock.advance(LEASE + 1)  # the holder died between its GET and its PATCH
+    again = _claim_body(ledger, {"invoiceId": "I"}, keep=True)
+    assert again.granted and again.body == pinned
+    ledger.finish("r", "refund", State.PENDING, calls=1)
+    third = _claim_body(ledger, {"invoiceId": "I"}, keep=True)
+    assert third.body == pinned
+    assert not ledger.pin("x", "refund", pinned)  # no such row in flight
+    ledger.finish("r", "refund", State.DELIVERED, calls=1)
+    row = ledger.get("r", "refund")
+    assert row is not None and row.request_body == pinned
+
+
+def test_a_claim_without_keep_replaces_the_body(ledger: Ledger) -> None:
+    """Leads and sales keep today's rule: each claim stores the body it plans."""
+    _claim_body(ledger, {"invoiceId": "I"}, keep=False)
+    ledger.pin("r", "refund", {"invoiceId": "I", "pin": {}})
+    ledger.release("r", "refund")
+    assert _claim_body(ledger, {"invoiceId": "J"}, keep=False).body == {"invoiceId": "J"}
+
+
+def test_invoice_rows_finds_what_was_delivered_for_an_invoice(ledger: Ledger) -> None:
+    """The sale (and refunds) delivered for an invoice, matched exactly (LIKE wildcards in
+    the id are literal), oldest first; unsettled rows are left out."""
+    for message_id, invoice, state in [
+        ("s1", "INV_1%", State.DELIVERED),
+        ("s2", "INVX1x", State.DELIVERED),
+        ("s3", "INV_1%", State.PENDING),
+    ]:
+        wanted = ClaimRequest(message_id, "sale", "sale", "Order Completed", "u",
+                              {"invoiceId": invoice, "amount": 100})  # fmt: skip
+        ledger.claim_many([wanted])
+        ledger.finish(message_id, "sale", state, calls=1)
+    assert [r.message_id for r in ledger.invoice_rows("INV_1%")] == ["s1"]
+    assert ledger.invoice_rows("nothing") == []
+
+
+def test_erase_replaces_a_users_personal_data_and_keeps_the_rest(ledger: Ledger) -> None:
+    """Erasure replaces the payload and request body of every row of the user (by customer
+    or by the payload's userId) with the note; ids, states, attempts and counts stay."""
+    wanted = ClaimRequest("m1", "lead", "lead", "Sign Up", "u-1",
+                          {"customerExternalId": "u-1", "customerEmail": "a@example.com"})  # fmt: skip
+    ledger.claim_many([wanted])
+    ledger.finish("m1", "lead", State.REJECTED, calls=1, payload={"userId": "u-1", "x": 1})
+    ledger.record("m2", "lead", State.INVALID, action="lead", event="Sign Up", errors=["bad"],
+                  payload={"userId": "u-1", "traits": {"email": "a@example.com"}})  # fmt: skip
+    ledger.record("m3", "lead", State.INVALID, action="lead", event="Sign Up", errors=["bad"],
+                  payload={"userId": "u-10", "traits": {"email": "b@example.com"}})  # fmt: skip
+    before = ledger.counts()
+    note = {"erased": "personal data erased by deletion d-1"}
+    assert ledger.erase("u-1", note) == 2
+    for message_id in ("m1", "m2"):
+        row = ledger.get(message_id, "lead")
+        assert row is not None
+        assert row.payload == note
+        assert row.request_body in (None, note)
+    kept = ledger.get("m3", "lead")
+    assert kept is not None and kept.payload["userId"] == "u-10"
+    assert ledger.counts() == before
+    first = ledger.get("m1", "lead")
+    assert first is not None and first.attempts == 1 and first.state == State.REJECTED
+
+
+def test_one_pinned_change_of_an_invoice_at_a_time(ledger: Ledger) -> None:
+    """pin(invoice=) refuses while another unsettled row of that invoice holds a pinned body
+    (its PATCH may not be applied yet); once that row settles, the next one may pin."""
+    _claim_body(ledger, {"invoiceId": "I"}, keep=True, message_id="r1")
+    _claim_body(ledger, {"invoiceId": "I"}, keep=True, message_id="r2")
+    _claim_body(ledger, {"invoiceId": "J"}, keep=True, message_id="r3")
+    assert ledger.pin("r1", "refund", {"invoiceId": "I", "pin": {"patch": {}}}, invoice="I")
+    assert not ledger.pin("r2", "refund", {"invoiceId": "I", "pin": {"patch": {}}}, invoice="I")
+    assert ledger.pin("r3", "refund", {"invoiceId": "J", "pin": {"patch": {}}}, invoice="J")
+    # its own pin again (a retry) is fine
+    assert ledger.pin("r1", "refund", {"invoiceId": "I", "pin": {"patch": {}}}, invoice="I")
+    ledger.finish("r1", "refund", State.DELIVERED, calls=2)
+    assert ledger.pin("r2", "refund", {"invoiceId": "I", "pin": {"patch": {}}}, invoice="I")

@@ -57,7 +57,7 @@ def test_every_error_of_a_file_is_reported_with_its_line(tmp_path: Path) -> None
               customerEmial: $.context.traits.email
           - name: sale
             trigger: {event: 42}
-            action: refund
+            action: payout
             fields: {}
         """,
     )

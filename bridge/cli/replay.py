@@ -125,7 +125,13 @@ def _send(
         for chunk in _item_chunks(records):
             now = time.time()
             not_before = None if max_age is None else now - max_age
-            results, payloads = plan_all(engine, chunk, not_before=not_before, now=now)
+            results, payloads = plan_all(
+                engine,
+                chunk,
+                not_before=not_before,
+                now=now,
+                accept_dub_source=config.accept_dub_source,
+            )
             results = deliverer.deliver(results, config.cli_budget_seconds, payloads)
             out.write(b"".join(dumps(result.to_line()) + b"\n" for result in results))
             out.flush()

@@ -55,6 +55,7 @@ class Metrics:
     reloads: Counter
     mappings_info: Gauge
     mappings_degraded: Gauge
+    dub_source: Counter
 
 
 _made: Metrics | None = None
@@ -118,6 +119,11 @@ def metrics() -> Metrics:
                         "reason is on /healthz and /readyz (label pid in multiprocess).",
                         ["cause"],
                         multiprocess_mode="liveall",
+                    ),
+                    Counter(
+                        "bridge_dub_source_events_total",
+                        "Events of Dub's own Segment source, skipped so no conversion is tracked"
+                        " twice (none when BRIDGE_ACCEPT_DUB_SOURCE=1).",
                     ),
                 )
     return _made

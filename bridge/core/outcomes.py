@@ -26,6 +26,7 @@ class Outcome(StrEnum):
     DELIVERED = "delivered"
     DEDUPLICATED = "deduplicated"  # Dub answered a lead with link: null
     NOT_RECORDED = "not_recorded"  # Dub answered a sale with sale: null
+    REFUNDED = "refunded"  # a refund reached the invoice's commission
     DUPLICATE = "duplicate"  # already handled by the ledger: not sent again
     REJECTED = "rejected"  # Dub answered a final 4xx
     FAILED = "failed"  # unreachable, timeout, 408/429/5xx: Segment retries
@@ -92,6 +93,9 @@ TRANSITIONS: tuple[Transition, ...] = (
     *(Transition(_S.IN_FLIGHT, target, Via.FINISH) for target in _AFTER_CALL),
     Transition(_S.IN_FLIGHT, _S.PENDING, Via.FINISH),  # transient: Segment retries
     Transition(_S.IN_FLIGHT, _S.GAVE_UP, Via.FINISH),  # too many attempts
+    # What Dub answered shows the call cannot be made as it stands (a refund larger than
+    # its sale, or one whose absolute amount cannot be known): a person must decide.
+    Transition(_S.IN_FLIGHT, _S.INVALID, Via.FINISH),
     *(
         Transition(_S.IN_FLIGHT, target, Via.RELEASE)
         for target in (_S.PENDING, _S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP)
@@ -147,6 +151,10 @@ STATE_AFTER: dict[Outcome, State] = {
     Outcome.DELIVERED: _S.DELIVERED,
     Outcome.DEDUPLICATED: _S.DEDUPLICATED,
     Outcome.NOT_RECORDED: _S.NOT_RECORDED,
+    Outcome.REFUNDED: _S.DELIVERED,
+    # Settled after asking Dub: nothing there to change (no commission for the invoice,
+    # not a Dub customer). Skipped before any call, an event leaves no row at all.
+    Outcome.SKIPPED: _S.NOT_RECORDED,
     Outcome.REJECTED: _S.REJECTED,
     Outcome.UNCERTAIN: _S.UNCERTAIN,
     Outcome.FAILED: _S.PENDING,
@@ -176,6 +184,7 @@ RETRY = frozenset({Outcome.FAILED, Outcome.PENDING})
 QUIET = frozenset(
     {
         Outcome.DELIVERED,
+        Outcome.REFUNDED,
         Outcome.DEDUPLICATED,
         Outcome.DUPLICATE,
         Outcome.SKIPPED,

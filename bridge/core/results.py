@@ -39,6 +39,7 @@ class Planned:
     outcome: Outcome = Outcome.READY
     request_path: str | None = None
     body: dict[str, Any] | None = None
+    request_method: str = "POST"  # Dub's verb for the call (PATCH, DELETE for the lifecycle)
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     reason: str | None = None
@@ -84,7 +85,7 @@ class Result(Planned):
         """The stable JSON shape of a replay line."""
         request = None
         if self.body is not None and self.request_path is not None:
-            request = {"method": "POST", "path": self.request_path, "body": self.body}
+            request = {"method": self.request_method, "path": self.request_path, "body": self.body}
         line: dict[str, Any] = {
             "messageId": self.message_id,
             "event": self.event,

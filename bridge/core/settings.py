@@ -64,6 +64,7 @@ ENV = {
     "allow_unsigned": "BRIDGE_ALLOW_UNSIGNED",
     "write_keys": "BRIDGE_WRITE_KEYS",
     "rudderstack_token": "BRIDGE_RUDDERSTACK_TOKEN",
+    "accept_dub_source": "BRIDGE_ACCEPT_DUB_SOURCE",
 }
 SECRETS = {
     "dub_api_key",
@@ -148,6 +149,9 @@ class Settings(BaseModel):
     write_keys: SecretStr | None = None
     # RudderStack's webhook destination (POST /rudderstack); unset: 404.
     rudderstack_token: SecretStr | None = None
+    # Dub's own Segment source sends Dub's conversions back as track events: planning them
+    # would track every sale twice, so they are skipped unless this says otherwise.
+    accept_dub_source: bool = False
 
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> Settings:

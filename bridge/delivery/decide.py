@@ -65,6 +65,8 @@ def decide(
         return Decision(
             Outcome.UNCERTAIN, "Dub answered link: null after an earlier failed attempt"
         )
+    if answer.status == 404 and endpoint.action in _NOT_A_CUSTOMER:
+        return _NOT_A_CUSTOMER[endpoint.action]
     if endpoint.action == "sale":
         if outcome is Outcome.REJECTED and answer.status == 404 and lead_status() is not None:
             # 404 "Lead event not found" soon after the lead: Dub is still ingesting it.
@@ -101,6 +103,12 @@ def refused(state: State | None) -> Decision:
         " Segment will retry",
     )
 
+
+# Most identified users never came through a link: Dub knows only referred customers.
+_NOT_A_CUSTOMER = {
+    "customer_update": Decision(Outcome.SKIPPED, "not a Dub customer"),
+    "customer_delete": Decision(Outcome.DELIVERED, "not a Dub customer: nothing to delete"),
+}
 
 # A dead letter's state, read back as the outcome that left it there.
 _DEAD = {state: outcome for outcome, state in STATE_AFTER.items() if state in DEAD}

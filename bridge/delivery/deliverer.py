@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from ..core.clock import SYSTEM, Clock
 from ..core.errors import LedgerError
@@ -28,8 +29,9 @@ from ..core.outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
 from ..core.results import Result
 from ..dub.client import DubAnswer, DubClient
 from ..dub.endpoints import ENDPOINTS, Endpoint
-from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger
-from .decide import classify, decide, may_have_reached, refused
+from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger, erasure_note, is_erased
+from . import lifecycle
+from .decide import Decision, classify, decide, may_have_reached, refused
 from .handover import handed_to_outbox
 from .ratelimit import RateLimiter
 from .repeats import repeats, settle
@@ -40,6 +42,20 @@ log = logging.getLogger("bridge.delivery")
 # A sale answered 404 "Lead event not found" this soon after the customer's lead
 # means Dub is still ingesting the lead: try again later instead of giving up.
 LEAD_INGEST_SECONDS = 600.0
+
+
+def _group_key(result: Result, index: int) -> Any:
+    """Calls of one group go out in order: one customer's, and one invoice's refunds (each
+    starts from the amount the one before left)."""
+    if result.customer is not None:
+        return result.customer
+    if result.action == "refund" and result.body is not None:
+        return ("invoice", result.body.get("invoiceId"))
+    return ("event", index)
+
+
+def _none() -> LeadStatus | None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +160,7 @@ class Deliverer:
             if index in copies:
                 continue
             if result.outcome is Outcome.READY:
-                key = result.customer if result.customer is not None else ("event", index)
+                key = _group_key(result, index)
                 groups.setdefault(key, []).append(index)
             else:
                 self._record_unsent(result, payloads)
@@ -203,6 +219,7 @@ class Deliverer:
                 results[i].customer,
                 results[i].body,
                 SOURCE.get(),
+                keep=ENDPOINTS[results[i].action or ""].keeps_body,
             )
             for i in ready
         ]
@@ -293,6 +310,12 @@ class Deliverer:
             tainted = claim.tainted
             # A redrive is a person's order: it gets a round of calls of its own.
             made = 0 if pass_.redrive else claim.attempts
+        if is_erased(result.body):
+            # The outbox found a row of a user deleted since: nothing of theirs is sent again.
+            decision = Decision(Outcome.SKIPPED, "its user was deleted: personal data erased")
+            if ledger is not None:
+                ledger.finish(*result.key, STATE_AFTER[decision.outcome])
+            return result.finish(decision.outcome, reason=decision.reason)
         if made >= self.max_attempts:
             # No call is left, but nothing is given up while Segment may still retry it:
             # the row stays unsettled (503), and housekeeping makes it a dead letter at the
@@ -303,14 +326,19 @@ class Deliverer:
                 reason=f"not sent: its {made} calls reached BRIDGE_MAX_ATTEMPTS; a dead letter"
                 " at the outbox's age (BRIDGE_OUTBOX_MAX_AGE_HOURS)",
             )
-        calls = self._call_with_retries(endpoint, result.body, pass_, made)
+        if endpoint.action == "refund":
+            decision, calls = self._refund(result, claim, pass_, made)
+        else:
+            calls = self._call_with_retries(endpoint, result.body, pass_, made)
+            # A lead that may have reached Dub and failed there (5xx, timeout, lost
+            # connection) may have set Dub's de-duplication marker: a later link: null
+            # proves nothing.
+            tainted = tainted or (endpoint.action == "lead" and calls.reached)
+            decision = decide(
+                endpoint, calls.answer, tainted=tainted,
+                lead_status=lambda: self._lead_status(result),
+            )  # fmt: skip
         answer = calls.answer
-        # A lead that may have reached Dub and failed there (5xx, timeout, lost connection)
-        # may have set Dub's de-duplication marker: a later link: null proves nothing.
-        tainted = tainted or (endpoint.action == "lead" and calls.reached)
-        decision = decide(
-            endpoint, answer, tainted=tainted, lead_status=lambda: self._lead_status(result)
-        )
         outcome = decision.outcome
         reason = decision.reason
         if ledger is not None:
@@ -321,7 +349,7 @@ class Deliverer:
                     state,
                     calls=calls.attempts,
                     status=answer.status,
-                    error=answer.error,
+                    error=answer.error if decision.outcome is not Outcome.INVALID else [reason],
                     payload=payload if state in DEAD or state is State.PENDING else None,
                     tainted=tainted,
                 )
@@ -331,8 +359,12 @@ class Deliverer:
                 log.error("could not record a Dub answer", extra={"messageId": result.message_id,
                           "outcome": outcome, "error": exc.message})  # fmt: skip
                 outcome, reason = Outcome.PENDING, f"sent, but not recorded: {exc.message}"
+            else:
+                if endpoint.action == "customer_delete" and outcome is Outcome.DELIVERED:
+                    self._erase(result)
         failed = outcome in (Outcome.REJECTED, Outcome.FAILED)
-        return result.finish(outcome, reason=reason).replace(
+        errors = (reason,) if outcome is Outcome.INVALID and reason else ()
+        return result.finish(outcome, reason=reason, errors=errors).replace(
             attempts=calls.attempts,
             status=answer.status,
             dub_error=answer.error if failed else None,
@@ -343,13 +375,105 @@ class Deliverer:
             ),
         )
 
+    def _refund(
+        self, result: Result, claim: Claim | None, pass_: _Pass, made: int
+    ) -> tuple[Decision, _Calls]:
+        """GET the invoice's commission, then PATCH it as ``lifecycle`` plans: the PATCH is
+        pinned to the row before it goes out, and a retry sends the pinned one."""
+        assert result.body is not None
+        endpoint = ENDPOINTS["refund"]
+        kept = claim.body if claim is not None and isinstance(claim.body, dict) else None
+        pin = kept.get(lifecycle.PIN) if kept is not None else None
+        invoice = str(result.body["invoiceId"])
+        found = self._call_with_retries(
+            endpoint,
+            result.body,
+            pass_,
+            made,
+            ("GET", "/commissions", None, {"invoiceId": invoice}),
+        )
+        outcome = classify(endpoint, found.answer)
+        if outcome is not Outcome.DELIVERED:
+            return decide(endpoint, found.answer, tainted=False, lead_status=_none), found
+        listed = found.answer.body
+        if not isinstance(listed, list) or not all(isinstance(c, dict) for c in listed):
+            return Decision(
+                Outcome.FAILED, "Dub's answer to GET /commissions was not a list; retry later"
+            ), found
+        commission = next((c for c in listed if c.get("invoiceId") in (invoice, None)), None)
+        if isinstance(pin, dict):
+            plan = lifecycle.replan(pin, commission)
+        else:
+            sent = self.ledger.invoice_rows(invoice) if self.ledger is not None else []
+            plan = lifecycle.plan_refund(result.body, commission, sent, self.clock.time())
+        if plan.patch is None or plan.commission is None:
+            return Decision(plan.outcome, plan.reason), found
+        if (
+            self.ledger is not None
+            and not isinstance(pin, dict)
+            and not self.ledger.pin(*result.key, plan.pinned(result.body), invoice=invoice)
+        ):
+            # Another refund of this invoice is under way (its PATCH, worked out from the same
+            # amount, may not be applied yet), or another worker took this one over.
+            return Decision(
+                Outcome.PENDING,
+                f"another change of invoice {invoice!r}'s commission is not settled yet;"
+                " Segment will retry",
+            ), found
+        path = f"/commissions/{quote(plan.commission, safe='')}"
+        if pass_.deadline - self.clock.monotonic() < pass_.guard:
+            return Decision(
+                Outcome.PENDING, "found the commission; the time budget ran out before the PATCH"
+            ), found
+        changed = self._call_with_retries(
+            endpoint, result.body, pass_, made + found.attempts, ("PATCH", path, plan.patch, None)
+        )
+        calls = _Calls(
+            changed.answer, found.attempts + changed.attempts, found.reached or changed.reached
+        )
+        done = Decision(Outcome.REFUNDED, f"commission {plan.commission}: {plan.patch}")
+        if classify(endpoint, changed.answer) is Outcome.DELIVERED:
+            return done, calls
+        if changed.answer.status == 400 and (changed.reached or isinstance(pin, dict)):
+            # An earlier PATCH may have been applied, its answer lost: Dub now refuses the same
+            # status again ("already in the refunded status"). Dub's commission tells.
+            check = self._call_with_retries(
+                endpoint, result.body, pass_, made + calls.attempts,
+                ("GET", "/commissions", None, {"invoiceId": invoice}),
+            )  # fmt: skip
+            calls = _Calls(changed.answer, calls.attempts + check.attempts, calls.reached)
+            now = check.answer.body if isinstance(check.answer.body, list) else []
+            again = next(
+                (c for c in now if isinstance(c, dict) and c.get("id") == plan.commission), None
+            )
+            if lifecycle.replan(plan.pinned(result.body)[lifecycle.PIN], again).patch is None:
+                return done, calls
+        return decide(endpoint, changed.answer, tainted=False, lead_status=_none), calls
+
+    def _erase(self, result: Result) -> None:
+        """A deleted user's personal data leaves the ledger; ids, states and counts stay."""
+        assert self.ledger is not None
+        customer = result.customer
+        if not customer:
+            return
+        try:
+            self.ledger.erase(customer, erasure_note(result.message_id))
+        except LedgerError as exc:
+            log.error("could not erase a deleted user's data",
+                      extra={"messageId": result.message_id, "error": exc.message})  # fmt: skip
+
     def _lead_status(self, result: Result) -> LeadStatus | None:
         if self.ledger is None or not result.customer:
             return None
         return self.ledger.lead_status(result.customer, LEAD_INGEST_SECONDS)
 
     def _call_with_retries(
-        self, endpoint: Endpoint, body: dict[str, Any], pass_: _Pass, made: int
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        pass_: _Pass,
+        made: int,
+        request: tuple[str, str, dict[str, Any] | None, dict[str, str] | None] | None = None,
     ) -> _Calls:
         """Call, and call again on transient failures while the budget allows and calls
         are left (``made`` were made before, of ``max_attempts``)."""
@@ -373,7 +497,10 @@ class Deliverer:
             # Not cut at the budget: the webhook answers at the deadline anyway (deliver()
             # stops waiting), and a call cut short here would be sent again by Segment's retry
             # (a second sale; a recorded lead turned `uncertain`). It runs to the read timeout.
-            answer = self.client.send(endpoint, body)
+            if request is None:
+                answer = self.client.send(endpoint, body)
+            else:
+                answer = self.client.call(endpoint.action, *request)
             self.limiter.after_call(slot, answer)  # one never sent does not count
             reached = reached or may_have_reached(answer)
             if classify(endpoint, answer) is not Outcome.FAILED:

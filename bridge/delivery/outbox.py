@@ -81,6 +81,7 @@ def _ready(row: Row) -> Result:
         event=row.event,
         mapping=row.mapping,
         action=endpoint.action,
+        request_method=endpoint.method,
         request_path=endpoint.path,
         body=row.request_body,
     )

@@ -86,16 +86,33 @@ class DubClient:
         self.session.close()
 
     def send(self, endpoint: Endpoint, body: dict[str, Any]) -> DubAnswer:
-        """POST the body; never raises for network trouble or an odd answer.
+        """Make the endpoint's call for the body; never raises for network trouble or an
+        odd answer.
 
         The call is never cut short at the webhook's deadline: a call cut off client-side
         may still be acted on by Dub, and Segment's retry would then send it again.
         """
+        method, path, data = endpoint.request(body)
+        return self.call(endpoint.action, method, path, data)
+
+    def call(
+        self,
+        action: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> DubAnswer:
+        """One call to Dub (``action`` labels its metrics); never raises, as ``send``."""
         timeout = (self.connect_timeout, self.read_timeout)
         started = time.monotonic()
         try:
-            response = self.session.post(
-                self.base_url + endpoint.path, data=dumps(body), timeout=timeout
+            response = self.session.request(
+                method,
+                self.base_url + path,
+                data=None if body is None else dumps(body),
+                params=params,
+                timeout=timeout,
             )
         except requests.RequestException as exc:
             answer = network_failure(exc)
@@ -105,8 +122,8 @@ class DubClient:
             )
         # Real seconds, whatever clock the caller injects: this is Dub's latency.
         seen = metrics()
-        labelled(seen.dub_seconds, endpoint.action).observe(time.monotonic() - started)
-        labelled(seen.dub_requests, endpoint.action, str(answer.status or answer.failure)).inc()
+        labelled(seen.dub_seconds, action).observe(time.monotonic() - started)
+        labelled(seen.dub_requests, action, str(answer.status or answer.failure)).inc()
         return answer
 
 

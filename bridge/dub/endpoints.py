@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, create_model
 
@@ -62,6 +63,11 @@ class Endpoint:
     path: str
     fields: Mapping[str, DubField]
     settle: Callable[[dict[str, Any]], Outcome]  # what a 2xx JSON object means
+    method: str = "POST"
+    # The body field named in the path (``{customer}`` in ``path``): sent there, not in the body.
+    in_path: str | None = None
+    # Its call is computed from what Dub answers first: a retry sends the body pinned then.
+    keeps_body: bool = False
     model: type[BaseModel] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +83,16 @@ class Endpoint:
             **definitions,
         )
         object.__setattr__(self, "model", model)
+
+    def request(self, body: Mapping[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+        """(method, path, JSON body or None) of the one call that sends ``body``."""
+        if self.in_path is None:
+            return self.method, self.path, dict(body)
+        rest = {k: v for k, v in body.items() if k != self.in_path}
+        # Dub strips one ``ext_`` and looks the rest up as the external id, so an id that
+        # itself begins with ext_ is reached as ext_ext_...; quoted, since it is the sender's.
+        path = self.path.format(customer=quote(str(body[self.in_path]), safe=""))
+        return self.method, path, (rest if self.method != "DELETE" else None)
 
     @property
     def needed(self) -> frozenset[str]:
@@ -169,5 +185,50 @@ SALE = Endpoint(
     },
     _sale_settled,
 )
-ENDPOINTS: dict[str, Endpoint] = {e.action: e for e in (LEAD, SALE)}
+
+
+def _changed(body: dict[str, Any]) -> Outcome:
+    return Outcome.DELIVERED
+
+
+REFUND = Endpoint(
+    "refund",
+    # Two calls: GET /commissions?invoiceId=, then PATCH /commissions/{id} (see
+    # delivery.lifecycle); this path is the first one's.
+    "/commissions",
+    {
+        "invoiceId": DubField(Text(), needed=True),
+        # Absent: a full refund. Minor units of ``currency``, as a sale's amount.
+        "amount": DubField(Amount(), strict=True),
+        "currency": DubField(Currency(), strict=True),
+    },
+    _changed,
+    method="PATCH",
+    keeps_body=True,
+)
+CUSTOMER_UPDATE = Endpoint(
+    "customer_update",
+    "/customers/ext_{customer}",
+    {
+        "customerExternalId": DubField(Text(NAME_MAX, trim=False), needed=True),
+        "name": DubField(Text(NAME_MAX)),
+        "email": DubField(Email()),
+        "avatar": DubField(Text()),
+        "stripeCustomerId": DubField(Text()),
+    },
+    _changed,
+    method="PATCH",
+    in_path="customerExternalId",
+)
+CUSTOMER_DELETE = Endpoint(
+    "customer_delete",
+    "/customers/ext_{customer}",
+    {"customerExternalId": DubField(Text(NAME_MAX, trim=False), needed=True)},
+    _changed,
+    method="DELETE",
+    in_path="customerExternalId",
+)
+ENDPOINTS: dict[str, Endpoint] = {
+    e.action: e for e in (LEAD, SALE, REFUND, CUSTOMER_UPDATE, CUSTOMER_DELETE)
+}
 DUB_FIELDS: dict[str, frozenset[str]] = {a: frozenset(e.fields) for a, e in ENDPOINTS.items()}

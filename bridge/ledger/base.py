@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
-from ..core.outcomes import FINISHED, TRANSITIONS, State, Via
+from ..core.outcomes import ACTIVE, FINISHED, TRANSITIONS, State, Via
 from .migrations import Migration, SchemaStatus
 
 # A slot is taken right before its call, which reaches Dub within this (the connect
@@ -79,6 +79,9 @@ class ClaimRequest:
     customer: str | None
     body: dict[str, Any] | None
     source: str | None = None  # the way in (a write key's name); None: Segment's webhook
+    # An unsettled row keeps the body it holds (a call computed from what Dub said, pinned
+    # with ``pin``, may already have reached Dub: its retries must send the same).
+    keep: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,7 @@ class Claim:
     attempts: int = 0  # Dub calls made for this row before
     tainted: bool = False  # an earlier lead attempt may have reached Dub
     created_at: float = 0.0  # when the row was first seen
+    body: dict[str, Any] | None = None  # granted: the request body the row holds now
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +239,23 @@ class Deliveries(Protocol):
     def supersede(self, message_id: str, mapping: str) -> bool:
         """A dead letter no current mapping sends: settle it, so it leaves the list."""
 
+    def pin(
+        self, message_id: str, mapping: str, body: dict[str, Any], *, invoice: str | None = None
+    ) -> bool:
+        """Keep ``body`` as the request body of a row its holder has in flight; False when
+        it is not in flight. A claim with ``keep`` then leaves it as it is. With ``invoice``:
+        False too while another unsettled row of that invoice holds a pinned body (one
+        change of an invoice's commission at a time, across instances)."""
+
+    def invoice_rows(self, invoice_id: str) -> list[Row]:
+        """Delivered rows whose request body carries this ``invoiceId`` (the sale sent for
+        an invoice, its refunds), oldest first."""
+
+    def erase(self, customer: str, note: dict[str, Any]) -> int:
+        """Replace the payload and request body of every row of this customer (its
+        ``customer``, or a payload whose ``userId`` is it) with ``note``; ids, states and
+        counts stay. The number of rows changed."""
+
     # --- reading ----------------------------------------------------------------------------
 
     def lead_status(self, customer: str, within_seconds: float) -> LeadStatus | None: ...
@@ -362,3 +383,34 @@ def check_record(state: State) -> State:
     if state not in RECORDED:
         raise ValueError(f"record() notes only {sorted(RECORDED)}, not {state!r}")
     return state
+
+
+ERASED = "erased"
+
+
+def erasure_note(message_id: str | None) -> dict[str, Any]:
+    """What ``erase`` leaves in place of a deleted user's payloads and requests."""
+    return {ERASED: f"personal data erased by deletion {message_id}"}
+
+
+def is_erased(body: Any) -> bool:
+    return isinstance(body, dict) and set(body) == {ERASED}
+
+
+PINNED = "pin"  # the key of a request body that holds a call worked out from Dub's answer
+
+
+def pins_invoice(row: Row, invoice: str) -> bool:
+    """Whether an unsettled row holds a pinned body for this invoice (``pin``'s check)."""
+    body = row.request_body
+    return (
+        row.state in ACTIVE
+        and isinstance(body, dict)
+        and body.get("invoiceId") == invoice
+        and PINNED in body
+    )
+
+
+def of_user(payload: Any, user: str) -> bool:
+    """Whether a stored Segment payload is this user's (its ``userId``), for ``erase``."""
+    return isinstance(payload, dict) and str(payload.get("userId")) == user and user != ""

@@ -42,6 +42,8 @@ from .base import (
     Slots,
     check_finish,
     check_record,
+    of_user,
+    pins_invoice,
     room,
 )
 from .codec import stored
@@ -97,9 +99,11 @@ class MemoryLedger:
             self._rows[key] = Row(w.message_id, w.mapping, w.action, w.event, w.customer,
                                   State.IN_FLIGHT, 0, body, None, None, None, now, now,
                                   w.source)  # fmt: skip
-            return Claim(True, None, 0, False, now)
+            return Claim(True, None, 0, False, now, body)
         if row.state in UNPROVEN:
             row = replace(row, payload=None, error=None, created_at=now)
+        if w.keep and row.state in ACTIVE and row.request_body is not None:
+            body = row.request_body
         self._rows[key] = replace(
             row,
             state=State.IN_FLIGHT,
@@ -109,7 +113,7 @@ class MemoryLedger:
             updated_at=now,
             source=row.source or w.source,
         )
-        return Claim(True, row.state, row.attempts, extra.tainted, row.created_at)
+        return Claim(True, row.state, row.attempts, extra.tainted, row.created_at, body)
 
     def finish(
         self,
@@ -213,6 +217,45 @@ class MemoryLedger:
                 return False
             self._rows[key] = replace(row, state=State.SUPERSEDED, updated_at=self.clock.time())
             return True
+
+    def pin(
+        self, message_id: str, mapping: str, body: dict[str, Any], *, invoice: str | None = None
+    ) -> bool:
+        key = (message_id, mapping)
+        with self._lock:
+            row = self._in_flight(key)
+            if row is None:
+                return False
+            if invoice is not None and any(
+                k != key and pins_invoice(r, invoice) for k, r in self._rows.items()
+            ):
+                return False
+            self._rows[key] = replace(row, request_body=_roundtrip(body))
+            return True
+
+    def invoice_rows(self, invoice_id: str) -> list[Row]:
+        with self._lock:
+            rows = [
+                r
+                for r in self._rows.values()
+                if r.state is State.DELIVERED
+                and isinstance(r.request_body, dict)
+                and r.request_body.get("invoiceId") == invoice_id
+            ]
+        return sorted(rows, key=lambda r: (r.updated_at, r.message_id))
+
+    def erase(self, customer: str, note: dict[str, Any]) -> int:
+        changed = 0
+        with self._lock:
+            for key, row in list(self._rows.items()):
+                if row.customer == customer or of_user(row.payload, customer):
+                    self._rows[key] = replace(
+                        row,
+                        payload=None if row.payload is None else _roundtrip(note),
+                        request_body=None if row.request_body is None else _roundtrip(note),
+                    )
+                    changed += 1
+        return changed
 
     # --- reading ----------------------------------------------------------------------------
 

@@ -206,6 +206,9 @@ class PostgresLedger(SQLLedger):
     def _serialise_slots(self, db: DB, key: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", {"key": key})
 
+    def _serialise(self, db: DB, name: str) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(hashtextextended(:name, 2))", {"name": name})
+
     def _serialise_migrations(self, db: DB) -> None:
         db.execute("SELECT pg_advisory_xact_lock(:id)", {"id": MIGRATION_LOCK})
 

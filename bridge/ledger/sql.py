@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
 from ..core.clock import Clock
+from ..core.jsoncodec import dumps_str
 from ..core.outcomes import ACTIVE, DEAD, FINAL, State, Via, sources
 from . import migrations
 from .base import (
@@ -26,6 +27,8 @@ from .base import (
     Row,
     check_finish,
     check_record,
+    of_user,
+    pins_invoice,
 )
 from .codec import read, stored
 from .sql_mappings import MappingSetsSQL
@@ -129,11 +132,14 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             "now": now,
             "lease": until,
             "redrive": int(redrive),
+            "keep": int(w.keep),
         }
         row = db.execute(CLAIM, args).fetchone()
         if row is not None:
-            prev, attempts, tainted, created = row
-            return Claim(True, State(prev) if prev else None, attempts, bool(tainted), created)
+            prev, attempts, tainted, created, body = row
+            return Claim(
+                True, State(prev) if prev else None, attempts, bool(tainted), created, read(body)
+            )
         # A separate read: the holder may have finished in between (delivered, or pending
         # again), so the state is the row's now, not the one that refused the claim. Only a
         # final state makes it a duplicate (``decide.refused``), so either is safe.
@@ -216,6 +222,77 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
     def supersede(self, message_id: str, mapping: str) -> bool:
         args = {"message_id": message_id, "mapping": mapping, "now": self.clock.time()}
         return self._changed(SUPERSEDE, args)
+
+    def pin(
+        self, message_id: str, mapping: str, body: dict[str, Any], *, invoice: str | None = None
+    ) -> bool:
+        args = {"message_id": message_id, "mapping": mapping, "body": stored(body)}
+
+        def pin_one(db: DB) -> bool:
+            if invoice is not None:
+                self._serialise(db, f"invoice:{invoice}")
+                pattern = "%" + _like(dumps_str({"invoiceId": invoice})[1:-1]) + "%"
+                found = db.execute(
+                    f"SELECT {COLUMNS} FROM deliveries WHERE state IN {states(ACTIVE)}"
+                    " AND request_body LIKE :pattern ESCAPE '\\'",
+                    {"pattern": pattern},
+                ).fetchall()
+                for other in map(_row, found):
+                    mine = (other.message_id, other.mapping) == (message_id, mapping)
+                    if not mine and pins_invoice(other, invoice):
+                        return False
+            changed = db.execute(
+                "UPDATE deliveries SET request_body = :body"
+                " WHERE message_id = :message_id AND mapping = :mapping AND state = 'in_flight'",
+                args,
+            )
+            return changed.rowcount == 1
+
+        return self._run(pin_one, tx=True)
+
+    def _serialise(self, db: DB, name: str) -> None:
+        """Make this transaction the only one at a time for ``name`` (SQLite: every write
+        transaction already is)."""
+
+    def invoice_rows(self, invoice_id: str) -> list[Row]:
+        # No column holds the invoice: a LIKE on the stored JSON narrows, Python decides.
+        args = {"pattern": "%" + _like(dumps_str({"invoiceId": invoice_id})[1:-1]) + "%"}
+        found = self._rows(
+            "WHERE state = 'delivered' AND request_body LIKE :pattern ESCAPE '\\'"
+            " ORDER BY updated_at, message_id",
+            args,
+        )
+        return [
+            r
+            for r in found
+            if isinstance(r.request_body, dict) and r.request_body.get("invoiceId") == invoice_id
+        ]
+
+    def erase(self, customer: str, note: dict[str, Any]) -> int:
+        pattern = "%" + _like(dumps_str({"userId": customer})[1:-1]) + "%"
+        text = stored(note)
+
+        def erase_all(db: DB) -> int:
+            found = db.execute(
+                "SELECT message_id, mapping, customer, payload FROM deliveries"
+                " WHERE customer = :customer OR payload LIKE :pattern ESCAPE '\\'",
+                {"customer": customer, "pattern": pattern},
+            ).fetchall()
+            changed = 0
+            for message_id, mapping, owner, payload in found:
+                if owner != customer and not of_user(read(payload), customer):
+                    continue
+                db.execute(
+                    "UPDATE deliveries SET"
+                    " payload = CASE WHEN payload IS NULL THEN NULL ELSE :note END,"
+                    " request_body = CASE WHEN request_body IS NULL THEN NULL ELSE :note END"
+                    " WHERE message_id = :message_id AND mapping = :mapping",
+                    {"note": text, "message_id": message_id, "mapping": mapping},
+                )
+                changed += 1
+            return changed
+
+        return self._run(erase_all, tx=True)
 
     def _changed(self, sql: str, args: Mapping[str, Any]) -> bool:
         return self._run(lambda db: db.execute(sql, args).rowcount) == 1
@@ -374,6 +451,11 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             return todo
 
         return self._run(apply, tx=True)
+
+
+def _like(text: str) -> str:
+    """``text`` matched literally by LIKE ... ESCAPE '\\'."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _row(r: Sequence[Any]) -> Row:

@@ -8,6 +8,7 @@ of its own.
 from __future__ import annotations
 
 from ..core.outcomes import (
+    ACTIVE,
     CLAIMABLE,
     DEAD,
     REDRIVABLE,
@@ -36,7 +37,10 @@ VALUES (:message_id, :mapping, :action, :event, :customer, 'in_flight', 0,
         :body, :lease, :now, :now, :source)
 ON CONFLICT (message_id, mapping) DO UPDATE SET
     prev_state = deliveries.state, state = 'in_flight', lease_until = excluded.lease_until,
-    request_body = excluded.request_body, customer = excluded.customer,
+    request_body = CASE WHEN :keep = 1 AND deliveries.state IN {states(ACTIVE)}
+        AND deliveries.request_body IS NOT NULL THEN deliveries.request_body
+        ELSE excluded.request_body END,
+    customer = excluded.customer,
     updated_at = excluded.updated_at, source = COALESCE(deliveries.source, excluded.source),
     payload = CASE WHEN deliveries.state IN {_UNPROVEN} THEN NULL ELSE deliveries.payload END,
     error = CASE WHEN deliveries.state IN {_UNPROVEN} THEN NULL ELSE deliveries.error END,
@@ -45,7 +49,7 @@ ON CONFLICT (message_id, mapping) DO UPDATE SET
 WHERE deliveries.state IN {states(CLAIMABLE)}
    OR (deliveries.state = 'in_flight' AND COALESCE(deliveries.lease_until, 0) <= :now)
    OR (:redrive = 1 AND deliveries.state IN {states(REDRIVABLE)})
-RETURNING prev_state, attempts, tainted, created_at
+RETURNING prev_state, attempts, tainted, created_at, request_body
 """
 FINISH = """
 UPDATE deliveries SET state = :state, status = :status, error = :error, lease_until = NULL,

@@ -37,6 +37,7 @@ def plan_all(
     not_before: float | None = None,
     now: float | None = None,
     unvouched: Mapping[int, str] | None = None,
+    accept_dub_source: bool = False,
 ) -> tuple[list[Result], dict[str, Any]]:
     """Plan a batch: every result in order, and the payload of each event that may be kept.
 
@@ -61,7 +62,7 @@ def plan_all(
             if received is not None and received < not_before:
                 results.append(_too_old(event, received, not_before))
                 continue
-        planned = engine.plan(event)
+        planned = engine.plan(event, accept_dub_source=accept_dub_source)
         if item.notes:
             planned = [r.with_warnings(item.notes) for r in planned]
         if index in unvouched:  # first: a forged event stays `unverified`, whatever its time

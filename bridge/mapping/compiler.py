@@ -43,6 +43,7 @@ def compile_mapping(mapping: Mapping, file: str) -> CompiledMapping:
         compile_pattern(trigger.event_matches) if trigger.event_matches is not None else None,
         tuple(conditions.compile_condition(c) for c in trigger.require),
         mapping.group,
+        mapping.trigger.type,
     )
 
 

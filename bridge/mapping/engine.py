@@ -22,7 +22,7 @@ from ..core.outcomes import Outcome
 from ..core.results import Result
 from ..dub.endpoints import Endpoint
 from .conditions import Condition
-from .events import SegmentEvent, describe_validation_error, well_formed
+from .events import SegmentEvent, SegmentMessage, describe_validation_error, well_formed
 from .fields import CompiledField, FieldProblem
 from .interpret import Steps, interpret
 from .values import MISSING, Regex
@@ -41,6 +41,9 @@ __all__ = [
 NAME_CACHE_SIZE = 4096
 NAME_CACHE_MAX_LENGTH = 200
 NO_MAPPING = "no mapping for event"
+# Dub's own Segment source sends Dub's lead.created and sale.created back as track events:
+# a bridge listening to it would track every conversion again.
+DUB_SOURCE = "sent by Dub's own Segment source"
 SKIPPED = Outcome.SKIPPED
 
 
@@ -55,6 +58,7 @@ class CompiledMapping:
     event_pattern: Regex | None = None  # trigger.event_matches, instead of names
     require: tuple[Condition, ...] = ()  # trigger.require: a failure makes the event invalid
     group: str | None = None  # the first of a group whose conditions hold takes the event
+    event_type: str = "track"  # identify and delete triggers take every event of their type
     required: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +89,13 @@ def _no_mapping(name: str) -> str:
     return f"{NO_MAPPING} {name!r}"
 
 
+def _from_dub(event: dict[str, Any]) -> bool:
+    """Whether Dub's own Segment source sent it (``context.library.name`` is ``dub``)."""
+    context = event.get("context")
+    library = context.get("library") if type(context) is dict else None
+    return type(library) is dict and library.get("name") == "dub"
+
+
 def _ordered(found: Iterable[CompiledMapping]) -> tuple[CompiledMapping, ...]:
     # Leads before sales: a sale sent after its lead finds the customer in Dub.
     return tuple(sorted(found, key=lambda m: (m.action != "lead", m.name)))
@@ -105,10 +116,14 @@ class Engine:
         self._load_order = {m.name: i for i, m in enumerate(self.mappings)}
         self._grouped = any(m.group for m in self.mappings)
         index: dict[str, list[CompiledMapping]] = {}
+        typed: dict[str, list[CompiledMapping]] = {}
         for mapping in self.mappings:
+            if mapping.event_type != "track":
+                typed.setdefault(mapping.event_type, []).append(mapping)
             for name in mapping.event_names:
                 index.setdefault(name, []).append(mapping)
         self._by_event = {name: _ordered(found) for name, found in index.items()}
+        self._by_type = {kind: _ordered(found) for kind, found in typed.items()}
         self._patterned = tuple(m for m in self.mappings if m.event_pattern is not None)
         self.candidates: Callable[[str], tuple[CompiledMapping, ...] | None] = (
             self._by_event.get if not self._patterned else self._cached_lookup()
@@ -139,10 +154,18 @@ class Engine:
     def matches(self, event_name: Any) -> bool:
         return isinstance(event_name, str) and self.candidates(event_name) is not None
 
-    def plan(self, event: Any, trace: dict[str, Steps] | None = None) -> list[Result]:
+    def plan(
+        self,
+        event: Any,
+        trace: dict[str, Steps] | None = None,
+        *,
+        accept_dub_source: bool = False,
+    ) -> list[Result]:
         """Every Dub request this event should cause, or one result saying why none.
 
-        ``trace`` (``bridge explain``) receives each candidate mapping's steps by name."""
+        ``trace`` (``bridge explain``) receives each candidate mapping's steps by name.
+        ``accept_dub_source``: plan events of Dub's own Segment source too
+        (BRIDGE_ACCEPT_DUB_SOURCE)."""
         if type(event) is not dict:
             if isinstance(event, Unreadable):
                 return [Result().finish(Outcome.INVALID, errors=(str(event),))]
@@ -155,7 +178,11 @@ class Engine:
         message_id = event.get("messageId")
         if type(message_id) is not str:
             message_id = message_id if isinstance(message_id, str) else None
-        candidates = self.candidates(name) if kind == "track" and isinstance(name, str) else None
+        if kind == "track":
+            candidates = self.candidates(name) if isinstance(name, str) else None
+        else:
+            candidates = self._by_type.get(kind) if type(kind) is str and self._by_type else None
+            name = None
         if candidates is None:
             # The common case on a busy source: dismissed before any other work.
             if type(name) is not str and not isinstance(name, str):
@@ -168,15 +195,20 @@ class Engine:
             else:
                 reason = "no event name"
             return [Result(message_id, name, outcome=SKIPPED, reason=reason)]
-        if not well_formed(event, message_id):
+        if not well_formed(event, message_id, kind):
             try:
-                SegmentEvent.model_validate(event)
+                (SegmentEvent if kind == "track" else SegmentMessage).model_validate(event)
             except ValidationError as exc:
                 errors = tuple(describe_validation_error(exc))
                 return [
                     Result(message_id, name, m.name, m.action, Outcome.INVALID, errors=errors)
                     for m in candidates
                 ]
+        if not accept_dub_source and _from_dub(event):
+            return [
+                Result(message_id, name, m.name, m.action, SKIPPED, reason=DUB_SOURCE)
+                for m in candidates
+            ]
         if self.excludes:
             excluded = self._excluded(event, trace)
             if excluded is not None:

@@ -29,12 +29,19 @@ class SegmentEvent(BaseModel):
     integrations: dict[str, Any] | None = None
 
 
+class SegmentMessage(SegmentEvent):
+    """An ``identify`` call or a ``delete`` message: no event name; traits an object."""
+
+    event: str | None = None  # type: ignore[assignment]
+    traits: dict[str, Any] | None = None
+
+
 _IDS = frozenset({str, int, type(None)})
 _TIME = frozenset({str, int, float, type(None)})
 _OBJECT = frozenset({dict, type(None)})
 
 
-def well_formed(event: dict[str, Any], message_id: str | None) -> bool:
+def well_formed(event: dict[str, Any], message_id: str | None, kind: Any = "track") -> bool:
     """True only when ``SegmentEvent`` would accept this ``track`` event: its checks, in Python.
 
     The engine calls it for every event a mapping takes, having already found that
@@ -47,7 +54,7 @@ def well_formed(event: dict[str, Any], message_id: str | None) -> bool:
     return (
         message_id is not None
         and 0 < len(message_id) <= 1000
-        and bool(get("event"))
+        and (bool(get("event")) if kind == "track" else type(get("traits")) in _OBJECT)
         and type(get("userId")) in _IDS
         and type(get("anonymousId")) in _IDS
         and type(get("timestamp")) in _TIME

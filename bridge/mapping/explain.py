@@ -28,7 +28,11 @@ def explain(engine: Engine, event: Any) -> dict[str, Any]:
         "mappings": [],
     }
     by_name = {r.mapping: r for r in results if r.mapping}
-    candidates = engine.candidates(name) if isinstance(name, str) else None
+    if isinstance(name, str) and event.get("type") == "track":
+        candidates = engine.candidates(name)
+    else:  # identify and delete triggers: every mapping of the type, as the engine planned
+        known = {m.name: m for m in engine.mappings}
+        candidates = tuple(known[n] for n in by_name if n in known)
     if not by_name:
         out["outcome"] = str(results[0].outcome)
         out["reason"] = results[0].reason or "; ".join(results[0].errors)
@@ -41,11 +45,12 @@ def explain(engine: Engine, event: Any) -> dict[str, Any]:
 
 def _mapping(mapping: CompiledMapping, result: Result, steps: Steps) -> dict[str, Any]:
     pattern = mapping.event_pattern
-    trigger = (
-        f"event_matches {pattern.pattern!r}"
-        if pattern is not None
-        else f"event in {sorted(mapping.event_names)}"
-    )
+    if mapping.event_type != "track":
+        trigger = f"type {mapping.event_type}"
+    elif pattern is not None:
+        trigger = f"event_matches {pattern.pattern!r}"
+    else:
+        trigger = f"event in {sorted(mapping.event_names)}"
     step: dict[str, Any] = {
         "mapping": mapping.name,
         "action": mapping.action,
@@ -63,6 +68,7 @@ def _mapping(mapping: CompiledMapping, result: Result, steps: Steps) -> dict[str
     step["warnings"] = list(result.warnings)
     step["body"] = result.body
     step["path"] = result.request_path
+    step["method"] = mapping.endpoint.method
     return step
 
 
@@ -89,7 +95,7 @@ def explain_text(report: dict[str, Any]) -> list[str]:
             lines.append(f"    error: {step['error']}")
         outcome = step["outcome"]
         if step["path"] is not None:
-            outcome += f" (POST {step['path']})"
+            outcome += f" ({step.get('method', 'POST')} {step['path']})"
         lines.append(f"    -> {outcome}" + (f": {step['reason']}" if step["reason"] else ""))
         lines += [f"       error: {e}" for e in step["errors"]]
         lines += [f"       warning: {w}" for w in step["warnings"]]

@@ -81,7 +81,8 @@ def _apply(mapping: Any, event: Mapping[str, Any], result: Result, steps: Steps 
         return result.finish(Outcome.INVALID, errors=(*errors, *rule_errors))
     if mapping.endpoint.action == "sale" and clean.get("amount") == 0:
         return result.finish(Outcome.SKIPPED, reason=ZERO_SALE)
-    return result.replace(request_path=mapping.endpoint.path, body=clean)
+    method, path, _ = mapping.endpoint.request(clean)
+    return result.replace(request_method=method, request_path=path, body=clean)
 
 
 def _first_failure(

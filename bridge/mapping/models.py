@@ -250,12 +250,13 @@ def _with_path(condition: ConditionSpec) -> bool:
 
 
 class Trigger(BaseModel):
-    """Which events: exact names (``event``) or a regular expression (``event_matches``)."""
+    """Which events: ``track`` events by exact names (``event``) or a regular expression
+    (``event_matches``); or every ``identify`` call, or every ``delete`` message (no name)."""
 
     model_config = _STRICT
     event: tuple[str, ...] | None = Field(None, min_length=1)
     event_matches: Pattern | None = None
-    type: Literal["track"] = "track"
+    type: Literal["track", "identify", "delete"] = "track"
     conditions: tuple[ConditionSpec, ...] = ()
     # Checked once `conditions` hold: one that fails makes the event invalid (a dead letter
     # a person sees) instead of skipped, for guards that protect money.
@@ -271,7 +272,10 @@ class Trigger(BaseModel):
 
     @model_validator(mode="after")
     def _one_way(self) -> Trigger:
-        if (self.event is None) == (self.event_matches is None):
+        if self.type != "track":
+            if self.event is not None or self.event_matches is not None:
+                raise ValueError(f"a `type: {self.type}` trigger takes no event name")
+        elif (self.event is None) == (self.event_matches is None):
             raise ValueError("give exactly one of `event` (names) or `event_matches` (a regex)")
         for condition in (*self.conditions, *self.require):
             if condition.without_path():
@@ -301,6 +305,15 @@ class Mapping(BaseModel):
         if action not in ENDPOINTS:
             raise ValueError(f"the Dub action: one of {', '.join(ENDPOINTS)}")
         return action
+
+    @model_validator(mode="after")
+    def _deletes(self) -> Mapping:
+        # A delete message asks for erasure: only customer_delete (which erases) may take it.
+        if (self.trigger.type == "delete") != (self.action == "customer_delete"):
+            raise ValueError(
+                "`action: customer_delete` goes with `trigger: {type: delete}`, and only it"
+            )
+        return self
 
 
 class MappingFile(BaseModel):

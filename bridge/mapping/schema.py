@@ -25,11 +25,18 @@ DUB_FIELD_NOTES = {
     "metadata": "An object of at most 10,000 characters as JSON.",
     "mode": "Lead mode: async, wait or deferred.",
     "eventQuantity": "Lead: how many times to count it (1..100).",
-    "amount": "Sale amount in the currency's minor units (use transform: minor_units).",
+    "amount": "Sale (or partial refund) amount in the currency's minor units (use transform:"
+    " minor_units); a refund without one is a full refund.",
     "currency": "Three-letter currency code, lower-case (default usd at Dub).",
     "paymentProcessor": "stripe, shopify, polar, paddle, apple, revenuecat, dub or custom.",
-    "invoiceId": "Dub refuses a second sale with the same invoiceId for 7 days.",
+    "invoiceId": "Dub refuses a second sale with the same invoiceId for 7 days; a refund's"
+    " invoice, whose commission it changes.",
     "leadEventName": "The lead event this sale follows.",
+    "name": "customer_update: the customer's name.",
+    "email": "customer_update: the customer's email (dropped when Dub would refuse it).",
+    "avatar": "customer_update: the customer's avatar URL.",
+    "stripeCustomerId": "customer_update: the Stripe customer id (lets Dub's Stripe app attribute"
+    " later invoices).",
 }
 _JSONPATH = {"type": "string", "pattern": r"^\$", "description": "A JSONPath, starting at $."}
 _PATHS = {
@@ -281,7 +288,11 @@ def _mapping() -> dict[str, Any]:
                     "the event name."
                 ),
             },
-            "type": {"const": "track", "description": "Only track events."},
+            "type": {
+                "enum": ["track", "identify", "delete"],
+                "description": "track (the default: with event or event_matches), or every"
+                " identify call, or every delete message (no event name).",
+            },
             "conditions": {
                 "type": "array",
                 "items": {"$ref": "#/$defs/condition"},
@@ -295,7 +306,17 @@ def _mapping() -> dict[str, Any]:
             },
         },
         "Which events this mapping takes.",
-        oneOf=[{"required": ["event"]}, {"required": ["event_matches"]}],
+        anyOf=[
+            {
+                "properties": {"type": {"enum": ["identify", "delete"]}},
+                "required": ["type"],
+                "not": {"anyOf": [{"required": ["event"]}, {"required": ["event_matches"]}]},
+            },
+            {
+                "properties": {"type": {"const": "track"}},
+                "oneOf": [{"required": ["event"]}, {"required": ["event_matches"]}],
+            },
+        ],
     )
     field = {"$ref": "#/$defs/field"}
     per_action = [
@@ -330,7 +351,10 @@ def _mapping() -> dict[str, Any]:
                 "event; the others skip it ('group NAME: taken by MAPPING').",
             },
             "trigger": trigger,
-            "action": {"enum": sorted(ENDPOINTS), "description": "The Dub call: lead or sale."},
+            "action": {
+                "enum": sorted(ENDPOINTS),
+                "description": "The Dub call: " + ", ".join(ENDPOINTS) + ".",
+            },
             "fields": _obj(
                 {
                     name: {**field, "description": DUB_FIELD_NOTES[name]}

@@ -21,10 +21,12 @@ from flask import Blueprint, Response, abort, current_app, request
 
 from ..core.errors import InvalidSignature, PayloadTooLarge, ServiceUnavailable, UnsupportedEncoding
 from ..core.inputs import Item, parse_body
+from ..core.metrics import metrics
 from ..core.outcomes import RETRY, Outcome
 from ..core.results import Result
 from ..ledger.base import VOUCH_MARGIN, Sighting
 from ..mapping.batch import event_time, plan_all
+from ..mapping.engine import DUB_SOURCE
 from ..service.wiring import Service
 from .answers import summarize
 from .requests import unavailable
@@ -78,8 +80,16 @@ def run_events(
     now = clock.time()
     not_before = now - settings.max_event_age_days * 86400
     results, payloads = plan_all(
-        service.store.engine, items, not_before=not_before, now=now, unvouched=unvouched
+        service.store.engine,
+        items,
+        not_before=not_before,
+        now=now,
+        unvouched=unvouched,
+        accept_dub_source=settings.accept_dub_source,
     )
+    echoed = len({r.message_id for r in results if r.reason == DUB_SOURCE})
+    if echoed:
+        metrics().dub_source.inc(echoed)
     budget = settings.deadline_seconds - (clock.monotonic() - started)
     return service.deliverer.deliver(results, budget, payloads, hand_over=hand_over)
 

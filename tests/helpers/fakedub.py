@@ -1,7 +1,8 @@
 """A fake Dub API for fault tests: a real HTTP/1.1 server on 127.0.0.1, scriptable per request.
 
 It answers ``POST /track/lead`` and ``POST /track/sale`` the way Dub does (see
-``shared/dub/README.md``):
+``shared/dub/README.md``), and the lifecycle calls (``GET /commissions?invoiceId=``,
+``PATCH /commissions/{id}``, ``PATCH`` and ``DELETE /customers/{id}`` with ``ext_`` ids):
 
 * a sale with an ``invoiceId`` already seen gets 200 with the first answer's body and is
   not recorded again; like Dub, the check is not atomic (two concurrent requests with one
@@ -11,6 +12,11 @@ It answers ``POST /track/lead`` and ``POST /track/sale`` the way Dub does (see
   200 with ``link: null`` and is not recorded; the marker is set before anything else;
 * a sale for an unknown customer without ``clickId``, or with ``amount`` 0, gets 200 with
   ``sale: null`` and is not recorded;
+* commissions (``add_commission``) keep ``amount`` in USD cents, a ``status`` (``paid`` ones
+  refuse changes with Dub's 400 message) and an ``invoiceId``; a PATCH's ``saleAmount`` in
+  another currency is converted at ``rates`` and clamped at 0, like Dub's;
+* customers are the ones a lead or sale recorded (or ``add_customer``), reached as
+  ``ext_<externalId>``; an unknown one gets 404;
 * errors use Dub's envelope ``{"error": {"code", "message", "doc_url"}}``; a 429 carries
   ``Retry-After`` and ``X-RateLimit-Reset`` as an absolute Unix time in milliseconds.
 
@@ -36,8 +42,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
-Key = tuple[str, ...]  # ("sale", invoiceId) or ("lead", customerExternalId, eventName.lower())
+# ("sale", invoiceId), ("lead", customerExternalId, eventName.lower()), ("commissions",
+# invoiceId) for a GET, ("commission", id) for a PATCH, ("customer", externalId).
+Key = tuple[str, ...]
 
 PAYMENT_PROCESSORS = {
     "stripe",
@@ -139,6 +148,8 @@ class Received:
     headers: dict[str, str]
     at: float  # time.time() on arrival
     key: Key | None
+    method: str = "POST"
+    query: dict[str, str] = field(default_factory=dict)
     action: str = ""  # what the fake did: recorded, deduplicated, not_recorded, status:500, reset
     answered_at: float | None = None
 
@@ -165,8 +176,14 @@ def _customer_id(body: dict[str, Any]) -> Any:
     return None
 
 
-def key_of(path: str, body: Any) -> Key | None:
+def key_of(path: str, body: Any, query: dict[str, str] | None = None) -> Key | None:
     """The conversion a request is about, as Dub de-duplicates it."""
+    if path == "/commissions" and query and "invoiceId" in query:
+        return ("commissions", query["invoiceId"])
+    if path.startswith("/commissions/"):
+        return ("commission", unquote(path.removeprefix("/commissions/")))
+    if path.startswith("/customers/ext_"):
+        return ("customer", unquote(path.removeprefix("/customers/ext_")))
     if not isinstance(body, dict):
         return None
     if path == "/track/sale" and isinstance(body.get("invoiceId"), str):
@@ -213,7 +230,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.fake._handle(self)
 
     def do_GET(self) -> None:
-        self.server.fake._send(self, 404, _error(404, "no such route"))
+        self.server.fake._handle(self)
+
+    def do_PATCH(self) -> None:
+        self.server.fake._handle(self)
+
+    def do_DELETE(self) -> None:
+        self.server.fake._handle(self)
 
     def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
@@ -264,6 +287,9 @@ class FakeDub:
         self._sales: dict[str, dict[str, Any]] = {}
         self._lead_markers: set[tuple[str, str]] = set()
         self._customers: dict[str, dict[str, Any]] = {}
+        self.commissions: dict[str, dict[str, Any]] = {}
+        # USD per unit of a currency, for a PATCH's saleAmount in it (Dub's FX at "today").
+        self.rates: dict[str, float] = {"usd": 1.0, "eur": 1.1, "gbp": 1.25}
         self._connections: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -343,6 +369,39 @@ class FakeDub:
         planned = self.plan(call) if self.plan is not None else None
         return planned if planned is not None else Normal()
 
+    # --- lifecycle state ---------------------------------------------------------------
+
+    def add_commission(
+        self, invoice: str, amount: int, *, status: str = "pending", type: str = "sale"
+    ) -> str:
+        """A partner's commission for a sale of ``amount`` USD cents; its id."""
+        with self._lock:
+            cid = f"cm_{len(self.commissions) + 1}"
+            self.commissions[cid] = {
+                "id": cid, "type": type, "amount": amount, "earnings": amount // 10,
+                "currency": "usd", "status": status, "invoiceId": invoice, "quantity": 1,
+            }  # fmt: skip
+            return cid
+
+    def commission(self, invoice: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = [c for c in self.commissions.values() if c["invoiceId"] == invoice]
+            return dict(found[0]) if found else None
+
+    def add_customer(self, external_id: str, **fields: Any) -> None:
+        with self._lock:
+            self._customers[external_id] = {"externalId": external_id, **fields}
+
+    def customer(self, external_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._customers.get(external_id)
+            return dict(found) if found is not None else None
+
+    def calls(self, method: str, prefix: str = "") -> list[Received]:
+        """Every request with this method whose path starts with ``prefix``."""
+        with self._lock:
+            return [r for r in self.requests if r.method == method and r.path.startswith(prefix)]
+
     # --- counting ------------------------------------------------------------------------
 
     def received_count(self, key: Key | None = None) -> int:
@@ -397,11 +456,16 @@ class FakeDub:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        path = handler.path.split("?", 1)[0]
-        key = key_of(path, body)
+        split = urlsplit(handler.path)
+        path = split.path
+        query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        key = key_of(path, body, query)
         with self._lock:
             generation = self._generation
-            received = Received(len(self.requests), path, body, dict(handler.headers), at, key)
+            received = Received(
+                len(self.requests), path, body, dict(handler.headers), at, key,
+                handler.command, query,
+            )  # fmt: skip
             self.requests.append(received)
         action = self._action_for(Call(received.index, path, body, key))
         while isinstance(action, (Sleep, Hold)):
@@ -474,6 +538,8 @@ class FakeDub:
         if not self._auth_ok(received.headers):
             received.action = "status:401"
             return 401, _error(401, "Unauthorized: invalid API key")
+        if received.method != "POST" or path.startswith(("/commissions", "/customers/")):
+            return self._lifecycle(received)
         if path not in ("/track/lead", "/track/sale"):
             received.action = "status:404"
             return 404, _error(404, "no such route")
@@ -558,6 +624,81 @@ class FakeDub:
             self.records.append(Recorded(key, body, time.time()))
         received.action = "recorded"
         return 200, answer
+
+    def _lifecycle(self, received: Received) -> tuple[int, Any]:
+        """Dub's commission and customer routes (shared/dub/README.md, lifecycle section)."""
+        method, path, body, key = received.method, received.path, received.body, received.key
+        route = (method, key[0] if key else path)
+        status, answer = 404, _error(404, "no such route")
+        with self._lock:
+            if route == ("GET", "commissions"):
+                assert key is not None
+                found = [c for c in self.commissions.values() if c["invoiceId"] == key[1]]
+                status, answer = 200, [dict(c) for c in found]
+            elif route == ("PATCH", "commission"):
+                assert key is not None
+                status, answer = self._patch_commission(key[1], body)
+            elif route in (("PATCH", "customer"), ("DELETE", "customer")):
+                assert key is not None
+                customer = self._customers.get(key[1])
+                if customer is None:
+                    status, answer = 404, _error(404, "Customer not found.")
+                elif method == "DELETE":
+                    del self._customers[key[1]]
+                    status, answer = 200, {"id": f"cus_{key[1]}"}
+                elif not isinstance(body, dict) or set(body) - _CUSTOMER_FIELDS:
+                    status, answer = 422, _error(422, f"unknown fields: {body!r}")
+                else:
+                    customer.update(body)
+                    status, answer = 200, {"id": f"cus_{key[1]}", **customer}
+        received.action = "changed" if status == 200 and method != "GET" else f"status:{status}"
+        if method == "GET":
+            received.action = "listed"
+        return status, answer
+
+    def _patch_commission(self, cid: str, body: Any) -> tuple[int, Any]:
+        commission = self.commissions.get(cid)
+        if commission is None:
+            return 404, _error(404, f"Commission {cid} not found.")
+        if not isinstance(body, dict) or set(body) - _COMMISSION_FIELDS:
+            return 422, _error(422, f"unknown fields: {body!r}")
+        if commission["status"] == "paid":
+            return 400, _error(
+                400, f"Cannot update commission: Commission {cid} has already been paid."
+            )
+        status = body.get("status")
+        if status is not None and status == commission["status"]:
+            return 400, _error(400, f"This commission is already in the {status} status.")
+        amount = body.get("saleAmount", body.get("amount"))
+        modify = body.get("modifySaleAmount", body.get("modifyAmount"))
+        if amount is not None or modify is not None:
+            if commission["type"] != "sale":
+                return 400, _error(
+                    400, f"Cannot update sale amount: Commission {cid} is not a sale commission."
+                )
+            rate = self.rates.get(str(body.get("currency", "usd")).lower(), 1.0)
+            if modify is not None:
+                new = commission["amount"] + round(modify * rate)
+            else:
+                new = round(amount * rate)
+            new = max(new, 0)
+            if new == 0:
+                commission["status"] = "refunded"
+            else:
+                commission["amount"] = new
+                commission["earnings"] = new // 10
+        if status is not None:
+            commission["status"] = status
+        self.records.append(Recorded(("commission", cid), body, time.time()))
+        return 200, dict(commission)
+
+
+_COMMISSION_FIELDS = frozenset(
+    {"earnings", "saleAmount", "modifySaleAmount", "currency", "status", "amount", "modifyAmount"}
+)
+_CUSTOMER_FIELDS = frozenset(
+    {"email", "name", "avatar", "externalId", "stripeCustomerId", "country"}
+)
 
 
 def _validate(path: str, body: dict[str, Any]) -> str | None:
