@@ -59,8 +59,10 @@ ENV = {
     "max_event_age_days": "BRIDGE_MAX_EVENT_AGE_DAYS",
     "unverified_events": "BRIDGE_UNVERIFIED_EVENTS",
     "allow_unsigned": "BRIDGE_ALLOW_UNSIGNED",
+    "console_token": "BRIDGE_CONSOLE_TOKEN",
 }
-SECRETS = {"dub_api_key", "segment_shared_secret", "database_url", "metrics_token"}
+CONSOLE_TOKEN_MIN = 16
+SECRETS = {"dub_api_key", "segment_shared_secret", "database_url", "metrics_token", "console_token"}
 
 
 class Settings(BaseModel):
@@ -122,6 +124,9 @@ class Settings(BaseModel):
     # Accepting unsigned requests lets anyone who can reach the service post sales: a
     # choice to make on purpose (a private network, local trials), never a default.
     allow_unsigned: bool = False
+    # The ops console (/console) is served only when this is set: who knows it can redrive
+    # dead letters and publish mappings.
+    console_token: SecretStr | None = None
 
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> Settings:
@@ -179,6 +184,14 @@ class Settings(BaseModel):
             raise ValueError("a postgresql:// URL")
         return value
 
+    @field_validator("console_token", mode="after")
+    @classmethod
+    def _console_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # A password guessed online is slowed, not stopped: it must be long enough.
+        if value is not None and len(value.get_secret_value()) < CONSOLE_TOKEN_MIN:
+            raise ValueError(f"a token of {CONSOLE_TOKEN_MIN} characters at least")
+        return value
+
     @property
     def unsigned(self) -> bool:
         """Requests are accepted without a signature (chosen with BRIDGE_ALLOW_UNSIGNED=1)."""
@@ -224,7 +237,12 @@ class Settings(BaseModel):
         return level
 
     @field_validator(
-        "dub_api_key", "segment_shared_secret", "database_url", "metrics_token", mode="before"
+        "dub_api_key",
+        "segment_shared_secret",
+        "database_url",
+        "metrics_token",
+        "console_token",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:

@@ -19,6 +19,7 @@ from bridge.ledger import Access, open_ledger
 from bridge.ledger.base import (
     COUNTED_FOR,
     HELD_SECONDS,
+    Browse,
     ClaimRequest,
     LeadStatus,
     Ledger,
@@ -790,3 +791,29 @@ def test_a_verified_claim_takes_over_an_unverified_row_afresh(
         ("sale", State.DELIVERED),
     ]
     assert ledger.rows_of("nothing") == []
+
+
+# --- the console's events list -------------------------------------------------------------------
+
+
+def test_browse_pages_newest_first_with_every_filter(ledger: Ledger, clock: ManualClock) -> None:
+    """browse(): newest first, keyset pages without overlap, and each filter (states,
+    mapping, since, messageId or customer) chooses exactly its rows, on every backend."""
+    for i in range(7):
+        claim(ledger, f"m{i}", "sale" if i % 2 else "lead", customer=f"c{i % 3}")
+        ledger.finish(f"m{i}", "sale" if i % 2 else "lead", State.DELIVERED, calls=1, status=200)
+        clock.advance(10)
+    ledger.record("bad", "sale", State.INVALID, action="sale", event="E", errors=["x"], payload={})
+    everything = ledger.browse(Browse(limit=100))
+    assert [r.message_id for r in everything] == ["bad", *(f"m{i}" for i in range(6, -1, -1))]
+    first = ledger.browse(Browse(limit=3))
+    second = ledger.browse(Browse(after=Browse.key(first[-1]), limit=3))
+    third = ledger.browse(Browse(after=Browse.key(second[-1]), limit=3))
+    assert [r.message_id for r in first + second + third] == [r.message_id for r in everything]
+    assert [r.message_id for r in ledger.browse(Browse(states=DEAD))] == ["bad"]
+    assert [r.message_id for r in ledger.browse(Browse(states=frozenset()))] == []
+    assert {r.message_id for r in ledger.browse(Browse(mapping="lead"))} == {"m0", "m2", "m4", "m6"}
+    start = clock.time() - 25
+    assert [r.message_id for r in ledger.browse(Browse(since=start))] == ["bad", "m6", "m5"]
+    assert [r.message_id for r in ledger.browse(Browse(search="m3"))] == ["m3"]
+    assert {r.message_id for r in ledger.browse(Browse(search="c1"))} == {"m1", "m4"}

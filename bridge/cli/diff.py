@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ..errors import MappingFileError
+from ..mapping.compare import changes
 from ..mapping.engine import Engine
 from ..mapping.loader import Source, load_sources
-from ..mapping.values import MISSING, json_equal
-from ..masking import mask_value
-from ..outcomes import Outcome
 from ..reader import read_file
-from ..results import Result
 from ..sources import load_directory
 from .common import fail, mappings_option, settings_for
 
@@ -65,36 +60,6 @@ def _engine(sources: list[Source] | None, folder: Path, label: str) -> Engine:
     except MappingFileError as exc:
         click.echo(str(exc), err=True)
         fail(f"the {label} mappings do not load: nothing to compare")
-
-
-def _shown(result: Result | None) -> str:
-    if result is None:
-        return "(no result)"
-    outcome = "dry_run" if result.outcome is Outcome.READY else str(result.outcome)
-    detail = result.reason or "; ".join(result.errors)
-    return f"{outcome} ({detail})" if detail and result.outcome is not Outcome.READY else outcome
-
-
-def changes(base: list[Result], head: list[Result]) -> Iterator[str]:
-    """The lines that tell how ``head`` differs from ``base`` for one event."""
-    before = {r.mapping: r for r in base}
-    after = {r.mapping: r for r in head}
-    for name in [*before, *(m for m in after if m not in before)]:
-        old, new = before.get(name), after.get(name)
-        label = name or "(no mapping)"
-        same_outcome = old is not None and new is not None and old.outcome is new.outcome
-        if not same_outcome:
-            yield f"  {label}: {_shown(old)} -> {_shown(new)}"
-        old_body = old.body if old is not None and old.body is not None else {}
-        new_body = new.body if new is not None and new.body is not None else {}
-        for key in [*old_body, *(k for k in new_body if k not in old_body)]:
-            a, b = old_body.get(key, MISSING), new_body.get(key, MISSING)
-            if a is MISSING or b is MISSING or not json_equal(a, b):
-                yield f"    {label}.{key}: {_value(key, a)} -> {_value(key, b)}"
-
-
-def _value(key: str, value: Any) -> str:
-    return "(absent)" if value is MISSING else mask_value(key, value)
 
 
 @click.command()

@@ -32,6 +32,7 @@ from . import migrations
 from .base import (
     COUNTED_FOR,
     Activation,
+    Browse,
     Claim,
     ClaimRequest,
     LeadStatus,
@@ -253,6 +254,20 @@ class MemoryLedger:
             for row in self._rows.values():
                 counts[row.state] = counts.get(row.state, 0) + 1
         return counts
+
+    def browse(self, query: Browse) -> list[Row]:
+        with self._lock:
+            rows = [
+                r
+                for r in self._rows.values()
+                if (query.states is None or r.state in query.states)
+                and (query.mapping is None or r.mapping == query.mapping)
+                and (query.since is None or r.created_at >= query.since)
+                and (query.search is None or query.search in (r.message_id, r.customer))
+                and (query.after is None or Browse.key(r) < query.after)
+            ]
+        rows.sort(key=Browse.key, reverse=True)
+        return rows[: query.limit]
 
     def oldest_unsettled(self) -> float | None:
         with self._lock:

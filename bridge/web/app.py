@@ -17,7 +17,7 @@ from ..clock import SYSTEM, Clock
 from ..errors import BridgeError, PayloadTooLarge
 from ..settings import Settings
 from ..wiring import UNSIGNED_WARNING, build_service
-from . import requests, scrape
+from . import console, requests, scrape
 from .health import health
 from .responses import json_response
 from .webhook import webhook
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
     app.register_blueprint(webhook)
     app.register_blueprint(health)
     requests.install(app, clock)
+    console.install(app, settings, clock)
 
     @app.errorhandler(BridgeError)
     def _bridge_error(exc: BridgeError) -> Response:
