@@ -129,7 +129,7 @@ CREATE INDEX IF NOT EXISTS mapping_activations_seq ON mapping_activations (seq)
 # (a state filter uses deliveries_due, on state and created_at).
 _BROWSE = """
 CREATE INDEX IF NOT EXISTS deliveries_recent ON deliveries (created_at, message_id, mapping);
-CREATE INDEX IF NOT EXISTS deliveries_mapping_recent ON deliveries (mapping, created_at)
+CREATE INDEX IF NOT EXISTS deliveries_mapping_recent ON deliveries (mapping, created_at, message_id)
 """
 # rate_slots stays: during a rolling deploy, instances of the release before still take
 # their slots there until they are replaced (a later migration may drop it).

@@ -24,7 +24,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from ...clock import Clock
 from ...masking import mask_emails
-from ...outcomes import DEAD
+from ...outcomes import DEAD, State
 from ...wiring import Service
 from ..health import ledger_problem
 from . import auth
@@ -38,6 +38,7 @@ console = Blueprint(
 )
 log = logging.getLogger("bridge.console")
 OPEN = frozenset({"console.login", "console.static"})
+COUNTS_SECONDS = 5.0
 
 
 def service() -> Service:
@@ -53,6 +54,27 @@ def clock() -> Clock:
 def token() -> str:
     found: str = current_app.extensions["bridge.console"]["token"]
     return found
+
+
+def counts() -> dict[State, int]:
+    """Rows by state. Counting a million rows costs more than the rest of a page, so a
+    worker reuses its last count for ``COUNTS_SECONDS`` (and forgets it after its own
+    redrives)."""
+    ledger = service().ledger
+    if ledger is None:
+        return {}
+    cache: dict[str, Any] = current_app.extensions["bridge.console"]
+    now = clock().monotonic()
+    kept = cache.get("counts")
+    if kept is None or not 0 <= now - kept[0] < COUNTS_SECONDS:
+        kept = (now, ledger.counts())
+        cache["counts"] = kept
+    found: dict[State, int] = kept[1]
+    return found
+
+
+def forget_counts() -> None:
+    current_app.extensions["bridge.console"].pop("counts", None)
 
 
 def failures() -> auth.Failures:
@@ -121,8 +143,7 @@ def _header() -> dict[str, Any]:
         "dead_count": None,
     }
     if svc.ledger is not None and request.endpoint not in OPEN:
-        counts = svc.ledger.counts()
-        header["dead_count"] = sum(n for state, n in counts.items() if state in DEAD)
+        header["dead_count"] = sum(n for state, n in counts().items() if state in DEAD)
     return header
 
 
