@@ -116,14 +116,15 @@ def measure(settings: Settings, repeat: int) -> list[tuple[str, float, float, in
             median, worst, page = timed(client, url, repeat)
             out.append((name, median, worst, page.count("<tr data-message-id")))
         # Twenty pages deep into the dead letters, by the pages' own links.
-        url = "/console/events?state=dead"
-        for _ in range(20):
+        url, depth = "/console/events?state=dead", 1
+        while depth <= 20:
             page = client.get(url).get_data(as_text=True)
             found = re.search(r'id="next-page" href="([^"]+)"', page)
-            assert found
-            url = found[1].replace("&amp;", "&")
+            if not found:  # a small ledger has fewer pages
+                break
+            url, depth = found[1].replace("&amp;", "&"), depth + 1
         median, worst, page = timed(client, url, repeat)
-        out.append(("state=dead, page 21", median, worst, page.count("<tr data-message-id")))
+        out.append((f"state=dead, page {depth}", median, worst, page.count("<tr data-message-id")))
         return out
     finally:
         app.extensions["bridge"].close()

@@ -553,3 +553,16 @@ def test_counts_are_reused_briefly_and_forgotten_after_a_redrive(
         dub.add(responses.POST, f"{DUB}/track/sale", json=sale_ok())
         done = c.post("/console/events/k-1/redrive", data={"csrf": csrf_of(page)})
     assert 'id="dead-count">1<' in text(done)
+
+
+def test_a_forwarded_address_does_not_escape_the_slowdown(capp: Any, clock: ManualClock) -> None:
+    """Failed logins claiming another address in X-Forwarded-For are still slowed together."""
+    client = capp.test_client()
+    for i in range(3):
+        csrf = csrf_of(client.get("/console/login"))
+        client.post(
+            "/console/login",
+            data={"token": f"wrong-{i}", "csrf": csrf},
+            headers={"X-Forwarded-For": f"10.0.0.{i}"},
+        )
+    assert clock.slept[-3:] == [0.5, 1.0, 1.5]

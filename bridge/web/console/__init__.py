@@ -22,8 +22,9 @@ def install(app: Flask, settings: Settings, clock: Clock) -> None:
     token = settings.console_token.get_secret_value()
     auth.install(app, token)
     # Behind the platform's proxy, https is told by X-Forwarded-Proto: it decides whether
-    # the session cookie is Secure.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
+    # the session cookie is Secure. X-Forwarded-For is not trusted: a client could name any
+    # address and escape the slowdown of failed logins (behind a proxy, they share one).
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=0, x_proto=1)  # type: ignore[method-assign]
     app.extensions["bridge.console"] = {
         "clock": clock,
         "token": token,
