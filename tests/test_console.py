@@ -537,22 +537,17 @@ def test_header_on_every_page(c: Any) -> None:
         assert 'id="dead-count">0<' in page
 
 
-def test_counts_are_reused_briefly_and_forgotten_after_a_redrive(
-    c: Any, capp: Any, clock: ManualClock
-) -> None:
-    """Counts per state are read at most every few seconds per worker (a million rows cost
-    more to count than a page), and at once again after this console's own redrive."""
-    dead(capp, "k-1")
-    assert 'id="dead-count">1<' in text(c.get("/console/events"))
-    dead(capp, "k-2")
-    assert 'id="dead-count">1<' in text(c.get("/console/events"))
-    clock.advance(5.0)
-    page = c.get("/console/events/k-1")
-    assert 'id="dead-count">2<' in text(page)
-    with responses.RequestsMock() as dub:
-        dub.add(responses.POST, f"{DUB}/track/sale", json=sale_ok())
-        done = c.post("/console/events/k-1/redrive", data={"csrf": csrf_of(page)})
-    assert 'id="dead-count">1<' in text(done)
+def test_counts_stop_at_the_cap_and_say_so(c: Any, capp: Any, monkeypatch: Any) -> None:
+    """A state's count stops at the cap (its cost bounded on a big ledger) and shows a `+`;
+    the header's dead-letter count too."""
+    from bridge.web.console import blueprint
+
+    monkeypatch.setattr(blueprint, "COUNT_CAP", 2)
+    for i in range(3):
+        dead(capp, f"cap-{i}")
+    page = text(c.get("/console/events"))
+    assert 'data-state="invalid">2+<' in page
+    assert 'id="dead-count">2+<' in page
 
 
 def test_a_forwarded_address_does_not_escape_the_slowdown(capp: Any, clock: ManualClock) -> None:

@@ -817,3 +817,15 @@ def test_browse_pages_newest_first_with_every_filter(ledger: Ledger, clock: Manu
     assert [r.message_id for r in ledger.browse(Browse(since=start))] == ["bad", "m6", "m5"]
     assert [r.message_id for r in ledger.browse(Browse(search="m3"))] == ["m3"]
     assert {r.message_id for r in ledger.browse(Browse(search="c1"))} == {"m1", "m4"}
+
+
+def test_counts_with_a_cap_stop_there(ledger: Ledger) -> None:
+    """counts(cap): each state's count, no higher than the cap; states without rows left
+    out, as without a cap."""
+    for i in range(5):
+        ledger.record(f"i{i}", "sale", State.INVALID, action="sale", event="E", errors=[],
+                      payload={})  # fmt: skip
+    claim(ledger, "p0")
+    ledger.finish("p0", "sale", State.DELIVERED, calls=1, status=200)
+    assert ledger.counts() == {State.INVALID: 5, State.DELIVERED: 1}
+    assert ledger.counts(cap=3) == {State.INVALID: 3, State.DELIVERED: 1}

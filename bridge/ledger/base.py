@@ -265,7 +265,9 @@ class Ledger(Protocol):
         self, *, mapping: str | None = None, since: float | None = None
     ) -> list[Row]: ...
 
-    def counts(self) -> dict[State, int]: ...
+    def counts(self, cap: int | None = None) -> dict[State, int]:
+        """Rows by state (states without rows left out); with ``cap``, each count stops
+        there (a page's figure: its cost is bounded however big the table)."""
 
     def browse(self, query: Browse) -> list[Row]:
         """Rows that match, newest first (created_at, then messageId and mapping, all

@@ -248,12 +248,12 @@ class MemoryLedger:
             ]
         return sorted(rows, key=lambda r: (r.created_at, r.message_id))
 
-    def counts(self) -> dict[State, int]:
+    def counts(self, cap: int | None = None) -> dict[State, int]:
         counts: dict[State, int] = {}
         with self._lock:
             for row in self._rows.values():
                 counts[row.state] = counts.get(row.state, 0) + 1
-        return counts
+        return counts if cap is None else {s: min(n, cap) for s, n in counts.items()}
 
     def browse(self, query: Browse) -> list[Row]:
         with self._lock:

@@ -77,6 +77,11 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             for target in RECORDED
         }
         self._prune_dead = PRUNE.format(states=states(DEAD))
+        self._capped_counts = " UNION ALL ".join(
+            f"SELECT '{s.value}', COUNT(*) FROM (SELECT 1 FROM deliveries"
+            f" WHERE state = '{s.value}' LIMIT :cap) AS capped_{s.value}"
+            for s in State
+        )
 
     # --- what a backend supplies -------------------------------------------------------------
 
@@ -254,9 +259,13 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             args["since"] = since
         return self._rows(where + " ORDER BY created_at, message_id", args)
 
-    def counts(self) -> dict[State, int]:
-        rows = self._read("SELECT state, COUNT(*) FROM deliveries GROUP BY state", {})
-        return {State(state): count for state, count in rows}
+    def counts(self, cap: int | None = None) -> dict[State, int]:
+        if cap is None:
+            rows = self._read("SELECT state, COUNT(*) FROM deliveries GROUP BY state", {})
+        else:
+            # One index range per state, each read no further than the cap.
+            rows = self._read(self._capped_counts, {"cap": cap})
+        return {State(state): count for state, count in rows if count}
 
     def browse(self, query: Browse) -> list[Row]:
         where = ["1 = 1"]

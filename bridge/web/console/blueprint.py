@@ -13,6 +13,7 @@ from flask import (
     Blueprint,
     Response,
     current_app,
+    g,
     redirect,
     render_template,
     request,
@@ -38,7 +39,7 @@ console = Blueprint(
 )
 log = logging.getLogger("bridge.console")
 OPEN = frozenset({"console.login", "console.static"})
-COUNTS_SECONDS = 5.0
+COUNT_CAP = 10_000
 
 
 def service() -> Service:
@@ -57,24 +58,20 @@ def token() -> str:
 
 
 def counts() -> dict[State, int]:
-    """Rows by state. Counting a million rows costs more than the rest of a page, so a
-    worker reuses its last count for ``COUNTS_SECONDS`` (and forgets it after its own
-    redrives)."""
+    """Rows by state, each counted up to ``COUNT_CAP`` (a million delivered rows would cost
+    more to count than the rest of the page), once per request."""
     ledger = service().ledger
     if ledger is None:
         return {}
-    cache: dict[str, Any] = current_app.extensions["bridge.console"]
-    now = clock().monotonic()
-    kept = cache.get("counts")
-    if kept is None or not 0 <= now - kept[0] < COUNTS_SECONDS:
-        kept = (now, ledger.counts())
-        cache["counts"] = kept
-    found: dict[State, int] = kept[1]
+    if "console_counts" not in g:
+        g.console_counts = ledger.counts(cap=COUNT_CAP)
+    found: dict[State, int] = g.console_counts
     return found
 
 
-def forget_counts() -> None:
-    current_app.extensions["bridge.console"].pop("counts", None)
+def figure(count: int) -> str:
+    """A count as shown: ``10000+`` where the count stopped at the cap."""
+    return f"{count}+" if count >= COUNT_CAP else str(count)
 
 
 def failures() -> auth.Failures:
@@ -125,6 +122,11 @@ def _masked(value: Any) -> str:
     return mask_emails(value if isinstance(value, str) else json.dumps(value, default=str))
 
 
+@console.app_template_filter("figure")
+def _figure(count: int) -> str:
+    return figure(count)
+
+
 @console.app_template_filter("pretty")
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
@@ -143,7 +145,10 @@ def _header() -> dict[str, Any]:
         "dead_count": None,
     }
     if svc.ledger is not None and request.endpoint not in OPEN:
-        header["dead_count"] = sum(n for state, n in counts().items() if state in DEAD)
+        dead = [n for state, n in counts().items() if state in DEAD]
+        # Any kind that stopped at the cap makes the sum a lower bound.
+        capped = max(dead, default=0) >= COUNT_CAP
+        header["dead_count"] = f"{sum(dead)}+" if capped else str(sum(dead))
     return header
 
 

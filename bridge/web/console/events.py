@@ -15,7 +15,7 @@ from ...ledger.base import Browse, Row
 from ...mapping.explain import explain
 from ...outcomes import DEAD, NEEDS_PERSON, RETRY, Outcome, State
 from . import auth, filters
-from .blueprint import clock, console, counts, forget_counts, service
+from .blueprint import clock, console, counts, service
 
 # A redrive from a page runs inside one request: gunicorn's worker timeout (30 s) is the
 # bound, so the calls get less, and a bulk redrive takes this many dead letters at a time.
@@ -134,7 +134,6 @@ def redrive_one(message_id: str) -> Any:
         budget=REDRIVE_BUDGET,
         include_unverified=True,
     )
-    forget_counts()
     outcomes = Counter(str(line["outcome"]) for line in lines)
     auth.action("redrive", _summary(outcomes), messageIds=[message_id])
     return _detail(message_id, lines)
@@ -173,7 +172,6 @@ def bulk() -> Any:
     )
     outcomes = Counter(str(line["outcome"]) for line in lines)
     if run:
-        forget_counts()
         auth.action(
             "bulk_redrive",
             _summary(outcomes),
