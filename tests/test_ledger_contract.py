@@ -15,6 +15,7 @@ from bridge.core.outcomes import DEAD, FINAL, FINISHED, TRANSITIONS, State, Via,
 from bridge.core.settings import Settings
 from bridge.ledger import Access, open_ledger
 from bridge.ledger.base import (
+    Browse,
     ClaimRequest,
     LeadStatus,
     Ledger,
@@ -568,3 +569,41 @@ def test_one_pinned_change_of_an_invoice_at_a_time(ledger: Ledger) -> None:
     assert ledger.pin("r1", "refund", {"invoiceId": "I", "pin": {"patch": {}}}, invoice="I")
     ledger.finish("r1", "refund", State.DELIVERED, calls=2)
     assert ledger.pin("r2", "refund", {"invoiceId": "I", "pin": {"patch": {}}}, invoice="I")
+
+
+# --- the console's events list -------------------------------------------------------------------
+
+
+def test_browse_pages_newest_first_with_every_filter(ledger: Ledger, clock: ManualClock) -> None:
+    """browse(): newest first, keyset pages without overlap, and each filter (states,
+    mapping, since, messageId or customer) chooses exactly its rows, on every backend."""
+    for i in range(7):
+        claim(ledger, f"m{i}", "sale" if i % 2 else "lead", customer=f"c{i % 3}")
+        ledger.finish(f"m{i}", "sale" if i % 2 else "lead", State.DELIVERED, calls=1, status=200)
+        clock.advance(10)
+    ledger.record("bad", "sale", State.INVALID, action="sale", event="E", errors=["x"], payload={})
+    everything = ledger.browse(Browse(limit=100))
+    assert [r.message_id for r in everything] == ["bad", *(f"m{i}" for i in range(6, -1, -1))]
+    first = ledger.browse(Browse(limit=3))
+    second = ledger.browse(Browse(after=Browse.key(first[-1]), limit=3))
+    third = ledger.browse(Browse(after=Browse.key(second[-1]), limit=3))
+    assert [r.message_id for r in first + second + third] == [r.message_id for r in everything]
+    assert [r.message_id for r in ledger.browse(Browse(states=DEAD))] == ["bad"]
+    assert [r.message_id for r in ledger.browse(Browse(states=frozenset()))] == []
+    assert {r.message_id for r in ledger.browse(Browse(mapping="lead"))} == {"m0", "m2", "m4", "m6"}
+    start = clock.time() - 25
+    assert [r.message_id for r in ledger.browse(Browse(since=start))] == ["bad", "m6", "m5"]
+    assert [r.message_id for r in ledger.browse(Browse(search="m3"))] == ["m3"]
+    assert {r.message_id for r in ledger.browse(Browse(search="c1"))} == {"m1", "m4"}
+
+
+def test_counts_with_a_cap_stop_there(ledger: Ledger) -> None:
+    """counts(cap): each state's count, no higher than the cap; states without rows left
+    out, as without a cap."""
+    for i in range(5):
+        ledger.record(f"i{i}", "sale", State.INVALID, action="sale", event="E", errors=[],
+                      payload={})  # fmt: skip
+    claim(ledger, "p0")
+    ledger.finish("p0", "sale", State.DELIVERED, calls=1, status=200)
+    assert ledger.counts() == {State.INVALID: 5, State.DELIVERED: 1}
+    assert ledger.counts(cap=3) == {State.INVALID: 3, State.DELIVERED: 1}

@@ -7,17 +7,16 @@ setting that points at no ledger), always one line, never a traceback.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
+from ..core import timespec
 from ..core.errors import BridgeError, ConfigError, MappingFileError
 from ..core.settings import Settings
 from ..ledger import Access, Ledger, open_ledger
@@ -87,16 +86,10 @@ def parse_since(text: str | None) -> float | None:
     """An ISO date/time, or an age such as 30m, 12h, 7d."""
     if text is None:
         return None
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
-    if match:
-        seconds = float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
-        return time.time() - seconds
     try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise click.BadParameter(
-            "an ISO date/time (2026-11-01T12:00) or an age (30m, 12h, 7d)"
-        ) from None
+        return timespec.since(text, time.time())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 since_option = click.option(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import sys
-import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +18,9 @@ import click
 from ..core.errors import BridgeError, MappingFileError
 from ..ledger import Access, Ledger, open_ledger
 from ..mapping.loader import load_sources
+from ..service import mapsets
 from ..service.mapping_files import read_directory
+from ..service.mapsets import AUTHOR_MAX, MESSAGE_MAX, ActivationError, BadText, one_line
 from ..service.startup import check as startup_check
 from .common import PROBLEMS, configured, fail, settings
 
@@ -54,11 +55,6 @@ def _ledger() -> Ledger:
     return ledger
 
 
-AUTHOR_MAX, MESSAGE_MAX = 100, 500
-# Controls, formats, lone surrogates (no UTF-8 for them), line and paragraph separators.
-UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-
-
 def _who(author: str | None) -> str:
     """``--author``, else the OS user; one line, no control characters."""
     if author is None:
@@ -70,14 +66,10 @@ def _who(author: str | None) -> str:
 
 
 def _one_line(option: str, value: str, most: int) -> str:
-    text = value.strip()
-    if not text:
-        fail(f"{option}: is empty")
-    if len(text) > most:
-        fail(f"{option}: is {len(text)} characters long, at most {most}")
-    if any(unicodedata.category(c) in UNPRINTABLE for c in text):
-        fail(f"{option}: holds a control character: one line of text, please")
-    return text
+    try:
+        return one_line(option, value, most)
+    except BadText as exc:
+        fail(str(exc))
 
 
 def _why(message: str | None) -> str | None:
@@ -86,16 +78,6 @@ def _why(message: str | None) -> str | None:
 
 _AUTHOR = click.option("--author", help="Who does it (default: the OS user).")
 _MESSAGE = click.option("--message", "-m", help="Why, shown by `bridge mappings history`.")
-
-
-def _activate(ledger: Ledger, version: str, origin: str, author: str, why: str | None) -> None:
-    """Record the activation and read back that it is the active set: a success reported
-    is one every instance follows."""
-    ledger.activate_mapping_set(version, origin, author=author, message=why)
-    active = ledger.active_mapping_set()
-    if active is None or active.version != version:
-        now = "none" if active is None else active.version
-        fail(f"recorded, but the active set is {now}, not {version}: publish again", PROBLEMS)
 
 
 @mappings.command()
@@ -108,22 +90,25 @@ def publish(directory: Path | None, author: str | None, message: str | None) -> 
     who, why = _who(author), _why(message)
     folder = directory or settings().mappings_dir
     try:
-        sources = read_directory(folder)
-        engine = load_sources(sources, where=str(folder)).engine
+        # A folder that does not load is refused before the ledger is opened.
+        load_sources(read_directory(folder), where=str(folder))
     except MappingFileError as exc:
         click.echo(str(exc), err=True)
         click.echo(f"not published: {len(exc.issues)} error(s) in {folder}", err=True)
         sys.exit(PROBLEMS)
     ledger = _ledger()
     try:
-        files = [(s.basename, s.text.decode("utf-8", "replace")) for s in sources]
-        ledger.keep_mapping_set(engine.version, files, "publish")
-        _activate(ledger, engine.version, "publish", who, why)
+        done = mapsets.publish(ledger, folder, who, why)
+    except MappingFileError as exc:  # the folder changed in between
+        click.echo(str(exc), err=True)
+        sys.exit(PROBLEMS)
+    except ActivationError as exc:
+        fail(exc.message, PROBLEMS)
     except BridgeError as exc:
         configured(exc)
     finally:
         ledger.close()
-    click.echo(f"published {engine.version}: {len(engine)} mapping(s) from {len(files)} file(s)")
+    click.echo(f"published {done.version}: {done.mappings} mapping(s) from {done.files} file(s)")
 
 
 @mappings.command()
@@ -159,12 +144,9 @@ def rollback(version: str, author: str | None, message: str | None) -> None:
     who, why = _who(author), _why(message)
     ledger = _ledger()
     try:
-        candidates = {a.version for a in ledger.activations(1000) if a.version.startswith(version)}
-        if len(candidates) != 1:
-            known = "none matches" if not candidates else f"{len(candidates)} match"
-            fail(f"version {version!r}: {known}; see `bridge mappings history`", PROBLEMS)
-        (chosen,) = candidates
-        _activate(ledger, chosen, "rollback", who, why)
+        chosen = mapsets.rollback(ledger, version, who, why)
+    except ActivationError as exc:
+        fail(exc.message, PROBLEMS)
     except BridgeError as exc:
         configured(exc)
     finally:

@@ -65,7 +65,9 @@ ENV = {
     "write_keys": "BRIDGE_WRITE_KEYS",
     "rudderstack_token": "BRIDGE_RUDDERSTACK_TOKEN",
     "accept_dub_source": "BRIDGE_ACCEPT_DUB_SOURCE",
+    "console_token": "BRIDGE_CONSOLE_TOKEN",
 }
+CONSOLE_TOKEN_MIN = 16
 SECRETS = {
     "dub_api_key",
     "segment_shared_secret",
@@ -73,6 +75,7 @@ SECRETS = {
     "metrics_token",
     "write_keys",
     "rudderstack_token",
+    "console_token",
 }
 # A write key given without a name is recorded under this one.
 UNNAMED_WRITE_KEY = "sdk"
@@ -152,6 +155,9 @@ class Settings(BaseModel):
     # Dub's own Segment source sends Dub's conversions back as track events: planning them
     # would track every sale twice, so they are skipped unless this says otherwise.
     accept_dub_source: bool = False
+    # The ops console (/console) is served only when this is set: who knows it can redrive
+    # dead letters and publish mappings.
+    console_token: SecretStr | None = None
 
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> Settings:
@@ -232,6 +238,14 @@ class Settings(BaseModel):
             raise ValueError("a postgresql:// URL")
         return value
 
+    @field_validator("console_token", mode="after")
+    @classmethod
+    def _console_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # A password guessed online is slowed, not stopped: it must be long enough.
+        if value is not None and len(value.get_secret_value()) < CONSOLE_TOKEN_MIN:
+            raise ValueError(f"a token of {CONSOLE_TOKEN_MIN} characters at least")
+        return value
+
     @property
     def unsigned(self) -> bool:
         """Requests are accepted without a signature (chosen with BRIDGE_ALLOW_UNSIGNED=1)."""
@@ -294,6 +308,7 @@ class Settings(BaseModel):
         "metrics_token",
         "write_keys",
         "rudderstack_token",
+        "console_token",
         mode="before",
     )
     @classmethod

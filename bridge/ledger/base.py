@@ -133,6 +133,24 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
+class Browse:
+    """Which rows the console's events list shows: newest first (by first sighting), a page
+    at a time, each page starting after the last row of the one before (keyset)."""
+
+    states: frozenset[State] | None = None  # None: every state
+    mapping: str | None = None
+    since: float | None = None  # first seen at or after
+    search: str | None = None  # a messageId or a customer id, exactly
+    after: tuple[float, str, str] | None = None  # (created_at, message_id, mapping) of the last
+    limit: int = 50
+
+    @staticmethod
+    def key(row: Row) -> tuple[float, str, str]:
+        """Where a page ends: what the next page's ``after`` is."""
+        return (row.created_at, row.message_id, row.mapping)
+
+
+@dataclass(frozen=True, slots=True)
 class MappingSet:
     """A set of mapping files that loaded cleanly, kept by version."""
 
@@ -269,7 +287,13 @@ class Deliveries(Protocol):
         self, *, mapping: str | None = None, since: float | None = None
     ) -> list[Row]: ...
 
-    def counts(self) -> dict[State, int]: ...
+    def counts(self, cap: int | None = None) -> dict[State, int]:
+        """Rows by state (states without rows left out); with ``cap``, each count stops
+        there (a page's figure: its cost is bounded however big the table)."""
+
+    def browse(self, query: Browse) -> list[Row]:
+        """Rows that match, newest first (created_at, then messageId and mapping, all
+        descending), at most ``query.limit``, after ``query.after`` when given."""
 
     def oldest_unsettled(self) -> float | None:
         """When the oldest row still pending or in flight was first seen, if any."""

@@ -32,6 +32,7 @@ from . import migrations
 from .base import (
     COUNTED_FOR,
     Activation,
+    Browse,
     Claim,
     ClaimRequest,
     LeadStatus,
@@ -294,12 +295,26 @@ class MemoryLedger:
             ]
         return sorted(rows, key=lambda r: (r.created_at, r.message_id))
 
-    def counts(self) -> dict[State, int]:
+    def counts(self, cap: int | None = None) -> dict[State, int]:
         counts: dict[State, int] = {}
         with self._lock:
             for row in self._rows.values():
                 counts[row.state] = counts.get(row.state, 0) + 1
-        return counts
+        return counts if cap is None else {s: min(n, cap) for s, n in counts.items()}
+
+    def browse(self, query: Browse) -> list[Row]:
+        with self._lock:
+            rows = [
+                r
+                for r in self._rows.values()
+                if (query.states is None or r.state in query.states)
+                and (query.mapping is None or r.mapping == query.mapping)
+                and (query.since is None or r.created_at >= query.since)
+                and (query.search is None or query.search in (r.message_id, r.customer))
+                and (query.after is None or Browse.key(r) < query.after)
+            ]
+        rows.sort(key=Browse.key, reverse=True)
+        return rows[: query.limit]
 
     def oldest_unsettled(self) -> float | None:
         with self._lock:

@@ -125,6 +125,12 @@ SELECT setval(pg_get_serial_sequence('mapping_activations', 'seq'),
     (SELECT COALESCE(MAX(seq), 0) + 1 FROM mapping_activations), false);
 CREATE INDEX IF NOT EXISTS mapping_activations_seq ON mapping_activations (seq)
 """
+# The console's events list: newest first, all rows or one mapping's, a page at a time
+# (a state filter uses deliveries_due, on state and created_at).
+_BROWSE = """
+CREATE INDEX IF NOT EXISTS deliveries_recent ON deliveries (created_at, message_id, mapping);
+CREATE INDEX IF NOT EXISTS deliveries_mapping_recent ON deliveries (mapping, created_at, message_id)
+"""
 # rate_slots stays: during a rolling deploy, instances of the release before still take
 # their slots there until they are replaced (a later migration may drop it).
 _TYPES = {
@@ -165,6 +171,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the way in each row first came by (a write key's name, rudderstack)",
         _both("ALTER TABLE deliveries ADD COLUMN source TEXT"),
     ),
+    Migration(10, "indexes for the console's events list", _both(_BROWSE)),
 )
 LATEST = MIGRATIONS[-1].version
 

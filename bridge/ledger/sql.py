@@ -20,6 +20,7 @@ from ..core.outcomes import ACTIVE, DEAD, FINAL, State, Via, sources
 from . import migrations
 from .base import (
     RECORDED,
+    Browse,
     Claim,
     ClaimRequest,
     LeadStatus,
@@ -79,6 +80,11 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             for target in RECORDED
         }
         self._prune_dead = PRUNE.format(states=states(DEAD))
+        self._capped_counts = " UNION ALL ".join(
+            f"SELECT '{s.value}', COUNT(*) FROM (SELECT 1 FROM deliveries"
+            f" WHERE state = '{s.value}' LIMIT :cap) AS capped_{s.value}"
+            for s in State
+        )
 
     # --- what a backend supplies -------------------------------------------------------------
 
@@ -333,9 +339,35 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             args["since"] = since
         return self._rows(where + " ORDER BY created_at, message_id", args)
 
-    def counts(self) -> dict[State, int]:
-        rows = self._read("SELECT state, COUNT(*) FROM deliveries GROUP BY state", {})
-        return {State(state): count for state, count in rows}
+    def counts(self, cap: int | None = None) -> dict[State, int]:
+        if cap is None:
+            rows = self._read("SELECT state, COUNT(*) FROM deliveries GROUP BY state", {})
+        else:
+            # One index range per state, each read no further than the cap.
+            rows = self._read(self._capped_counts, {"cap": cap})
+        return {State(state): count for state, count in rows if count}
+
+    def browse(self, query: Browse) -> list[Row]:
+        where = ["1 = 1"]
+        args: dict[str, Any] = {"limit": query.limit}
+        if query.states is not None:
+            where.append(f"state IN {states(query.states)}" if query.states else "1 = 0")
+        if query.mapping is not None:
+            where.append("mapping = :mapping")
+            args["mapping"] = query.mapping
+        if query.since is not None:
+            where.append("created_at >= :since")
+            args["since"] = query.since
+        if query.search is not None:
+            where.append("(message_id = :search OR customer = :search)")
+            args["search"] = query.search
+        if query.after is not None:
+            # Row values compare left to right: one index range, whatever the page.
+            where.append("(created_at, message_id, mapping) < (:at, :mid, :map)")
+            args.update(at=query.after[0], mid=query.after[1], map=query.after[2])
+        clause = " AND ".join(where)
+        order = "ORDER BY created_at DESC, message_id DESC, mapping DESC LIMIT :limit"
+        return self._rows(f"WHERE {clause} {order}", args)
 
     def oldest_unsettled(self) -> float | None:
         sql = f"SELECT MIN(created_at) FROM deliveries WHERE state IN {states(ACTIVE)}"

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.masking import mask_value
-from ..core.outcomes import Outcome, State
+from ..core.outcomes import DEAD, Outcome, State
 from ..core.results import Result
 from ..delivery.deliverer import Deliverer
 from ..ledger.base import Ledger, Row
@@ -38,6 +38,22 @@ def redrive(
 ) -> list[dict[str, Any]]:
     """Redrive the dead letters that match; ``deliverer`` None is a dry run."""
     rows = ledger.dead_letters(mapping=mapping, since=since)
+    return redrive_rows(
+        engine, ledger, deliverer, rows, budget=budget, include_unverified=include_unverified
+    )
+
+
+def redrive_rows(
+    engine: Engine,
+    ledger: Ledger,
+    deliverer: Deliverer | None,
+    rows: list[Row],
+    *,
+    budget: float,
+    include_unverified: bool = False,
+) -> list[dict[str, Any]]:
+    """Redrive these dead letters (chosen by the caller: a filter, or one messageId)."""
+    rows = [r for r in rows if r.state in DEAD]
     verified = [r for r in rows if r.state is not State.UNVERIFIED]
     lines = _redrive(engine, ledger, deliverer, verified, budget, adds=True)
     if include_unverified:

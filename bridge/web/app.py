@@ -17,7 +17,7 @@ from ..core.clock import SYSTEM, Clock
 from ..core.errors import BridgeError, PayloadTooLarge, error_body
 from ..core.settings import Settings
 from ..service.wiring import UNSIGNED_WARNING, WEBHOOK_OFF, build_service
-from . import requests, scrape
+from . import console, requests, scrape
 from .health import health
 from .responses import json_response
 from .sdk import sdk
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM) -> Fl
     app.register_blueprint(sdk)
     app.register_blueprint(health)
     requests.install(app, clock)
+    console.install(app, settings, clock)
 
     @app.errorhandler(BridgeError)
     def _bridge_error(exc: BridgeError) -> Response:

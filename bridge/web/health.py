@@ -68,6 +68,11 @@ def _ledger_check() -> _LedgerCheck:
     return check
 
 
+def ledger_problem() -> str | None:
+    """Why the ledger is not usable now (cached for a couple of seconds), or None."""
+    return _ledger_check().problem(_service())
+
+
 @health.get("/livez")
 def livez() -> Response:
     return json_response({"status": "alive"})
