@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import responses
 
+from bridge import wiring
 from bridge.mapping.engine import Engine
 from bridge.results import LINE_KEYS as _LINE_KEYS
 from bridge.settings import Settings
@@ -52,6 +53,13 @@ def no_background_thread_outlives_its_test() -> Iterator[None]:
         if t.ident not in before and t.name in BACKGROUND_THREADS and t.is_alive()
     ]
     assert not left, f"background threads left running: {left}"
+
+
+@pytest.fixture(autouse=True)
+def outbox_sent_by_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No service's outbox sender runs in the background during a test: a test sends the
+    queue itself (``Outbox.run_once``), so what is sent when never depends on threads."""
+    monkeypatch.setattr(wiring, "OUTBOX_POLL_SECONDS", 0.0)
 
 
 def needs_shared() -> Path:

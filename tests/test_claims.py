@@ -213,15 +213,18 @@ def test_a_repeated_event_that_failed_is_settled_by_segments_retry(
 def test_429s_without_retry_after_never_pass_the_cap_nor_give_up_early(
     backend: str, tmp_path: Path, dub: responses.RequestsMock, clock: ManualClock
 ) -> None:
-    """Dub answers 429 without Retry-After to everything while Segment retries a batch for
-    four hours: the stored attempts never pass BRIDGE_MAX_ATTEMPTS, every answer is 503
+    """Not queueing, Dub answers 429 without Retry-After to everything while Segment retries a
+    batch for four hours: the stored attempts never pass BRIDGE_MAX_ATTEMPTS, every answer is 503
     (nothing given up with a 200), and the rows become dead letters only at the outbox's
     age."""
     limited = {"error": {"code": "rate_limit_exceeded", "message": "slow down"}}
     dub.post(f"{DUB}/track/sale", status=429, json=limited)
     cap = 5
     settings = make_settings(
-        tmp_path, ledger="on" if backend == "sqlite" else "memory", max_attempts=cap
+        tmp_path,
+        ledger="on" if backend == "sqlite" else "memory",
+        max_attempts=cap,
+        queue_when_limited=False,
     )
     app = create_app(settings, clock=clock)
     service = app.extensions["bridge"]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..clock import SYSTEM, Clock
@@ -24,9 +24,9 @@ from ..dub.client import DubAnswer, DubClient
 from ..dub.endpoints import ENDPOINTS, Endpoint
 from ..errors import LedgerError
 from ..eventlog import log_result
-from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger
+from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger, Row, Taken
 from ..metrics import metrics
-from ..outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
+from ..outcomes import ACTIVE, DEAD, RETRY, STATE_AFTER, Outcome, State
 from ..results import Result
 from .decide import classify, decide, may_have_reached, refused
 from .ratelimit import RateLimiter
@@ -47,16 +47,24 @@ class _Job:
     claim: Claim | None
 
 
+def _going() -> bool:
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class _Pass:
-    """How one deliver() sends: its deadline, the time a call needs, the payloads, and
-    whether each row gets one call only (the outbox, whose own backoff spaces the tries)."""
+    """How one deliver() sends: its deadline, the time a call needs, the payloads, whether
+    each row gets one call only (the outbox, whose own backoff spaces the tries), whether a
+    row the rate limit cannot serve in time is queued for the outbox, and whether to stop
+    taking the next row (the outbox's sender is stopping)."""
 
     deadline: float
     guard: float
     payloads: Mapping[str, Any]
     once: bool
     redrive: bool
+    queue: bool = False
+    stopping: Callable[[], bool] = _going
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +74,9 @@ class _Calls:
     answer: DubAnswer
     attempts: int  # calls made
     reached: bool  # a failed call may have reached Dub
+    # Dub's rate limit (the shared window, or Dub's 429 pause) is why no call (or no
+    # further call) was made: the outbox may take the row.
+    limited: bool = False
 
 
 class Deliverer:
@@ -82,6 +93,7 @@ class Deliverer:
         concurrency: int = 8,
         max_attempts: int = 20,
         outbox_after: float | None = None,
+        queue_when_limited: bool = False,
     ):
         self.client = client
         self.ledger = ledger
@@ -91,6 +103,10 @@ class Deliverer:
         self.max_attempts = max_attempts
         # Rows first seen longer ago than this belong to the outbox, not to Segment's retry.
         self.outbox_after = outbox_after
+        # An event Dub's rate limit cannot serve within the budget goes to the outbox's
+        # queue (answered ``queued``), instead of back to Segment (BRIDGE_QUEUE_WHEN_LIMITED).
+        self.queue_when_limited = queue_when_limited
+        self.concurrency = concurrency
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dub")
         self._in_flight = 0
         self._counting = threading.Lock()
@@ -123,14 +139,29 @@ class Deliverer:
         of retrying within the budget. A result repeated in ``results`` (a body holding the
         same event twice) is sent once; its copies come to what the first came to."""
         copies = repeats(results)
-        final = self._deliver(results, budget, payloads or {}, redrive, once, set(copies))
+        deadline = self.clock.monotonic() + budget
+        pass_ = _Pass(deadline, 0.0, payloads or {}, once, redrive, self.queue_when_limited)
+        final = self._deliver(results, budget, pass_, set(copies))
         return settle(final, copies)
 
-    def _deliver(
-        self, results: Sequence[Result], budget: float, payloads: Mapping[str, Any],
-        redrive: bool, once: bool, copies: set[int],
-    ) -> list[Result]:  # fmt: skip
+    def send_taken(
+        self, taken: Sequence[Taken], budget: float, *, stopping: Callable[[], bool] = _going
+    ) -> list[Result]:
+        """Send rows the outbox took (claimed already), one call each; one the rate limit
+        cannot serve in time goes back to the queue. Once ``stopping`` says so, no further
+        call starts: the rows not sent are given back, for the next sender."""
+        results = [_ready(t.row) for t in taken]
+        claims = {i: t.claim for i, t in enumerate(taken)}
+        payloads = {t.row.message_id: t.row.payload for t in taken if t.row.payload is not None}
         deadline = self.clock.monotonic() + budget
+        pass_ = _Pass(deadline, 0.0, payloads, True, False, True, stopping)
+        return self._deliver(results, budget, pass_, set(), claims)
+
+    def _deliver(
+        self, results: Sequence[Result], budget: float, how: _Pass, copies: set[int],
+        taken: dict[int, Claim] | None = None,
+    ) -> list[Result]:  # fmt: skip
+        deadline, payloads, redrive = how.deadline, how.payloads, how.redrive
         final = list(results)
         groups: dict[Any, list[int]] = {}
         for index, result in enumerate(results):
@@ -147,7 +178,7 @@ class Deliverer:
         ready = [i for m in groups.values() for i in m]
         # A claim must hold until its last call can no longer be running.
         lease = budget + self.client.longest_call + 1.0
-        claims = self._claim_all(results, ready, redrive, lease)
+        claims = self._claim_all(results, ready, redrive, lease) if taken is None else taken
         jobs = [
             [_Job(i, results[i], claims.get(i)) for i in members] for members in groups.values()
         ]
@@ -155,11 +186,11 @@ class Deliverer:
         if len(jobs) == 1 and deadline - self.clock.monotonic() >= longest:
             # One customer: send from this thread, saving the hand-off to the pool. Every
             # call starts only if it can end (timeouts included) before the deadline.
-            inline = _Pass(deadline, longest, payloads, once, redrive)
+            inline = replace(how, guard=longest)
             for index, result in self._send_group(jobs[0], inline):
                 final[index] = result
             return final
-        pooled = _Pass(deadline, MIN_CALL_SECONDS, payloads, once, redrive)
+        pooled = replace(how, guard=MIN_CALL_SECONDS)
         # Each thread runs in a copy of this request's context: its log lines keep the
         # request id, also when they come after the answer.
         futures: dict[Future[list[tuple[int, Result]]], list[_Job]] = {
@@ -228,15 +259,24 @@ class Deliverer:
     def _send_group(self, group: list[_Job], pass_: _Pass) -> list[tuple[int, Result]]:
         """Send one customer's calls in order; a call starts only with ``guard`` s left."""
         done: list[tuple[int, Result]] = []
-        lead_unsettled = False
+        lead_unsettled = lead_queued = False
         for job in group:
             payload = pass_.payloads.get(job.result.message_id or "")
-            if lead_unsettled:
+            if lead_queued:
+                # The lead waits in the outbox's queue: the sale waits behind it, in the
+                # queue too (the outbox sends no sale while its customer's lead is unsettled).
+                result = self._queue(job, payload, "queued behind this customer's lead")
+            elif lead_unsettled:
                 # Dub answers a sale for a customer it does not know yet with sale: null and
                 # records nothing (a final not_recorded): wait for the lead, sent first on retry.
                 result = job.result.finish(
                     Outcome.PENDING,
                     reason="not sent: this customer's lead is not settled; Segment will retry",
+                )
+                self._release(job, payload)
+            elif pass_.stopping():
+                result = job.result.finish(
+                    Outcome.PENDING, reason="not sent: this instance is stopping"
                 )
                 self._release(job, payload)
             elif pass_.deadline - self.clock.monotonic() < pass_.guard:
@@ -265,7 +305,28 @@ class Deliverer:
             log_result(result)
             done.append((job.index, result))
             lead_unsettled = result.action == "lead" and result.outcome in RETRY
+            lead_queued = result.action == "lead" and result.outcome is Outcome.QUEUED
         return done
+
+    def _queue(self, job: _Job, payload: Any, why: str, calls: _Calls | None = None) -> Result:
+        """Give a claimed row to the outbox's queue, with its request and payload (and the
+        calls made for it: a 429), in one statement, committed before the answer as a
+        claim is."""
+        result = job.result
+        if self.ledger is None or job.claim is None or not job.claim.granted:
+            return result.finish(Outcome.PENDING, reason=f"not sent: {why}; Segment will retry")
+        made, status = (calls.attempts, calls.answer.status) if calls else (0, None)
+        try:
+            self.ledger.finish(*result.key, State.PENDING, calls=made, status=status,
+                               payload=payload, queued=True)  # fmt: skip
+        except LedgerError as exc:  # its lease ends, and Segment's retry finds it
+            log.error("could not queue an event", extra={"messageId": result.message_id,
+                      "error": exc.message})  # fmt: skip
+            return result.finish(Outcome.PENDING, reason=f"not queued: {exc.message}")
+        metrics().queued.inc()
+        return result.finish(
+            Outcome.QUEUED, reason=f"{why}; the bridge's outbox sends it at Dub's rate"
+        ).replace(attempts=made, status=status)
 
     def _send_one(self, job: _Job, payload: Any, pass_: _Pass) -> Result:
         result, claim, ledger = job.result, job.claim, self.ledger
@@ -277,6 +338,12 @@ class Deliverer:
         if ledger is not None:
             assert claim is not None
             if not claim.granted:
+                if claim.queued and claim.state in ACTIVE:
+                    # Another request or a sender holds it, and the outbox's queue has it
+                    # whatever that holder comes to: nothing for Segment to retry.
+                    return result.finish(
+                        Outcome.QUEUED, reason="in the bridge's outbox queue, sent at Dub's rate"
+                    )
                 decision = refused(claim.state)
                 return result.finish(decision.outcome, reason=decision.reason)
             tainted = claim.tainted
@@ -293,6 +360,9 @@ class Deliverer:
                 " at the outbox's age (BRIDGE_OUTBOX_MAX_AGE_HOURS)",
             )
         calls = self._call_with_retries(endpoint, result.body, pass_, made)
+        if calls.limited and pass_.queue and ledger is not None:
+            # Dub's limit, not Dub, is why it was not sent: the outbox sends it at Dub's rate.
+            return self._queue(job, payload, "Dub's rate limit is full", calls)
         answer = calls.answer
         # A lead that may have reached Dub and failed there (5xx, timeout, lost connection)
         # may have set Dub's de-duplication marker: a later link: null proves nothing.
@@ -333,13 +403,19 @@ class Deliverer:
         )
 
     def _handed_to_outbox(self, result: Result, claim: Claim | None) -> Result:
-        """An unsettled row older than Segment's retry window is the outbox's: no 503 for it."""
+        """An unsettled row in the outbox's queue, or older than Segment's retry window, is
+        the outbox's: no 503 for it."""
         if (
             result.outcome in RETRY
-            and self.outbox_after is not None
             and claim is not None
-            and claim.created_at
-            and claim.created_at < self.clock.time() - self.outbox_after
+            and (
+                claim.queued
+                or (
+                    self.outbox_after is not None
+                    and claim.created_at
+                    and claim.created_at < self.clock.time() - self.outbox_after
+                )
+            )
         ):
             return result.finish(
                 Outcome.QUEUED,
@@ -360,6 +436,7 @@ class Deliverer:
         deadline, guard = pass_.deadline, pass_.guard
         attempt = 0
         reached = False
+        told_429 = False  # the last call was answered 429: Dub's limit, not Dub, failed it
         while True:
             slot = self.limiter.acquire(deadline - guard)
             if not slot.granted:
@@ -372,7 +449,7 @@ class Deliverer:
                     },
                     retry_after=f"{slot.wait:.3f}",
                 )
-                return _Calls(limited, attempt, reached)
+                return _Calls(limited, attempt, reached, limited=attempt == 0 or told_429)
             attempt += 1
             # Not cut at the budget: the webhook answers at the deadline anyway (deliver()
             # stops waiting), and a call cut short here would be sent again by Segment's retry
@@ -385,14 +462,32 @@ class Deliverer:
             told = parse_retry_after(answer.retry_after, self.clock.time())
             # The backoff grows with every call this row has had, across Segment's retries.
             wait = self.policy.wait(made + attempt, told)
-            if answer.status == 429 and wait > 0:
+            told_429 = answer.status == 429
+            if told_429 and wait > 0:
                 # The limit is the key's, not this row's: every worker of every instance waits
                 # (Dub's Retry-After, else the backoff); a wait for the limiter is no call.
                 self.limiter.pause(wait)
             # A lead's 5xx may have set Dub's de-duplication marker; a retry is still worth it
             # (the marker is not always written), and a swallowed retry is caught by decide().
-            last = pass_.once or made + attempt >= self.max_attempts
-            if last or not self.policy.fits(self.clock.monotonic(), wait, guard, deadline):
-                return _Calls(answer, attempt, reached)
+            spent = made + attempt >= self.max_attempts
+            if (
+                pass_.once
+                or spent
+                or not self.policy.fits(self.clock.monotonic(), wait, guard, deadline)
+            ):
+                return _Calls(answer, attempt, reached, limited=told_429 and not spent)
             self.clock.sleep(wait)
             metrics().retries.inc()
+
+
+def _ready(row: Row) -> Result:
+    """A row taken from the outbox's queue, as a result ready to send from its stored request."""
+    endpoint = ENDPOINTS[row.action or ""]
+    return Result(
+        message_id=row.message_id,
+        event=row.event,
+        mapping=row.mapping,
+        action=endpoint.action,
+        request_path=endpoint.path,
+        body=row.request_body,
+    )

@@ -125,6 +125,13 @@ SELECT setval(pg_get_serial_sequence('mapping_activations', 'seq'),
     (SELECT COALESCE(MAX(seq), 0) + 1 FROM mapping_activations), false);
 CREATE INDEX IF NOT EXISTS mapping_activations_seq ON mapping_activations (seq)
 """
+# Rows queued because Dub's rate limit was full (the outbox sends them at Dub's rate, in
+# the order queued). The release before neither sets nor reads it: during a rolling deploy
+# it leaves queued rows to the new instances' senders, and its claims work on them as before.
+_QUEUE = """
+ALTER TABLE deliveries ADD COLUMN queued_at {real};
+CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (state, queued_at)
+"""
 # rate_slots stays: during a rolling deploy, instances of the release before still take
 # their slots there until they are replaced (a later migration may drop it).
 _TYPES = {
@@ -159,6 +166,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         8,
         "mapping activations: who and why, in the database's order",
         {"sqlite": _ACTIVATIONS_SQLITE, "postgres": _ACTIVATIONS_POSTGRES},
+    ),
+    Migration(
+        9, "the outbox as a queue: rows queued while Dub's rate limit was full", _both(_QUEUE)
     ),
 )
 LATEST = MIGRATIONS[-1].version

@@ -22,8 +22,10 @@ from .base import (
     Claim,
     ClaimRequest,
     LeadStatus,
+    QueueStatus,
     Retention,
     Row,
+    Taken,
     check_finish,
     check_record,
 )
@@ -37,9 +39,12 @@ from .statements import (
     FINISH,
     GIVE_UP,
     PRUNE,
+    QUEUE_SENT,
+    QUEUE_STATUS,
     RECORD,
     RELEASE,
     SUPERSEDE,
+    TAKE,
     states,
 )
 
@@ -65,6 +70,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
     kind = "sql"
     shared_across_processes = True
     greatest = "GREATEST"  # the two-argument maximum: MAX in SQLite
+    skip_locked = "FOR UPDATE SKIP LOCKED"  # SQLite has one writer: nothing to skip
 
     def __init__(self, *, lease_seconds: float, clock: Clock):
         self.lease_seconds = lease_seconds
@@ -76,6 +82,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             for target in RECORDED
         }
         self._prune_dead = PRUNE.format(states=states(DEAD))
+        self._take = TAKE.format(skip_locked=self.skip_locked)
 
     # --- what a backend supplies -------------------------------------------------------------
 
@@ -131,20 +138,23 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         }
         row = db.execute(CLAIM, args).fetchone()
         if row is not None:
-            prev, attempts, tainted, created = row
-            return Claim(True, State(prev) if prev else None, attempts, bool(tainted), created)
+            prev, attempts, tainted, created, queued = row
+            before = State(prev) if prev else None
+            return Claim(True, before, attempts, bool(tainted), created, queued is not None)
         # A separate read: the holder may have finished in between (delivered, or pending
         # again), so the state is the row's now, not the one that refused the claim. Only a
         # final state makes it a duplicate (``decide.refused``), so either is safe.
         found = db.execute(
-            "SELECT state, attempts, tainted, created_at FROM deliveries"
+            "SELECT state, attempts, tainted, created_at, queued_at FROM deliveries"
             " WHERE message_id = :message_id AND mapping = :mapping",
             args,
         ).fetchone()
         if found is None:  # pruned in between: not settled as far as this claim knows
             return Claim(False)
-        state, attempts, tainted, created = found
-        return Claim(False, State(state), attempts, bool(tainted), created)
+        state, attempts, tainted, created, queued = found
+        return Claim(
+            False, State(state), attempts, bool(tainted), created, queued=queued is not None
+        )
 
     def finish(
         self,
@@ -158,6 +168,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         payload: Any = None,
         tainted: bool = False,
         not_before: float | None = None,
+        queued: bool = False,
     ) -> bool:
         args = {
             "state": check_finish(state).value,
@@ -167,6 +178,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             "payload": stored(payload),
             "tainted": int(tainted),
             "not_before": not_before,
+            "queued": int(queued),
             "now": self.clock.time(),
             "message_id": message_id,
             "mapping": mapping,
@@ -265,6 +277,29 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
     def due(self, *, first_seen_before: float, limit: int) -> list[Row]:
         args = {"before": first_seen_before, "now": self.clock.time(), "limit": limit}
         return [_row(r) for r in self._read(DUE, args)]
+
+    def take(self, *, first_seen_before: float, limit: int, lease: float) -> list[Taken]:
+        now = self.clock.time()
+        args = {"before": first_seen_before, "now": now, "limit": limit, "lease": now + lease}
+        found = self._run(lambda db: db.execute(self._take, args).fetchall())
+        taken = []
+        # RETURNING gives no order: the queue's is restored here.
+        for r in sorted(found, key=lambda r: (r[15] if r[15] is not None else r[11], r[0], r[1])):
+            row, prev, tainted = _row(r), r[13], r[14]
+            before = State(prev) if prev else None
+            queued = r[15] is not None
+            claim = Claim(True, before, row.attempts, bool(tainted), row.created_at, queued=queued)
+            taken.append(Taken(row, claim))
+        return taken
+
+    def queue_status(self) -> QueueStatus:
+        def read(db: DB) -> QueueStatus:
+            depth, oldest = db.execute(QUEUE_STATUS, {}).fetchone()
+            since = {"since": self.clock.time() - 60.0}
+            (sent,) = db.execute(QUEUE_SENT, since).fetchone()
+            return QueueStatus(int(depth), None if oldest is None else float(oldest), int(sent))
+
+        return self._run(read, write=False)
 
     def _read(self, sql: str, args: Mapping[str, Any]) -> list[Any]:
         return self._run(lambda db: db.execute(sql, args).fetchall(), write=False)

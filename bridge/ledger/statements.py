@@ -8,8 +8,10 @@ of its own.
 from __future__ import annotations
 
 from ..outcomes import (
+    ACTIVE,
     CLAIMABLE,
     DEAD,
+    FINAL,
     REDRIVABLE,
     RELEASABLE,
     SWEEPABLE,
@@ -45,12 +47,13 @@ ON CONFLICT (message_id, mapping) DO UPDATE SET
 WHERE deliveries.state IN {states(CLAIMABLE)}
    OR (deliveries.state = 'in_flight' AND COALESCE(deliveries.lease_until, 0) <= :now)
    OR (:redrive = 1 AND deliveries.state IN {states(REDRIVABLE)})
-RETURNING prev_state, attempts, tainted, created_at
+RETURNING prev_state, attempts, tainted, created_at, queued_at
 """
 FINISH = """
 UPDATE deliveries SET state = :state, status = :status, error = :error, lease_until = NULL,
     payload = COALESCE(:payload, payload), tainted = {greatest}(tainted, :tainted),
-    attempts = attempts + :calls, not_before = :not_before, updated_at = :now
+    attempts = attempts + :calls, not_before = :not_before, updated_at = :now,
+    queued_at = CASE WHEN :queued = 1 THEN COALESCE(queued_at, :now) ELSE queued_at END
 WHERE message_id = :message_id AND mapping = :mapping AND state = 'in_flight'
 """
 RELEASE = f"""
@@ -76,6 +79,41 @@ SELECT {COLUMNS} FROM deliveries
 WHERE created_at < :before AND COALESCE(not_before, 0) <= :now AND request_body IS NOT NULL
   AND (state = 'pending' OR (state = 'in_flight' AND COALESCE(lease_until, 0) <= :now))
 ORDER BY created_at LIMIT :limit
+"""
+# What the outbox may send: queued rows (Dub's rate limit was full), and unsettled rows
+# older than Segment's retry window; never a sale while a lead of its customer is unsettled
+# (Dub would answer sale: null and record nothing).
+_SENDABLE = """
+request_body IS NOT NULL AND COALESCE(not_before, 0) <= :now
+AND (queued_at IS NOT NULL OR created_at < :before)
+AND (state = 'pending' OR (state = 'in_flight' AND COALESCE(lease_until, 0) <= :now))
+"""
+# The outbox takes its next rows in one statement, as claims: in the order queued, each
+# row by one sender (PostgreSQL skips rows another sender's statement holds; SQLite has one
+# writer at a time). The pick is materialised: evaluated once, so a LIMIT with SKIP LOCKED
+# cannot be re-run by the planner into more rows than asked.
+TAKE = f"""
+WITH picked AS MATERIALIZED (
+    SELECT message_id, mapping FROM deliveries AS d
+    WHERE {_SENDABLE}
+      AND NOT (COALESCE(d.action, '') <> 'lead' AND d.customer IS NOT NULL AND EXISTS (
+          SELECT 1 FROM deliveries AS l WHERE l.customer = d.customer AND l.action = 'lead'
+            AND l.state IN {states(ACTIVE)}))
+    ORDER BY COALESCE(queued_at, created_at), message_id, mapping
+    LIMIT :limit {{skip_locked}})
+UPDATE deliveries SET prev_state = state, state = 'in_flight', lease_until = :lease,
+    updated_at = :now
+WHERE (message_id, mapping) IN (SELECT message_id, mapping FROM picked)
+  AND {_SENDABLE}
+RETURNING {COLUMNS}, prev_state, tainted, queued_at
+"""
+QUEUE_STATUS = f"""
+SELECT COUNT(*), MIN(queued_at) FROM deliveries
+WHERE queued_at IS NOT NULL AND state IN {states(ACTIVE)}
+"""
+QUEUE_SENT = f"""
+SELECT COUNT(*) FROM deliveries
+WHERE queued_at IS NOT NULL AND state IN {states(FINAL)} AND updated_at >= :since
 """
 # Housekeeping works a batch at a time, so no statement holds its locks for long.
 GIVE_UP = f"""

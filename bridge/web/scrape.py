@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Response, current_app, request
 
+from ..ledger.base import Ledger
 from ..ledger.postgres import describe
 from ..metrics import LedgerRows, exposition
 from ..settings import Settings
@@ -56,10 +57,16 @@ def scrape(service: Service) -> Response:
             ledger.oldest_unsettled,
             service.deliverer.clock.time,
             ledger=ledger_label(settings),
+            queue=lambda: _queue(ledger),
         )
         current_app.extensions["bridge.ledger_rows"] = rows
     body, content_type = exposition(rows)
     return Response(body, mimetype=content_type.split(";")[0], content_type=content_type)
+
+
+def _queue(ledger: Ledger) -> tuple[int, float | None, int]:
+    status = ledger.queue_status()
+    return status.depth, status.oldest, status.sent_last_minute
 
 
 def _refusal(settings: Settings) -> Response | None:
