@@ -7,6 +7,8 @@ of its own.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..outcomes import (
     ACTIVE,
     CLAIMABLE,
@@ -49,6 +51,46 @@ WHERE deliveries.state IN {states(CLAIMABLE)}
    OR (:redrive = 1 AND deliveries.state IN {states(REDRIVABLE)})
 RETURNING prev_state, attempts, tainted, created_at, queued_at
 """
+
+
+def _values(count: int, columns: tuple[str, ...], template: str) -> str:
+    """``count`` rows of VALUES, each from ``template`` with its parameters numbered."""
+    rows = []
+    for i in range(count):
+        row = template
+        for column in columns:
+            row = row.replace(f":{column}", f":{column}_{i}")
+        rows.append(row)
+    return ",\n".join(rows)
+
+
+CLAIMED_COLUMNS = ("message_id", "mapping", "action", "event", "customer", "body")
+_CLAIM_ROW = (
+    "(:message_id, :mapping, :action, :event, :customer, 'in_flight', 0, :body, :lease, :now, :now)"
+)
+
+
+@lru_cache(maxsize=64)
+def claim_rows(count: int) -> str:
+    """CLAIM for ``count`` rows in one statement (keys distinct, in key order, so two
+    statements sharing rows lock them in the same order); RETURNING names each row granted."""
+    head, rest = CLAIM.split("VALUES", 1)
+    _, tail = rest.split("ON CONFLICT", 1)
+    returning = "RETURNING message_id, mapping, prev_state,"
+    body = head + "VALUES " + _values(count, CLAIMED_COLUMNS, _CLAIM_ROW) + "\nON CONFLICT" + tail
+    return body.replace("RETURNING prev_state,", returning)
+
+
+@lru_cache(maxsize=64)
+def claimed_rows(count: int) -> str:
+    """The state of ``count`` rows a claim was refused for, read in one statement."""
+    keys = _values(count, ("message_id", "mapping"), "(:message_id, :mapping)")
+    return (
+        "SELECT message_id, mapping, state, attempts, tainted, created_at, queued_at"
+        f" FROM deliveries WHERE (message_id, mapping) IN (VALUES {keys})"
+    )
+
+
 FINISH = """
 UPDATE deliveries SET state = :state, status = :status, error = :error, lease_until = NULL,
     payload = COALESCE(:payload, payload), tainted = {greatest}(tainted, :tainted),
