@@ -19,14 +19,14 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import requests
 
 if __package__ in (None, ""):  # `python bench/burst.py`: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -52,10 +52,12 @@ class LimitedDub:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as Dub's API serves it
+
             def log_message(self, *args: Any) -> None:
                 """Quiet."""
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 status, headers, answer = outer.answer(body)
                 data = json.dumps(answer).encode()
@@ -122,21 +124,20 @@ def batches(run: str) -> list[bytes]:
 def segment(url: str, body: bytes) -> tuple[int, Counter[int]]:
     """Post one batch until it is answered 200, as Segment retries; the requests made."""
     made, statuses, pause = 0, Counter[int](), SEGMENT_FIRST_RETRY
-    while True:
-        made += 1
-        request = urllib.request.Request(
-            url, body, {"Content-Type": "application/json"}, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as answer:
-                statuses[answer.status] += 1
-                return made, statuses
-        except urllib.error.HTTPError as exc:
-            statuses[exc.code] += 1
-        except (urllib.error.URLError, TimeoutError):
-            statuses[0] += 1
-        time.sleep(pause)
-        pause = min(pause * 2, SEGMENT_RETRY_CAP)
+    with requests.Session() as session:
+        while True:
+            made += 1
+            try:
+                answer = session.post(
+                    url, data=body, headers={"Content-Type": "application/json"}, timeout=5
+                )
+                statuses[answer.status_code] += 1
+                if answer.status_code == 200:
+                    return made, statuses
+            except requests.RequestException:
+                statuses[0] += 1  # no answer within Segment's 5 s
+            time.sleep(pause)
+            pause = min(pause * 2, SEGMENT_RETRY_CAP)
 
 
 def burst(urls: list[str], dub: LimitedDub, run: str, wait: float) -> dict[str, Any]:

@@ -447,3 +447,24 @@ def test_a_graceful_stop_finishes_the_call_under_way_and_leaves_the_rest(
     assert invoices(dub) == Counter(
         {f"o-{e['messageId']}": 1 for e in sales(3, "first") + sales(3, "left")}
     )
+
+
+def test_events_a_burst_leaves_unsent_at_the_budget_are_queued(
+    workers: Callable[..., Deliverer], engine: Engine, dub: responses.RequestsMock,
+    clock: ManualClock,
+) -> None:  # fmt: skip
+    """A batch whose calls outlast the request's budget: the events no call was started for
+    are queued (200), not handed back to Segment; not queueing, they are pending (503)."""
+
+    def slow(request: Any) -> tuple[int, dict[str, str], str]:
+        clock.advance(1.0)  # each call takes a second
+        return 200, {}, json.dumps(sale_ok())
+
+    dub.add_callback(responses.POST, f"{DUB}/track/sale", callback=slow)
+    queueing = workers(concurrency=1)
+    outcomes = Counter(r.outcome for r in send(queueing, engine, sales(3, "slow"), budget=1.5))
+    assert outcomes == Counter({"delivered": 2, "queued": 1})
+    assert queueing.ledger is not None and queueing.ledger.queue_status().depth == 1
+    old = workers(concurrency=1, queue_when_limited=False)
+    outcomes = Counter(r.outcome for r in send(old, engine, sales(3, "old"), budget=1.5))
+    assert outcomes == Counter({"delivered": 2, "pending": 1})

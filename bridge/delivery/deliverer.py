@@ -279,6 +279,10 @@ class Deliverer:
                     Outcome.PENDING, reason="not sent: this instance is stopping"
                 )
                 self._release(job, payload)
+            elif pass_.deadline - self.clock.monotonic() < pass_.guard and pass_.queue:
+                # No call was made: the burst outran the budget, not Dub. The queue takes it
+                # (a request that also holds an event Dub failed is answered 503 all the same).
+                result = self._queue(job, payload, "not sent within the request's time budget")
             elif pass_.deadline - self.clock.monotonic() < pass_.guard:
                 result = job.result.finish(
                     Outcome.PENDING, reason="not sent: the time budget ran out; Segment will retry"

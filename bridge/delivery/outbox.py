@@ -28,7 +28,10 @@ from .deliverer import Deliverer
 log = logging.getLogger("bridge.outbox")
 
 PASS_BUDGET = 10.0  # seconds per pass: how long a stop may wait for the calls under way
-BACKOFF_BASE = 60.0  # the first pause after Dub failed a row; doubled per call, to the cap
+# The first pause after Dub failed a row, doubled per call made for it, to the cap: a
+# queued row Dub failed once is tried again within seconds; a row past Segment's window,
+# which had many calls already, waits up to the cap.
+BACKOFF_BASE = 5.0
 BACKOFF_CAP = 3600.0
 
 
