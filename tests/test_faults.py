@@ -400,6 +400,16 @@ def post_over_http(session: requests.Session, url: str, batch: list[dict[str, An
 
 
 @pytest.mark.slow  # real gunicorn processes
+def unsettled(db: Path) -> int:
+    """Rows still pending or in flight: after every batch got 200, the outbox's queue."""
+    ledger = SQLiteLedger(db)
+    try:
+        counts = ledger.counts()
+    finally:
+        ledger.close()
+    return counts.get(State.PENDING, 0) + counts.get(State.IN_FLIGHT, 0)
+
+
 def test_sigkill_gunicorn_mid_batch_then_redeliver(tmp_path: Path) -> None:
     """SIGKILL gunicorn mid-batch, restart, redeliver: every conversion RECORDED exactly once."""
     db = tmp_path / "ledger.sqlite3"
@@ -495,6 +505,8 @@ def test_sigkill_gunicorn_mid_batch_then_redeliver(tmp_path: Path) -> None:
             thread.join(60)
         assert not errors, errors
         assert [a.status for a in finals] == [200] * len(batches), [a.body for a in finals]
+        # What the answers queued (a batch outrunning its 1 s budget), the sender sends.
+        assert fake.wait_until(lambda: not unsettled(db), timeout=60, step=0.1)
     finally:
         stopping.set()
         service.kill()

@@ -468,3 +468,31 @@ def test_events_a_burst_leaves_unsent_at_the_budget_are_queued(
     old = workers(concurrency=1, queue_when_limited=False)
     outcomes = Counter(r.outcome for r in send(old, engine, sales(3, "old"), budget=1.5))
     assert outcomes == Counter({"delivered": 2, "pending": 1})
+
+
+def test_a_sale_whose_lead_is_queued_waits_in_the_queue_behind_it(
+    workers: Callable[..., Deliverer], engine: Engine, dub: responses.RequestsMock,
+    clock: ManualClock,
+) -> None:  # fmt: skip
+    """A sale arriving while its customer's lead waits in the queue, which Dub answers
+    `sale: null` (it knows no such customer yet), is queued behind the lead (200), not handed
+    back to Segment; the outbox sends the lead, then the sale."""
+    not_yet = {"eventName": "Purchase", "customer": None, "sale": None}
+    dub.post(f"{DUB}/track/lead", json=lead_ok())
+    dub.post(f"{DUB}/track/sale", json=not_yet)
+    worker = workers(rate_limit_per_minute=1)
+    assert worker.ledger is not None
+    send(worker, engine, [signup("first", userId="u-other")])  # the minute's one call
+    assert [r.outcome for r in send(worker, engine, [signup("l", userId="u-l")])] == ["queued"]
+    clock.advance(COUNTED_FOR)  # a slot is free; the lead is still in the queue
+    (sale,) = send(worker, engine, [order("s") | {"userId": "u-l"}])
+    assert sale.outcome == "queued" and "behind the lead" in (sale.reason or "")
+    dub.replace(responses.POST, f"{DUB}/track/sale", json=sale_ok())
+    outbox = Outbox(worker.ledger, worker, after_seconds=4 * 3600, clock=clock)
+    clock.advance(COUNTED_FOR)
+    assert outbox.run_once() == Counter({"delivered": 1})  # the lead
+    clock.advance(COUNTED_FOR)
+    assert outbox.run_once() == Counter({"delivered": 1})  # then the sale
+    assert [c.request.url.rsplit("/", 1)[-1] for c in dub.calls] == [
+        "lead", "sale", "lead", "sale"
+    ]  # fmt: skip

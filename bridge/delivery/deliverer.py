@@ -376,6 +376,14 @@ class Deliverer:
         )
         outcome = decision.outcome
         reason = decision.reason
+        # A sale Dub took but could not match yet, its customer's lead being unsettled (in
+        # the queue, say): nothing was recorded, and the queue sends it after that lead.
+        behind_lead = (
+            pass_.queue
+            and ledger is not None
+            and outcome is Outcome.FAILED
+            and classify(endpoint, answer) is not Outcome.FAILED
+        )
         if ledger is not None:
             state = STATE_AFTER[outcome]
             try:
@@ -387,7 +395,11 @@ class Deliverer:
                     error=answer.error,
                     payload=payload if state in DEAD or state is State.PENDING else None,
                     tainted=tainted,
+                    queued=behind_lead,
                 )
+                if behind_lead:
+                    outcome = Outcome.QUEUED
+                    reason = f"{reason}; queued behind the lead, sent after it at Dub's rate"
             except LedgerError as exc:
                 # Dub has its answer but the ledger does not: Segment's retry finds the claim
                 # (until its lease ends) and then sends again, which Dub de-duplicates.
