@@ -7,7 +7,8 @@ with Dub's millisecond ``Retry-After``. Measured: the requests Segment had to ma
 batch, the time until the last sale reached Dub against 1,500 / limit, the most calls Dub
 saw in any minute and its 429s, and whether each sale reached it once. With ``--postgres``
 the same burst is run again against three instances on one PostgreSQL database, the
-batches spread over them. Prints one JSON line per setup.
+batches spread over them, and the scale-out curve is measured: webhook events a second with
+1, 2 and 3 instances on that one database. Prints one JSON line per setup.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -31,8 +33,9 @@ import requests
 if __package__ in (None, ""):  # `python bench/burst.py`: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import corpus
 from bench.http_bench import bench_env, create_database, drop_database
-from bench.servers import BRIDGE_APP, Server, free_port, procfile_command
+from bench.servers import BRIDGE_APP, ROOT, Server, free_port, procfile_command, start_fakedub
 
 SALES, BATCH = 1500, 100
 WINDOW = 60.0  # Dub's limit: calls in any sliding minute
@@ -205,12 +208,68 @@ def run_setup(name: str, count: int, env: dict[str, str], limit: int, tmp: Path)
     return result
 
 
+def scale_out(postgres: str, tmp: Path, seconds: float) -> dict[str, Any]:
+    """Webhook events a second (single events, the benchmark's corpus, fake Dub without a
+    limit) with 1, 2 and 3 instances on one PostgreSQL database, each with its own load."""
+    corpus_path = corpus.write(tmp / "corpus.jsonl", 5000)
+    fakedub, dub_port = start_fakedub(tmp / "fakedub.log")
+    database = create_database(postgres)
+    servers: list[Server] = []
+    curve: dict[str, float] = {}
+    try:
+        env = bench_env(tmp, dub_port) | {"DATABASE_URL": database}
+        servers = instances(3, env, tmp, "scale")
+        for count in (1, 2, 3):
+            loads = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.loadgen",
+                        "--url",
+                        f"http://127.0.0.1:{server.port}/segment",  # type: ignore[attr-defined]
+                        "--corpus",
+                        str(corpus_path),
+                        "--batch",
+                        "1",
+                        "--connections",
+                        "8",
+                        "--procs",
+                        "1",
+                        "--seconds",
+                        str(seconds),
+                        "--warmup",
+                        "0.5",
+                        "--tag",
+                        f"scale{count}-{i}",
+                    ],
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for i, server in enumerate(servers[:count])
+            ]
+            rates = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in loads]
+            curve[f"{count} instances"] = round(sum(r["events_per_second"] for r in rates))
+    finally:
+        for server in servers:
+            server.stop()
+        fakedub.stop()
+        drop_database(database)
+    result = {"setup": "scale-out, one PostgreSQL", "events_per_second": curve}
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="the burst of issue 24")
     parser.add_argument("--limit", type=int, default=1200, help="Dub's calls a minute")
     parser.add_argument("--postgres", help="a PostgreSQL server URL (postgresql://.../postgres)")
     parser.add_argument("--queue", default="1", help="BRIDGE_QUEUE_WHEN_LIMITED (1 or 0)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--scale-seconds", type=float, default=5.0, help="each point of the scale-out curve"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bridge-burst-"))
     env = bench_env(tmp, 0) | {
@@ -228,6 +287,7 @@ def main() -> None:
                 results.append(run_setup("postgres-x3", 3, pg, args.limit, tmp))
             finally:
                 drop_database(database)
+            results.append(scale_out(args.postgres, tmp, args.scale_seconds))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.out:
