@@ -327,7 +327,8 @@ class Deliverer:
             log.error("could not queue an event", extra={"messageId": result.message_id,
                       "error": exc.message})  # fmt: skip
             return result.finish(Outcome.PENDING, reason=f"not queued: {exc.message}")
-        metrics().queued.inc()
+        if not job.claim.queued:  # newly queued, not a queued row waiting again
+            metrics().queued.inc()
         return result.finish(
             Outcome.QUEUED, reason=f"{why}; the bridge's outbox sends it at Dub's rate"
         ).replace(attempts=made, status=status)
@@ -398,6 +399,8 @@ class Deliverer:
                     queued=behind_lead,
                 )
                 if behind_lead:
+                    if not claim or not claim.queued:
+                        metrics().queued.inc()
                     outcome = Outcome.QUEUED
                     reason = f"{reason}; queued behind the lead, sent after it at Dub's rate"
             except LedgerError as exc:
