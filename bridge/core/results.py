@@ -56,8 +56,15 @@ class Result(Planned):
     retry_after: float | None = None  # seconds, when Dub said how long to wait
 
     def replace(self, **changes: Any) -> Result:
-        """A copy with these fields changed."""
-        return dataclasses.replace(self, **changes)
+        """A copy with these fields changed (``dataclasses.replace``'s meaning, without its
+        per-call field introspection: delivery copies results on every call it makes)."""
+        unknown = changes.keys() - _NAMES
+        if unknown:
+            raise TypeError(f"Result has no field {sorted(unknown)[0]!r}")
+        new = object.__new__(Result)
+        for name in _NAMES_IN_ORDER:
+            _set(new, name, changes[name] if name in changes else getattr(self, name))
+        return new
 
     def finish(
         self, outcome: Outcome, *, reason: str | None = None, errors: tuple[str, ...] = ()
@@ -100,6 +107,11 @@ class Result(Planned):
         if self.dub_error is not None:
             line["dubError"] = self.dub_error
         return line
+
+
+_NAMES_IN_ORDER = tuple(f.name for f in dataclasses.fields(Result))
+_NAMES = frozenset(_NAMES_IN_ORDER)
+_set = object.__setattr__  # a frozen dataclass sets its fields this way in __init__ too
 
 
 __all__ = ["LINE_KEYS", "Planned", "Result"]

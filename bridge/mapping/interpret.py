@@ -36,25 +36,34 @@ def interpret(
     steps: Steps | None = None,
 ) -> Result:
     """This mapping's result for a well-formed event; ``steps`` receives the trace."""
-    result = Result(message_id, name, mapping.name, mapping.endpoint.action)
+    # Each way out builds its one Result: a frozen dataclass is built once, not copied.
+    mapping_name, action = mapping.name, mapping.endpoint.action
     try:
-        return _apply(mapping, event, result, steps)
+        return _apply(mapping, event, message_id, name, steps)
     except PathEvalError as exc:
         if steps is not None:
             steps["error"] = str(exc)
-        return result.finish(Outcome.INVALID, errors=(str(exc),))
+        errors: tuple[str, ...] = (str(exc),)
     except Exception as exc:  # a bug must cost this (event, mapping), not the batch
         text = f"mapping {mapping.name!r} failed on this event: {type(exc).__name__}: {exc}"
-        return result.finish(Outcome.INVALID, errors=(text[:300],))
+        errors = (text[:300],)
+    return Result(message_id, name, mapping_name, action, Outcome.INVALID, errors=errors)
 
 
-def _apply(mapping: Any, event: Mapping[str, Any], result: Result, steps: Steps | None) -> Result:
+def _apply(
+    mapping: Any,
+    event: Mapping[str, Any],
+    message_id: str | None,
+    name: str | None,
+    steps: Steps | None,
+) -> Result:
+    head = (message_id, name, mapping.name, mapping.endpoint.action)
     failed = _first_failure(mapping.conditions, event, steps, "conditions")
     if failed is not None:
-        return result.finish(Outcome.SKIPPED, reason=failed)
+        return Result(*head, Outcome.SKIPPED, reason=failed)
     refused = _first_failure(mapping.require, event, steps, "require")
     if refused is not None:
-        return result.finish(Outcome.INVALID, errors=(f"required: {refused}",))
+        return Result(*head, Outcome.INVALID, errors=(f"required: {refused}",))
     body: dict[str, Any] = {}
     sources: dict[str, str | None] = {}
     errors: list[str] = []
@@ -76,13 +85,15 @@ def _apply(mapping: Any, event: Mapping[str, Any], result: Result, steps: Steps 
             continue
         body[field.name] = value
     clean, rule_errors, rule_warnings = mapping.endpoint.clean(body, mapping.required, sources)
-    result = result.replace(warnings=(*warnings, *rule_warnings))
+    noted = (*warnings, *rule_warnings)
     if errors or rule_errors:
-        return result.finish(Outcome.INVALID, errors=(*errors, *rule_errors))
+        return Result(*head, Outcome.INVALID, errors=(*errors, *rule_errors), warnings=noted)
     if mapping.endpoint.action == "sale" and clean.get("amount") == 0:
-        return result.finish(Outcome.SKIPPED, reason=ZERO_SALE)
+        return Result(*head, Outcome.SKIPPED, warnings=noted, reason=ZERO_SALE)
     method, path, _ = mapping.endpoint.request(clean)
-    return result.replace(request_method=method, request_path=path, body=clean)
+    return Result(
+        *head, Outcome.READY, request_path=path, body=clean, warnings=noted, request_method=method
+    )
 
 
 def _first_failure(
