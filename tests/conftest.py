@@ -18,6 +18,7 @@ import responses
 from bridge.core.results import LINE_KEYS as _LINE_KEYS
 from bridge.core.settings import Settings
 from bridge.mapping.engine import Engine
+from bridge.service import wiring
 from bridge.service.mapping_files import load_directory
 from bridge.web.app import create_app
 from bridge.web.signing import sign
@@ -55,6 +56,13 @@ def no_background_thread_outlives_its_test() -> Iterator[None]:
         if t.ident not in before and t.name in BACKGROUND_THREADS and t.is_alive()
     ]
     assert not left, f"background threads left running: {left}"
+
+
+@pytest.fixture(autouse=True)
+def outbox_sent_by_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No service's outbox sender runs in the background during a test: a test sends the
+    queue itself (``Outbox.run_once``), so what is sent when never depends on threads."""
+    monkeypatch.setattr(wiring, "OUTBOX_POLL_SECONDS", 0.0)
 
 
 def needs_shared() -> Path:

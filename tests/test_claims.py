@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,14 +21,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.core.inputs import Item
-from bridge.core.outcomes import DEAD, FINAL, State
+from bridge.core.outcomes import DEAD, FINAL, Outcome, State
 from bridge.core.results import Result
 from bridge.delivery.deliverer import Deliverer
+from bridge.delivery.handover import handed_to_outbox
 from bridge.delivery.ratelimit import SlidingWindow
 from bridge.delivery.retry import RetryPolicy
 from bridge.dub.client import DubClient
 from bridge.ledger import open_ledger, retention_of
-from bridge.ledger.base import ClaimRequest, Ledger
+from bridge.ledger.base import Claim, ClaimRequest, Ledger
 from bridge.ledger.memory import MemoryLedger
 from bridge.ledger.sql import SQLLedger
 from bridge.mapping.batch import plan_all
@@ -93,7 +95,7 @@ def holder_finishes_between(claimant: Ledger, finish: Callable[[], None]) -> Non
                 self.db = db
 
             def execute(self, sql: str, params: Any = None) -> Any:
-                if sql.startswith("SELECT state, attempts"):
+                if sql.startswith("SELECT message_id, mapping, state, attempts"):
                     finish()
                 return self.db.execute(sql, params)
 
@@ -213,15 +215,18 @@ def test_a_repeated_event_that_failed_is_settled_by_segments_retry(
 def test_429s_without_retry_after_never_pass_the_cap_nor_give_up_early(
     backend: str, tmp_path: Path, dub: responses.RequestsMock, clock: ManualClock
 ) -> None:
-    """Dub answers 429 without Retry-After to everything while Segment retries a batch for
-    four hours: the stored attempts never pass BRIDGE_MAX_ATTEMPTS, every answer is 503
+    """Not queueing, Dub answers 429 without Retry-After to everything while Segment retries a
+    batch for four hours: the stored attempts never pass BRIDGE_MAX_ATTEMPTS, every answer is 503
     (nothing given up with a 200), and the rows become dead letters only at the outbox's
     age."""
     limited = {"error": {"code": "rate_limit_exceeded", "message": "slow down"}}
     dub.post(f"{DUB}/track/sale", status=429, json=limited)
     cap = 5
     settings = make_settings(
-        tmp_path, ledger="on" if backend == "sqlite" else "memory", max_attempts=cap
+        tmp_path,
+        ledger="on" if backend == "sqlite" else "memory",
+        max_attempts=cap,
+        queue_when_limited=False,
     )
     app = create_app(settings, clock=clock)
     service = app.extensions["bridge"]
@@ -278,6 +283,9 @@ def pair(pg_url: str, tmp_path: Path) -> Iterator[tuple[FakeDub, list[ProcfileWe
         BRIDGE_LEASE_SECONDS="2",
         BRIDGE_LOG_LEVEL="WARNING",
         WEB_CONCURRENCY="2",
+        # The race under test is a refused claim reading a row its holder just finished
+        # pending: rate-limited events are answered 503 here, not queued.
+        BRIDGE_QUEUE_WHEN_LIMITED="0",
     )
     webs = [ProcfileWeb(env, tmp_path, name=f"web{i}") for i in range(2)]
     try:
@@ -304,8 +312,8 @@ def post_to(url: str, events: list[dict[str, Any]]) -> Answer:
 def test_two_instances_never_answer_200_for_an_unsent_conversion(
     pair: tuple[FakeDub, list[ProcfileWeb]],
 ) -> None:
-    """The same event posted to two instances at once, over and over, while Dub answers
-    429: no answer is 200 while the conversion is unsent; once Dub recovers, Segment's
+    """Not queueing, the same event posted to two instances at once, over and over, while Dub
+    answers 429: no answer is 200 while the conversion is unsent; once Dub recovers, Segment's
     retries deliver each one exactly once."""
     fake, webs = pair
     # A far Retry-After ends each try at once, so a holder finishes `pending` within
@@ -402,3 +410,18 @@ def test_no_pass_makes_more_calls_than_the_cap_leaves(
         row is not None and row.state is State.PENDING and result.outcome in ("failed", "pending")
     )
     assert row.attempts == before + calls <= max(before, cap)
+
+
+def test_a_queued_row_a_hand_over_meets_keeps_its_place_in_the_queue() -> None:
+    """An SDK's request that finds its row in the outbox's queue answers queued without
+    moving the row's next try (the queue's backoff stands); an unqueued row is handed over."""
+    deferred: list[tuple[str, str, float]] = []
+    ledger = SimpleNamespace(defer=lambda *a: deferred.append(a) or True)
+    deliverer = SimpleNamespace(ledger=ledger, clock=ManualClock(), outbox_after=None)
+    result = Result(message_id="m", mapping="sale", action="sale").finish(
+        Outcome.PENDING, reason="Dub failed"
+    )
+    queued = handed_to_outbox(deliverer, result, Claim(True, queued=True), now=True)  # type: ignore[arg-type]
+    assert queued.outcome is Outcome.QUEUED and deferred == []
+    handed = handed_to_outbox(deliverer, result, Claim(True), now=True)  # type: ignore[arg-type]
+    assert handed.outcome is Outcome.QUEUED and [d[:2] for d in deferred] == [("m", "sale")]

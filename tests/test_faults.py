@@ -199,10 +199,11 @@ def test_429_with_near_retry_after_is_honoured(
 def test_429_with_far_retry_after_ends_the_attempt_at_once(
     fake_dub: FakeDub, bridge: Callable[..., Bridge]
 ) -> None:
-    """A 429 with a millisecond Retry-After 2 min ahead ends the attempt at once (503 with that
-    Retry-After) and pauses every worker; Segment's retry after the pause is delivered once."""
+    """Not queueing: a 429 with a millisecond Retry-After 2 min ahead ends the attempt at once
+    (503 with that Retry-After) and pauses every worker; Segment's retry after the pause is
+    delivered once."""
     clock = ManualClock(start=time.time())  # wall time, as the fake Dub's Retry-After is
-    b = bridge(deadline_seconds=2.0, clock=clock)
+    b = bridge(deadline_seconds=2.0, clock=clock, queue_when_limited=False)
     event = sale_event("limited-far")
     key = key_for(event)
     fake_dub.script(key, Status(429, retry_after_in=120))
@@ -273,9 +274,10 @@ def test_lead_reset_after_dub_set_its_marker_is_not_taken_as_deduplicated(
 def test_sale_is_held_while_its_customers_lead_is_unsettled(
     fake_dub: FakeDub, bridge: Callable[..., Bridge]
 ) -> None:
-    """A sale waits for its customer's unsettled lead instead of being answered `sale: null`."""
+    """Not queueing: a sale waits for its customer's unsettled lead instead of being answered
+    `sale: null`."""
     clock = ManualClock(start=time.time())  # wall time, as the fake Dub's Retry-After is
-    b = bridge(deadline_seconds=2.0, clock=clock)
+    b = bridge(deadline_seconds=2.0, clock=clock, queue_when_limited=False)
     lead = lead_event("order1", user="user-order1")
     sale = sale_event("order1", user="user-order1", click=False)  # needs the lead's customer
     # A far Retry-After ends the lead's attempt at once, leaving budget for the sale.
@@ -398,6 +400,16 @@ def post_over_http(session: requests.Session, url: str, batch: list[dict[str, An
 
 
 @pytest.mark.slow  # real gunicorn processes
+def unsettled(db: Path) -> int:
+    """Rows still pending or in flight: after every batch got 200, the outbox's queue."""
+    ledger = SQLiteLedger(db)
+    try:
+        counts = ledger.counts()
+    finally:
+        ledger.close()
+    return counts.get(State.PENDING, 0) + counts.get(State.IN_FLIGHT, 0)
+
+
 def test_sigkill_gunicorn_mid_batch_then_redeliver(tmp_path: Path) -> None:
     """SIGKILL gunicorn mid-batch, restart, redeliver: every conversion RECORDED exactly once."""
     db = tmp_path / "ledger.sqlite3"
@@ -493,6 +505,8 @@ def test_sigkill_gunicorn_mid_batch_then_redeliver(tmp_path: Path) -> None:
             thread.join(60)
         assert not errors, errors
         assert [a.status for a in finals] == [200] * len(batches), [a.body for a in finals]
+        # What the answers queued (a batch outrunning its 1 s budget), the sender sends.
+        assert fake.wait_until(lambda: not unsettled(db), timeout=60, step=0.1)
     finally:
         stopping.set()
         service.kill()

@@ -382,6 +382,145 @@ def test_a_row_handed_over_is_due_whatever_its_age(ledger: Ledger, clock: Manual
     assert [r.message_id for r in ledger.due(first_seen_before=cut, limit=10)] == ["handed"]
 
 
+def queue(ledger: Ledger, name: str, **kw: Any) -> None:
+    """A row claimed and queued (Dub's rate limit was full), as the webhook does."""
+    assert claim(ledger, name, **kw).granted
+    assert ledger.finish(name, "sale", State.PENDING, payload={"p": name}, queued=True)
+
+
+def taken_ids(ledger: Ledger, limit: int = 10, before: float = 0.0) -> list[str]:
+    return [t.row.message_id for t in ledger.take(first_seen_before=before, limit=limit, lease=60)]
+
+
+def test_take_claims_queued_rows_in_the_order_queued(ledger: Ledger, clock: ManualClock) -> None:
+    """take() claims queued rows, the first queued first, with their request and payload;
+    a taken row is in flight (no one else takes or claims it) until its lease ends."""
+    for name in ("q-2", "q-1", "q-3"):
+        queue(ledger, name, customer=name)
+        clock.advance(1)
+    claim(ledger, "not-queued")
+    ledger.finish("not-queued", "sale", State.PENDING)  # Segment's, not the queue's
+    assert ledger.queue_status().depth == 3
+    taken = ledger.take(first_seen_before=0.0, limit=2, lease=60)
+    assert [t.row.message_id for t in taken] == ["q-2", "q-1"]
+    assert taken[0].row.request_body == {"amount": 1} and taken[0].row.payload == {"p": "q-2"}
+    assert taken[0].claim.granted and taken[0].claim.state == "pending"
+    refused = claim(ledger, "q-2", customer="q-2")
+    assert not refused.granted and refused.queued  # Segment's redelivery: the queue has it
+    assert taken_ids(ledger) == ["q-3"]
+    assert taken_ids(ledger) == []
+    clock.advance(61)
+    assert taken_ids(ledger) == ["q-2", "q-1", "q-3"]  # their sender died: taken over
+
+
+def test_take_skips_backed_off_and_settled_rows(ledger: Ledger, clock: ManualClock) -> None:
+    """A queued row Dub failed waits for its backoff; a settled one leaves the queue, and
+    counts in the queue's send rate for a minute."""
+    queue(ledger, "q-a", customer="a")
+    queue(ledger, "q-b", customer="b")
+    (a,) = ledger.take(first_seen_before=0.0, limit=1, lease=60)
+    assert a.row.message_id == "q-a"
+    assert ledger.finish("q-a", "sale", State.PENDING, calls=1, status=503)
+    assert ledger.defer("q-a", "sale", clock.time() + 100)
+    assert taken_ids(ledger) == ["q-b"]
+    assert ledger.finish("q-b", "sale", State.DELIVERED, calls=1, status=200)
+    status = ledger.queue_status()
+    assert (status.depth, status.sent_last_minute) == (1, 1)
+    clock.advance(101)
+    assert taken_ids(ledger) == ["q-a"]
+    assert ledger.get("q-a", "sale").attempts == 1  # type: ignore[union-attr]
+    clock.advance(61)
+    assert ledger.queue_status().sent_last_minute == 0
+
+
+def test_take_holds_a_sale_behind_its_customers_unsettled_lead(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    """No sale is taken while a lead of its customer is pending or in flight (Dub would
+    answer sale: null); once the lead is settled, the sale is."""
+    queue(ledger, "sale-1", customer="c")
+    clock.advance(1)
+    assert claim(ledger, "lead-1", mapping="sale", action="lead", customer="c").granted
+    ledger.finish("lead-1", "sale", State.PENDING, queued=True)
+    queue(ledger, "other", customer="d")
+    assert taken_ids(ledger) == ["lead-1", "other"]
+    assert taken_ids(ledger) == []  # the lead is in flight
+    ledger.finish("lead-1", "sale", State.DELIVERED, calls=1)
+    assert taken_ids(ledger) == ["sale-1"]
+
+
+def test_take_also_takes_what_segment_stopped_retrying(ledger: Ledger, clock: ManualClock) -> None:
+    """Unsettled rows first seen before the cut are the outbox's too, never those younger."""
+    claim(ledger, "old")
+    ledger.finish("old", "sale", State.PENDING)
+    clock.advance(10)
+    claim(ledger, "young")
+    ledger.finish("young", "sale", State.PENDING)
+    assert taken_ids(ledger, before=clock.time() - 5) == ["old"]
+    assert ledger.queue_status().depth == 0  # not queued: Segment's window passed
+
+
+def test_take_takes_a_row_handed_over_whatever_its_age(ledger: Ledger, clock: ManualClock) -> None:
+    """A young row an SDK's request handed to the outbox (``defer``) is taken once its next
+    try comes, like ``due`` finds it; a young row with none is not."""
+    for name in ("handed", "fresh"):
+        claim(ledger, name, customer=name)
+        ledger.finish(name, "sale", State.PENDING)
+    cut = clock.time() - 3600
+    assert ledger.defer("handed", "sale", clock.time() + 5)
+    assert taken_ids(ledger, before=cut) == []
+    clock.advance(5)
+    assert taken_ids(ledger, before=cut) == ["handed"]
+
+
+def test_one_claim_statement_keeps_each_rows_body_and_source(ledger: Ledger) -> None:
+    """Claimed together, a row that keeps its pinned body keeps it, one that does not takes
+    the new body, and each row keeps the way in it first came by."""
+    first = [
+        ClaimRequest("k", "sale", "refund", None, "c", {"pinned": 1}, "shop"),
+        ClaimRequest("n", "sale", "sale", None, "c", {"amount": 1}, "app"),
+    ]
+    assert all(c.granted for c in ledger.claim_many(first))
+    for name in ("k", "n"):
+        ledger.finish(name, "sale", State.PENDING)
+    again = [
+        ClaimRequest("k", "sale", "refund", None, "c", {"new": 1}, None, keep=True),
+        ClaimRequest("n", "sale", "sale", None, "c", {"amount": 2}, None),
+    ]
+    kept, replaced = ledger.claim_many(again)
+    assert kept.granted and kept.body == {"pinned": 1}
+    assert replaced.granted and replaced.body == {"amount": 2}
+    k, n = ledger.get("k", "sale"), ledger.get("n", "sale")
+    assert k is not None and (k.request_body, k.source) == ({"pinned": 1}, "shop")
+    assert n is not None and (n.request_body, n.source) == ({"amount": 2}, "app")
+
+
+def test_takes_racing_from_threads_never_share_a_row(make_ledger: MakeLedger) -> None:
+    """Senders taking at once (threads, each its own handle) get each queued row once."""
+    first = make_ledger(real_time=True)
+    for i in range(60):
+        queue(first, f"r-{i:02d}", customer=f"c-{i}")
+    handles = [make_ledger(real_time=True) for _ in range(4)]
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def sender(handle: Ledger) -> None:
+        while True:
+            batch = [t.row.message_id for t in
+                     handle.take(first_seen_before=0.0, limit=7, lease=60)]  # fmt: skip
+            if not batch:
+                return
+            with lock:
+                got.extend(batch)
+
+    threads = [threading.Thread(target=sender, args=(h,)) for h in handles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [f"r-{i:02d}" for i in range(60)]
+
+
 # --- cluster locks ----------------------------------------------------------------------------
 
 

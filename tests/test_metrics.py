@@ -254,15 +254,21 @@ def test_webhook_latency_is_a_histogram(
 
 @pytest.mark.parametrize(("dub_status", "reason"), [(503, "dub_failed"), (429, "dub_rate_limited")])
 def test_a_503_is_counted_with_its_reason(
-    public_app: Any, dub: responses.RequestsMock, dub_status: int, reason: str
+    tmp_path: Path, clock: ManualClock, dub: responses.RequestsMock, dub_status: int, reason: str
 ) -> None:
-    """A 503 from Dub failing, or from Dub's rate limit, is counted under that reason."""
+    """A 503 from Dub failing, or from Dub's rate limit (not queued), is counted under that
+    reason."""
     error = {"error": {"code": "x", "message": "no", "doc_url": "https://dub.co/docs"}}
     dub.post(f"{DUB}/track/sale", json=error, status=dub_status, headers={"Retry-After": "1"})
-    before = scrape(public_app)
-    assert post(public_app, order("r")).status_code == 503
-    counted = added(before, scrape(public_app), "bridge_webhook_requests_total")
-    assert counted == {f'{{reason="{reason}",status="503"}}': 1.0}
+    settings = make_settings(tmp_path, metrics_public=True, queue_when_limited=False)
+    app = create_app(settings, clock=clock)
+    try:
+        before = scrape(app)
+        assert post(app, order("r")).status_code == 503
+        counted = added(before, scrape(app), "bridge_webhook_requests_total")
+        assert counted == {f'{{reason="{reason}",status="503"}}': 1.0}
+    finally:
+        app.extensions["bridge"].close()
 
 
 def test_a_503_for_the_ledger_is_counted_as_such(public_app: Any, monkeypatch: Any) -> None:

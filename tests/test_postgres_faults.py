@@ -137,7 +137,7 @@ def test_connection_killed_mid_claim_loses_nothing(
     """pg_terminate_backend in the middle of a batch's claim transaction: it rolls back, is
     retried on a fresh connection, and every conversion is sent exactly once."""
     dub.post(f"{DUB}/track/sale", json=sale_ok())
-    original = SQLLedger._claim
+    original = SQLLedger._claim_chunk
     killed: list[int] = []
 
     def claim_then_die(self: SQLLedger, db: Any, *args: Any) -> Any:
@@ -147,7 +147,7 @@ def test_connection_killed_mid_claim_loses_nothing(
             db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
         return claimed
 
-    monkeypatch.setattr(SQLLedger, "_claim", claim_then_die)
+    monkeypatch.setattr(SQLLedger, "_claim_chunk", claim_then_die)
     app = create_app(app_settings(pg_url), clock=clock)
     try:
         batch = {"batch": [order(f"k{i}") | {"userId": f"u{i}"} for i in range(5)]}

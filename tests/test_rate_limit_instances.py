@@ -74,6 +74,9 @@ def cluster(pg_url: str, tmp_path: Path) -> Iterator[tuple[FakeDub, list[Procfil
         DUB_READ_TIMEOUT="0.5",
         BRIDGE_LOG_LEVEL="WARNING",
         WEB_CONCURRENCY="2",
+        # Demand beyond the plan answered 503 (not queued): what the limiter serves is
+        # then exactly what the requests got (the queue's own test: test_shared_ledger).
+        BRIDGE_QUEUE_WHEN_LIMITED="0",
     )
     webs = [ProcfileWeb(env, tmp_path, name=f"web{i}") for i in range(INSTANCES)]
     try:

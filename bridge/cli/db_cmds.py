@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -22,6 +23,8 @@ def status() -> None:
     with ledger_for(config, Access.SCHEMA) as ledger:
         schema = ledger.schema()
         counts = ledger.counts() if schema.up_to_date else {}
+        queue = ledger.queue_status() if schema.up_to_date else None
+        now = time.time()  # the ledger's times are the system clock's
     where = (
         "memory"
         if ledger.kind == "memory"
@@ -31,6 +34,12 @@ def status() -> None:
     click.echo(schema.describe())
     if counts:
         click.echo("rows: " + ", ".join(f"{state} {n}" for state, n in sorted(counts.items())))
+    if queue is not None:
+        waited = 0.0 if queue.oldest is None else max(0.0, now - queue.oldest)
+        click.echo(
+            f"outbox queue: {queue.depth} rows, the oldest waiting {waited:.0f} s,"
+            f" {queue.sent_last_minute} sent in the last minute"
+        )
     sys.exit(0 if schema.up_to_date else PROBLEMS)
 
 

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -56,6 +56,8 @@ class Metrics:
     mappings_info: Gauge
     mappings_degraded: Gauge
     dub_source: Counter
+    queued: Counter
+    outbox_sent: Counter
 
 
 _made: Metrics | None = None
@@ -125,6 +127,17 @@ def metrics() -> Metrics:
                         "Events of Dub's own Segment source, skipped so no conversion is tracked"
                         " twice (none when BRIDGE_ACCEPT_DUB_SOURCE=1).",
                     ),
+                    Counter(
+                        "bridge_queued_total",
+                        "Events given to the outbox's queue because Dub's rate limit could not"
+                        " serve them within the request's time budget.",
+                    ),
+                    Counter(
+                        "bridge_outbox_sent_total",
+                        "Calls to Dub made by the outbox's senders, by outcome: its rate is"
+                        " the queue's send rate.",
+                        ["outcome"],
+                    ),
                 )
     return _made
 
@@ -165,33 +178,33 @@ class LedgerRows(Collector):
         now: Callable[[], float] = time.time,
         *,
         ledger: str = "",
+        queue: Callable[[], tuple[int, float | None, int]] | None = None,
     ):
         self.counts = counts
         self.oldest = oldest
+        self.queue = queue
         self.now = now
         self.ledger = ledger
-        self._cached: tuple[float, dict[str, int] | None, float | None] | None = None
+        self._cached: _Read | None = None
         self._lock = threading.Lock()
 
-    def _read(self) -> tuple[dict[str, int] | None, float | None]:
+    def _read(self) -> _Read:
         with self._lock:
             if self._cached is None or self.now() - self._cached[0] > ROWS_CACHE_SECONDS:
                 try:
-                    read: tuple[dict[str, int] | None, float | None] = (
-                        self.counts(),
-                        self.oldest(),
-                    )
+                    queue = self.queue() if self.queue is not None else None
+                    read = _Read(self.now(), self.counts(), self.oldest(), queue)
                 except Exception as exc:  # the counters are served whatever the ledger does
                     log.warning(
                         "ledger rows not read for /metrics",
                         extra={"ledger": self.ledger, "error": _why(exc)},
                     )
-                    read = (None, None)
-                self._cached = (self.now(), *read)
-            return self._cached[1], self._cached[2]
+                    read = _Read(self.now(), None, None, None)
+                self._cached = read
+            return self._cached
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts, oldest = self._read()
+        _, counts, oldest, queue = self._read()
         up = GaugeMetricFamily(
             "bridge_ledger_up",
             "1 when this process read the ledger's rows for this scrape, else 0 (then the"
@@ -218,6 +231,38 @@ class LedgerRows(Collector):
         )
         age.add_metric([self.ledger], 0.0 if oldest is None else max(0.0, self.now() - oldest))
         yield age
+        if queue is None:
+            return
+        depth, first, sent = queue
+        queued = GaugeMetricFamily(
+            "bridge_outbox_queue_depth",
+            "Rows waiting in the outbox's queue (Dub's rate limit was full); the whole database's.",
+            labels=["ledger"],
+        )
+        queued.add_metric([self.ledger], depth)
+        yield queued
+        waited = GaugeMetricFamily(
+            "bridge_outbox_queue_oldest_seconds",
+            "How long the oldest row of the outbox's queue has waited (0 when none).",
+            labels=["ledger"],
+        )
+        waited.add_metric([self.ledger], 0.0 if first is None else max(0.0, self.now() - first))
+        yield waited
+        rate = GaugeMetricFamily(
+            "bridge_outbox_sent_last_minute",
+            "Queued rows settled in the last minute, by every instance (the queue's send rate);"
+            " the whole database's.",
+            labels=["ledger"],
+        )
+        rate.add_metric([self.ledger], sent)
+        yield rate
+
+
+class _Read(NamedTuple):
+    at: float
+    counts: dict[str, int] | None
+    oldest: float | None
+    queue: tuple[int, float | None, int] | None
 
 
 def _why(exc: Exception) -> str:

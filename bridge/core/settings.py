@@ -66,6 +66,7 @@ ENV = {
     "rudderstack_token": "BRIDGE_RUDDERSTACK_TOKEN",
     "accept_dub_source": "BRIDGE_ACCEPT_DUB_SOURCE",
     "console_token": "BRIDGE_CONSOLE_TOKEN",
+    "queue_when_limited": "BRIDGE_QUEUE_WHEN_LIMITED",
 }
 CONSOLE_TOKEN_MIN = 16
 SECRETS = {
@@ -131,6 +132,10 @@ class Settings(BaseModel):
     # what is still unsettled, until it is this old, and then it becomes a dead letter.
     outbox_after_hours: float = Field(4.0, gt=0)
     outbox_max_age_hours: float = Field(24.0, gt=0)
+    # An event Dub's rate limit cannot serve within the request's budget is kept in the
+    # ledger's queue and answered 200 `queued` (the outbox sends it at Dub's rate); off:
+    # answered 503, and Segment's retries bring it back.
+    queue_when_limited: bool = True
     dead_letter_retention_days: float = Field(30.0, gt=0)
     # files: each instance follows its mapping files; database: every instance follows the
     # set published with `bridge mappings publish`.

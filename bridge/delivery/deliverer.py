@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -25,11 +25,20 @@ from ..core.errors import LedgerError
 from ..core.eventlog import log_result
 from ..core.logs import SOURCE
 from ..core.metrics import metrics
-from ..core.outcomes import DEAD, RETRY, STATE_AFTER, Outcome, State
+from ..core.outcomes import ACTIVE, DEAD, RETRY, STATE_AFTER, Outcome, State
 from ..core.results import Result
 from ..dub.client import DubAnswer, DubClient
 from ..dub.endpoints import ENDPOINTS, Endpoint
-from ..ledger.base import Claim, ClaimRequest, LeadStatus, Ledger, erasure_note, is_erased
+from ..ledger.base import (
+    Claim,
+    ClaimRequest,
+    LeadStatus,
+    Ledger,
+    Row,
+    Taken,
+    erasure_note,
+    is_erased,
+)
 from . import lifecycle
 from .decide import Decision, classify, decide, may_have_reached, refused
 from .handover import handed_to_outbox
@@ -65,10 +74,16 @@ class _Job:
     claim: Claim | None
 
 
+def _going() -> bool:
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class _Pass:
-    """How one deliver() sends: its deadline, the time a call needs, the payloads, and
-    whether each row gets one call only (the outbox, whose own backoff spaces the tries)."""
+    """How one deliver() sends: its deadline, the time a call needs, the payloads, whether
+    each row gets one call only (the outbox, whose own backoff spaces the tries), whether a
+    row the rate limit cannot serve in time is queued for the outbox, and whether to stop
+    taking the next row (the outbox's sender is stopping)."""
 
     deadline: float
     guard: float
@@ -76,6 +91,8 @@ class _Pass:
     once: bool
     redrive: bool
     hand_over: bool = False
+    queue: bool = False
+    stopping: Callable[[], bool] = _going
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +102,9 @@ class _Calls:
     answer: DubAnswer
     attempts: int  # calls made
     reached: bool  # a failed call may have reached Dub
+    # Dub's rate limit (the shared window, or Dub's 429 pause) is why no call (or no
+    # further call) was made: the outbox may take the row.
+    limited: bool = False
 
 
 class Deliverer:
@@ -101,6 +121,7 @@ class Deliverer:
         concurrency: int = 8,
         max_attempts: int = 20,
         outbox_after: float | None = None,
+        queue_when_limited: bool = False,
     ):
         self.client = client
         self.ledger = ledger
@@ -110,6 +131,10 @@ class Deliverer:
         self.max_attempts = max_attempts
         # Rows first seen longer ago than this belong to the outbox, not to Segment's retry.
         self.outbox_after = outbox_after
+        # An event Dub's rate limit cannot serve within the budget goes to the outbox's
+        # queue (answered ``queued``), instead of back to Segment (BRIDGE_QUEUE_WHEN_LIMITED).
+        self.queue_when_limited = queue_when_limited
+        self.concurrency = concurrency
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dub")
         self._in_flight = 0
         self._counting = threading.Lock()
@@ -144,16 +169,32 @@ class Deliverer:
         outbox's at once (``queued``). A result repeated in ``results`` (a body holding the
         same event twice) is sent once; its copies come to what the first came to."""
         copies = repeats(results)
-        final = self._deliver(
-            results, budget, payloads or {}, redrive, once, set(copies), hand_over
-        )
+        deadline = self.clock.monotonic() + budget
+        pass_ = _Pass(
+            deadline, 0.0, payloads or {}, once, redrive, hand_over=hand_over,
+            queue=self.queue_when_limited,
+        )  # fmt: skip
+        final = self._deliver(results, budget, pass_, set(copies))
         return settle(final, copies)
 
-    def _deliver(
-        self, results: Sequence[Result], budget: float, payloads: Mapping[str, Any],
-        redrive: bool, once: bool, copies: set[int], hand_over: bool = False,
-    ) -> list[Result]:  # fmt: skip
+    def send_taken(
+        self, taken: Sequence[Taken], budget: float, *, stopping: Callable[[], bool] = _going
+    ) -> list[Result]:
+        """Send rows the outbox took (claimed already), one call each; one the rate limit
+        cannot serve in time goes back to the queue. Once ``stopping`` says so, no further
+        call starts: the rows not sent are given back, for the next sender."""
+        results = [_ready(t.row) for t in taken]
+        claims = {i: t.claim for i, t in enumerate(taken)}
+        payloads = {t.row.message_id: t.row.payload for t in taken if t.row.payload is not None}
         deadline = self.clock.monotonic() + budget
+        pass_ = _Pass(deadline, 0.0, payloads, True, False, queue=True, stopping=stopping)
+        return self._deliver(results, budget, pass_, set(), claims)
+
+    def _deliver(
+        self, results: Sequence[Result], budget: float, how: _Pass, copies: set[int],
+        taken: dict[int, Claim] | None = None,
+    ) -> list[Result]:  # fmt: skip
+        deadline, payloads, redrive = how.deadline, how.payloads, how.redrive
         final = list(results)
         groups: dict[Any, list[int]] = {}
         for index, result in enumerate(results):
@@ -170,7 +211,7 @@ class Deliverer:
         ready = [i for m in groups.values() for i in m]
         # A claim must hold until its last call can no longer be running.
         lease = budget + self.client.longest_call + 1.0
-        claims = self._claim_all(results, ready, redrive, lease)
+        claims = self._claim_all(results, ready, redrive, lease) if taken is None else taken
         jobs = [
             [_Job(i, results[i], claims.get(i)) for i in members] for members in groups.values()
         ]
@@ -178,11 +219,11 @@ class Deliverer:
         if len(jobs) == 1 and deadline - self.clock.monotonic() >= longest:
             # One customer: send from this thread, saving the hand-off to the pool. Every
             # call starts only if it can end (timeouts included) before the deadline.
-            inline = _Pass(deadline, longest, payloads, once, redrive, hand_over)
+            inline = replace(how, guard=longest)
             for index, result in self._send_group(jobs[0], inline):
                 final[index] = result
             return final
-        pooled = _Pass(deadline, MIN_CALL_SECONDS, payloads, once, redrive, hand_over)
+        pooled = replace(how, guard=MIN_CALL_SECONDS)
         # Each thread runs in a copy of this request's context: its log lines keep the
         # request id, also when they come after the answer.
         futures: dict[Future[list[tuple[int, Result]]], list[_Job]] = {
@@ -196,7 +237,7 @@ class Deliverer:
         for future in not_done:
             # The thread keeps going and the ledger gets its answer; this request must not wait.
             for job in futures[future]:
-                queued = hand_over and job.claim is not None  # its thread hands it over
+                queued = how.hand_over and job.claim is not None  # its thread hands it over
                 final[job.index] = job.result.finish(
                     Outcome.QUEUED if queued else Outcome.PENDING,
                     reason="still in flight when the time budget ran out",
@@ -256,10 +297,14 @@ class Deliverer:
     def _send_group(self, group: list[_Job], pass_: _Pass) -> list[tuple[int, Result]]:
         """Send one customer's calls in order; a call starts only with ``guard`` s left."""
         done: list[tuple[int, Result]] = []
-        lead_unsettled = False
+        lead_unsettled = lead_queued = False
         for job in group:
             payload = pass_.payloads.get(job.result.message_id or "")
-            if lead_unsettled:
+            if lead_queued:
+                # The lead waits in the outbox's queue: the sale waits behind it, in the
+                # queue too (the outbox sends no sale while its customer's lead is unsettled).
+                result = self._queue(job, payload, "queued behind this customer's lead")
+            elif lead_unsettled:
                 # Dub answers a sale for a customer it does not know yet with sale: null and
                 # records nothing (a final not_recorded): wait for the lead, sent first on retry.
                 result = job.result.finish(
@@ -267,6 +312,15 @@ class Deliverer:
                     reason="not sent: this customer's lead is not settled; Segment will retry",
                 )
                 self._release(job, payload)
+            elif pass_.stopping():
+                result = job.result.finish(
+                    Outcome.PENDING, reason="not sent: this instance is stopping"
+                )
+                self._release(job, payload)
+            elif pass_.deadline - self.clock.monotonic() < pass_.guard and pass_.queue:
+                # No call was made: the burst outran the budget, not Dub. The queue takes it
+                # (a request that also holds an event Dub failed is answered 503 all the same).
+                result = self._queue(job, payload, "not sent within the request's time budget")
             elif pass_.deadline - self.clock.monotonic() < pass_.guard:
                 result = job.result.finish(
                     Outcome.PENDING, reason="not sent: the time budget ran out; Segment will retry"
@@ -293,7 +347,29 @@ class Deliverer:
             log_result(result)
             done.append((job.index, result))
             lead_unsettled = result.action == "lead" and result.outcome in RETRY
+            lead_queued = result.action == "lead" and result.outcome is Outcome.QUEUED
         return done
+
+    def _queue(self, job: _Job, payload: Any, why: str, calls: _Calls | None = None) -> Result:
+        """Give a claimed row to the outbox's queue, with its request and payload (and the
+        calls made for it: a 429), in one statement, committed before the answer as a
+        claim is."""
+        result = job.result
+        if self.ledger is None or job.claim is None or not job.claim.granted:
+            return result.finish(Outcome.PENDING, reason=f"not sent: {why}; Segment will retry")
+        made, status = (calls.attempts, calls.answer.status) if calls else (0, None)
+        try:
+            self.ledger.finish(*result.key, State.PENDING, calls=made, status=status,
+                               payload=payload, queued=True)  # fmt: skip
+        except LedgerError as exc:  # its lease ends, and Segment's retry finds it
+            log.error("could not queue an event", extra={"messageId": result.message_id,
+                      "error": exc.message})  # fmt: skip
+            return result.finish(Outcome.PENDING, reason=f"not queued: {exc.message}")
+        if not job.claim.queued:  # newly queued, not a queued row waiting again
+            metrics().queued.inc()
+        return result.finish(
+            Outcome.QUEUED, reason=f"{why}; the bridge's outbox sends it at Dub's rate"
+        ).replace(attempts=made, status=status)
 
     def _send_one(self, job: _Job, payload: Any, pass_: _Pass) -> Result:
         result, claim, ledger = job.result, job.claim, self.ledger
@@ -305,6 +381,12 @@ class Deliverer:
         if ledger is not None:
             assert claim is not None
             if not claim.granted:
+                if claim.queued and claim.state in ACTIVE:
+                    # Another request or a sender holds it, and the outbox's queue has it
+                    # whatever that holder comes to: nothing for Segment to retry.
+                    return result.finish(
+                        Outcome.QUEUED, reason="in the bridge's outbox queue, sent at Dub's rate"
+                    )
                 decision = refused(claim.state)
                 return result.finish(decision.outcome, reason=decision.reason)
             tainted = claim.tainted
@@ -328,8 +410,15 @@ class Deliverer:
             )
         if endpoint.action == "refund":
             decision, calls = self._refund(result, claim, pass_, made)
+            if calls.limited and pass_.queue and ledger is not None:
+                # Its GET found Dub's limit full: the outbox sends it at Dub's rate.
+                return self._queue(job, payload, "Dub's rate limit is full", calls)
         else:
             calls = self._call_with_retries(endpoint, result.body, pass_, made)
+            if calls.limited and pass_.queue and ledger is not None:
+                # Dub's limit, not Dub, is why it was not sent: the outbox sends it at Dub's
+                # rate.
+                return self._queue(job, payload, "Dub's rate limit is full", calls)
             # A lead that may have reached Dub and failed there (5xx, timeout, lost
             # connection) may have set Dub's de-duplication marker: a later link: null
             # proves nothing.
@@ -341,6 +430,15 @@ class Deliverer:
         answer = calls.answer
         outcome = decision.outcome
         reason = decision.reason
+        # A sale Dub took but could not match yet, its customer's lead being unsettled (in
+        # the queue, say): nothing was recorded, and the queue sends it after that lead.
+        behind_lead = (
+            pass_.queue
+            and ledger is not None
+            and endpoint.action != "refund"
+            and outcome is Outcome.FAILED
+            and classify(endpoint, answer) is not Outcome.FAILED
+        )
         if ledger is not None:
             state = STATE_AFTER[outcome]
             try:
@@ -352,7 +450,13 @@ class Deliverer:
                     error=answer.error if decision.outcome is not Outcome.INVALID else [reason],
                     payload=payload if state in DEAD or state is State.PENDING else None,
                     tainted=tainted,
+                    queued=behind_lead,
                 )
+                if behind_lead:
+                    if not claim or not claim.queued:
+                        metrics().queued.inc()
+                    outcome = Outcome.QUEUED
+                    reason = f"{reason}; queued behind the lead, sent after it at Dub's rate"
             except LedgerError as exc:
                 # Dub has its answer but the ledger does not: Segment's retry finds the claim
                 # (until its lease ends) and then sends again, which Dub de-duplicates.
@@ -480,6 +584,7 @@ class Deliverer:
         deadline, guard = pass_.deadline, pass_.guard
         attempt = 0
         reached = False
+        told_429 = False  # the last call was answered 429: Dub's limit, not Dub, failed it
         while True:
             slot = self.limiter.acquire(deadline - guard)
             if not slot.granted:
@@ -492,7 +597,7 @@ class Deliverer:
                     },
                     retry_after=f"{slot.wait:.3f}",
                 )
-                return _Calls(limited, attempt, reached)
+                return _Calls(limited, attempt, reached, limited=attempt == 0 or told_429)
             attempt += 1
             # Not cut at the budget: the webhook answers at the deadline anyway (deliver()
             # stops waiting), and a call cut short here would be sent again by Segment's retry
@@ -508,14 +613,33 @@ class Deliverer:
             told = parse_retry_after(answer.retry_after, self.clock.time())
             # The backoff grows with every call this row has had, across Segment's retries.
             wait = self.policy.wait(made + attempt, told)
-            if answer.status == 429 and wait > 0:
+            told_429 = answer.status == 429
+            if told_429 and wait > 0:
                 # The limit is the key's, not this row's: every worker of every instance waits
                 # (Dub's Retry-After, else the backoff); a wait for the limiter is no call.
                 self.limiter.pause(wait)
             # A lead's 5xx may have set Dub's de-duplication marker; a retry is still worth it
             # (the marker is not always written), and a swallowed retry is caught by decide().
-            last = pass_.once or made + attempt >= self.max_attempts
-            if last or not self.policy.fits(self.clock.monotonic(), wait, guard, deadline):
-                return _Calls(answer, attempt, reached)
+            spent = made + attempt >= self.max_attempts
+            if (
+                pass_.once
+                or spent
+                or not self.policy.fits(self.clock.monotonic(), wait, guard, deadline)
+            ):
+                return _Calls(answer, attempt, reached, limited=told_429 and not spent)
             self.clock.sleep(wait)
             metrics().retries.inc()
+
+
+def _ready(row: Row) -> Result:
+    """A row taken from the outbox's queue, as a result ready to send from its stored request."""
+    endpoint = ENDPOINTS[row.action or ""]
+    return Result(
+        message_id=row.message_id,
+        event=row.event,
+        mapping=row.mapping,
+        action=endpoint.action,
+        request_method=endpoint.method,
+        request_path=endpoint.path,
+        body=row.request_body,
+    )

@@ -19,7 +19,8 @@ log = logging.getLogger("bridge.delivery")
 def handed_to_outbox(
     deliverer: Deliverer, result: Result, claim: Claim | None, *, now: bool
 ) -> Result:
-    """An unsettled row older than Segment's retry window is the outbox's: no 503 for it.
+    """An unsettled row in the outbox's queue, or older than Segment's retry window, is the
+    outbox's: no 503 for it.
 
     ``now``, for a sender that retries only a few times within seconds (the SDKs): any
     unsettled row is the outbox's at once, its next try due now, when the ledger takes it;
@@ -27,7 +28,11 @@ def handed_to_outbox(
     if result.outcome not in RETRY or claim is None:
         return result
     ledger, clock, after = deliverer.ledger, deliverer.clock, deliverer.outbox_after
-    if now and ledger is not None:
+    if claim.queued:
+        # The queue has it whatever this request came to, at its own backoff: nothing for
+        # the sender to retry, and no hand-over to move its next try.
+        taken = True
+    elif now and ledger is not None:
         try:
             taken = ledger.defer(*result.key, clock.time())
         except LedgerError as exc:

@@ -96,6 +96,9 @@ class Claim:
     tainted: bool = False  # an earlier lead attempt may have reached Dub
     created_at: float = 0.0  # when the row was first seen
     body: dict[str, Any] | None = None  # granted: the request body the row holds now
+    # The row is in the outbox's queue: whatever this claim (or, refused, its holder)
+    # comes to, the outbox sends it until it is settled, so Segment need not retry it.
+    queued: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,24 @@ class Browse:
     def key(row: Row) -> tuple[float, str, str]:
         """Where a page ends: what the next page's ``after`` is."""
         return (row.created_at, row.message_id, row.mapping)
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A row the outbox took to send now: claimed (in flight) until its lease ends."""
+
+    row: Row
+    claim: Claim
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """The outbox's queue: rows queued and not settled yet, the oldest one's queue time, and
+    how many queued rows settled in the last minute (its send rate, every instance's)."""
+
+    depth: int
+    oldest: float | None
+    sent_last_minute: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,9 +249,12 @@ class Deliveries(Protocol):
         payload: Any = None,
         tainted: bool = False,
         not_before: float | None = None,
+        queued: bool = False,
     ) -> bool:
         """Record what a claimed (in-flight) row came to, and the ``calls`` made for it;
         False when it was not in flight. ``not_before``: the outbox waits until then.
+        ``queued`` (with ``pending``): the outbox's queue has it from now on, in the order
+        first queued.
 
         ``ValueError`` for a state no call can end in (see ``outcomes.FINISHED``)."""
 
@@ -301,6 +325,16 @@ class Deliveries(Protocol):
     def due(self, *, first_seen_before: float, limit: int) -> list[Row]:
         """Unsettled rows first seen before then (or handed to the outbox with ``defer``),
         whose backoff has passed, that nobody holds: what the outbox sends now, oldest first."""
+
+    def take(self, *, first_seen_before: float, limit: int, lease: float) -> list[Taken]:
+        """Claim, in one statement, up to ``limit`` rows the outbox sends now: queued rows in
+        the order queued, then unsettled rows first seen before ``first_seen_before``; only
+        rows whose backoff has passed and that nobody holds, and never a sale whose
+        customer has a lead still unsettled. Each row is taken by one caller, whichever
+        instance it runs in; a claim holds for ``lease`` seconds."""
+
+    def queue_status(self) -> QueueStatus:
+        """How many rows the outbox's queue holds, and since when the oldest waits."""
 
 
 class RateWindow(Protocol):

@@ -37,10 +37,12 @@ from .base import (
     ClaimRequest,
     LeadStatus,
     MappingSet,
+    QueueStatus,
     Retention,
     Row,
     Sighting,
     Slots,
+    Taken,
     check_finish,
     check_record,
     of_user,
@@ -58,6 +60,7 @@ class _Extra:
     before: State | None = None  # the state before the current claim
     tainted: bool = False
     not_before: float = 0.0
+    queued_at: float | None = None  # in the outbox's queue since
 
 
 class MemoryLedger:
@@ -92,7 +95,10 @@ class MemoryLedger:
         if row is not None:
             expired = row.state is State.IN_FLIGHT and extra.lease_until <= now
             if not (row.state in CLAIMABLE or expired or (redrive and row.state in REDRIVABLE)):
-                return Claim(False, row.state, row.attempts, extra.tainted, row.created_at)
+                queued = extra.queued_at is not None
+                return Claim(
+                    False, row.state, row.attempts, extra.tainted, row.created_at, queued=queued
+                )
         body = _roundtrip(w.body)
         extra.lease_until = now + lease
         extra.before = None if row is None else row.state
@@ -114,7 +120,10 @@ class MemoryLedger:
             updated_at=now,
             source=row.source or w.source,
         )
-        return Claim(True, row.state, row.attempts, extra.tainted, row.created_at, body)
+        queued = extra.queued_at is not None
+        return Claim(
+            True, row.state, row.attempts, extra.tainted, row.created_at, body, queued=queued
+        )
 
     def finish(
         self,
@@ -128,6 +137,7 @@ class MemoryLedger:
         payload: Any = None,
         tainted: bool = False,
         not_before: float | None = None,
+        queued: bool = False,
     ) -> bool:
         key, state = (message_id, mapping), check_finish(state)
         with self._lock:
@@ -146,6 +156,8 @@ class MemoryLedger:
             extra = self._extra[key]
             extra.lease_until, extra.not_before = 0.0, not_before or 0.0
             extra.tainted = extra.tainted or tainted
+            if queued and extra.queued_at is None:
+                extra.queued_at = self.clock.time()
             return True
 
     def defer(self, message_id: str, mapping: str, until: float) -> bool:
@@ -336,6 +348,60 @@ class MemoryLedger:
                 )
             ]
         return sorted(rows, key=lambda r: r.created_at)[:limit]
+
+    def take(self, *, first_seen_before: float, limit: int, lease: float) -> list[Taken]:
+        now = self.clock.time()
+        with self._lock:
+            unsettled_leads = {
+                r.customer
+                for r in self._rows.values()
+                if r.action == "lead" and r.customer is not None and r.state in ACTIVE
+            }
+            found = [
+                (key, r)
+                for key, r in self._rows.items()
+                if self._sendable(key, r, first_seen_before, now)
+                and (r.action == "lead" or r.customer not in unsettled_leads)
+            ]
+            found.sort(key=lambda kr: (self._queue_order(*kr), kr[0]))
+            taken = []
+            for key, row in found[:limit]:
+                extra = self._extra[key]
+                claim = Claim(True, row.state, row.attempts, extra.tainted, row.created_at,
+                              row.request_body, queued=extra.queued_at is not None)  # fmt: skip
+                extra.before, extra.lease_until = row.state, now + lease
+                row = replace(row, state=State.IN_FLIGHT, updated_at=now)
+                self._rows[key] = row
+                taken.append(Taken(row, claim))
+            return taken
+
+    def _sendable(self, key: tuple[str, str], row: Row, before: float, now: float) -> bool:
+        extra = self._extra[key]
+        return (
+            row.request_body is not None
+            and extra.not_before <= now
+            and (extra.queued_at is not None or extra.not_before > 0 or row.created_at < before)
+            and (
+                row.state is State.PENDING
+                or (row.state is State.IN_FLIGHT and extra.lease_until <= now)
+            )
+        )
+
+    def _queue_order(self, key: tuple[str, str], row: Row) -> float:
+        queued = self._extra[key].queued_at
+        return row.created_at if queued is None else queued
+
+    def queue_status(self) -> QueueStatus:
+        since = self.clock.time() - 60.0
+        with self._lock:
+            queued = [
+                (self._rows[key], extra.queued_at)
+                for key, extra in self._extra.items()
+                if extra.queued_at is not None and key in self._rows
+            ]
+        times = [at for row, at in queued if row.state in ACTIVE]
+        sent = sum(1 for row, _ in queued if row.state in FINAL and row.updated_at >= since)
+        return QueueStatus(len(times), min(times, default=None), sent)
 
     # --- across instances (here: threads) ----------------------------------------------------
 

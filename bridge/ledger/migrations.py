@@ -131,6 +131,13 @@ _BROWSE = """
 CREATE INDEX IF NOT EXISTS deliveries_recent ON deliveries (created_at, message_id, mapping);
 CREATE INDEX IF NOT EXISTS deliveries_mapping_recent ON deliveries (mapping, created_at, message_id)
 """
+# Rows queued because Dub's rate limit was full (the outbox sends them at Dub's rate, in
+# the order queued). The release before neither sets nor reads it: during a rolling deploy
+# it leaves queued rows to the new instances' senders, and its claims work on them as before.
+_QUEUE = """
+ALTER TABLE deliveries ADD COLUMN queued_at {real};
+CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (state, queued_at)
+"""
 # rate_slots stays: during a rolling deploy, instances of the release before still take
 # their slots there until they are replaced (a later migration may drop it).
 _TYPES = {
@@ -172,6 +179,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         _both("ALTER TABLE deliveries ADD COLUMN source TEXT"),
     ),
     Migration(10, "indexes for the console's events list", _both(_BROWSE)),
+    Migration(
+        11, "the outbox as a queue: rows queued while Dub's rate limit was full", _both(_QUEUE)
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -40,10 +40,10 @@ PROBE_SECONDS = 0.5  # after an outage, how often a request may check whether it
 MIGRATION_LOCK = 0x62726964  # "brid"
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1024)
 def _pyformat(sql: str) -> str:
     """``:name`` parameters, as the shared statements write them, to psycopg's ``%(name)s``."""
-    return re.sub(r"(?<![:\w]):([a-z_]+)", r"%(\1)s", sql.replace("%", "%%"))
+    return re.sub(r"(?<![:\w]):([a-z_][a-z0-9_]*)", r"%(\1)s", sql.replace("%", "%%"))
 
 
 class _Connection:
@@ -171,7 +171,10 @@ class PostgresLedger(SQLLedger):
                     else:
                         del self._lent[pool]
 
-    def _run(self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True) -> T:
+    def _run(
+        self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True,
+        pipeline: bool = False,
+    ) -> T:  # fmt: skip
         if write and self.readonly:
             raise LedgerError(f"the ledger at {self.where} is open read-only")
         for attempt in (1, 2):
@@ -180,7 +183,11 @@ class PostgresLedger(SQLLedger):
                 with self._connection(pool) as conn:
                     if not tx:
                         return work(_Connection(conn))
-                    with conn.transaction():
+                    # Pipelined: statements whose results are not read yet go out together
+                    # (BEGIN with the first, COMMIT with the last), a round trip each time
+                    # a result is read instead of one per statement.
+                    batched = conn.pipeline() if pipeline else contextlib.nullcontext()
+                    with batched, conn.transaction():
                         return work(_Connection(conn))
             except (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
                 if self._closed:

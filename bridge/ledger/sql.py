@@ -24,8 +24,10 @@ from .base import (
     Claim,
     ClaimRequest,
     LeadStatus,
+    QueueStatus,
     Retention,
     Row,
+    Taken,
     check_finish,
     check_record,
     of_user,
@@ -35,17 +37,25 @@ from .codec import read, stored
 from .sql_mappings import MappingSetsSQL
 from .sql_shared import SharedSQL
 from .statements import (
-    CLAIM,
     COLUMNS,
     DUE,
     FINISH,
     GIVE_UP,
     PRUNE,
+    QUEUE_SENT,
+    QUEUE_STATUS,
     RECORD,
     RELEASE,
     SUPERSEDE,
+    TAKE,
+    claim_rows,
+    claimed_rows,
     states,
 )
+
+# Rows per claim statement: within SQLite's 32,766 parameters (six a row), and short
+# enough that one statement never holds its locks for long.
+CLAIM_CHUNK = 500
 
 T = TypeVar("T")
 
@@ -69,6 +79,8 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
     kind = "sql"
     shared_across_processes = True
     greatest = "GREATEST"  # the two-argument maximum: MAX in SQLite
+    readonly = False
+    skip_locked = "FOR UPDATE SKIP LOCKED"  # SQLite has one writer: nothing to skip
 
     def __init__(self, *, lease_seconds: float, clock: Clock):
         self.lease_seconds = lease_seconds
@@ -85,10 +97,14 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             f" WHERE state = '{s.value}' LIMIT :cap) AS capped_{s.value}"
             for s in State
         )
+        self._take = TAKE.format(skip_locked=self.skip_locked)
 
     # --- what a backend supplies -------------------------------------------------------------
 
-    def _run(self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True) -> T:
+    def _run(
+        self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True,
+        pipeline: bool = False,
+    ) -> T:  # fmt: skip
         raise NotImplementedError
 
     def _serialise_migrations(self, db: DB) -> None:
@@ -105,59 +121,80 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         now = self.clock.time()
         until = now + max(lease or 0.0, self.lease_seconds)
         # Rows are locked in key order, so two batches sharing rows cannot deadlock; a row
-        # wanted twice in one batch is granted once.
+        # wanted twice in one batch is granted once (its first copy).
         order = sorted(range(len(wanted)), key=lambda i: (wanted[i].message_id, wanted[i].mapping))
+        firsts: dict[tuple[str, str], int] = {}
+        for index in order:
+            firsts.setdefault((wanted[index].message_id, wanted[index].mapping), index)
+        unique = [wanted[i] for i in firsts.values()]
+        shared: dict[str, Any] = {"now": now, "lease": until, "redrive": int(redrive)}
 
-        def claim_all(db: DB) -> list[Claim]:
-            claims: dict[int, Claim] = {}
-            seen: dict[tuple[str, str], int] = {}
-            for index in order:
-                w = wanted[index]
-                key = (w.message_id, w.mapping)
-                if key in seen:
-                    first = claims[seen[key]]
-                    claims[index] = Claim(
-                        False, State.IN_FLIGHT, first.attempts, first.tainted, first.created_at
-                    )
-                    continue
-                seen[key] = index
-                claims[index] = self._claim(db, w, now, until, redrive)
-            return [claims[i] for i in range(len(wanted))]
+        def claim_all(db: DB) -> dict[tuple[str, str], Claim]:
+            claims: dict[tuple[str, str], Claim] = {}
+            # One statement per chunk claims every row it can; one more reads the rest. A
+            # chunk's rows share ``keep`` (one parameter of the statement's update), so rows
+            # that keep their body are claimed apart, still in key order.
+            for keep in (False, True):
+                part = [w for w in unique if w.keep is keep]
+                for start in range(0, len(part), CLAIM_CHUNK):
+                    chunk = part[start : start + CLAIM_CHUNK]
+                    claims |= self._claim_chunk(db, chunk, shared | {"keep": int(keep)})
+            refused = [(w.message_id, w.mapping) for w in unique if (w.message_id, w.mapping)
+                       not in claims]  # fmt: skip
+            for start in range(0, len(refused), CLAIM_CHUNK):
+                keys = refused[start : start + CLAIM_CHUNK]
+                read: dict[str, Any] = {}
+                for i, (mid, mapping) in enumerate(keys):
+                    read |= {f"message_id_{i}": mid, f"mapping_{i}": mapping}
+                # Read apart from the claim: the holder may have finished in between
+                # (delivered, or pending again), so the state is the row's now, not the one
+                # that refused the claim. Only a final state makes it a duplicate
+                # (``decide.refused``), so either is safe.
+                for mid, mapping, state, attempts, tainted, created, queued in db.execute(
+                    claimed_rows(len(keys)), read
+                ).fetchall():
+                    claims[(mid, mapping)] = Claim(
+                        False, State(state), attempts, bool(tainted), created,
+                        queued=queued is not None,
+                    )  # fmt: skip
+            return claims
 
-        return self._run(claim_all, tx=len(wanted) > 1)
+        claims = self._run(claim_all, tx=len(unique) > 1, pipeline=True) if unique else {}
+        answers: list[Claim] = []
+        for index, w in enumerate(wanted):
+            key = (w.message_id, w.mapping)
+            # A row pruned in between is not settled as far as this claim knows.
+            first = claims.get(key, Claim(False))
+            if firsts[key] != index:  # a copy: its first is this batch's claim
+                first = Claim(False, State.IN_FLIGHT, first.attempts, first.tainted,
+                              first.created_at)  # fmt: skip
+            answers.append(first)
+        return answers
 
-    def _claim(self, db: DB, w: ClaimRequest, now: float, until: float, redrive: bool) -> Claim:
-        args = {
-            "message_id": w.message_id,
-            "mapping": w.mapping,
-            "action": w.action,
-            "event": w.event,
-            "customer": w.customer,
-            "body": stored(w.body),
-            "source": w.source,
-            "now": now,
-            "lease": until,
-            "redrive": int(redrive),
-            "keep": int(w.keep),
-        }
-        row = db.execute(CLAIM, args).fetchone()
-        if row is not None:
-            prev, attempts, tainted, created, body = row
-            return Claim(
-                True, State(prev) if prev else None, attempts, bool(tainted), created, read(body)
+    def _claim_chunk(
+        self, db: DB, chunk: Sequence[ClaimRequest], shared: Mapping[str, Any]
+    ) -> dict[tuple[str, str], Claim]:
+        """Claim the rows of ``chunk`` (distinct, in key order) in one statement: those granted."""
+        args: dict[str, Any] = dict(shared)
+        for i, w in enumerate(chunk):
+            args |= {
+                f"message_id_{i}": w.message_id,
+                f"mapping_{i}": w.mapping,
+                f"action_{i}": w.action,
+                f"event_{i}": w.event,
+                f"customer_{i}": w.customer,
+                f"body_{i}": stored(w.body),
+                f"source_{i}": w.source,
+            }
+        granted: dict[tuple[str, str], Claim] = {}
+        for mid, mapping, prev, attempts, tainted, created, body, queued in db.execute(
+            claim_rows(len(chunk)), args
+        ).fetchall():
+            before = State(prev) if prev else None
+            granted[(mid, mapping)] = Claim(
+                True, before, attempts, bool(tainted), created, read(body), queued is not None
             )
-        # A separate read: the holder may have finished in between (delivered, or pending
-        # again), so the state is the row's now, not the one that refused the claim. Only a
-        # final state makes it a duplicate (``decide.refused``), so either is safe.
-        found = db.execute(
-            "SELECT state, attempts, tainted, created_at FROM deliveries"
-            " WHERE message_id = :message_id AND mapping = :mapping",
-            args,
-        ).fetchone()
-        if found is None:  # pruned in between: not settled as far as this claim knows
-            return Claim(False)
-        state, attempts, tainted, created = found
-        return Claim(False, State(state), attempts, bool(tainted), created)
+        return granted
 
     def finish(
         self,
@@ -171,6 +208,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         payload: Any = None,
         tainted: bool = False,
         not_before: float | None = None,
+        queued: bool = False,
     ) -> bool:
         args = {
             "state": check_finish(state).value,
@@ -180,6 +218,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             "payload": stored(payload),
             "tainted": int(tainted),
             "not_before": not_before,
+            "queued": int(queued),
             "now": self.clock.time(),
             "message_id": message_id,
             "mapping": mapping,
@@ -378,6 +417,32 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         args = {"before": first_seen_before, "now": self.clock.time(), "limit": limit}
         return [_row(r) for r in self._read(DUE, args)]
 
+    def take(self, *, first_seen_before: float, limit: int, lease: float) -> list[Taken]:
+        now = self.clock.time()
+        args = {"before": first_seen_before, "now": now, "limit": limit, "lease": now + lease}
+        found = self._run(lambda db: db.execute(self._take, args).fetchall())
+        taken = []
+        # RETURNING gives no order: the queue's is restored here.
+        for r in sorted(found, key=lambda r: (r[16] if r[16] is not None else r[11], r[0], r[1])):
+            row, prev, tainted = _row(r), r[14], r[15]
+            before = State(prev) if prev else None
+            queued = r[16] is not None
+            claim = Claim(
+                True, before, row.attempts, bool(tainted), row.created_at, row.request_body,
+                queued=queued,
+            )  # fmt: skip
+            taken.append(Taken(row, claim))
+        return taken
+
+    def queue_status(self) -> QueueStatus:
+        def read(db: DB) -> QueueStatus:
+            depth, oldest = db.execute(QUEUE_STATUS, {}).fetchone()
+            since = {"since": self.clock.time() - 60.0}
+            (sent,) = db.execute(QUEUE_SENT, since).fetchone()
+            return QueueStatus(int(depth), None if oldest is None else float(oldest), int(sent))
+
+        return self._run(read, write=False)
+
     def _read(self, sql: str, args: Mapping[str, Any]) -> list[Any]:
         return self._run(lambda db: db.execute(sql, args).fetchall(), write=False)
 
@@ -398,6 +463,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             args = {"now": now, "before": before, "batch": retention.batch}
             done[name] = self._in_batches(sql, args, retention.batch)
         done["pruned"] += done.pop("pruned_dead")
+        self.prune_slots()
         # A signature is remembered while an event it could carry can be accepted, whatever
         # the retention of rows; one recorded by the release before, for as long after its
         # first sighting.

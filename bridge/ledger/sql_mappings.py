@@ -37,7 +37,10 @@ class MappingSetsSQL:
     clock: Clock
     kind: str
 
-    def _run(self, work: Callable[[Any], T], *, tx: bool = False, write: bool = True) -> T:
+    def _run(
+        self, work: Callable[[Any], T], *, tx: bool = False, write: bool = True,
+        pipeline: bool = False,
+    ) -> T:  # fmt: skip
         raise NotImplementedError
 
     def keep_mapping_set(self, version: str, files: Sequence[tuple[str, str]], origin: str) -> None:

@@ -21,7 +21,10 @@ class SharedSQL:
     clock: Clock
     greatest: str  # the two-argument maximum: GREATEST, or MAX in SQLite
 
-    def _run(self, work: Callable[[Any], T], *, tx: bool = False, write: bool = True) -> T:
+    def _run(
+        self, work: Callable[[Any], T], *, tx: bool = False, write: bool = True,
+        pipeline: bool = False,
+    ) -> T:  # fmt: skip
         raise NotImplementedError
 
     def _serialise_slots(self, db: Any, key: str) -> None:
@@ -36,24 +39,33 @@ class SharedSQL:
         def take(db: Any) -> Slots:
             self._serialise_slots(db, key)
             args: dict[str, Any] = {"key": key, "second": second, "edge": now - COUNTED_FOR}
-            db.execute("DELETE FROM rate_buckets WHERE key = :key AND second <= :edge", args)
-            paused = db.execute("SELECT until FROM rate_pauses WHERE key = :key", args).fetchone()
-            if paused is not None and paused[0] > now:
-                return Slots(0, float(paused[0] - now), second)
-            # Seconds whose slots were all given back count for nothing, and free nothing.
-            used, oldest, this_second = db.execute(
-                "SELECT COALESCE(SUM(taken), 0), MIN(second),"
+            # One read while the key is locked: the pause and the window (seconds that left
+            # it are pruned by housekeeping, ``prune_slots``, off the request path). Seconds
+            # whose slots were all given back count for nothing, and free nothing.
+            paused, used, oldest, this_second = db.execute(
+                "SELECT (SELECT until FROM rate_pauses WHERE key = :key),"
+                " COALESCE(SUM(taken), 0), MIN(second),"
                 " COALESCE(SUM(CASE WHEN second = :second THEN taken ELSE 0 END), 0)"
-                " FROM rate_buckets WHERE key = :key AND taken > 0",
+                " FROM rate_buckets WHERE key = :key AND taken > 0 AND second > :edge",
                 args,
             ).fetchone()
+            if paused is not None and paused > now:
+                return Slots(0, float(paused - now), second)
             granted, wait = room(now, count, per_minute, per_second, used, oldest, this_second)
             if granted:
                 db.execute(TAKE_SLOTS, args | {"taken": granted})
             return Slots(granted, wait, second)
 
-        taken: Slots = self._run(take, tx=True)
+        taken: Slots = self._run(take, tx=True, pipeline=True)
         return taken
+
+    def prune_slots(self) -> None:
+        """Forget the seconds that left every window (housekeeping: a key keeps at most a
+        row a second until then, read through its index)."""
+        edge = self.clock.time() - COUNTED_FOR
+        self._run(
+            lambda db: db.execute("DELETE FROM rate_buckets WHERE second <= :edge", {"edge": edge})
+        )
 
     def give_back_slots(self, key: str, second: int, count: int) -> None:
         # A second already out of the window has nothing left to give back to.
@@ -75,13 +87,14 @@ class SharedSQL:
         }
 
         def first_seen(db: Any) -> Sighting:
-            db.execute(
-                "INSERT INTO signatures (key, message_ids, digests, first_seen, keep_until)"
-                " VALUES (:key, :ids, :digests, :now, :keep_until) ON CONFLICT (key) DO NOTHING",
-                args,
-            )
+            # One statement: a new signature is stored; a known one is left as it is (the
+            # update sets nothing new) and read back, whoever stored it first.
             ids, digests, keep_until = db.execute(
-                "SELECT message_ids, digests, keep_until FROM signatures WHERE key = :key", args
+                "INSERT INTO signatures (key, message_ids, digests, first_seen, keep_until)"
+                " VALUES (:key, :ids, :digests, :now, :keep_until)"
+                " ON CONFLICT (key) DO UPDATE SET key = excluded.key"
+                " RETURNING message_ids, digests, keep_until",
+                args,
             ).fetchone()
             # No digests: the release before saw it first, and kept no content to vouch for.
             return Sighting(
@@ -90,7 +103,7 @@ class SharedSQL:
                 float(keep_until) if keep_until is not None else 0.0,
             )
 
-        vouched: Sighting = self._run(first_seen, tx=True)
+        vouched: Sighting = self._run(first_seen)
         return vouched
 
     def pause(self, key: str, until: float) -> None:

@@ -38,6 +38,7 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 class SQLiteLedger(SQLLedger):
     kind = "sqlite"
     greatest = "MAX"
+    skip_locked = ""  # one writer at a time: a take never meets a row another one holds
 
     def __init__(
         self,
@@ -121,8 +122,12 @@ class SQLiteLedger(SQLLedger):
                     raise LedgerError(f"ledger {self.path}: {exc}") from exc
         raise LedgerError(f"ledger {self.path} stayed locked for {LOCK_WAIT_SECONDS:g} s") from last
 
-    def _run(self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True) -> T:
-        """The one boundary where sqlite3's exceptions become ``LedgerError``."""
+    def _run(
+        self, work: Callable[[DB], T], *, tx: bool = False, write: bool = True,
+        pipeline: bool = False,
+    ) -> T:  # fmt: skip
+        """The one boundary where sqlite3's exceptions become ``LedgerError`` (``pipeline``
+        means nothing in-process)."""
         try:
             db = self._db()
         except sqlite3.Error as exc:

@@ -7,10 +7,13 @@ of its own.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..core.outcomes import (
     ACTIVE,
     CLAIMABLE,
     DEAD,
+    FINAL,
     REDRIVABLE,
     RELEASABLE,
     SWEEPABLE,
@@ -49,12 +52,54 @@ ON CONFLICT (message_id, mapping) DO UPDATE SET
 WHERE deliveries.state IN {states(CLAIMABLE)}
    OR (deliveries.state = 'in_flight' AND COALESCE(deliveries.lease_until, 0) <= :now)
    OR (:redrive = 1 AND deliveries.state IN {states(REDRIVABLE)})
-RETURNING prev_state, attempts, tainted, created_at, request_body
+RETURNING prev_state, attempts, tainted, created_at, request_body, queued_at
 """
+
+
+def _values(count: int, columns: tuple[str, ...], template: str) -> str:
+    """``count`` rows of VALUES, each from ``template`` with its parameters numbered."""
+    rows = []
+    for i in range(count):
+        row = template
+        for column in columns:
+            row = row.replace(f":{column}", f":{column}_{i}")
+        rows.append(row)
+    return ",\n".join(rows)
+
+
+CLAIMED_COLUMNS = ("message_id", "mapping", "action", "event", "customer", "body", "source")
+_CLAIM_ROW = (
+    "(:message_id, :mapping, :action, :event, :customer, 'in_flight', 0, :body, :lease, :now,"
+    " :now, :source)"
+)
+
+
+@lru_cache(maxsize=64)
+def claim_rows(count: int) -> str:
+    """CLAIM for ``count`` rows in one statement (keys distinct, in key order, so two
+    statements sharing rows lock them in the same order); RETURNING names each row granted."""
+    head, rest = CLAIM.split("VALUES", 1)
+    _, tail = rest.split("ON CONFLICT", 1)
+    returning = "RETURNING message_id, mapping, prev_state,"
+    body = head + "VALUES " + _values(count, CLAIMED_COLUMNS, _CLAIM_ROW) + "\nON CONFLICT" + tail
+    return body.replace("RETURNING prev_state,", returning)
+
+
+@lru_cache(maxsize=64)
+def claimed_rows(count: int) -> str:
+    """The state of ``count`` rows a claim was refused for, read in one statement."""
+    keys = _values(count, ("message_id", "mapping"), "(:message_id, :mapping)")
+    return (
+        "SELECT message_id, mapping, state, attempts, tainted, created_at, queued_at"
+        f" FROM deliveries WHERE (message_id, mapping) IN (VALUES {keys})"
+    )
+
+
 FINISH = """
 UPDATE deliveries SET state = :state, status = :status, error = :error, lease_until = NULL,
     payload = COALESCE(:payload, payload), tainted = {greatest}(tainted, :tainted),
-    attempts = attempts + :calls, not_before = :not_before, updated_at = :now
+    attempts = attempts + :calls, not_before = :not_before, updated_at = :now,
+    queued_at = CASE WHEN :queued = 1 THEN COALESCE(queued_at, :now) ELSE queued_at END
 WHERE message_id = :message_id AND mapping = :mapping AND state = 'in_flight'
 """
 RELEASE = f"""
@@ -82,6 +127,41 @@ WHERE (created_at < :before OR not_before IS NOT NULL) AND COALESCE(not_before, 
   AND request_body IS NOT NULL
   AND (state = 'pending' OR (state = 'in_flight' AND COALESCE(lease_until, 0) <= :now))
 ORDER BY created_at LIMIT :limit
+"""
+# What the outbox may send: queued rows (Dub's rate limit was full), rows handed to it
+# (``defer``), and unsettled rows older than Segment's retry window; never a sale while a
+# lead of its customer is unsettled (Dub would answer sale: null and record nothing).
+_SENDABLE = """
+request_body IS NOT NULL AND COALESCE(not_before, 0) <= :now
+AND (queued_at IS NOT NULL OR not_before IS NOT NULL OR created_at < :before)
+AND (state = 'pending' OR (state = 'in_flight' AND COALESCE(lease_until, 0) <= :now))
+"""
+# The outbox takes its next rows in one statement, as claims: in the order queued, each
+# row by one sender (PostgreSQL skips rows another sender's statement holds; SQLite has one
+# writer at a time). The pick is materialised: evaluated once, so a LIMIT with SKIP LOCKED
+# cannot be re-run by the planner into more rows than asked.
+TAKE = f"""
+WITH picked AS MATERIALIZED (
+    SELECT message_id, mapping FROM deliveries AS d
+    WHERE {_SENDABLE}
+      AND NOT (COALESCE(d.action, '') <> 'lead' AND d.customer IS NOT NULL AND EXISTS (
+          SELECT 1 FROM deliveries AS l WHERE l.customer = d.customer AND l.action = 'lead'
+            AND l.state IN {states(ACTIVE)}))
+    ORDER BY COALESCE(queued_at, created_at), message_id, mapping
+    LIMIT :limit {{skip_locked}})
+UPDATE deliveries SET prev_state = state, state = 'in_flight', lease_until = :lease,
+    updated_at = :now
+WHERE (message_id, mapping) IN (SELECT message_id, mapping FROM picked)
+  AND {_SENDABLE}
+RETURNING {COLUMNS}, prev_state, tainted, queued_at
+"""
+QUEUE_STATUS = f"""
+SELECT COUNT(*), MIN(queued_at) FROM deliveries
+WHERE queued_at IS NOT NULL AND state IN {states(ACTIVE)}
+"""
+QUEUE_SENT = f"""
+SELECT COUNT(*) FROM deliveries
+WHERE queued_at IS NOT NULL AND state IN {states(FINAL)} AND updated_at >= :since
 """
 # Housekeeping works a batch at a time, so no statement holds its locks for long.
 GIVE_UP = f"""

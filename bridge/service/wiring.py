@@ -19,7 +19,8 @@ from ..ledger import Access, Ledger, open_ledger, retention_of
 from ..ledger.maintenance import Maintenance
 from .store import MappingStore
 
-OUTBOX_POLL_SECONDS = 30.0
+# The sender looks for due rows this often when the queue was empty (or Dub's limit full).
+OUTBOX_POLL_SECONDS = 1.0
 
 log = logging.getLogger("bridge.service.wiring")
 
@@ -84,6 +85,7 @@ def build_deliverer(
         concurrency=settings.concurrency,
         max_attempts=settings.max_attempts,
         outbox_after=settings.outbox_after_hours * 3600,
+        queue_when_limited=settings.queue_when_limited and ledger is not None,
     )
 
 
@@ -126,7 +128,7 @@ class Service:
         if self.maintenance is not None:
             self.jobs.append(self.maintenance.poller)
         if self.outbox is not None:
-            self.jobs.append(Poller("outbox", OUTBOX_POLL_SECONDS, self.outbox.run_once))
+            self.jobs.append(Poller("outbox", OUTBOX_POLL_SECONDS, self.outbox.drain))
 
     def start(self) -> None:
         for job in self.jobs:
@@ -137,6 +139,8 @@ class Service:
             if self._closed:
                 return
             self._closed = True
+        if self.outbox is not None:
+            self.outbox.stop()  # its calls under way finish; the rest is the next sender's
         for job in self.jobs:
             job.stop()
         self.deliverer.close()

@@ -17,6 +17,7 @@ from flask import Response, current_app, request
 from ..core.errors import error_body
 from ..core.metrics import LedgerRows, exposition
 from ..core.settings import Settings
+from ..ledger.base import Ledger
 from ..ledger.postgres import describe
 from ..service.wiring import Service
 from .responses import json_response
@@ -57,10 +58,16 @@ def scrape(service: Service) -> Response:
             ledger.oldest_unsettled,
             service.deliverer.clock.time,
             ledger=ledger_label(settings),
+            queue=lambda: _queue(ledger),
         )
         current_app.extensions["bridge.ledger_rows"] = rows
     body, content_type = exposition(rows)
     return Response(body, mimetype=content_type.split(";")[0], content_type=content_type)
+
+
+def _queue(ledger: Ledger) -> tuple[int, float | None, int]:
+    status = ledger.queue_status()
+    return status.depth, status.oldest, status.sent_last_minute
 
 
 def _refusal(settings: Settings) -> Response | None:
