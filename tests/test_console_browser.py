@@ -34,6 +34,8 @@ KEY = "dub_browser_key"
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 def _shots(tmp: Path) -> Path:
@@ -129,6 +131,9 @@ def log_in(browser: Any, web: ProcfileWeb, token: str = TOKEN) -> None:
     field.clear()
     field.send_keys(token)
     browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    # The answer is a new page (a failed login's comes late: failures are slowed): wait
+    # until the form we filled is gone, instead of reading the URL of the page before it.
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(field))
 
 
 def listed(browser: Any) -> list[str]:
