@@ -47,7 +47,7 @@ from tests.helpers.faultkit import (
     segment_retry,
 )
 from tests.helpers.ledgers import BACKENDS, backend_settings
-from tests.helpers.procs import ProcfileWeb, clean_env
+from tests.helpers.procs import ProcfileWeb, clean_env, instances
 
 KEY = ("race-1", "order-sale")
 
@@ -287,16 +287,10 @@ def pair(pg_url: str, tmp_path: Path) -> Iterator[tuple[FakeDub, list[ProcfileWe
         # pending: rate-limited events are answered 503 here, not queued.
         BRIDGE_QUEUE_WHEN_LIMITED="0",
     )
-    webs = [ProcfileWeb(env, tmp_path, name=f"web{i}") for i in range(2)]
     try:
-        for web in webs:
-            web.start(wait=False)
-        for web in webs:
-            web.wait_ready()
-        yield fake, webs
+        with instances(env, tmp_path, 2) as webs:
+            yield fake, webs
     finally:
-        for web in webs:
-            web.kill()
         fake.stop()
 
 

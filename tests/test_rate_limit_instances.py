@@ -26,7 +26,7 @@ import requests
 
 from tests.helpers.fakedub import Action, Call, FakeDub, Status
 from tests.helpers.faultkit import FIGURES, MAPPINGS, sale_event
-from tests.helpers.procs import ProcfileWeb, clean_env
+from tests.helpers.procs import ProcfileWeb, clean_env, instances
 
 pytestmark = pytest.mark.slow
 
@@ -78,16 +78,10 @@ def cluster(pg_url: str, tmp_path: Path) -> Iterator[tuple[FakeDub, list[Procfil
         # then exactly what the requests got (the queue's own test: test_shared_ledger).
         BRIDGE_QUEUE_WHEN_LIMITED="0",
     )
-    webs = [ProcfileWeb(env, tmp_path, name=f"web{i}") for i in range(INSTANCES)]
     try:
-        for web in webs:
-            web.start(wait=False)
-        for web in webs:
-            web.wait_ready()
-        yield fake, webs
+        with instances(env, tmp_path, INSTANCES) as webs:
+            yield fake, webs
     finally:
-        for web in webs:
-            web.kill()
         fake.stop()
 
 

@@ -30,7 +30,7 @@ from tests.helpers.faultkit import (
     mixed_batch,
     retryable,
 )
-from tests.helpers.procs import ProcfileWeb, clean_env
+from tests.helpers.procs import ProcfileWeb, clean_env, instances
 
 pytestmark = pytest.mark.slow
 
@@ -105,16 +105,10 @@ def cluster(pg_url: str, tmp_path: Path) -> Iterator[tuple[FakeDub, list[Procfil
         BRIDGE_LOG_LEVEL="WARNING",
         WEB_CONCURRENCY="2",
     )
-    webs = [ProcfileWeb(env, tmp_path, name=f"web{i}") for i in range(INSTANCES)]
     try:
-        for web in webs:  # started together: their masters migrate at the same moment
-            web.start(wait=False)
-        for web in webs:
-            web.wait_ready()
-        yield fake, webs
+        with instances(env, tmp_path, INSTANCES) as webs:
+            yield fake, webs
     finally:
-        for web in webs:
-            web.kill()
         fake.stop()
 
 

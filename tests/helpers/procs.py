@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,22 @@ class ProcfileWeb:
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+@contextlib.contextmanager
+def instances(env: dict[str, str], workdir: Path, count: int) -> Iterator[list[ProcfileWeb]]:
+    """``count`` Procfile instances with one environment (several instances of one deploy),
+    started together (their masters migrate at the same moment), killed afterwards."""
+    webs = [ProcfileWeb(env, workdir, name=f"web{i}") for i in range(count)]
+    try:
+        for web in webs:
+            web.start(wait=False)
+        for web in webs:
+            web.wait_ready()
+        yield webs
+    finally:
+        for web in webs:
+            web.kill()
 
 
 def json_lines(web: ProcfileWeb) -> list[dict[str, Any]]:
