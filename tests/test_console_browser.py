@@ -32,9 +32,12 @@ TOKEN = "browser-console-token-0123"
 KEY = "dub_browser_key"
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
@@ -133,7 +136,34 @@ def log_in(browser: Any, web: ProcfileWeb, token: str = TOKEN) -> None:
     browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
     # The answer is a new page (a failed login's comes late: failures are slowed): wait
     # until the form we filled is gone, instead of reading the URL of the page before it.
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(field))
+    WebDriverWait(browser, 30).until(lambda _: gone(field))
+
+
+def follow(browser: Any, element: Any) -> None:
+    """Click a link or a form's button and wait for the page it leads to: reading an element
+    right after the click can find the page before it (the same ids on both), which goes
+    stale under the reader."""
+    page = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 30).until(lambda _: gone(page))
+    WebDriverWait(browser, 30).until(
+        lambda b: b.execute_script("return document.readyState") == "complete"
+    )
+
+
+def gone(element: Any) -> bool:
+    """Whether the element's page has been replaced. Chromedriver says so in two ways: a
+    stale reference, or (when asked mid-navigation) a node that no longer belongs to the
+    document."""
+    try:
+        element.tag_name  # noqa: B018 - any call on the element tells
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
 
 
 def listed(browser: Any) -> list[str]:
@@ -166,7 +196,7 @@ def test_dead_letters_listed_and_detail_panes(
     assert "br-1" in listed(browser)
     assert "jane@example.com" not in browser.page_source
     browser.save_screenshot(str(_shots(workdir) / "console-events.png"))
-    browser.find_element(By.LINK_TEXT, "br-1").click()
+    follow(browser, browser.find_element(By.LINK_TEXT, "br-1"))
     for pane in ("pane-payload", "pane-request", "pane-answers", "explain"):
         assert browser.find_element(By.ID, pane).is_displayed()
     assert "jane@example.com" in browser.find_element(By.ID, "pane-payload").text
@@ -177,7 +207,7 @@ def test_one_redrive(browser: Any, web: ProcfileWeb, workdir: Path, fake_dub: Fa
     """The Redrive button sends the conversion once and shows the outcome."""
     dead_letter(workdir, "br-2")
     browser.get(web.url + "/console/events/br-2")
-    browser.find_element(By.ID, "redrive").click()
+    follow(browser, browser.find_element(By.ID, "redrive"))
     result = browser.find_element(By.ID, "redrive-result")
     assert result.find_element(By.CSS_SELECTOR, "tr[data-outcome=delivered]")
     assert fake_dub.received_count(sale_key("o-br-2")) == 1
@@ -192,7 +222,7 @@ def test_bulk_plan_then_redrive_once(
     for mid in ids:
         dead_letter(workdir, mid)
     browser.get(web.url + "/console/events?state=dead&q=")
-    browser.find_element(By.PARTIAL_LINK_TEXT, "Plan a redrive").click()
+    follow(browser, browser.find_element(By.PARTIAL_LINK_TEXT, "Plan a redrive"))
     plan = browser.find_element(By.ID, "plan")
     would = int(plan.find_element(By.CSS_SELECTOR, "[data-outcome=dry_run]").text)
     assert would >= 3
@@ -200,7 +230,7 @@ def test_bulk_plan_then_redrive_once(
     browser.save_screenshot(str(_shots(workdir) / "console-redrive-plan.png"))
     button = browser.find_element(By.ID, "run-redrive")
     assert button.text.startswith("Redrive ")
-    button.click()
+    follow(browser, button)
     assert browser.find_element(By.ID, "redrive-outcomes")
     assert all(fake_dub.received_count(sale_key(f"o-{m}")) == 1 for m in ids)
     browser.get(web.url + "/console/redrive?state=dead")
@@ -217,7 +247,7 @@ def test_try_a_mapping(browser: Any, web: ProcfileWeb, workdir: Path, fake_dub: 
     area.send_keys('{"type": "track", "event": "Order Completed", "messageId": "try-1",'
                    ' "userId": "u-1", "timestamp": "2100-01-01T00:00:00Z",'
                    ' "properties": {"order_id": "T-1", "revenue": 12.5, "currency": "EUR"}}')  # fmt: skip
-    browser.find_element(By.ID, "try").click()
+    follow(browser, browser.find_element(By.ID, "try"))
     section = browser.find_element(By.CSS_SELECTOR, "#explain [data-mapping=order-sale]")
     assert '"amount": 1250' in section.find_element(By.CSS_SELECTOR, ".dub-body").text
     browser.save_screenshot(str(_shots(workdir) / "console-try.png"))
@@ -229,20 +259,20 @@ def test_publish_and_rollback(browser: Any, web: ProcfileWeb, workdir: Path, fol
     history shows each, and the active set follows."""
     browser.get(web.url + "/console/mappings")
     browser.find_element(By.ID, "message").send_keys("first")
-    browser.find_element(By.ID, "publish-button").click()
+    follow(browser, browser.find_element(By.ID, "publish-button"))
     first = browser.find_element(By.ID, "notice").text.split()[1].rstrip(":")
     sales = folder / "sales.yaml"
     sales.write_text(sales.read_text().replace("Completed orders,", "Completed orders (v2),", 1))
     browser.find_element(By.ID, "message").send_keys("second")
-    browser.find_element(By.ID, "publish-button").click()
+    follow(browser, browser.find_element(By.ID, "publish-button"))
     second = browser.find_element(By.ID, "notice").text.split()[1].rstrip(":")
     assert first != second
     browser.get(web.url + "/console/mappings")
-    browser.find_element(By.CSS_SELECTOR, "#diff button[type=submit]").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "#diff button[type=submit]"))
     assert "Completed orders (v2)" in browser.find_element(By.ID, "file-diff").text
     browser.save_screenshot(str(_shots(workdir) / "console-mappings.png"))
     row = browser.find_element(By.CSS_SELECTOR, f"tr[data-version='{first}']")
-    row.find_element(By.CSS_SELECTOR, "button").click()
+    follow(browser, row.find_element(By.CSS_SELECTOR, "button"))
     assert f"rolled back to {first}" in browser.find_element(By.ID, "notice").text
 
 
