@@ -220,6 +220,7 @@ def bridge(fake_dub: FakeDub, tmp_path: Path) -> Iterator[Callable[..., Bridge]]
 
 PG_ENV = "BRIDGE_TEST_DATABASE_URL"
 PG_TABLES = (
+    "dub_attempts",
     "deliveries",
     "rate_buckets",
     "rate_pauses",

@@ -17,6 +17,7 @@ import responses
 from bridge.core.errors import SettingsError
 from bridge.core.outcomes import State
 from bridge.core.settings import Settings
+from bridge.ledger.base import Attempt, ClaimRequest
 from bridge.web.app import create_app
 from tests.conftest import DUB, MAPPINGS, make_settings, order, sale_ok
 from tests.helpers.fakes import ManualClock
@@ -293,6 +294,27 @@ def test_detail_shows_payload_request_answer_and_explain(c: Any, capp: Any) -> N
     assert event["properties"]["order_id"] in page
     assert "/track/sale" in page and "would send now" in page
     assert 'id="redrive"' in page
+
+
+def test_detail_lists_each_call_with_dubs_answer(c: Any, capp: Any) -> None:
+    """Dub's answer pane is a table with headers and a row per call kept: its number, time,
+    call, HTTP status, the Retry-After applied and Dub's answer."""
+    ledger = ledger_of(capp)
+    body = {"customerExternalId": "u", "eventName": "Purchase", "amount": 1999}
+    ledger.claim_many([ClaimRequest("m-c", "order-sale", "sale", "Order Completed", "u", body)])
+    calls = [
+        Attempt(1.0, "POST", "/track/sale", 503, '{"error":{"code":"busy"}}', retry_after=2.5),
+        Attempt(3.0, "POST", "/track/sale", 422, '{"error":{"code":"unprocessable_entity"}}'),
+    ]
+    ledger.finish("m-c", "order-sale", State.REJECTED, calls=2, status=422, answers=calls)
+    page = text(c.get("/console/events/m-c"))
+    pane = page[page.index('id="pane-answers"') : page.index('id="explain"')]
+    for header in ("#", "Time", "Call", "HTTP status", "Retry-After applied", "Dub's answer"):
+        assert f'<th scope="col">{header}</th>' in pane.replace("&#39;", "'")
+    assert re.findall(r'data-attempt="(\d+)" data-status="(\d+)"', pane) == [
+        ("1", "503"), ("2", "422"),
+    ]  # fmt: skip
+    assert "2.5 s" in pane and "unprocessable_entity" in pane and "POST /track/sale" in pane
 
 
 def test_unknown_message_id_is_404(c: Any) -> None:

@@ -204,13 +204,19 @@ def test_dead_letters_listed_and_detail_panes(
 
 
 def test_one_redrive(browser: Any, web: ProcfileWeb, workdir: Path, fake_dub: FakeDub) -> None:
-    """The Redrive button sends the conversion once and shows the outcome."""
+    """The Redrive button sends the conversion once and shows the outcome, and Dub's answer
+    to that call in the answers pane."""
     dead_letter(workdir, "br-2")
     browser.get(web.url + "/console/events/br-2")
     follow(browser, browser.find_element(By.ID, "redrive"))
     result = browser.find_element(By.ID, "redrive-result")
     assert result.find_element(By.CSS_SELECTOR, "tr[data-outcome=delivered]")
     assert fake_dub.received_count(sale_key("o-br-2")) == 1
+    # Dub's answer pane lists the redrive's call, with the table's headers.
+    answers = browser.find_element(By.ID, "pane-answers")
+    assert answers.find_element(By.CSS_SELECTOR, "tr[data-attempt='1'][data-status='200']")
+    headers = [h.text for h in answers.find_elements(By.CSS_SELECTOR, "table.calls th")]
+    assert headers[:4] == ["#", "Time", "Call", "HTTP status"]
 
 
 def test_bulk_plan_then_redrive_once(

@@ -13,6 +13,7 @@ import requests
 import responses
 
 from bridge.core.inputs import Item
+from bridge.core.outcomes import State
 from bridge.core.results import Result
 from bridge.core.settings import Settings
 from bridge.delivery.deliverer import Deliverer
@@ -289,3 +290,40 @@ def test_batch_claims_in_one_transaction(tmp_path: Path, clock: ManualClock) -> 
     wanted = [ClaimRequest(f"m{i}", "sale", "sale", "E", f"u{i}", {"a": i}) for i in range(3)]
     assert [c.granted for c in ledger.claim_many(wanted)] == [True, True, True]
     assert [c.granted for c in ledger.claim_many([*wanted, wanted[0]])] == [False] * 4
+
+
+def test_each_call_and_dubs_answer_are_kept_with_the_row(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock, ledger: Ledger
+) -> None:
+    """Every call of a delivery is kept: time, status, Dub's answer (a secret-looking value
+    hidden), the Retry-After applied; numbered in the order made."""
+    dub.post(f"{DUB}/track/sale", status=503, json=err("unavailable"),
+             headers={"Retry-After": "0.5"})  # fmt: skip
+    dub.post(f"{DUB}/track/sale", json=sale_ok() | {"apiToken": "tok-123"})
+    (result,) = send(deliverer, engine, [order("a-1")])
+    assert result.outcome == "delivered"
+    first, second = ledger.attempts_of("a-1")
+    assert (first.number, first.status, first.retry_after, first.method, first.path) == (
+        1, 503, 0.5, "POST", "/track/sale",
+    )  # fmt: skip
+    assert json.loads(first.answer or "") == err("unavailable")
+    assert (second.number, second.status, second.retry_after) == (2, 200, None)
+    kept = json.loads(second.answer or "")
+    assert kept["apiToken"] == "[hidden]" and kept["sale"]["amount"] == 1999
+    assert "tok-123" not in (second.answer or "")
+
+
+def test_the_outbox_sender_keeps_its_calls_too(
+    deliverer: Deliverer, dub: responses.RequestsMock, ledger: Ledger
+) -> None:
+    """A row the outbox takes from its queue and sends keeps that call, numbered after the
+    calls made for it before."""
+    body = {"customerExternalId": "u", "eventName": "Purchase", "amount": 1999}
+    ledger.claim_many([ClaimRequest("q-1", "order-sale", "sale", "Order Completed", "u", body)])
+    ledger.finish("q-1", "order-sale", State.PENDING, calls=1, status=429, queued=True)
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    taken = ledger.take(first_seen_before=0.0, limit=10, lease=30.0)
+    (result,) = deliverer.send_taken(taken, 2.0)
+    assert result.outcome == "delivered"
+    (call,) = ledger.attempts_of("q-1")
+    assert (call.number, call.status, call.path) == (2, 200, "/track/sale")

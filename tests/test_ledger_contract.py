@@ -5,6 +5,7 @@ window, signatures and mapping sets have suites of their own beside it."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import threading
 from typing import Any
@@ -15,6 +16,9 @@ from bridge.core.outcomes import DEAD, FINAL, FINISHED, TRANSITIONS, State, Via,
 from bridge.core.settings import Settings
 from bridge.ledger import Access, open_ledger
 from bridge.ledger.base import (
+    ANSWER_LIMIT,
+    KEPT_ATTEMPTS,
+    Attempt,
     Browse,
     ClaimRequest,
     LeadStatus,
@@ -746,3 +750,73 @@ def test_counts_with_a_cap_stop_there(ledger: Ledger) -> None:
     ledger.finish("p0", "sale", State.DELIVERED, calls=1, status=200)
     assert ledger.counts() == {State.INVALID: 5, State.DELIVERED: 1}
     assert ledger.counts(cap=3) == {State.INVALID: 3, State.DELIVERED: 1}
+
+
+# --- Dub's answer to each call ---------------------------------------------------------------
+
+
+def answer(at: float, status: int | None, text: str | None = '{"ok":true}', **kw: Any) -> Attempt:
+    return Attempt(at, kw.pop("method", "POST"), kw.pop("path", "/track/sale"), status, text, **kw)
+
+
+def test_each_call_is_kept_with_its_answer_numbered_across_finishes(ledger: Ledger) -> None:
+    """finish() keeps each call's answer with the row, numbered on from the calls before
+    (across claims), by mapping then number; a finish that was refused keeps nothing."""
+    claim(ledger)
+    tried = [answer(1.0, 503, '{"error":"busy"}', retry_after=2.0), answer(3.0, None, None)]
+    assert ledger.finish("m", "sale", State.PENDING, calls=2, status=None, answers=tried)
+    assert not ledger.finish("m", "sale", State.DELIVERED, calls=1, answers=[answer(4.0, 200)])
+    claim(ledger)
+    claim(ledger, "m", "lead", action="lead")
+    ledger.finish("m", "lead", State.DELIVERED, calls=1, answers=[answer(5.0, 200)])
+    ledger.finish("m", "sale", State.DELIVERED, calls=1, status=200, answers=[answer(6.0, 200)])
+    claim(ledger, "other")
+    ledger.finish("other", "sale", State.DELIVERED, calls=1, answers=[answer(7.0, 200)])
+    found = ledger.attempts_of("m")
+    assert [(a.mapping, a.number, a.at, a.status) for a in found] == [
+        ("lead", 1, 5.0, 200),
+        ("sale", 1, 1.0, 503),
+        ("sale", 2, 3.0, None),
+        ("sale", 3, 6.0, 200),
+    ]
+    first = found[1]
+    assert (first.method, first.path, first.answer, first.retry_after) == (
+        "POST", "/track/sale", '{"error":"busy"}', 2.0,
+    )  # fmt: skip
+    assert found[2].answer is None and found[2].retry_after is None
+    assert ledger.get("m", "sale").attempts == 3  # type: ignore[union-attr]
+    assert ledger.attempts_of("nothing") == []
+
+
+def test_a_row_keeps_its_last_calls_and_answers_cut_short(ledger: Ledger) -> None:
+    """Only the last KEPT_ATTEMPTS calls of a row stay, and each answer at most
+    ANSWER_LIMIT characters (the cut marked)."""
+    for round_ in range(3):
+        claim(ledger)
+        tried = [answer(float(round_ * 10 + i), 503) for i in range(10)]
+        ledger.finish("m", "sale", State.PENDING, calls=10, answers=tried)
+    claim(ledger)
+    ledger.finish("m", "sale", State.PENDING, calls=1, answers=[answer(99.0, 200, "x" * 5000)])
+    found = ledger.attempts_of("m")
+    assert [a.number for a in found] == list(range(12, 32))
+    assert len(found) == KEPT_ATTEMPTS
+    last = found[-1].answer
+    assert last is not None and len(last) == ANSWER_LIMIT and last.endswith("\u2026")
+
+
+def test_calls_go_with_their_row_and_with_erasure(ledger: Ledger, clock: ManualClock) -> None:
+    """Pruning a row drops its calls; erasing its customer replaces their answers with the
+    note and keeps the rest of each call."""
+    claim(ledger, "gone")
+    ledger.finish("gone", "sale", State.DELIVERED, calls=1, answers=[answer(1.0, 200)])
+    claim(ledger, "kept", customer="u-1")
+    ledger.finish("kept", "sale", State.REJECTED, calls=1,
+                  answers=[answer(1.0, 422, '{"email":"a@example.com"}')])  # fmt: skip
+    clock.advance(100)
+    assert ledger.sweep(Retention(give_up_after=1e6, settled=50, dead=1e6))["pruned"] == 1
+    assert ledger.attempts_of("gone") == []
+    note = {"erased": "personal data erased by deletion d-1"}
+    assert ledger.erase("u-1", note) == 1
+    (kept,) = ledger.attempts_of("kept")
+    assert kept.answer is not None and json.loads(kept.answer) == note
+    assert (kept.status, kept.number) == (422, 1)

@@ -76,7 +76,7 @@ def test_full_refund_patches_status_refunded(
 ) -> None:
     """A refund without an amount GETs the invoice's commission and PATCHes status refunded."""
     b = lbridge()
-    fake_dub.add_commission("ORD-1", 1999)
+    cid = fake_dub.add_commission("ORD-1", 1999)
     answer = b.post([refund_event(1, "ORD-1")])
     assert answer.status == 200, answer.body
     assert answer.outcomes() == ["refunded"]
@@ -84,6 +84,13 @@ def test_full_refund_patches_status_refunded(
     assert patches(fake_dub) == [{"status": "refunded"}]
     assert fake_dub.commission("ORD-1")["status"] == "refunded"  # type: ignore[index]
     assert assert_settled(b.db) == {"delivered": 1}
+    # Both calls are kept with Dub's answers: the GET, then the PATCH.
+    calls = b.ledger().attempts_of("msg-refund-1")
+    assert [(c.number, c.method, c.path, c.status) for c in calls] == [
+        (1, "GET", "/commissions?invoiceId=ORD-1", 200),
+        (2, "PATCH", f"/commissions/{cid}", 200),
+    ]
+    assert calls[0].answer is not None and cid in calls[0].answer
 
 
 def test_partial_refund_patches_an_absolute_sale_amount(

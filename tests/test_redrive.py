@@ -132,6 +132,11 @@ def test_redrive_rejected_with_filters_leads_first(
 
     listed = cli("deadletters", "--mapping", "signup-lead", where=where, maps=maps)
     assert "signup-lead" in listed.output and "order-sale" not in listed.output
+    as_json = cli("deadletters", "--json", "--mapping", "signup-lead", where=where, maps=maps)
+    (row,) = [json.loads(line) for line in as_json.stdout.splitlines()]
+    (call,) = row["calls"]  # each call and Dub's answer to it
+    assert (call["number"], call["status"], call["path"]) == (1, 403, "/track/lead")
+    assert json.loads(call["answer"])["error"]["code"] == "forbidden"
 
     dub.replace(responses.POST, f"{DUB}/track/lead", json=lead_ok())
     dub.replace(responses.POST, f"{DUB}/track/sale", json=sale_ok())
@@ -142,6 +147,13 @@ def test_redrive_rejected_with_filters_leads_first(
         ("order-sale", "delivered"),
     ]
     assert [c.request.url.rsplit("/", 1)[-1] for c in dub.calls[2:]] == ["lead", "sale"]
+    ledger = open_ledger(settings_for(where, maps), Access.READ)
+    assert ledger is not None
+    try:  # the redrive's call is kept after the first one's, with Dub's answers
+        calls = [(c.number, c.status) for c in ledger.attempts_of("s1")]
+    finally:
+        ledger.close()
+    assert calls == [(1, 403), (2, 200)]
 
 
 def test_removed_mapping_supersedes_its_dead_letters(where: Where, maps: Path) -> None:

@@ -11,6 +11,7 @@ from ..core import logs
 from ..core.jsoncodec import dumps_exact, dumps_str
 from ..core.outcomes import NEEDS_PERSON, RETRY
 from ..ledger import Access
+from ..ledger.base import Attempt
 from ..service.redrive import redrive as run_redrive
 from ..service.wiring import build_deliverer
 from .common import (
@@ -30,14 +31,20 @@ from .common import (
 @since_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def deadletters(mapping: str | None, since: str | None, as_json: bool) -> None:
-    """List events that need a person: invalid, rejected, uncertain, given up, unverified."""
+    """List events that need a person: invalid, rejected, uncertain, given up, unverified
+    (with --json, each with its payload, and its calls with Dub's answers)."""
     after = parse_since(since)
     with ledger_for(settings(), Access.READ) as ledger:
         rows = ledger.dead_letters(mapping=mapping, since=after)
+        # With --json, each row's calls and Dub's answers (the last 20 the ledger keeps).
+        calls: dict[str, list[Attempt]] = {}
+        for message_id in {r.message_id for r in rows} if as_json else ():
+            calls[message_id] = ledger.attempts_of(message_id)
     for row in rows:
         if as_json:
             line = row.to_dict()
             line["payload"] = row.payload
+            line["calls"] = [a.to_dict() for a in calls[row.message_id] if a.mapping == row.mapping]
             click.echo(dumps_exact(line))  # NaN or 1e400 shown as received
         else:
             when = datetime.fromtimestamp(row.updated_at).isoformat(timespec="seconds")

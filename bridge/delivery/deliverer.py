@@ -18,11 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from ..core.clock import SYSTEM, Clock
 from ..core.errors import LedgerError
 from ..core.eventlog import log_result
+from ..core.jsoncodec import dumps_str
 from ..core.logs import SOURCE
 from ..core.metrics import metrics
 from ..core.outcomes import ACTIVE, DEAD, RETRY, STATE_AFTER, Outcome, State
@@ -30,6 +31,7 @@ from ..core.results import Result
 from ..dub.client import DubAnswer, DubClient
 from ..dub.endpoints import ENDPOINTS, Endpoint
 from ..ledger.base import (
+    Attempt,
     Claim,
     ClaimRequest,
     LeadStatus,
@@ -105,6 +107,7 @@ class _Calls:
     # Dub's rate limit (the shared window, or Dub's 429 pause) is why no call (or no
     # further call) was made: the outbox may take the row.
     limited: bool = False
+    tries: tuple[Attempt, ...] = ()  # each call and Dub's answer, for the ledger
 
 
 class Deliverer:
@@ -358,9 +361,10 @@ class Deliverer:
         if self.ledger is None or job.claim is None or not job.claim.granted:
             return result.finish(Outcome.PENDING, reason=f"not sent: {why}; Segment will retry")
         made, status = (calls.attempts, calls.answer.status) if calls else (0, None)
+        tries = calls.tries if calls else ()
         try:
             self.ledger.finish(*result.key, State.PENDING, calls=made, status=status,
-                               payload=payload, queued=True)  # fmt: skip
+                               payload=payload, queued=True, answers=tries)  # fmt: skip
         except LedgerError as exc:  # its lease ends, and Segment's retry finds it
             log.error("could not queue an event", extra={"messageId": result.message_id,
                       "error": exc.message})  # fmt: skip
@@ -451,6 +455,7 @@ class Deliverer:
                     payload=payload if state in DEAD or state is State.PENDING else None,
                     tainted=tainted,
                     queued=behind_lead,
+                    answers=calls.tries,
                 )
                 if behind_lead:
                     if not claim or not claim.queued:
@@ -533,8 +538,9 @@ class Deliverer:
             endpoint, result.body, pass_, made + found.attempts, ("PATCH", path, plan.patch, None)
         )
         calls = _Calls(
-            changed.answer, found.attempts + changed.attempts, found.reached or changed.reached
-        )
+            changed.answer, found.attempts + changed.attempts, found.reached or changed.reached,
+            tries=found.tries + changed.tries,
+        )  # fmt: skip
         done = Decision(Outcome.REFUNDED, f"commission {plan.commission}: {plan.patch}")
         if classify(endpoint, changed.answer) is Outcome.DELIVERED:
             return done, calls
@@ -545,7 +551,8 @@ class Deliverer:
                 endpoint, result.body, pass_, made + calls.attempts,
                 ("GET", "/commissions", None, {"invoiceId": invoice}),
             )  # fmt: skip
-            calls = _Calls(changed.answer, calls.attempts + check.attempts, calls.reached)
+            calls = _Calls(changed.answer, calls.attempts + check.attempts, calls.reached,
+                           tries=calls.tries + check.tries)  # fmt: skip
             now = check.answer.body if isinstance(check.answer.body, list) else []
             again = next(
                 (c for c in now if isinstance(c, dict) and c.get("id") == plan.commission), None
@@ -585,6 +592,12 @@ class Deliverer:
         attempt = 0
         reached = False
         told_429 = False  # the last call was answered 429: Dub's limit, not Dub, failed it
+        tries: list[Attempt] = []
+        if request is None:
+            method, path, _ = endpoint.request(body)
+        else:
+            method, path, params = request[0], request[1], request[3]
+            path += "?" + urlencode(params) if params else ""
         while True:
             slot = self.limiter.acquire(deadline - guard)
             if not slot.granted:
@@ -597,7 +610,8 @@ class Deliverer:
                     },
                     retry_after=f"{slot.wait:.3f}",
                 )
-                return _Calls(limited, attempt, reached, limited=attempt == 0 or told_429)
+                return _Calls(limited, attempt, reached, limited=attempt == 0 or told_429,
+                              tries=tuple(tries))  # fmt: skip
             attempt += 1
             # Not cut at the budget: the webhook answers at the deadline anyway (deliver()
             # stops waiting), and a call cut short here would be sent again by Segment's retry
@@ -608,9 +622,11 @@ class Deliverer:
                 answer = self.client.call(endpoint.action, *request)
             self.limiter.after_call(slot, answer)  # one never sent does not count
             reached = reached or may_have_reached(answer)
+            now = self.clock.time()
+            told = parse_retry_after(answer.retry_after, now)
+            tries.append(Attempt(now, method, path, answer.status, answer_text(answer), told))
             if classify(endpoint, answer) is not Outcome.FAILED:
-                return _Calls(answer, attempt, reached)
-            told = parse_retry_after(answer.retry_after, self.clock.time())
+                return _Calls(answer, attempt, reached, tries=tuple(tries))
             # The backoff grows with every call this row has had, across Segment's retries.
             wait = self.policy.wait(made + attempt, told)
             told_429 = answer.status == 429
@@ -626,9 +642,38 @@ class Deliverer:
                 or spent
                 or not self.policy.fits(self.clock.monotonic(), wait, guard, deadline)
             ):
-                return _Calls(answer, attempt, reached, limited=told_429 and not spent)
+                return _Calls(answer, attempt, reached, limited=told_429 and not spent,
+                              tries=tuple(tries))  # fmt: skip
             self.clock.sleep(wait)
             metrics().retries.inc()
+
+
+# Keys of an answer whose values are never kept (none of Dub's answers has one today).
+_SECRET_WORDS = ("token", "secret", "password", "apikey", "api_key", "authorization")
+
+
+def answer_text(answer: DubAnswer) -> str | None:
+    """Dub's answer as the ledger keeps it: its JSON body (else the error: Dub's envelope,
+    or why no answer came), any value under a secret-looking key hidden; the ledger cuts
+    it at ``ANSWER_LIMIT`` characters."""
+    value = answer.body if answer.body is not None else answer.error
+    if value is None:
+        return None
+    try:
+        return dumps_str(_hidden(value))
+    except (ValueError, RecursionError) as exc:  # an answer no JSON can hold
+        return dumps_str({"unstorable": str(exc)[:200]})
+
+
+def _hidden(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: "[hidden]" if any(w in str(k).lower() for w in _SECRET_WORDS) else _hidden(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_hidden(v) for v in value]
+    return value
 
 
 def _ready(row: Row) -> Result:

@@ -135,6 +135,53 @@ class Row:
         }
 
 
+# What the ledger keeps of each Dub call: the last KEPT_ATTEMPTS calls of a row, each
+# answer cut at ANSWER_LIMIT characters.
+KEPT_ATTEMPTS = 20
+ANSWER_LIMIT = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One call to Dub made for a row, and Dub's answer to it."""
+
+    at: float  # when the answer came (the injected clock's time)
+    method: str
+    path: str
+    status: int | None  # None: no HTTP answer (the answer says why)
+    answer: str | None  # Dub's answer as JSON text, at most ANSWER_LIMIT characters
+    retry_after: float | None = None  # Dub's Retry-After as applied, in seconds
+    # Set by the ledger when read: the row's mapping and the call's number (its first is 1).
+    mapping: str = ""
+    number: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "at": self.at,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "answer": self.answer,
+            "retryAfter": self.retry_after,
+        }
+
+
+def clip(text: str | None) -> str | None:
+    """An answer as kept: its first ANSWER_LIMIT characters, marked when cut."""
+    if text is None or len(text) <= ANSWER_LIMIT:
+        return text
+    return text[: ANSWER_LIMIT - 1] + "\u2026"
+
+
+def kept(answers: Sequence[Attempt], attempts_after: int) -> list[tuple[int, Attempt]]:
+    """The calls of a finish to keep, numbered: the last of them is call ``attempts_after``
+    of the row, and only the last KEPT_ATTEMPTS are kept."""
+    last = list(answers)[-KEPT_ATTEMPTS:]
+    first = attempts_after - len(last) + 1
+    return [(first + i, a) for i, a in enumerate(last)]
+
+
 @dataclass(frozen=True, slots=True)
 class Browse:
     """Which rows the console's events list shows: newest first (by first sighting), a page
@@ -250,11 +297,14 @@ class Deliveries(Protocol):
         tainted: bool = False,
         not_before: float | None = None,
         queued: bool = False,
+        answers: Sequence[Attempt] = (),
     ) -> bool:
         """Record what a claimed (in-flight) row came to, and the ``calls`` made for it;
         False when it was not in flight. ``not_before``: the outbox waits until then.
         ``queued`` (with ``pending``): the outbox's queue has it from now on, in the order
-        first queued.
+        first queued. ``answers``: the calls made, oldest first (at most ``calls``), kept
+        with the row in the same write: numbered on from the row's calls before, the last
+        KEPT_ATTEMPTS of the row kept.
 
         ``ValueError`` for a state no call can end in (see ``outcomes.FINISHED``)."""
 
@@ -295,8 +345,8 @@ class Deliveries(Protocol):
 
     def erase(self, customer: str, note: dict[str, Any]) -> int:
         """Replace the payload and request body of every row of this customer (its
-        ``customer``, or a payload whose ``userId`` is it) with ``note``; ids, states and
-        counts stay. The number of rows changed."""
+        ``customer``, or a payload whose ``userId`` is it), and Dub's answers to its calls,
+        with ``note``; ids, states and counts stay. The number of rows changed."""
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -306,6 +356,10 @@ class Deliveries(Protocol):
 
     def rows_of(self, message_id: str) -> list[Row]:
         """Every row of a messageId, whatever its mapping (redrive compares the copies)."""
+
+    def attempts_of(self, message_id: str) -> list[Attempt]:
+        """The calls kept for every row of a messageId, by mapping, then oldest first; they
+        go when their row is pruned."""
 
     def dead_letters(
         self, *, mapping: str | None = None, since: float | None = None

@@ -31,7 +31,9 @@ from ..core.outcomes import (
 from . import migrations
 from .base import (
     COUNTED_FOR,
+    KEPT_ATTEMPTS,
     Activation,
+    Attempt,
     Browse,
     Claim,
     ClaimRequest,
@@ -45,6 +47,8 @@ from .base import (
     Taken,
     check_finish,
     check_record,
+    clip,
+    kept,
     of_user,
     pins_invoice,
     room,
@@ -78,6 +82,7 @@ class MemoryLedger:
         self._sets: dict[str, MappingSet] = {}
         self._signatures: dict[str, Sighting] = {}
         self._activations: list[Activation] = []
+        self._attempts: dict[tuple[str, str], dict[int, Attempt]] = {}
         self._lock = threading.Lock()
 
     # --- claims and outcomes ----------------------------------------------------------------
@@ -138,6 +143,7 @@ class MemoryLedger:
         tainted: bool = False,
         not_before: float | None = None,
         queued: bool = False,
+        answers: Sequence[Attempt] = (),
     ) -> bool:
         key, state = (message_id, mapping), check_finish(state)
         with self._lock:
@@ -158,6 +164,15 @@ class MemoryLedger:
             extra.tainted = extra.tainted or tainted
             if queued and extra.queued_at is None:
                 extra.queued_at = self.clock.time()
+            if answers:
+                after = row.attempts + calls
+                calls_of = self._attempts.setdefault(key, {})
+                for number, answer in kept(answers, after):
+                    calls_of[number] = replace(
+                        answer, answer=clip(answer.answer), mapping=mapping, number=number
+                    )
+                for number in [n for n in calls_of if n <= after - KEPT_ATTEMPTS]:
+                    del calls_of[number]
             return True
 
     def defer(self, message_id: str, mapping: str, until: float) -> bool:
@@ -267,6 +282,10 @@ class MemoryLedger:
                         payload=None if row.payload is None else _roundtrip(note),
                         request_body=None if row.request_body is None else _roundtrip(note),
                     )
+                    calls_of = self._attempts.get(key, {})
+                    for number, answer in calls_of.items():
+                        if answer.answer is not None:
+                            calls_of[number] = replace(answer, answer=stored(note))
                     changed += 1
         return changed
 
@@ -295,6 +314,16 @@ class MemoryLedger:
             return sorted(
                 (r for (m, _), r in self._rows.items() if m == message_id), key=lambda r: r.mapping
             )
+
+    def attempts_of(self, message_id: str) -> list[Attempt]:
+        with self._lock:
+            found = [
+                answer
+                for (m, _), calls_of in self._attempts.items()
+                if m == message_id
+                for answer in calls_of.values()
+            ]
+        return sorted(found, key=lambda a: (a.mapping, a.number))
 
     def dead_letters(self, *, mapping: str | None = None, since: float | None = None) -> list[Row]:
         with self._lock:
@@ -469,6 +498,7 @@ class MemoryLedger:
                     row.state in DEAD and row.updated_at < now - retention.dead
                 ):
                     del self._rows[key], self._extra[key]
+                    self._attempts.pop(key, None)
                     pruned += 1
             for signature, sighting in list(self._signatures.items()):
                 if sighting.keep_until < now:

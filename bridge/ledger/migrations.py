@@ -9,6 +9,7 @@ upgrade`` show and apply them by hand, for a release phase.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,7 +21,8 @@ class Migration:
     sql: dict[str, str]  # backend kind -> statements, separated by ';'
 
     def statements(self, kind: str) -> list[str]:
-        return [s.strip() for s in self.sql[kind].split(";") if s.strip()]
+        """Statements end with ';' at the end of a line (a trigger's body keeps its own)."""
+        return [s.strip() for s in re.split(r";[ \t]*(?:\n|$)", self.sql[kind]) if s.strip()]
 
 
 _DELIVERIES = """
@@ -138,6 +140,37 @@ _QUEUE = """
 ALTER TABLE deliveries ADD COLUMN queued_at {real};
 CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (state, queued_at)
 """
+# Each call to Dub and its answer, per row: the last 20 (``base.KEPT_ATTEMPTS``) of each,
+# written with the row's finish. They go with their row: PostgreSQL's foreign key cascades
+# a prune, SQLite's trigger does it (whichever release prunes, during a rolling deploy).
+_ATTEMPTS = """
+CREATE TABLE IF NOT EXISTS dub_attempts (
+    message_id  TEXT NOT NULL,
+    mapping     TEXT NOT NULL,
+    number      INTEGER NOT NULL,
+    at          {real} NOT NULL,
+    method      TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    status      INTEGER,
+    answer      TEXT,
+    retry_after {real},
+    PRIMARY KEY (message_id, mapping, number){cascade}
+)
+"""
+_ATTEMPTS_SQLITE = (
+    _ATTEMPTS.format(real="REAL", cascade="")
+    + """;
+CREATE TRIGGER IF NOT EXISTS dub_attempts_go_with_their_row AFTER DELETE ON deliveries
+BEGIN DELETE FROM dub_attempts WHERE message_id = old.message_id AND mapping = old.mapping; END
+"""
+)
+_ATTEMPTS_POSTGRES = _ATTEMPTS.format(
+    real="DOUBLE PRECISION",
+    cascade=(
+        ",\n    FOREIGN KEY (message_id, mapping) REFERENCES deliveries (message_id, mapping)"
+        " ON DELETE CASCADE"
+    ),
+)
 # rate_slots stays: during a rolling deploy, instances of the release before still take
 # their slots there until they are replaced (a later migration may drop it).
 _TYPES = {
@@ -181,6 +214,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "indexes for the console's events list", _both(_BROWSE)),
     Migration(
         11, "the outbox as a queue: rows queued while Dub's rate limit was full", _both(_QUEUE)
+    ),
+    Migration(
+        12,
+        "Dub's answer to each call: the last 20 of each row",
+        {"sqlite": _ATTEMPTS_SQLITE, "postgres": _ATTEMPTS_POSTGRES},
     ),
 )
 LATEST = MIGRATIONS[-1].version

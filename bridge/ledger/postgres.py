@@ -18,7 +18,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -28,7 +28,9 @@ import psycopg_pool
 
 from ..core.clock import SYSTEM, Clock
 from ..core.errors import LedgerError
-from .sql import DB, Cursor, SQLLedger
+from .base import KEPT_ATTEMPTS, Attempt
+from .sql import DB, Cursor, SQLLedger, attempt_args
+from .statements import finish_keeping_attempts
 
 T = TypeVar("T")
 # The pool logs each failed connection; where the bridge has not set up its JSON log (a
@@ -205,6 +207,15 @@ class PostgresLedger(SQLLedger):
                 if attempt == 2:
                     raise LedgerError(f"PostgreSQL at {self.where}: {_first_line(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _finish_keeping(self, args: dict[str, Any], answers: Sequence[Attempt]) -> bool:
+        """One statement: the finish, its answers, the drop of the row's oldest (no round
+        trip more than a finish without answers)."""
+        numbered = dict(args)
+        for i, answer in enumerate(answers):
+            numbered |= attempt_args(i, i + 1, answer)
+        sql = finish_keeping_attempts(len(answers), KEPT_ATTEMPTS)
+        return bool(self._run(lambda db: db.execute(sql, numbered).fetchone()[0]))
 
     def _has_table(self, db: DB, name: str) -> bool:
         sql = "SELECT to_regclass(:name) IS NOT NULL"

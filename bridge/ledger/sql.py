@@ -19,7 +19,9 @@ from ..core.jsoncodec import dumps_str
 from ..core.outcomes import ACTIVE, DEAD, FINAL, State, Via, sources
 from . import migrations
 from .base import (
+    KEPT_ATTEMPTS,
     RECORDED,
+    Attempt,
     Browse,
     Claim,
     ClaimRequest,
@@ -30,6 +32,8 @@ from .base import (
     Taken,
     check_finish,
     check_record,
+    clip,
+    kept,
     of_user,
     pins_invoice,
 )
@@ -37,7 +41,9 @@ from .codec import read, stored
 from .sql_mappings import MappingSetsSQL
 from .sql_shared import SharedSQL
 from .statements import (
+    ATTEMPT_COLUMNS,
     COLUMNS,
+    DROP_OLD_ATTEMPTS,
     DUE,
     FINISH,
     GIVE_UP,
@@ -50,6 +56,7 @@ from .statements import (
     TAKE,
     claim_rows,
     claimed_rows,
+    keep_attempts,
     states,
 )
 
@@ -209,6 +216,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         tainted: bool = False,
         not_before: float | None = None,
         queued: bool = False,
+        answers: Sequence[Attempt] = (),
     ) -> bool:
         args = {
             "state": check_finish(state).value,
@@ -223,7 +231,27 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             "message_id": message_id,
             "mapping": mapping,
         }
-        return self._changed(self._finish, args)
+        if not answers:
+            return self._changed(self._finish, args)
+        return self._finish_keeping(args, answers[-KEPT_ATTEMPTS:])
+
+    def _finish_keeping(self, args: dict[str, Any], answers: Sequence[Attempt]) -> bool:
+        """FINISH and the row's answers in one transaction (PostgreSQL: one statement)."""
+
+        def finish_one(db: DB) -> bool:
+            found = db.execute(self._finish + " RETURNING attempts", args).fetchone()
+            if found is None:
+                return False
+            (after,) = found
+            numbered = {"message_id": args["message_id"], "mapping": args["mapping"]}
+            for i, (number, answer) in enumerate(kept(answers, after)):
+                numbered |= attempt_args(i, number, answer)
+            db.execute(keep_attempts(len(answers)), numbered)
+            numbered["oldest_gone"] = after - KEPT_ATTEMPTS
+            db.execute(DROP_OLD_ATTEMPTS, numbered)
+            return True
+
+        return self._run(finish_one, tx=True)
 
     def defer(self, message_id: str, mapping: str, until: float) -> bool:
         args = {"message_id": message_id, "mapping": mapping, "until": until}
@@ -334,6 +362,11 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
                     " WHERE message_id = :message_id AND mapping = :mapping",
                     {"note": text, "message_id": message_id, "mapping": mapping},
                 )
+                db.execute(
+                    "UPDATE dub_attempts SET answer = :note WHERE message_id = :message_id"
+                    " AND mapping = :mapping AND answer IS NOT NULL",
+                    {"note": text, "message_id": message_id, "mapping": mapping},
+                )
                 changed += 1
             return changed
 
@@ -366,6 +399,17 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         return self._rows(
             "WHERE message_id = :message_id ORDER BY mapping", {"message_id": message_id}
         )
+
+    def attempts_of(self, message_id: str) -> list[Attempt]:
+        found = self._read(
+            "SELECT mapping, number, at, method, path, status, answer, retry_after"
+            " FROM dub_attempts WHERE message_id = :message_id ORDER BY mapping, number",
+            {"message_id": message_id},
+        )
+        return [
+            Attempt(at, method, path, status, answer, retry_after, mapping, number)
+            for mapping, number, at, method, path, status, answer, retry_after in found
+        ]
 
     def dead_letters(self, *, mapping: str | None = None, since: float | None = None) -> list[Row]:
         where = f"WHERE state IN {states(DEAD)}"
@@ -549,6 +593,13 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             return todo
 
         return self._run(apply, tx=True)
+
+
+def attempt_args(i: int, number: int, answer: Attempt) -> dict[str, Any]:
+    """One answer's parameters, the ``i``-th of a statement (``ATTEMPT_COLUMNS``)."""
+    values = (number, answer.at, answer.method, answer.path, answer.status, clip(answer.answer),
+              answer.retry_after)  # fmt: skip
+    return {f"{c}_{i}": v for c, v in zip(ATTEMPT_COLUMNS, values, strict=True)}
 
 
 def _like(text: str) -> str:

@@ -185,3 +185,56 @@ TAKE_SLOTS = """
 INSERT INTO rate_buckets (key, second, taken) VALUES (:key, :second, :taken)
 ON CONFLICT (key, second) DO UPDATE SET taken = rate_buckets.taken + excluded.taken
 """
+# Dub's answers to a row's calls, kept with its finish: numbered on from the row's calls
+# before, the last KEPT_ATTEMPTS of the row kept.
+ATTEMPT_COLUMNS = ("number", "at", "method", "path", "status", "answer", "retry_after")
+_ATTEMPT_ROW = (
+    "(CAST(:number AS INTEGER), CAST(:at AS {real}), CAST(:method AS TEXT), CAST(:path AS TEXT),"
+    " CAST(:status AS INTEGER), CAST(:answer AS TEXT), CAST(:retry_after AS {real}))"
+)
+_KEEP_ATTEMPTS = """
+INSERT INTO dub_attempts (message_id, mapping, number, at, method, path, status, answer,
+                          retry_after)
+SELECT :message_id, :mapping, {number}, v.at, v.method, v.path, v.status, v.answer,
+       v.retry_after
+FROM {source}(VALUES {rows}) AS v (number, at, method, path, status, answer, retry_after)
+ON CONFLICT (message_id, mapping, number) DO UPDATE SET at = excluded.at,
+    method = excluded.method, path = excluded.path, status = excluded.status,
+    answer = excluded.answer, retry_after = excluded.retry_after
+"""
+DROP_OLD_ATTEMPTS = """
+DELETE FROM dub_attempts WHERE message_id = :message_id AND mapping = :mapping
+  AND number <= :oldest_gone
+"""
+
+
+_ON_CONFLICT = _KEEP_ATTEMPTS[_KEEP_ATTEMPTS.index("ON CONFLICT") :]
+
+
+@lru_cache(maxsize=64)
+def keep_attempts(count: int) -> str:
+    """Insert ``count`` answers of a row, numbered as given (``:number_i``)."""
+    template = "(:message_id, :mapping, " + ", ".join(f":{c}" for c in ATTEMPT_COLUMNS) + ")"
+    rows = _values(count, ATTEMPT_COLUMNS, template)
+    return (
+        "INSERT INTO dub_attempts (message_id, mapping, " + ", ".join(ATTEMPT_COLUMNS) + ")\n"
+        f"VALUES {rows}\n{_ON_CONFLICT}"
+    )
+
+
+@lru_cache(maxsize=64)
+def finish_keeping_attempts(count: int, keep: int) -> str:
+    """PostgreSQL: FINISH, its ``count`` answers and the drop of the row's calls past the
+    last ``keep``, in one statement (one round trip); the answers are numbered from what
+    the update returns (``:number_i``: 1 to ``count``). Its one row: 1 when the row was in
+    flight, else 0."""
+    update = FINISH.format(greatest="GREATEST").strip() + "\nRETURNING attempts"
+    rows = _values(count, ATTEMPT_COLUMNS, _ATTEMPT_ROW.format(real="DOUBLE PRECISION"))
+    insert = _KEEP_ATTEMPTS.format(
+        number=f"done.attempts - {count} + v.number", source="done CROSS JOIN ", rows=rows
+    )
+    drop = DROP_OLD_ATTEMPTS.replace(":oldest_gone", f"(SELECT attempts FROM done) - {keep}")
+    return (
+        f"WITH done AS ({update}),\nkept AS ({insert.strip()}),\ndropped AS ({drop.strip()})\n"
+        "SELECT COUNT(*) FROM done"
+    )

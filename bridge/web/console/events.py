@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -11,7 +12,7 @@ from flask import abort, render_template, request
 from ...core.outcomes import DEAD, NEEDS_PERSON, RETRY, Outcome, State
 from ...dub.endpoints import ENDPOINTS
 from ...ledger import Ledger
-from ...ledger.base import Browse, Row
+from ...ledger.base import KEPT_ATTEMPTS, Attempt, Browse, Row
 from ...mapping.explain import explain
 from ...service.redrive import redrive_rows
 from . import auth, filters
@@ -51,6 +52,16 @@ def last_error(row: Row) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def answer_shown(text: str | None) -> str:
+    """Dub's answer as kept, indented when it is whole JSON (one cut short is shown as is)."""
+    if text is None:
+        return ""
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
 @console.get("/events")
 def events() -> Any:
     ledger = _ledger()
@@ -85,6 +96,9 @@ def _detail(message_id: str, results: list[dict[str, Any]] | None = None) -> Any
     engine = service().store.engine
     explained = explain(engine, payload) if payload is not None else None
     planned = {m["mapping"]: m for m in explained["mappings"]} if explained else {}
+    calls: dict[str, list[Attempt]] = {}
+    for call in ledger.attempts_of(message_id):
+        calls.setdefault(call.mapping, []).append(call)
     panes = []
     for row in rows:
         endpoint = ENDPOINTS.get(row.action or "")
@@ -97,7 +111,14 @@ def _detail(message_id: str, results: list[dict[str, Any]] | None = None) -> Any
             sent_label = "not sent yet: what the current mappings would send now"
         else:
             sent, sent_label = None, "none: nothing was or would be sent"
-        panes.append({"row": row, "sent": sent, "sent_label": sent_label})
+        panes.append(
+            {
+                "row": row,
+                "sent": sent,
+                "sent_label": sent_label,
+                "calls": calls.get(row.mapping, []),
+            }
+        )
     return render_template(
         "console/event.html",
         message_id=message_id,
@@ -108,6 +129,8 @@ def _detail(message_id: str, results: list[dict[str, Any]] | None = None) -> Any
         dead=any(r.state in DEAD for r in rows),
         results=results,
         needs_person=NEEDS_PERSON | RETRY,
+        kept_calls=KEPT_ATTEMPTS,
+        answer_shown=answer_shown,
     )
 
 
