@@ -740,6 +740,44 @@ def test_browse_pages_newest_first_with_every_filter(ledger: Ledger, clock: Manu
     assert {r.message_id for r in ledger.browse(Browse(search="c1"))} == {"m1", "m4"}
 
 
+def test_browse_merges_states_in_order_page_after_page(ledger: Ledger, clock: ManualClock) -> None:
+    """A filter of several states, with or without a mapping, pages newest first across
+    the states (read one state at a time, merged), rows sharing a time ordered by id."""
+    for i in range(12):
+        mapping = "sale" if i % 3 else "lead"
+        if i % 4 == 0:
+            ledger.record(f"r{i:02d}", mapping, State.INVALID, action="sale", event="E",
+                          errors=["x"], payload={})  # fmt: skip
+        else:
+            claim(ledger, f"r{i:02d}", mapping)
+            state = State.DELIVERED if i % 2 else State.PENDING
+            ledger.finish(f"r{i:02d}", mapping, state, calls=1)
+        if i % 2:
+            clock.advance(5)  # pairs share a first sighting
+    everything = ledger.browse(Browse(limit=100))
+    for wanted, mapping in (
+        (frozenset({State.INVALID, State.DELIVERED, State.PENDING}), None),
+        (frozenset({State.INVALID, State.PENDING}), None),
+        (None, "sale"),
+        (frozenset({State.DELIVERED, State.INVALID}), "sale"),
+    ):
+        expected = [
+            r.message_id
+            for r in everything
+            if (wanted is None or r.state in wanted) and mapping in (None, r.mapping)
+        ]
+        paged: list[str] = []
+        after = None
+        while True:
+            page = ledger.browse(Browse(states=wanted, mapping=mapping, after=after, limit=2))
+            paged += [r.message_id for r in page]
+            if len(page) < 2:
+                break
+            after = Browse.key(page[-1])
+        assert paged == expected, (wanted, mapping)
+        assert expected
+
+
 def test_counts_with_a_cap_stop_there(ledger: Ledger) -> None:
     """counts(cap): each state's count, no higher than the cap; states without rows left
     out, as without a cap."""

@@ -128,7 +128,7 @@ SELECT setval(pg_get_serial_sequence('mapping_activations', 'seq'),
 CREATE INDEX IF NOT EXISTS mapping_activations_seq ON mapping_activations (seq)
 """
 # The console's events list: newest first, all rows or one mapping's, a page at a time
-# (a state filter uses deliveries_due, on state and created_at).
+# (a state filter used deliveries_due, on state and created_at, until migration 13).
 _BROWSE = """
 CREATE INDEX IF NOT EXISTS deliveries_recent ON deliveries (created_at, message_id, mapping);
 CREATE INDEX IF NOT EXISTS deliveries_mapping_recent ON deliveries (mapping, created_at, message_id)
@@ -171,6 +171,19 @@ _ATTEMPTS_POSTGRES = _ATTEMPTS.format(
         " ON DELETE CASCADE"
     ),
 )
+# The events list reads a state (or a mapping's state) one index range at a time, newest
+# first, each range ordered as the page is (created_at, messageId, mapping), so a rare state
+# costs a page whatever the table holds. The two replace narrower indexes that served the
+# same statements (the outbox's and housekeeping's, on state and created_at; a mapping's
+# list, now merged from its states).
+_BROWSE_BY_STATE = """
+CREATE INDEX IF NOT EXISTS deliveries_state_recent
+    ON deliveries (state, created_at, message_id, mapping);
+DROP INDEX IF EXISTS deliveries_due;
+CREATE INDEX IF NOT EXISTS deliveries_mapping_state
+    ON deliveries (mapping, state, created_at, message_id);
+DROP INDEX IF EXISTS deliveries_mapping_recent
+"""
 # rate_slots stays: during a rolling deploy, instances of the release before still take
 # their slots there until they are replaced (a later migration may drop it).
 _TYPES = {
@@ -220,6 +233,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "Dub's answer to each call: the last 20 of each row",
         {"sqlite": _ATTEMPTS_SQLITE, "postgres": _ATTEMPTS_POSTGRES},
     ),
+    Migration(13, "the events list by state: one index range per state", _both(_BROWSE_BY_STATE)),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -433,7 +433,10 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
     def browse(self, query: Browse) -> list[Row]:
         where = ["1 = 1"]
         args: dict[str, Any] = {"limit": query.limit}
-        if query.states is not None:
+        # A state or a mapping is read one state at a time, merged (below); a search is a
+        # handful of rows, whatever else it asks.
+        by_state = query.search is None and (query.states is not None or query.mapping is not None)
+        if query.states is not None and not by_state:
             where.append(f"state IN {states(query.states)}" if query.states else "1 = 0")
         if query.mapping is not None:
             where.append("mapping = :mapping")
@@ -450,7 +453,21 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             args.update(at=query.after[0], mid=query.after[1], map=query.after[2])
         clause = " AND ".join(where)
         order = "ORDER BY created_at DESC, message_id DESC, mapping DESC LIMIT :limit"
-        return self._rows(f"WHERE {clause} {order}", args)
+        if not by_state:
+            return self._rows(f"WHERE {clause} {order}", args)
+        # One index range per state (deliveries_state_recent, or deliveries_mapping_state with
+        # a mapping), each read no further than a page, then merged: a rare state costs what
+        # a common one does, wherever its rows lie in time (one IN list over the newest-first
+        # index would walk every newer row to find a state that has none lately).
+        wanted = sorted(query.states if query.states is not None else State)
+        if not wanted:
+            return []
+        pages = " UNION ALL ".join(
+            f"SELECT * FROM (SELECT {COLUMNS} FROM deliveries WHERE state = '{s.value}'"
+            f" AND {clause} {order}) AS page_{s.value}"
+            for s in wanted
+        )
+        return [_row(r) for r in self._read(f"{pages} {order}", args)]
 
     def oldest_unsettled(self) -> float | None:
         sql = f"SELECT MIN(created_at) FROM deliveries WHERE state IN {states(ACTIVE)}"
