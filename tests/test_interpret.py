@@ -29,12 +29,15 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.core.outcomes import Outcome
 from bridge.dub.endpoints import ENDPOINTS
 from bridge.mapping.engine import CompiledMapping, Engine
 from bridge.mapping.explain import explain
 from bridge.mapping.paths import simple_steps
+from bridge.mapping.transforms import is_empty
 from bridge.service.mapping_files import load_directory
 from tests.helpers.mapkit import engine as engine_of
 from tests.test_dub_endpoints import assert_valid, request_schemas
@@ -236,3 +239,10 @@ def test_whitespace_only_text_is_no_value(blank: str) -> None:
     amount = next(f for f in fields if f["field"] == "amount")
     assert amount["from"] == "$.properties.total"
     assert json.dumps(amount["tried"][0]["value"]) == json.dumps(blank)
+
+
+@given(st.text(alphabet=st.sampled_from([" ", "\t", "\n", "\u00a0", "\u2003", "a", "0", "é"])))
+def test_blank_text_is_empty_exactly_when_nothing_is_left_once_stripped(text: str) -> None:
+    """is_empty's shortcut (text that starts with a non-space is not blank) says what
+    stripping says, for every mix of spaces of every kind and other characters."""
+    assert is_empty(text) is (not text.strip())

@@ -60,10 +60,14 @@ class CompiledMapping:
     group: str | None = None  # the first of a group whose conditions hold takes the event
     event_type: str = "track"  # identify and delete triggers take every event of their type
     required: frozenset[str] = field(init=False)
+    # Each field with whether it is required, decided once instead of per event.
+    planned: tuple[tuple[CompiledField, bool], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         required = self.endpoint.needed | {f.name for f in self.fields if f.required}
         object.__setattr__(self, "required", required)
+        planned = tuple((f, f.name in required) for f in self.fields)
+        object.__setattr__(self, "planned", planned)
 
     @property
     def action(self) -> str:

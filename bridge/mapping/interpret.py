@@ -69,13 +69,15 @@ def _apply(
     errors: list[str] = []
     warnings: list[str] = []
     traced = None if steps is None else steps.setdefault("fields", [])
-    for field in mapping.fields:
-        required = field.name in mapping.required
-        trace = None if traced is None else {"field": field.name}
-        if traced is not None and trace is not None:
-            traced.append(trace)
+    trace = None
+    for field, required in mapping.planned:
         try:
-            value, sources[field.name] = field.resolve(event, body, trace)
+            if traced is None:
+                value, sources[field.name] = field.read(event, body, None)
+            else:
+                trace = {"field": field.name}
+                traced.append(trace)
+                value, sources[field.name] = field.resolve(event, body, trace)
         except FieldProblem as exc:
             (errors if required else warnings).append(str(exc) if required else f"dropped {exc}")
             continue
