@@ -617,6 +617,21 @@ def test_a_verified_claim_takes_over_an_unverified_row_afresh(
     assert ledger.rows_of("nothing") == []
 
 
+def test_rows_of_many_is_rows_of_for_each(ledger: Ledger) -> None:
+    """rows_of_many answers, in one look-up, what rows_of answers for each messageId (ids
+    without rows left out), across the statement's parameter bound."""
+    ids = [f"many-{i}" for i in range(1203)]
+    for index, message_id in enumerate(ids[:1201]):
+        for mapping in ("sale", "lead")[: 1 + index % 2]:
+            ledger.record(message_id, mapping, State.INVALID, action=mapping, event="E",
+                          errors=["x"], payload={"i": index})  # fmt: skip
+    found = ledger.rows_of_many([*ids, ids[0]])
+    assert set(found) == set(ids[:1201])
+    for message_id in (ids[0], ids[1], ids[1000], ids[1200]):
+        assert found[message_id] == ledger.rows_of(message_id)
+    assert ledger.rows_of_many([]) == {}
+
+
 # --- the conversion lifecycle: pinned bodies, invoices, erasure -----------------------------------
 
 

@@ -11,7 +11,7 @@ shown is its clock's (one clock for every publisher).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -306,6 +306,10 @@ class Deliveries(Protocol):
 
     def rows_of(self, message_id: str) -> list[Row]:
         """Every row of a messageId, whatever its mapping (redrive compares the copies)."""
+
+    def rows_of_many(self, message_ids: Collection[str]) -> dict[str, list[Row]]:
+        """``rows_of`` for many messageIds in one look-up (redrive asks per chunk): each
+        messageId that has rows, with its rows by mapping."""
 
     def dead_letters(
         self, *, mapping: str | None = None, since: float | None = None

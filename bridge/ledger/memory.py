@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -295,6 +295,15 @@ class MemoryLedger:
             return sorted(
                 (r for (m, _), r in self._rows.items() if m == message_id), key=lambda r: r.mapping
             )
+
+    def rows_of_many(self, message_ids: Collection[str]) -> dict[str, list[Row]]:
+        wanted = set(message_ids)
+        found: dict[str, list[Row]] = {}
+        with self._lock:
+            for (message_id, _), row in sorted(self._rows.items()):
+                if message_id in wanted:
+                    found.setdefault(message_id, []).append(row)
+        return found
 
     def dead_letters(self, *, mapping: str | None = None, since: float | None = None) -> list[Row]:
         with self._lock:
