@@ -243,13 +243,13 @@ def test_the_table_is_whole() -> None:
     """Every state is reachable from nothing, and every dead letter can be redriven."""
     reachable: set[State | None] = {None}
     while True:
-        more = {t.target for t in TRANSITIONS if t.source in reachable} - reachable
+        more = {t.target for t in TRANSITIONS if t.before in reachable} - reachable
         if not more:
             break
         reachable |= more
     assert reachable == {None, *State}
     assert all(allowed(state, State.IN_FLIGHT, Via.REDRIVE) for state in DEAD)
-    assert not any(t.source in FINAL for t in TRANSITIONS)  # settled rows never move
+    assert not any(t.before in FINAL for t in TRANSITIONS)  # settled rows never move
 
 
 # --- dead letters, leads, retention --------------------------------------------------------------

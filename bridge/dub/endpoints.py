@@ -108,7 +108,7 @@ class Endpoint:
         self,
         body: Mapping[str, Any],
         required: frozenset[str] = frozenset(),
-        sources: Mapping[str, str | None] | None = None,
+        origins: Mapping[str, str | None] | None = None,
     ) -> tuple[dict[str, Any], list[str], list[str]]:
         """Apply Dub's rules: (clean body, errors, warnings). Errors mean: do not send.
 
@@ -126,7 +126,7 @@ class Endpoint:
             except FieldRejected as exc:
                 spec = self.fields[name]
                 fatal = spec.fatal or name in required or isinstance(exc, IdentityRejected)
-                problem = rejection(name, value, (sources or {}).get(name), exc, dropped=not fatal)
+                problem = rejection(name, value, (origins or {}).get(name), exc, dropped=not fatal)
                 (errors if fatal else warnings).append(problem)
                 continue
             if note:

@@ -26,7 +26,7 @@ from ..core.outcomes import (
     UNPROVEN,
     State,
     Via,
-    sources,
+    states_before,
 )
 from . import migrations
 from .base import (
@@ -206,7 +206,7 @@ class MemoryLedger:
         with self._lock:
             row = self._rows.get(key)
             target = check_record(state)
-            if row is not None and row.state not in sources(target, Via.RECORD):
+            if row is not None and row.state not in states_before(target, Via.RECORD):
                 return False
             if row is None:
                 row = Row(message_id, mapping, action, event, None, State(state), 0, None, None,

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..core.clock import Clock
 from ..core.jsoncodec import dumps_str
-from ..core.outcomes import ACTIVE, DEAD, FINAL, State, Via, sources
+from ..core.outcomes import ACTIVE, DEAD, FINAL, State, Via, states_before
 from . import migrations
 from .base import (
     RECORDED,
@@ -90,7 +90,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         self._finish = FINISH.format(greatest=self.greatest)
         self._prune_settled = PRUNE.format(states=states(FINAL))
         self._record = {
-            target: RECORD.format(recordable=states(sources(target, Via.RECORD)))
+            target: RECORD.format(recordable=states(states_before(target, Via.RECORD)))
             for target in RECORDED
         }
         self._prune_dead = PRUNE.format(states=states(DEAD))

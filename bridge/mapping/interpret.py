@@ -65,7 +65,7 @@ def _apply(
     if refused is not None:
         return Result(*head, Outcome.INVALID, errors=(f"required: {refused}",))
     body: dict[str, Any] = {}
-    sources: dict[str, str | None] = {}
+    origins: dict[str, str | None] = {}
     errors: list[str] = []
     warnings: list[str] = []
     traced = None if steps is None else steps.setdefault("fields", [])
@@ -73,11 +73,11 @@ def _apply(
     for field, required in mapping.planned:
         try:
             if traced is None:
-                value, sources[field.name] = field.read(event, body, None)
+                value, origins[field.name] = field.read(event, body, None)
             else:
                 trace = {"field": field.name}
                 traced.append(trace)
-                value, sources[field.name] = field.resolve(event, body, trace)
+                value, origins[field.name] = field.resolve(event, body, trace)
         except FieldProblem as exc:
             (errors if required else warnings).append(str(exc) if required else f"dropped {exc}")
             continue
@@ -86,7 +86,7 @@ def _apply(
                 errors.append(f"{field.name}: no value (paths tried: {field.tried})")
             continue
         body[field.name] = value
-    clean, rule_errors, rule_warnings = mapping.endpoint.clean(body, mapping.required, sources)
+    clean, rule_errors, rule_warnings = mapping.endpoint.clean(body, mapping.required, origins)
     noted = (*warnings, *rule_warnings)
     if errors or rule_errors:
         return Result(*head, Outcome.INVALID, errors=(*errors, *rule_errors), warnings=noted)
