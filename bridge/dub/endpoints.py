@@ -70,7 +70,7 @@ class Endpoint:
     keeps_body: bool = False
     model: type[BaseModel] = field(init=False)
     # Each field's rule check, looked up once: clean runs for every planned event.
-    _checks: Mapping[str, Callable[[Any], tuple[Any, str | None]]] = field(
+    field_checks: Mapping[str, Callable[[Any], tuple[Any, str | None]]] = field(
         init=False, repr=False, compare=False
     )
 
@@ -88,7 +88,7 @@ class Endpoint:
         )
         object.__setattr__(self, "model", model)
         checks = {name: f.rule.check for name, f in self.fields.items()}
-        object.__setattr__(self, "_checks", checks)
+        object.__setattr__(self, "field_checks", checks)
 
     def request(self, body: Mapping[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
         """(method, path, JSON body or None) of the one call that sends ``body``."""
@@ -119,7 +119,7 @@ class Endpoint:
         clean: dict[str, Any] = {}
         errors: list[str] = []
         warnings: list[str] = []
-        checks = self._checks
+        checks = self.field_checks
         for name, value in body.items():
             try:
                 cleaned, note = checks[name](value)

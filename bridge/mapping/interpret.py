@@ -90,12 +90,17 @@ def _apply(
     noted = (*warnings, *rule_warnings)
     if errors or rule_errors:
         return Result(*head, Outcome.INVALID, errors=(*errors, *rule_errors), warnings=noted)
-    if mapping.endpoint.action == "sale" and clean.get("amount") == 0:
+    if zero_sale(mapping.endpoint.action, clean):
         return Result(*head, Outcome.SKIPPED, warnings=noted, reason=ZERO_SALE)
     method, path, _ = mapping.endpoint.request(clean)
     return Result(
         *head, Outcome.READY, request_path=path, body=clean, warnings=noted, request_method=method
     )
+
+
+def zero_sale(action: str, clean: Mapping[str, Any]) -> bool:
+    """A sale of amount 0: Dub records nothing, so nothing is sent."""
+    return action == "sale" and clean.get("amount") == 0
 
 
 def _first_failure(
