@@ -1,7 +1,7 @@
 """One interpreter of mapping semantics, held to Dub's contract rather than to a copy of itself.
 
-Mappings used to be compiled to generated code checked against a reference interpreter
-kept in the tests, and ``bridge explain`` walked the mappings a third time. One-line
+Mappings used to be compiled to generated code, holding its own copy of the rules, checked
+against a reference interpreter kept in the tests, and ``bridge explain`` walked the mappings a third time. One-line
 mutations of those copies went unnoticed; each of these must now fail the fast tier:
 
 - Dub's ``eventQuantity`` range changed in ``bridge/dub/fields.py`` (``1 <= v <= 100``
@@ -16,6 +16,10 @@ mutations of those copies went unnoticed; each of these must now fail the fast t
 - Dropping the ``omitted`` rule of a batch answer:
   ``tests/test_webhook.py::test_a_mixed_size_batch_answer_lists_a_prefix``.
 - ``bridge explain`` disagreeing with what is sent: ``test_explain_is_the_same_walk``.
+- The fast path compiler.py derives disagreeing with the interpreter (an empty value read as
+  present, a default not applied): ``test_perturbed_golden_events`` compares the traced
+  interpreter with the untraced fast path; a fast path that hands every event over:
+  ``tests/test_fast_path.py::test_golden_events_that_send_never_reach_the_interpreter``.
 """
 
 from __future__ import annotations
