@@ -293,8 +293,12 @@ def base_loader(checkout: Path) -> Callable[[Path], Any]:
     where = Path(tempfile.mkdtemp(prefix="bench-base-"))
     shutil.copytree(checkout / "bridge", where / "bridge_base")
     sys.path.insert(0, str(where))
-    sources = importlib.import_module("bridge_base.sources")
-    return lambda folder: sources.load_directory(folder).engine
+    # Where a checkout keeps its folder loader: today's layout, then the one before it.
+    try:
+        files = importlib.import_module("bridge_base.service.mapping_files")
+    except ModuleNotFoundError:
+        files = importlib.import_module("bridge_base.sources")
+    return lambda folder: files.load_directory(folder).engine
 
 
 def compare_engines(

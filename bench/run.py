@@ -116,7 +116,10 @@ def run(
     corpus_path = corpus.write(out_dir / "corpus.jsonl", cfg["corpus_events"])
     lines = corpus.read_lines(corpus_path)
     results["corpus"] = {
-        "path": str(corpus_path.relative_to(ROOT)),
+        # Relative to the checkout when --out is inside it, else as given.
+        "path": os.path.relpath(corpus_path, ROOT)
+        if corpus_path.resolve().is_relative_to(ROOT.resolve())
+        else str(corpus_path),
         "events": len(lines),
         "bytes": corpus_path.stat().st_size,
     }

@@ -19,6 +19,9 @@ IO_MODULES = {
     "tempfile", "glob", "fcntl", "select", "signal",
 }  # fmt: skip
 IO_CALLS = {"open", "print", "input", "exec", "eval", "__import__"}
+# compiler.py runs the fast path it writes, after checking its tree against an allow-list
+# (tests/test_fast_path.py holds that check to refusing what it must).
+EXECUTES_GENERATED = {"compiler.py": {"exec"}}
 # Pure parts of I/O packages: urllib.parse splits and decodes text, it opens nothing.
 PURE_SUBMODULES = {"urllib.parse"}
 # What the pure mapping package may import from the rest of the bridge (pure modules).
@@ -61,7 +64,9 @@ def test_the_mapping_engine_does_no_io(path: Path) -> None:
             assert name.split(".")[0] not in IO_MODULES, f"{path.name} imports {name}"
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            assert node.func.id not in IO_CALLS, f"{path.name} calls {node.func.id}()"
+            allowed_calls = EXECUTES_GENERATED.get(path.name, set())
+            if node.func.id not in allowed_calls:
+                assert node.func.id not in IO_CALLS, f"{path.name} calls {node.func.id}()"
 
 
 def test_the_layers_hold() -> None:

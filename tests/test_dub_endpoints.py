@@ -179,7 +179,7 @@ def test_required_field_errors_are_errors() -> None:
     """A required field Dub would refuse makes the body unsendable, naming the field."""
     _, errors, _ = SALE.clean(
         {"customerExternalId": "", "amount": 1.5},
-        sources={"amount": "$.properties.revenue"},
+        origins={"amount": "$.properties.revenue"},
     )
     assert errors == [
         "customerExternalId: must not be empty (value '')",

@@ -1,7 +1,7 @@
 """One interpreter of mapping semantics, held to Dub's contract rather than to a copy of itself.
 
-Mappings used to be compiled to generated code checked against a reference interpreter
-kept in the tests, and ``bridge explain`` walked the mappings a third time. One-line
+Mappings used to be compiled to generated code, holding its own copy of the rules, checked
+against a reference interpreter kept in the tests, and ``bridge explain`` walked the mappings a third time. One-line
 mutations of those copies went unnoticed; each of these must now fail the fast tier:
 
 - Dub's ``eventQuantity`` range changed in ``bridge/dub/fields.py`` (``1 <= v <= 100``
@@ -16,6 +16,10 @@ mutations of those copies went unnoticed; each of these must now fail the fast t
 - Dropping the ``omitted`` rule of a batch answer:
   ``tests/test_webhook.py::test_a_mixed_size_batch_answer_lists_a_prefix``.
 - ``bridge explain`` disagreeing with what is sent: ``test_explain_is_the_same_walk``.
+- The fast path compiler.py derives disagreeing with the interpreter (an empty value read as
+  present, a default not applied): ``test_perturbed_golden_events`` compares the traced
+  interpreter with the untraced fast path; a fast path that hands every event over:
+  ``tests/test_fast_path.py::test_golden_events_that_send_never_reach_the_interpreter``.
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.core.outcomes import Outcome
 from bridge.dub.endpoints import ENDPOINTS
 from bridge.mapping.engine import CompiledMapping, Engine
 from bridge.mapping.explain import explain
 from bridge.mapping.paths import simple_steps
+from bridge.mapping.transforms import is_empty
 from bridge.service.mapping_files import load_directory
 from tests.helpers.mapkit import engine as engine_of
 from tests.test_dub_endpoints import assert_valid, request_schemas
@@ -236,3 +243,10 @@ def test_whitespace_only_text_is_no_value(blank: str) -> None:
     amount = next(f for f in fields if f["field"] == "amount")
     assert amount["from"] == "$.properties.total"
     assert json.dumps(amount["tried"][0]["value"]) == json.dumps(blank)
+
+
+@given(st.text(alphabet=st.sampled_from([" ", "\t", "\n", "\u00a0", "\u2003", "a", "0", "é"])))
+def test_blank_text_is_empty_exactly_when_nothing_is_left_once_stripped(text: str) -> None:
+    """is_empty's shortcut (text that starts with a non-space is not blank) says what
+    stripping says, for every mix of spaces of every kind and other characters."""
+    assert is_empty(text) is (not text.strip())

@@ -247,13 +247,13 @@ def test_the_table_is_whole() -> None:
     """Every state is reachable from nothing, and every dead letter can be redriven."""
     reachable: set[State | None] = {None}
     while True:
-        more = {t.target for t in TRANSITIONS if t.source in reachable} - reachable
+        more = {t.target for t in TRANSITIONS if t.before in reachable} - reachable
         if not more:
             break
         reachable |= more
     assert reachable == {None, *State}
     assert all(allowed(state, State.IN_FLIGHT, Via.REDRIVE) for state in DEAD)
-    assert not any(t.source in FINAL for t in TRANSITIONS)  # settled rows never move
+    assert not any(t.before in FINAL for t in TRANSITIONS)  # settled rows never move
 
 
 # --- dead letters, leads, retention --------------------------------------------------------------
@@ -619,6 +619,21 @@ def test_a_verified_claim_takes_over_an_unverified_row_afresh(
         ("sale", State.DELIVERED),
     ]
     assert ledger.rows_of("nothing") == []
+
+
+def test_rows_of_many_is_rows_of_for_each(ledger: Ledger) -> None:
+    """rows_of_many answers, in one look-up, what rows_of answers for each messageId (ids
+    without rows left out), across the statement's parameter bound."""
+    ids = [f"many-{i}" for i in range(1203)]
+    for index, message_id in enumerate(ids[:1201]):
+        for mapping in ("sale", "lead")[: 1 + index % 2]:
+            ledger.record(message_id, mapping, State.INVALID, action=mapping, event="E",
+                          errors=["x"], payload={"i": index})  # fmt: skip
+    found = ledger.rows_of_many([*ids, ids[0]])
+    assert set(found) == set(ids[:1201])
+    for message_id in (ids[0], ids[1], ids[1000], ids[1200]):
+        assert found[message_id] == ledger.rows_of(message_id)
+    assert ledger.rows_of_many([]) == {}
 
 
 # --- the conversion lifecycle: pinned bodies, invoices, erasure -----------------------------------

@@ -22,7 +22,7 @@ from bridge.core.errors import MappingFileError
 from bridge.ledger import open_ledger
 from bridge.ledger.base import Ledger
 from bridge.ledger.migrations import MIGRATIONS, schema_table
-from bridge.mapping.loader import MappingText, load_sources
+from bridge.mapping.loader import MappingText, load_texts
 from bridge.service.store import MappingStore
 from bridge.web.app import create_app
 from tests.conftest import MAPPINGS, make_settings
@@ -59,7 +59,7 @@ def version_of(ledger: Ledger, label: str) -> str:
     """The engine version of a kept set, as this release computes it."""
     kept = ledger.mapping_set(label)
     assert kept is not None
-    return load_sources([MappingText(n, t.encode()) for n, t in kept.files]).engine.version
+    return load_texts([MappingText(n, t.encode()) for n, t in kept.files]).engine.version
 
 
 def degraded_gauge(cause: str) -> float | None:

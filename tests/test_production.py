@@ -18,7 +18,7 @@ import requests
 
 from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
-from bridge.mapping.loader import MappingText, load_sources
+from bridge.mapping.loader import MappingText, load_texts
 from tests.helpers.fakedub import FakeDub, Hold
 from tests.helpers.faultkit import key_for, mixed_batch
 from tests.helpers.procs import REPO, ProcfileWeb, clean_env, json_lines
@@ -206,7 +206,7 @@ def test_an_unloadable_published_set_starts_degraded_not_a_crash_loop(tmp_path: 
         (n, t.replace("  - name: order-sale\n", "  - name: order-sale\n    sampleRate: 1\n"))
         for n, t in good
     ]
-    version = load_sources([MappingText(n, t.encode()) for n, t in good]).engine.version
+    version = load_texts([MappingText(n, t.encode()) for n, t in good]).engine.version
     for label, files in ((version, good), ("v-next", newer)):
         ledger.keep_mapping_set(label, files, "publish")
         ledger.activate_mapping_set(label, "publish", author="test")

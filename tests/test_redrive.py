@@ -185,7 +185,8 @@ def test_redrive_sends_in_chunks_and_prints_the_replay_line_shape(
     tmp_path: Path, maps: Path, dub: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """250 dead letters are redriven in chunks of 100 events, each chunk delivered within a
-    budget of its own, and every line is replay's line shape plus `before`."""
+    budget of its own and its ledger rows looked up once, and every line is replay's line
+    shape plus `before`."""
     from bridge.core.results import LINE_KEYS
     from bridge.delivery.deliverer import Deliverer
     from bridge.service.redrive import CHUNK
@@ -206,6 +207,15 @@ def test_redrive_sends_in_chunks_and_prints_the_replay_line_shape(
     settings = settings_for(where, maps)
     ledger = open_ledger(settings, Access.WRITE)
     assert ledger is not None
+    looked_up: list[int] = []
+    many = ledger.rows_of_many
+
+    def one_look_up(message_ids: Any) -> Any:
+        looked_up.append(len(message_ids))
+        return many(message_ids)
+
+    monkeypatch.setattr(ledger, "rows_of_many", one_look_up)
+    monkeypatch.setattr(ledger, "rows_of", lambda _: pytest.fail("a look-up per event"))
     deliverer = build_deliverer(settings, ledger)
     try:
         lines = run_redrive(
@@ -215,5 +225,6 @@ def test_redrive_sends_in_chunks_and_prints_the_replay_line_shape(
         deliverer.close()
         ledger.close()
     assert calls == [CHUNK, CHUNK, 50]
+    assert looked_up == [CHUNK, CHUNK, 50]
     assert all(list(line) == [*LINE_KEYS, "before"] for line in lines)
     assert {line["outcome"] for line in lines} == {"delivered"}

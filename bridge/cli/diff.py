@@ -23,7 +23,7 @@ from ..core.jsoncodec import dumps_str
 from ..core.results import Result
 from ..mapping.compare import MappingChange, Summary, mapping_changes
 from ..mapping.engine import Engine
-from ..mapping.loader import MappingText, load_sources
+from ..mapping.loader import MappingText, load_texts
 from ..reader import read_file
 from ..service.mapping_files import load_directory
 from .common import fail, mappings_option, settings_for
@@ -63,7 +63,7 @@ def _engine(sources: list[MappingText] | None, folder: Path, label: str) -> Engi
     try:
         if sources is None:
             return load_directory(folder).engine
-        return load_sources(sources, where=f"{label} {folder}").engine
+        return load_texts(sources, where=f"{label} {folder}").engine
     except MappingFileError as exc:
         click.echo(str(exc), err=True)
         fail(f"the {label} mappings do not load: nothing to compare")

@@ -17,7 +17,7 @@ import click
 
 from ..core.errors import BridgeError, MappingFileError
 from ..ledger import Access, Ledger, open_ledger
-from ..mapping.loader import load_sources
+from ..mapping.loader import load_texts
 from ..service import mapsets
 from ..service.mapping_files import read_directory
 from ..service.mapsets import AUTHOR_MAX, MESSAGE_MAX, ActivationError, BadText, one_line
@@ -91,7 +91,7 @@ def publish(directory: Path | None, author: str | None, message: str | None) -> 
     folder = directory or settings().mappings_dir
     try:
         # A folder that does not load is refused before the ledger is opened.
-        load_sources(read_directory(folder), where=str(folder))
+        load_texts(read_directory(folder), where=str(folder))
     except MappingFileError as exc:
         click.echo(str(exc), err=True)
         click.echo(f"not published: {len(exc.issues)} error(s) in {folder}", err=True)

@@ -72,7 +72,7 @@ class Via(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    source: State | None  # None: no row yet
+    before: State | None  # None: no row yet
     target: State
     via: Via
 
@@ -105,27 +105,27 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(_S.PENDING, _S.GAVE_UP, Via.SWEEP),
     Transition(_S.IN_FLIGHT, _S.GAVE_UP, Via.SWEEP),  # only once its lease ran out
     *(
-        Transition(source, _S.IN_FLIGHT, Via.REDRIVE)
-        for source in (_S.PENDING, _S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP, _S.UNVERIFIED)
+        Transition(before, _S.IN_FLIGHT, Via.REDRIVE)
+        for before in (_S.PENDING, _S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP, _S.UNVERIFIED)
     ),
     *(
-        Transition(source, _S.SUPERSEDED, Via.SUPERSEDE)
-        for source in (_S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP, _S.UNVERIFIED)
+        Transition(before, _S.SUPERSEDED, Via.SUPERSEDE)
+        for before in (_S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP, _S.UNVERIFIED)
     ),
 )
 
 
-def sources(target: State, via: Via) -> frozenset[State]:
+def states_before(target: State, via: Via) -> frozenset[State]:
     """The states a row may be in for ``via`` to move it to ``target``."""
     return frozenset(
-        t.source
+        t.before
         for t in TRANSITIONS
-        if t.target is target and t.via is via and t.source is not None
+        if t.target is target and t.via is via and t.before is not None
     )
 
 
-def allowed(source: State | None, target: State, via: Via) -> bool:
-    return Transition(source, target, via) in _ALL
+def allowed(before: State | None, target: State, via: Via) -> bool:
+    return Transition(before, target, via) in _ALL
 
 
 _ALL = frozenset(TRANSITIONS)
@@ -135,12 +135,12 @@ FINAL = frozenset({_S.DELIVERED, _S.DEDUPLICATED, _S.NOT_RECORDED, _S.SUPERSEDED
 DEAD = frozenset({_S.INVALID, _S.REJECTED, _S.UNCERTAIN, _S.GAVE_UP, _S.UNVERIFIED})
 # Not settled: the claim or a retry is still to come.
 ACTIVE = frozenset({_S.PENDING, _S.IN_FLIGHT})
-CLAIMABLE = sources(_S.IN_FLIGHT, Via.CLAIM)
+CLAIMABLE = states_before(_S.IN_FLIGHT, Via.CLAIM)
 # Rows a claim takes over as new: their payload, error and first sighting came from a
 # sender nobody vouched for, not from the event now claimed.
 UNPROVEN = frozenset({_S.UNVERIFIED})
-REDRIVABLE = sources(_S.IN_FLIGHT, Via.REDRIVE)
-SWEEPABLE = sources(_S.GAVE_UP, Via.SWEEP)
+REDRIVABLE = states_before(_S.IN_FLIGHT, Via.REDRIVE)
+SWEEPABLE = states_before(_S.GAVE_UP, Via.SWEEP)
 # What a call's outcome may leave a claimed row in.
 FINISHED = frozenset(t.target for t in TRANSITIONS if t.via is Via.FINISH)
 # The states a released claim may return to (anything else returns to pending).

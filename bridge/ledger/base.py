@@ -11,7 +11,7 @@ shown is its clock's (one clock for every publisher).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -360,6 +360,10 @@ class Deliveries(Protocol):
     def attempts_of(self, message_id: str) -> list[Attempt]:
         """The calls kept for every row of a messageId, by mapping, then oldest first; they
         go when their row is pruned."""
+
+    def rows_of_many(self, message_ids: Collection[str]) -> dict[str, list[Row]]:
+        """``rows_of`` for many messageIds in one look-up (redrive asks per chunk): each
+        messageId that has rows, with its rows by mapping."""
 
     def dead_letters(
         self, *, mapping: str | None = None, since: float | None = None

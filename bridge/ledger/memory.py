@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..core.outcomes import (
     UNPROVEN,
     State,
     Via,
-    sources,
+    states_before,
 )
 from . import migrations
 from .base import (
@@ -221,7 +221,7 @@ class MemoryLedger:
         with self._lock:
             row = self._rows.get(key)
             target = check_record(state)
-            if row is not None and row.state not in sources(target, Via.RECORD):
+            if row is not None and row.state not in states_before(target, Via.RECORD):
                 return False
             if row is None:
                 row = Row(message_id, mapping, action, event, None, State(state), 0, None, None,
@@ -324,6 +324,15 @@ class MemoryLedger:
                 for answer in calls_of.values()
             ]
         return sorted(found, key=lambda a: (a.mapping, a.number))
+
+    def rows_of_many(self, message_ids: Collection[str]) -> dict[str, list[Row]]:
+        wanted = set(message_ids)
+        found: dict[str, list[Row]] = {}
+        with self._lock:
+            for (message_id, _), row in sorted(self._rows.items()):
+                if message_id in wanted:
+                    found.setdefault(message_id, []).append(row)
+        return found
 
     def dead_letters(self, *, mapping: str | None = None, since: float | None = None) -> list[Row]:
         with self._lock:

@@ -10,13 +10,13 @@ cluster-wide locks).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
 from ..core.clock import Clock
 from ..core.jsoncodec import dumps_str
-from ..core.outcomes import ACTIVE, DEAD, FINAL, State, Via, sources
+from ..core.outcomes import ACTIVE, DEAD, FINAL, State, Via, states_before
 from . import migrations
 from .base import (
     KEPT_ATTEMPTS,
@@ -63,6 +63,8 @@ from .statements import (
 # Rows per claim statement: within SQLite's 32,766 parameters (six a row), and short
 # enough that one statement never holds its locks for long.
 CLAIM_CHUNK = 500
+# MessageIds per look-up of rows_of_many: one parameter each.
+ROWS_OF_MANY = 1000
 
 T = TypeVar("T")
 
@@ -95,7 +97,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         self._finish = FINISH.format(greatest=self.greatest)
         self._prune_settled = PRUNE.format(states=states(FINAL))
         self._record = {
-            target: RECORD.format(recordable=states(sources(target, Via.RECORD)))
+            target: RECORD.format(recordable=states(states_before(target, Via.RECORD)))
             for target in RECORDED
         }
         self._prune_dead = PRUNE.format(states=states(DEAD))
@@ -410,6 +412,19 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             Attempt(at, method, path, status, answer, retry_after, mapping, number)
             for mapping, number, at, method, path, status, answer, retry_after in found
         ]
+
+    def rows_of_many(self, message_ids: Collection[str]) -> dict[str, list[Row]]:
+        found: dict[str, list[Row]] = {}
+        ids = sorted(set(message_ids))
+        # Bounded statements: SQLite caps a statement's parameters (32,766 by default).
+        for start in range(0, len(ids), ROWS_OF_MANY):
+            part = ids[start : start + ROWS_OF_MANY]
+            names = {f"m{i}": message_id for i, message_id in enumerate(part)}
+            listed = ", ".join(f":{name}" for name in names)
+            clause = f"WHERE message_id IN ({listed}) ORDER BY message_id, mapping"
+            for row in self._rows(clause, names):
+                found.setdefault(row.message_id, []).append(row)
+        return found
 
     def dead_letters(self, *, mapping: str | None = None, since: float | None = None) -> list[Row]:
         where = f"WHERE state IN {states(DEAD)}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -60,10 +60,20 @@ class CompiledMapping:
     group: str | None = None  # the first of a group whose conditions hold takes the event
     event_type: str = "track"  # identify and delete triggers take every event of their type
     required: frozenset[str] = field(init=False)
+    # Each field with whether it is required, decided once instead of per event.
+    planned: tuple[tuple[CompiledField, bool], ...] = field(init=False, repr=False)
+    # The untraced result of an event: the interpreter, or the fast path compiler.py derives
+    # from this mapping's own rule objects (see ``compiler.derive_fast_path``).
+    untraced: Callable[[dict[str, Any], str | None, str | None], Result] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         required = self.endpoint.needed | {f.name for f in self.fields if f.required}
         object.__setattr__(self, "required", required)
+        planned = tuple((f, f.name in required) for f in self.fields)
+        object.__setattr__(self, "planned", planned)
+        object.__setattr__(self, "untraced", partial(interpret, self))
 
     @property
     def action(self) -> str:
@@ -223,7 +233,7 @@ class Engine:
                 interpret(m, event, message_id, name, trace.setdefault(m.name, {}))
                 for m in candidates
             ]
-        return [interpret(mapping, event, message_id, name) for mapping in candidates]
+        return [mapping.untraced(event, message_id, name) for mapping in candidates]
 
     def _excluded(self, event: Any, trace: dict[str, Steps] | None) -> str | None:
         """Why the set's `exclude` skips this event, or None."""
@@ -256,7 +266,11 @@ class Engine:
                 )
                 continue
             steps = None if trace is None else trace.setdefault(mapping.name, {})
-            results[mapping.name] = interpret(mapping, event, message_id, name, steps)
+            results[mapping.name] = (
+                mapping.untraced(event, message_id, name)
+                if steps is None
+                else interpret(mapping, event, message_id, name, steps)
+            )
             if group is not None and all(c.holds(event) for c in mapping.conditions):
                 taken[group] = mapping.name
         return [results[m.name] for m in candidates]

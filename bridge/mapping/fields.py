@@ -61,12 +61,34 @@ class CompiledField:
     checks: tuple[Condition, ...] = ()  # `when` tests of the source's own value (no path)
     label: str = field(init=False)  # what the source reads, as a message names it
     _terms: tuple[tuple[CompiledField, str, int], ...] = field(init=False, repr=False)
+    # Decided once, not per event: which of the ways below this source reads by, each
+    # path's reader with its text, and each transform with its name.
+    _way: Callable[..., tuple[Any, str | None]] = field(init=False, repr=False, compare=False)
+    _readers: tuple[tuple[Callable[[Any], Any], str], ...] = field(
+        init=False, repr=False, compare=False
+    )
+    _named: tuple[tuple[str, Transform], ...] = field(init=False, repr=False, compare=False)
+    # ``resolve`` without a trace: (value, where), FieldProblem when a transform refuses.
+    read: Callable[..., tuple[Any, str | None]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Made once: messages and `add`'s result name it on every event.
         object.__setattr__(self, "label", self._label())
         terms = [(p, "add", 1) for p in self.parts] + [(p, "subtract", -1) for p in self.minus]
         object.__setattr__(self, "_terms", tuple(terms) if self.kind == "add" else ())
+        object.__setattr__(self, "_readers", tuple((p.first, p.text) for p in self.paths))
+        object.__setattr__(self, "_named", tuple(zip(self.steps, self.transforms, strict=True)))
+        if self.paths:
+            way = self._paths
+        elif self.compute is not None:
+            way = self._computed
+        else:
+            way = {
+                "first": self._first, "add": self._add, "object": self._object
+            }.get(self.kind, self._literal)  # fmt: skip
+        object.__setattr__(self, "_way", way)
+        # Untraced, a source without `when` tests of the event reads straight by its way.
+        object.__setattr__(self, "read", way if not self.when else self._resolve)
 
     def resolve(
         self,
@@ -79,6 +101,8 @@ class CompiledField:
         ``trace`` (for ``bridge explain``) receives each step as it is taken: the paths
         tried and what they held, where the value came from, each transform's result,
         each nested source's own trace under ``parts``."""
+        if trace is None:
+            return self.read(event, fields, None)
         try:
             value, where = self._resolve(event, fields, trace)
         except FieldProblem:
@@ -95,16 +119,11 @@ class CompiledField:
     ) -> tuple[Any, str | None]:
         if self.when and not self._event_holds(event, trace):
             return self._default(trace)
-        if self.paths:
-            return self._paths(event, fields, trace)
-        if self.compute is not None:
-            return self._computed(event, fields, trace)
-        if self.kind == "first":
-            return self._first(event, fields, trace)
-        if self.kind == "add":
-            return self._add(event, fields, trace)
-        if self.kind == "object":
-            return self._object(event, fields, trace)
+        return self._way(event, fields, trace)
+
+    def _literal(
+        self, event: Mapping[str, Any], fields: Mapping[str, Any], trace: dict[str, Any] | None
+    ) -> tuple[Any, str | None]:
         if trace is not None:
             trace["from"] = "value"
         if self.checks and not self._value_holds(self.literal, trace):
@@ -115,21 +134,21 @@ class CompiledField:
         self, event: Mapping[str, Any], fields: Mapping[str, Any], trace: dict[str, Any] | None
     ) -> tuple[Any, str | None]:
         tried = None if trace is None else trace.setdefault("tried", [])
-        for path in self.paths:
-            value = path.first(event)
+        for first, text in self._readers:
+            value = first(event)
             if tried is not None:
-                tried.append({"path": path.text, "value": None if value is MISSING else value})
+                tried.append({"path": text, "value": None if value is MISSING else value})
             if value is MISSING or is_empty(value):
                 continue
             if trace is not None:
-                trace["from"] = path.text
-            if self.transforms or trace is not None:
-                value = self.transform(value, fields, path.text, trace)
+                trace["from"] = text
+            if self._named or trace is not None:
+                value = self.transform(value, fields, text, trace)
                 if value is MISSING:
                     continue
             if self.checks and not self._value_holds(value, trace):
                 continue
-            return value, path.text
+            return value, text
         return self._default(trace)
 
     def _default(self, trace: dict[str, Any] | None) -> tuple[Any, str | None]:
@@ -202,7 +221,7 @@ class CompiledField:
     ) -> tuple[Any, str | None]:
         """A nested source's value, its trace kept under this one's ``parts``."""
         if trace is None:
-            return part._resolve(event, fields, None)  # resolve() adds only the tracing
+            return part.read(event, fields, None)  # resolve() adds only the tracing
         sub: dict[str, Any] = {"part": label}
         trace.setdefault("parts", []).append(sub)
         return part.resolve(event, fields, sub)
@@ -231,7 +250,7 @@ class CompiledField:
         for part, word, sign in self._terms:
             counts[word] += 1
             if trace is None:
-                value, where = part._resolve(event, fields, None)
+                value, where = part.read(event, fields, None)
             else:
                 value, where = self._part(part, f"{word} {counts[word]}", event, fields, trace)
             if value is MISSING:
@@ -295,7 +314,7 @@ class CompiledField:
         if trace is not None:
             trace["raw"] = shown(raw)
             steps = trace["steps"] = []
-        for name, transform in zip(self.steps, self.transforms, strict=True):
+        for name, transform in self._named:
             try:
                 value = transform(value, fields)
             except TransformError as exc:

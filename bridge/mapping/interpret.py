@@ -65,17 +65,19 @@ def _apply(
     if refused is not None:
         return Result(*head, Outcome.INVALID, errors=(f"required: {refused}",))
     body: dict[str, Any] = {}
-    sources: dict[str, str | None] = {}
+    origins: dict[str, str | None] = {}
     errors: list[str] = []
     warnings: list[str] = []
     traced = None if steps is None else steps.setdefault("fields", [])
-    for field in mapping.fields:
-        required = field.name in mapping.required
-        trace = None if traced is None else {"field": field.name}
-        if traced is not None and trace is not None:
-            traced.append(trace)
+    trace = None
+    for field, required in mapping.planned:
         try:
-            value, sources[field.name] = field.resolve(event, body, trace)
+            if traced is None:
+                value, origins[field.name] = field.read(event, body, None)
+            else:
+                trace = {"field": field.name}
+                traced.append(trace)
+                value, origins[field.name] = field.resolve(event, body, trace)
         except FieldProblem as exc:
             (errors if required else warnings).append(str(exc) if required else f"dropped {exc}")
             continue
@@ -84,16 +86,21 @@ def _apply(
                 errors.append(f"{field.name}: no value (paths tried: {field.tried})")
             continue
         body[field.name] = value
-    clean, rule_errors, rule_warnings = mapping.endpoint.clean(body, mapping.required, sources)
+    clean, rule_errors, rule_warnings = mapping.endpoint.clean(body, mapping.required, origins)
     noted = (*warnings, *rule_warnings)
     if errors or rule_errors:
         return Result(*head, Outcome.INVALID, errors=(*errors, *rule_errors), warnings=noted)
-    if mapping.endpoint.action == "sale" and clean.get("amount") == 0:
+    if zero_sale(mapping.endpoint.action, clean):
         return Result(*head, Outcome.SKIPPED, warnings=noted, reason=ZERO_SALE)
     method, path, _ = mapping.endpoint.request(clean)
     return Result(
         *head, Outcome.READY, request_path=path, body=clean, warnings=noted, request_method=method
     )
+
+
+def zero_sale(action: str, clean: Mapping[str, Any]) -> bool:
+    """A sale of amount 0: Dub records nothing, so nothing is sent."""
+    return action == "sale" and clean.get("amount") == 0
 
 
 def _first_failure(

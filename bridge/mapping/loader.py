@@ -68,18 +68,18 @@ class LoadResult:
         return [i for i in self.issues if i.severity == "warning"]
 
 
-def version_of(sources: Sequence[MappingText]) -> str:
+def version_of(texts: Sequence[MappingText]) -> str:
     """The mapping set's version: a hash of its file names and contents."""
     digest = hashlib.sha256()
-    for source in sources:
-        digest.update(source.basename.encode() + b"\0" + source.text + b"\0")
+    for one in texts:
+        digest.update(one.basename.encode() + b"\0" + one.text + b"\0")
     return digest.hexdigest()[:12]
 
 
-def load_sources(
-    sources: Sequence[MappingText], *, strict: bool = True, where: str = "mappings"
+def load_texts(
+    texts: Sequence[MappingText], *, strict: bool = True, where: str = "mappings"
 ) -> LoadResult:
-    """Check and compile every mapping of ``sources`` (``where`` names them when empty).
+    """Check and compile every mapping of ``texts`` (``where`` names them when empty).
 
     With ``strict`` any error raises ``MappingFileError`` listing all of them;
     otherwise the result carries the issues and an engine of the good mappings.
@@ -88,12 +88,12 @@ def load_sources(
     compiled: list[CompiledMapping] = []
     tests: list[GoldenCase] = []
     excludes: list[Exclude] = []
-    if not sources:
+    if not texts:
         issues.append(MappingIssue(where, None, "", "holds no .yaml or .yml file"))
     seen: dict[str, str] = {}
     declared: set[str] = set()  # broken mappings too: a test naming one is not an extra error
-    for source in sources:
-        for mapping, data, issue_list in _read_file(source.name, source.text, tests, excludes):
+    for file in texts:
+        for mapping, data, issue_list in _read_file(file.name, file.text, tests, excludes):
             issues += issue_list
             if isinstance(data, dict) and isinstance(data.get("name"), str):
                 declared.add(data["name"])
@@ -102,19 +102,19 @@ def load_sources(
             if mapping.name in seen:
                 issues.append(
                     MappingIssue(
-                        source.name,
+                        file.name,
                         data.lines.get("name"),
                         mapping.name,
                         f"name already used at {seen[mapping.name]}",
                     )
                 )
                 continue
-            seen[mapping.name] = f"{source.name}:{data.line}"
-            compiled.append(compile_mapping(mapping, source.name))
+            seen[mapping.name] = f"{file.name}:{data.line}"
+            compiled.append(compile_mapping(mapping, file.name))
     issues += _overlap_warnings(compiled, tests)
     issues += _test_issues(tests, declared)
-    engine = Engine(compiled, version_of(sources), excludes)
-    result = LoadResult(engine, issues, [s.name for s in sources], tests)
+    engine = Engine(compiled, version_of(texts), excludes)
+    result = LoadResult(engine, issues, [s.name for s in texts], tests)
     if strict and result.errors:
         raise MappingFileError(result.errors)
     return result

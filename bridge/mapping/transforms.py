@@ -225,10 +225,14 @@ def value_map(table: Mapping[Any, Any], fallback: Any, has_fallback: bool) -> Tr
 
 def is_empty(value: Any) -> bool:
     """None, blank text, and empty lists and objects count as 'no value'."""
+    kind = type(value)
+    if kind is int or kind is float or kind is bool:  # the common answers, asked first
+        return False
     if value is None:
         return True
     if isinstance(value, str):
-        return not value.strip()
+        # Text that starts with a non-space is not blank: no copy made to find out.
+        return not value or (value[0].isspace() and not value.strip())
     if isinstance(value, (list, dict)):
         return not value
     return False

@@ -24,8 +24,8 @@ from ..core.items import Item
 from .layout import LINES, classify, document_parts
 from .lines import line_blocks
 from .records import MAX_EVENT_BYTES, WAIT, Problem, Record, Wait, decode, weight
+from .savedfile import READ_ERRORS, SavedFile
 from .scan import Window
-from .source import READ_ERRORS, Source
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -43,20 +43,20 @@ def read_records(path: Path) -> Iterator[Record | Wait]:
     """The file's events as raw records, in order (``decode`` parses them)."""
     name = str(path)
     try:
-        source = Source(path)
+        saved = SavedFile(path)
     except READ_ERRORS as exc:
         yield Problem(name, f"cannot read: {exc}")
         return
-    with source:
+    with saved:
         try:
-            layout = classify(Window(source))
-            source.rewind()
+            layout = classify(Window(saved))
+            saved.rewind()
             if layout is LINES:
-                yield from line_blocks(source, name)
+                yield from line_blocks(saved, name)
             elif layout.form == "problem":
                 yield Problem(name, layout.problem)
             else:
-                yield from document_parts(Window(source), name, layout)
+                yield from document_parts(Window(saved), name, layout)
         except READ_ERRORS as exc:
             yield Problem(name, f"cannot read: {exc}")
 

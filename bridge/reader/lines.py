@@ -10,19 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .records import MAX_EVENT_BYTES, TOO_LONG, WAIT, Lines, Problem, Record, Wait, line_count
+from .savedfile import SavedFile
 from .scan import BLOCK
-from .source import Source
 
 
-def line_blocks(source: Source, path: str) -> Iterator[Record | Wait]:
+def line_blocks(saved: SavedFile, path: str) -> Iterator[Record | Wait]:
     """The file's lines in blocks; a line past ``MAX_EVENT_BYTES`` is skipped, reported."""
     number = 1  # the number of the first line in `carry`
     carry = b""
     skipping = False  # inside a line too long to keep: drop bytes up to its newline
     while True:
-        if source.would_block():
+        if saved.would_block():
             yield WAIT
-        chunk = source.read(BLOCK)
+        chunk = saved.read(BLOCK)
         if not chunk:
             if carry:
                 yield Lines(path, number, carry)

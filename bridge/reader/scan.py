@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 from .records import MAX_EVENT_BYTES
-from .source import Source
+from .savedfile import SavedFile
 
 BLOCK = 1 << 20
 _STRING_TEXT = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
@@ -63,14 +63,14 @@ class TooLong(ValueError):
 
 
 class Window:
-    """The bytes of a source from ``start`` on; positions are offsets from the file's start.
+    """The bytes of a saved file from ``start`` on; positions are offsets from the file's start.
 
     Bytes before ``keep`` may be dropped when more are read, so memory holds the value
     being looked at, not the file.
     """
 
-    def __init__(self, source: Source):
-        self.source = source
+    def __init__(self, saved: SavedFile):
+        self.saved = saved
         self.data = b""
         self.start = 0
         self.keep = 0
@@ -84,7 +84,7 @@ class Window:
         began there, and must not grow past ``MAX_EVENT_BYTES``."""
         if self.end - since > MAX_EVENT_BYTES:
             raise TooLong(since)
-        chunk = self.source.read(BLOCK)
+        chunk = self.saved.read(BLOCK)
         if not chunk:
             return False
         drop = max(0, self.keep - self.start)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..core.errors import MappingFileError, MappingIssue
 from ..mapping.engine import Engine
-from ..mapping.loader import LoadResult, MappingText, load_sources
+from ..mapping.loader import LoadResult, MappingText, load_texts
 
 
 def mapping_files(directory: Path) -> list[Path]:
@@ -39,4 +39,4 @@ def load_directory(directory: Path | str, *, strict: bool = True) -> LoadResult:
         if strict:
             raise
         return LoadResult(Engine([]), list(exc.issues), [])
-    return load_sources(sources, strict=strict, where=str(directory))
+    return load_texts(sources, strict=strict, where=str(directory))

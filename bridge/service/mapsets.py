@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..core.errors import BridgeError
 from ..ledger import Ledger
-from ..mapping.loader import load_sources
+from ..mapping.loader import load_texts
 from .mapping_files import read_directory
 
 AUTHOR_MAX, MESSAGE_MAX = 100, 500
@@ -64,7 +64,7 @@ def publish(ledger: Ledger, folder: Path, author: str, why: str | None) -> Publi
     """Validate ``folder``'s files (``MappingFileError`` listing every problem) and make them
     the active set."""
     sources = read_directory(folder)
-    engine = load_sources(sources, where=str(folder)).engine
+    engine = load_texts(sources, where=str(folder)).engine
     files = [(s.basename, s.text.decode("utf-8", "replace")) for s in sources]
     ledger.keep_mapping_set(engine.version, files, "publish")
     activate(ledger, engine.version, "publish", author, why)

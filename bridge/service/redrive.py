@@ -104,12 +104,12 @@ def _redrive(
     # budget of their own, so a long list of dead letters never races one deadline.
     for start in range(0, len(queue), CHUNK):
         planned: list[Result] = []
-        for event in queue[start : start + CHUNK]:
-            # What was dead, and what a changed mapping now adds; not what was delivered
-            # before (nor an unverified row, which only its own redrive takes).
-            known = (
-                {r.mapping for r in ledger.rows_of(event.get("messageId", ""))} if adds else set()
-            )
+        chunk = queue[start : start + CHUNK]
+        # What was dead, and what a changed mapping now adds; not what was delivered before
+        # (nor an unverified row, which only its own redrive takes): one look-up a chunk.
+        held = ledger.rows_of_many([e.get("messageId", "") for e in chunk]) if adds else {}
+        for event in chunk:
+            known = {r.mapping for r in held.get(event.get("messageId", ""), ())}
             planned += [
                 r
                 for r in engine.plan(event)

@@ -26,7 +26,7 @@ from ..core.metrics import metrics, set_mapping_version
 from ..core.poller import Poller
 from ..ledger.base import Activation, Ledger, MappingSet
 from ..mapping.engine import Engine
-from ..mapping.loader import MappingText, load_sources
+from ..mapping.loader import MappingText, load_texts
 from .mapping_files import mapping_files, read_directory
 
 log = logging.getLogger("bridge.reload")
@@ -68,7 +68,7 @@ def refusal(version: str, exc: MappingFileError) -> str:
 
 def stored_engine(kept: MappingSet) -> Engine:
     sources = [MappingText(name, text.encode()) for name, text in kept.files]
-    return load_sources(sources, where=f"mapping set {kept.version}").engine
+    return load_texts(sources, where=f"mapping set {kept.version}").engine
 
 
 def choose_start(
@@ -266,7 +266,7 @@ class MappingStore:
 
     def _files_engine(self) -> Engine:
         sources = read_directory(self.directory)
-        engine = load_sources(sources, where=str(self.directory)).engine
+        engine = load_texts(sources, where=str(self.directory)).engine
         self._keep(engine.version, sources)
         return engine
 

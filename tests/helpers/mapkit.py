@@ -7,7 +7,7 @@ from typing import Any
 
 from bridge.core.results import Result
 from bridge.mapping.engine import Engine
-from bridge.mapping.loader import LoadResult, MappingText, load_sources
+from bridge.mapping.loader import LoadResult, MappingText, load_texts
 
 SALE_FIELDS = (
     "customerExternalId: $.userId\n  amount: {path: $.properties.revenue, transform: minor_units}"
@@ -16,7 +16,7 @@ SALE_FIELDS = (
 
 def load(text: str, name: str = "m.yaml") -> LoadResult:
     """Load one mapping file given as (indented) YAML text; never raises."""
-    return load_sources([MappingText(name, textwrap.dedent(text).encode())], strict=False)
+    return load_texts([MappingText(name, textwrap.dedent(text).encode())], strict=False)
 
 
 def engine(text: str) -> Engine:

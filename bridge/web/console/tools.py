@@ -14,7 +14,7 @@ from ...ledger.base import Browse, MappingSet
 from ...mapping.compare import changes
 from ...mapping.engine import Engine
 from ...mapping.explain import explain
-from ...mapping.loader import MappingText, load_sources
+from ...mapping.loader import MappingText, load_texts
 from ...service import mapsets
 from ...service.mapping_files import read_directory
 from ...service.store import stored_engine
@@ -47,7 +47,7 @@ def _tried(text: str) -> tuple[Engine | None, list[MappingIssue]]:
     if len(text.encode()) > MAPPING_MAX:
         return None, [MappingIssue(TRIED_FILE, None, "", f"over {MAPPING_MAX} bytes")]
     try:
-        loaded = load_sources([MappingText(TRIED_FILE, text.encode())], where="the mapping tried")
+        loaded = load_texts([MappingText(TRIED_FILE, text.encode())], where="the mapping tried")
     except MappingFileError as exc:
         return None, list(exc.issues)
     return loaded.engine, loaded.warnings

@@ -25,7 +25,7 @@ READ_ERRORS = (OSError, EOFError, zlib.error)
 SPOOL_IN_MEMORY = 1 << 20
 
 
-class Source:
+class SavedFile:
     """One file's (decompressed) bytes, in pieces, with one rewind to the start."""
 
     def __init__(self, path: Path):
@@ -88,7 +88,7 @@ class Source:
             self._gzip.close()
         self._raw.close()
 
-    def __enter__(self) -> Source:
+    def __enter__(self) -> SavedFile:
         return self
 
     def __exit__(self, *_: object) -> None:
