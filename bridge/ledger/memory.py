@@ -35,6 +35,7 @@ from .base import (
     Browse,
     Claim,
     ClaimRequest,
+    Finish,
     LeadStatus,
     MappingSet,
     QueueStatus,
@@ -78,7 +79,7 @@ class MemoryLedger:
         self._sets: dict[str, MappingSet] = {}
         self._signatures: dict[str, Sighting] = {}
         self._activations: list[Activation] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: finish_many holds it around finish
 
     # --- claims and outcomes ----------------------------------------------------------------
 
@@ -159,6 +160,18 @@ class MemoryLedger:
             if queued and extra.queued_at is None:
                 extra.queued_at = self.clock.time()
             return True
+
+    def finish_many(self, finishes: Sequence[Finish]) -> list[bool]:
+        for f in finishes:
+            check_finish(f.state)
+        with self._lock:  # all at once, as one statement (the lock is re-entrant)
+            return [self._finish_one(f) for f in finishes]
+
+    def _finish_one(self, f: Finish) -> bool:
+        return self.finish(
+            f.message_id, f.mapping, f.state, calls=f.calls, status=f.status, error=f.error,
+            payload=f.payload, tainted=f.tainted, not_before=f.not_before, queued=f.queued,
+        )  # fmt: skip
 
     def defer(self, message_id: str, mapping: str, until: float) -> bool:
         key = (message_id, mapping)
