@@ -43,7 +43,7 @@ from ..ledger.base import (
 from . import lifecycle
 from .decide import Decision, classify, decide, may_have_reached, refused
 from .handover import handed_to_outbox
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, Reserved
 from .repeats import repeats, settle
 from .retry import MIN_CALL_SECONDS, RetryPolicy, parse_retry_after
 
@@ -144,6 +144,7 @@ class _Pass:
     hand_over: bool = False
     queue: bool = False
     stopping: Callable[[], bool] = _going
+    reserved: Reserved | None = None  # rate-limit slots taken at once for its calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +246,7 @@ class Deliverer:
         self, results: Sequence[Result], budget: float, how: _Pass, copies: set[int],
         taken: dict[int, Claim] | None = None,
     ) -> list[Result]:  # fmt: skip
-        deadline, payloads, redrive = how.deadline, how.payloads, how.redrive
+        payloads, redrive = how.payloads, how.redrive
         final = list(results)
         groups: dict[Any, list[int]] = {}
         for index, result in enumerate(results):
@@ -266,6 +267,19 @@ class Deliverer:
         jobs = [
             [_Job(i, results[i], claims.get(i)) for i in members] for members in groups.values()
         ]
+        # The rate-limit slots of its first calls, taken at once (one per row that may call):
+        # as many as four rounds of the pool, which mostly start within USE_WITHIN; later
+        # calls, and retries, take their own, and slots too old for a call go back at once.
+        calls = sum(1 for i in ready if claims.get(i) is None or claims[i].granted)
+        how = replace(how, reserved=self.limiter.reserve(min(calls, 4 * self.concurrency)))
+        try:
+            return self._send_all(jobs, how, final)
+        finally:
+            if how.reserved is not None:
+                self.limiter.release(how.reserved)
+
+    def _send_all(self, jobs: list[list[_Job]], how: _Pass, final: list[Result]) -> list[Result]:
+        deadline = how.deadline
         longest = self.client.longest_call
         if len(jobs) == 1 and deadline - self.clock.monotonic() >= longest:
             # One customer: send from this thread, saving the hand-off to the pool. Every
@@ -724,7 +738,12 @@ class Deliverer:
         reached = False
         told_429 = False  # the last call was answered 429: Dub's limit, not Dub, failed it
         while True:
-            slot = self.limiter.acquire(deadline - guard)
+            reserved = pass_.reserved
+            slot = reserved.take(self.clock.monotonic()) if reserved is not None else None
+            if slot is None:
+                if reserved is not None and reserved.left:  # too old: back to the window
+                    self.limiter.release(reserved)
+                slot = self.limiter.acquire(deadline - guard)
             if not slot.granted:
                 # No call was made: no attempt is counted, and Segment's retry (told how long
                 # the window or Dub's pause still holds) goes on.
@@ -752,6 +771,8 @@ class Deliverer:
             # The backoff grows with every call this row has had, across Segment's retries.
             wait = self.policy.wait(made + attempt, told)
             told_429 = answer.status == 429
+            if told_429 and pass_.reserved is not None:
+                self.limiter.release(pass_.reserved)  # Dub's limit, whatever the window said
             if told_429 and wait > 0:
                 # The limit is the key's, not this row's: every worker of every instance waits
                 # (Dub's Retry-After, else the backoff); a wait for the limiter is no call.

@@ -258,7 +258,7 @@ class PostgresLedger(SQLLedger):
         # The commit does not wait for the disk: the key's lock, which every slot of every
         # instance queues on, is not held through an fsync. Other sessions see the slot at
         # once; only a crash of the server itself may forget the last few ms of slots.
-        quick = ("SET LOCAL synchronous_commit = off", {})
+        quick: tuple[str, dict[str, Any]] = ("SET LOCAL synchronous_commit = off", {})
         row = self._one_trip([quick, lock, (TAKE_SLOTS_AT_ONCE, args)])[0]
         paused, used, oldest, this_second, inserted = row
         if paused is not None and paused > now:
