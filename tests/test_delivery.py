@@ -12,6 +12,7 @@ import pytest
 import requests
 import responses
 
+from bridge.core.errors import LedgerError
 from bridge.core.inputs import Item
 from bridge.core.outcomes import State
 from bridge.core.results import Result
@@ -327,3 +328,70 @@ def test_the_outbox_sender_keeps_its_calls_too(
     assert result.outcome == "delivered"
     (call,) = ledger.attempts_of("q-1")
     assert (call.number, call.status, call.path) == (2, 200, "/track/sale")
+
+
+def test_a_requests_finishes_are_one_statement(
+    deliverer: Deliverer,
+    engine: Engine,
+    dub: responses.RequestsMock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever threads send a request's calls, what they came to is written once, in one
+    finish_many (one statement), never row by row."""
+    dub.post(f"{DUB}/track/lead", json=lead_ok())
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    ledger = deliverer.ledger
+    assert ledger is not None
+    batches: list[int] = []
+    real = ledger.finish_many
+
+    def spy(finishes: Any) -> list[bool]:
+        batches.append(len(finishes))
+        return real(finishes)
+
+    monkeypatch.setattr(ledger, "finish_many", spy)
+    monkeypatch.setattr(ledger, "finish", lambda *a, **k: pytest.fail("a finish of its own"))
+    events = [signup(), order("m-0")] + [order(f"m-{i}") | {"userId": f"u{i}"} for i in (1, 2, 3)]
+    results = send(deliverer, engine, events)
+    assert [r.outcome for r in results] == ["delivered"] * 5
+    assert batches == [5]
+    assert {ledger.get(f"m-{i}", "order-sale").state for i in range(4)} == {"delivered"}  # type: ignore[union-attr]
+
+
+def test_a_batch_the_ledger_cannot_record_is_answered_pending(
+    deliverer: Deliverer,
+    engine: Engine,
+    dub: responses.RequestsMock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the one statement of a request's finishes fails, every row it held is answered
+    pending ("sent, but not recorded"): its claim holds until the lease ends, so a retry
+    meanwhile sends nothing twice."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    ledger = deliverer.ledger
+    assert ledger is not None
+
+    def broken(finishes: Any) -> list[bool]:
+        raise LedgerError("disk full")
+
+    monkeypatch.setattr(ledger, "finish_many", broken)
+    events = [order(f"m-{i}") | {"userId": f"u{i}"} for i in range(3)]
+    results = send(deliverer, engine, events)
+    assert [r.outcome for r in results] == ["pending"] * 3
+    assert all("sent, but not recorded: disk full" in (r.reason or "") for r in results)
+    monkeypatch.undo()
+    again = send(deliverer, engine, events)
+    assert [r.outcome for r in again] == ["pending"] * 3  # still claimed: not sent again
+    assert len(dub.calls) == 3
+
+
+def test_a_sale_reads_the_lead_sent_just_before_it(
+    deliverer: Deliverer, engine: Engine, dub: responses.RequestsMock
+) -> None:
+    """A sale Dub answered sale: null right after its customer's lead, in the same request,
+    finds that lead recorded (its finish is written before the ledger is read): not
+    recorded, final, rather than a retry waiting for a lead already delivered."""
+    dub.post(f"{DUB}/track/lead", json=lead_ok())
+    dub.post(f"{DUB}/track/sale", json={"eventName": "Purchase", "customer": None, "sale": None})
+    lead, sale = send(deliverer, engine, [signup(), order()])
+    assert (lead.outcome, sale.outcome) == ("delivered", "not_recorded")

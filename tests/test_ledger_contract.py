@@ -21,6 +21,7 @@ from bridge.ledger.base import (
     Attempt,
     Browse,
     ClaimRequest,
+    Finish,
     LeadStatus,
     Ledger,
     Retention,
@@ -196,6 +197,80 @@ def test_finish_follows_the_table(ledger: Ledger) -> None:
             assert changed == allowed(source, target, Via.FINISH), (source, target)
             if changed:
                 assert ledger.get(key, "sale").state == target  # type: ignore[union-attr]
+
+
+def test_finish_many_follows_the_table(ledger: Ledger) -> None:
+    """finish_many() moves each row as finish() would, in one statement: only where the
+    table allows FINISH and only from in flight, saying which moved; a state no call can end
+    in refuses the whole batch before anything is written."""
+    wanted: list[Finish] = []
+    for source in SOURCES:
+        for target in sorted(FINISHED):
+            key = f"k-{source}-{target}"
+            into(ledger, source, key)
+            wanted.append(Finish(key, "sale", target, calls=1, status=200))
+    with pytest.raises(ValueError, match="a call cannot end in"):
+        ledger.finish_many([*wanted, Finish("k-None-x", "sale", State.IN_FLIGHT)])
+    flying = {f.message_id for f in wanted if f.message_id.startswith("k-in_flight")}
+    assert {ledger.get(k, "sale").state for k in flying} == {State.IN_FLIGHT}  # type: ignore[union-attr]
+    changed = ledger.finish_many(wanted)
+    for f, moved in zip(wanted, changed, strict=True):
+        source = f.message_id.split("-")[1]
+        was = None if source == "None" else State(source)
+        assert moved == allowed(was, f.state, Via.FINISH), f
+        if moved:
+            row = ledger.get(f.message_id, "sale")
+            assert row is not None and row.state == f.state and row.status == 200
+
+
+def test_finish_many_writes_each_rows_own_values(ledger: Ledger, clock: ManualClock) -> None:
+    """Each row of a finish_many() gets its own outcome, calls, status, error, payload and
+    queue mark, exactly as finish() one by one would leave them; a row given twice is
+    finished by its first, and an empty batch writes nothing."""
+    assert ledger.finish_many([]) == []
+    for key in ("a", "b", "c", "d"):
+        assert claim(ledger, key).granted
+    ledger.finish("d", "sale", State.PENDING, calls=1)  # no longer in flight
+    clock.advance(5)
+    changed = ledger.finish_many(
+        [
+            Finish("b", "sale", State.DELIVERED, calls=2, status=200, payload={"p": "b"}),
+            Finish(
+                "a",
+                "sale",
+                State.PENDING,
+                calls=1,
+                status=429,
+                error={"code": "limited"},
+                payload={"p": "a"},
+                queued=True,
+            ),
+            Finish(
+                "c",
+                "sale",
+                State.REJECTED,
+                calls=1,
+                status=422,
+                error={"code": "bad"},
+                tainted=True,
+            ),
+            Finish("b", "sale", State.UNCERTAIN, calls=9),
+            Finish("d", "sale", State.DELIVERED, calls=1),
+        ]
+    )
+    assert changed == [True, True, True, False, False]
+    a, b, c, d = (ledger.get(k, "sale") for k in "abcd")
+    assert a is not None and b is not None and c is not None and d is not None
+    assert (a.state, a.attempts, a.status, a.error, a.payload) == (
+        State.PENDING, 1, 429, {"code": "limited"}, {"p": "a"},
+    )  # fmt: skip
+    assert (b.state, b.attempts, b.status, b.payload) == (State.DELIVERED, 2, 200, {"p": "b"})
+    assert (c.state, c.status, c.error) == (State.REJECTED, 422, {"code": "bad"})
+    assert (d.state, d.attempts) == (State.PENDING, 1)
+    assert a.updated_at == b.updated_at == clock.time()
+    assert ledger.queue_status().depth == 1  # "a" is in the outbox's queue
+    again = claim(ledger, "a")
+    assert again.granted and again.queued and again.attempts == 1
 
 
 def test_record_supersede_and_release_follow_the_table(ledger: Ledger) -> None:
@@ -839,6 +914,25 @@ def test_each_call_is_kept_with_its_answer_numbered_across_finishes(ledger: Ledg
     assert found[2].answer is None and found[2].retry_after is None
     assert ledger.get("m", "sale").attempts == 3  # type: ignore[union-attr]
     assert ledger.attempts_of("nothing") == []
+
+
+def test_finish_many_keeps_each_rows_answers_as_finish_does(ledger: Ledger) -> None:
+    """finish_many keeps each finished row's answers, numbered on from its calls before, and
+    keeps none for a row it did not finish (not in flight)."""
+    claim(ledger, "a")
+    ledger.finish("a", "sale", State.PENDING, calls=1, answers=[answer(1.0, 503)])
+    claim(ledger, "a")
+    claim(ledger, "b")
+    done = ledger.finish_many([
+        Finish("a", "sale", State.DELIVERED, calls=2, status=200,
+               answers=(answer(2.0, 503), answer(3.0, 200))),
+        Finish("b", "sale", State.REJECTED, calls=1, status=400, answers=(answer(4.0, 400),)),
+        Finish("c", "sale", State.DELIVERED, calls=1, answers=(answer(5.0, 200),)),
+    ])  # fmt: skip
+    assert done == [True, True, False]
+    assert [(a.number, a.at) for a in ledger.attempts_of("a")] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert [(a.number, a.status) for a in ledger.attempts_of("b")] == [(1, 400)]
+    assert ledger.attempts_of("c") == []
 
 
 def test_a_row_keeps_its_last_calls_and_answers_cut_short(ledger: Ledger) -> None:

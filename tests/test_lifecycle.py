@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,10 @@ from prometheus_client import REGISTRY
 
 from bridge.cli import main
 from bridge.core.settings import Settings
+from bridge.ledger.base import COUNTED_FOR
 from bridge.web.app import create_app
 from tests.helpers.fakedub import FakeDub, Hold, Reset, Status
+from tests.helpers.fakes import ManualClock
 from tests.helpers.faultkit import (
     SALE_MAPPING,
     Answer,
@@ -238,6 +242,39 @@ def test_partial_refund_patch_faults_leave_the_right_absolute_amount(
     assert sent and all(body == {"saleAmount": 7500} for body in sent)
     if ledger == "on":
         assert_settled(b.db)
+
+
+def test_refund_whose_patch_finds_the_rate_limit_full_is_queued(
+    fake_dub: FakeDub, tmp_path: Path, clock: ManualClock
+) -> None:
+    """A refund whose GET takes the last slot of Dub's shared window (a sale took the
+    other), so its PATCH finds it full: answered 200 `queued` (not 503), its PATCH pinned;
+    the outbox sends that PATCH once the window frees, and the commission is changed once."""
+    settings = Settings.from_env(
+        {}, dub_api_key="test-key", dub_api_url=fake_dub.url, db_path=tmp_path / "l.db",
+        mappings_dir=lifecycle_mappings(tmp_path), reload_seconds=0, log_level="WARNING",
+        rate_limit_per_minute=2, deadline_seconds=2.0,
+    )  # fmt: skip
+    b = Bridge(create_app(settings, clock=clock), tmp_path / "l.db")
+    refund = refund_event("q", "ORD-q", total=25)
+    sale = sale_event("q")
+    refund["timestamp"] = sale["timestamp"] = datetime.fromtimestamp(clock.time(), UTC).isoformat()
+    try:
+        fake_dub.add_commission("ORD-q", 10000)
+        assert b.post([sale]).status == 200  # one call: one slot of the two
+        answer = b.post([refund])
+        assert answer.status == 200, answer.body
+        assert answer.outcomes() == ["queued"]
+        assert patches(fake_dub) == []
+        row = b.ledger().get("msg-refund-q", REFUND_MAPPING)
+        assert row is not None and row.state == "pending" and "pin" in (row.request_body or {})
+        clock.advance(COUNTED_FOR)
+        assert b.app.extensions["bridge"].outbox.drain() == Counter({"refunded": 1})
+        assert patches(fake_dub) == [{"saleAmount": 7500}]
+        assert fake_dub.commission("ORD-q")["amount"] == 7500  # type: ignore[index]
+        assert b.post([refund]).outcomes() == ["duplicate"]
+    finally:
+        b.close()
 
 
 @pytest.mark.parametrize(

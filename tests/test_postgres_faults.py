@@ -134,18 +134,18 @@ def test_a_long_outage_ends_with_the_first_request_after_it(
 def test_connection_killed_mid_claim_loses_nothing(
     pg_url: str, dub: responses.RequestsMock, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """pg_terminate_backend in the middle of a batch's claim transaction: it rolls back, is
-    retried on a fresh connection, and every conversion is sent exactly once."""
+    """pg_terminate_backend on the connection of a batch's claim (one statement, its own
+    transaction) as it is sent: nothing is claimed, the claim is retried on a fresh
+    connection, and every conversion is sent exactly once."""
     dub.post(f"{DUB}/track/sale", json=sale_ok())
     original = SQLLedger._claim_chunk
     killed: list[int] = []
 
     def claim_then_die(self: SQLLedger, db: Any, *args: Any) -> Any:
-        claimed = original(self, db, *args)
         if not killed:
             killed.append(1)
             db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-        return claimed
+        return original(self, db, *args)
 
     monkeypatch.setattr(SQLLedger, "_claim_chunk", claim_then_die)
     app = create_app(app_settings(pg_url), clock=clock)

@@ -22,6 +22,7 @@ from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.ratelimit import SharedWindow
 from bridge.delivery.retry import RetryPolicy
 from bridge.dub.client import DubAnswer, DubClient, Failure
+from bridge.ledger.base import USE_WITHIN
 from bridge.ledger.memory import MemoryLedger
 from bridge.mapping.batch import plan_all
 from bridge.mapping.engine import Engine
@@ -59,9 +60,12 @@ def deliverer(ledger: MemoryLedger, clock: ManualClock) -> Iterator[Deliverer]:
 
 
 def counted(ledger: MemoryLedger) -> int:
-    """The slots the window counts now (asking for all that are left)."""
+    """The slots the window counts now (asking for all that are left, then giving them
+    back)."""
     huge = 10**9
-    return huge - ledger.take_slots(KEY, huge, huge).granted
+    slots = ledger.take_slots(KEY, huge, huge)
+    MemoryLedger.give_back_slots(ledger, KEY, slots.second, slots.granted)  # even if patched
+    return huge - slots.granted
 
 
 def send(deliverer: Deliverer, engine: Engine, events: list[Any]) -> Any:
@@ -191,3 +195,69 @@ def test_a_slot_not_given_back_for_a_ledger_fault_only_counts(
     limiter.after_call(grant, DubAnswer(failure=Failure.UNREACHABLE))
     assert "could not give a rate-limit slot back" in caplog.text
     assert counted(ledger) == 1
+
+
+def test_a_requests_calls_take_their_slots_at_once(
+    deliverer: Deliverer,
+    ledger: MemoryLedger,
+    engine: Engine,
+    dub: responses.RequestsMock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch's calls take their slots from the window in one go (one round trip, not one
+    each), and the window counts exactly the calls made: the slot of a row that made no
+    call (a duplicate) is given back."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    events = [order(f"m-{i}") | {"userId": f"u{i}"} for i in range(5)]
+    send(deliverer, engine, events[:1])
+    takes: list[int] = []
+    real = ledger.take_slots
+
+    def spy(key: str, per_minute: int, count: int, **kw: Any) -> Any:
+        takes.append(count)
+        return real(key, per_minute, count, **kw)
+
+    monkeypatch.setattr(ledger, "take_slots", spy)
+    results = send(deliverer, engine, events)
+    assert [r.outcome for r in results] == ["duplicate"] + ["delivered"] * 4
+    assert takes == [4]  # the duplicate was refused its claim: no slot for it
+    monkeypatch.undo()
+    assert counted(ledger) == 5 and len(dub.calls) == 5
+
+
+def test_reserved_slots_serve_calls_made_soon_and_the_rest_go_back(
+    ledger: MemoryLedger, clock: ManualClock
+) -> None:
+    """Slots reserved at once go each to one call made within USE_WITHIN of the reservation;
+    later calls take their own, and what no call used is given back to the window."""
+    window = SharedWindow(ledger, KEY, 10, clock=clock)
+    reserved = window.reserve(4)
+    assert reserved is not None and counted(ledger) == 4
+    assert reserved.take(clock.monotonic()) is not None
+    clock.advance(USE_WITHIN + 0.01)
+    assert reserved.take(clock.monotonic()) is None  # too old for a call made now
+    window.release(reserved)
+    assert counted(ledger) == 1
+    assert reserved.take(clock.monotonic()) is None  # nothing is handed out after release
+    assert window.reserve(1) is None  # one call takes its own, as always
+    assert SharedWindow(ledger, KEY, 10, per_second=5, clock=clock).reserve(3) is None
+
+
+def test_a_429_gives_the_reserved_slots_back(
+    deliverer: Deliverer,
+    ledger: MemoryLedger,
+    engine: Engine,
+    dub: responses.RequestsMock,
+    clock: ManualClock,
+) -> None:
+    """A 429 means Dub's own window is full, whatever the bridge's says: the slots a request
+    reserved and has not used go back, and its other calls wait like every worker's."""
+    until = clock.time() + 0.5
+    dub.post(f"{DUB}/track/sale", status=429, headers={"Retry-After": str(int(until * 1000))},
+             json={})  # fmt: skip
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    events = [order(f"m-{i}") | {"userId": f"u{i}"} for i in range(3)]
+    results = send(deliverer, engine, events)
+    assert [r.outcome for r in results] == ["delivered"] * 3
+    assert len(dub.calls) == 4
+    assert counted(ledger) == 4  # the calls made, the 429 included; none reserved in vain

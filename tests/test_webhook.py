@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,15 @@ import pytest
 import requests
 import responses
 
+from bridge.core.clock import SYSTEM
 from bridge.core.outcomes import Outcome
 from bridge.core.results import Result
+from bridge.core.settings import Settings
 from bridge.web.answers import MAX_ANSWER_BYTES, summarize
 from bridge.web.app import create_app
+from bridge.web.arrival import handling
 from bridge.web.signing import first_element_texts, sign, verify
+from bridge.web.webhook import request_started
 from tests.conftest import (
     DUB,
     SECRET,
@@ -28,6 +33,7 @@ from tests.conftest import (
     signed_headers,
     signup,
 )
+from tests.helpers.fakes import ManualClock
 
 
 @pytest.fixture
@@ -389,3 +395,42 @@ def test_a_mixed_size_batch_answer_lists_a_prefix() -> None:
     first_out = results[len(listed)]
     assert len(first_out.message_id or "") > 100
     assert any(len(r.message_id or "") < 50 for r in results[len(listed) :])
+
+
+# --- the time budget ---------------------------------------------------------------------
+
+
+def test_the_budget_counts_the_wait_for_a_thread(
+    settings: Settings, dub: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that began to arrive longer ago than its budget (it waited for a free
+    thread while a burst kept them busy) makes no call: its events are queued and it is
+    answered at once, within Segment's timeout, instead of spending a budget of its own."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok())
+    app = create_app(settings)  # the system's clock, as the worker's arrival is
+    client = app.test_client()
+    try:
+        monkeypatch.setattr(handling, "arrived", time.monotonic() - 10.0, raising=False)
+        answer = post(client, [order("waited")])
+        assert answer.status_code == 200
+        assert answer.get_json()["counts"] == {"queued": 1}
+        assert len(dub.calls) == 0
+        monkeypatch.setattr(handling, "arrived", None)
+        assert post(client, [order("now")]).get_json()["counts"] == {"delivered": 1}
+    finally:
+        app.extensions["bridge"].close()
+
+
+def test_the_budget_starts_at_arrival_on_the_system_clock_only() -> None:
+    """The arrival the worker saw starts the budget; a service on another clock (tests)
+    and a request outside the worker start it now."""
+    clock = ManualClock()
+    handling.arrived = 5.0
+    try:
+        assert request_started(SYSTEM) == 5.0
+        assert request_started(clock) == clock.monotonic()
+        handling.arrived = time.monotonic() + 60  # never later than now
+        assert request_started(SYSTEM) <= time.monotonic()
+    finally:
+        handling.arrived = None
+    assert abs(request_started(SYSTEM) - time.monotonic()) < 60

@@ -34,6 +34,7 @@ from ..ledger.base import (
     Attempt,
     Claim,
     ClaimRequest,
+    Finish,
     LeadStatus,
     Ledger,
     Row,
@@ -44,7 +45,7 @@ from ..ledger.base import (
 from . import lifecycle
 from .decide import Decision, classify, decide, may_have_reached, refused
 from .handover import handed_to_outbox
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, Reserved
 from .repeats import repeats, settle
 from .retry import MIN_CALL_SECONDS, RetryPolicy, parse_retry_after
 
@@ -80,6 +81,56 @@ def _going() -> bool:
     return False
 
 
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A finish decided after a row's calls, written with the others of its request in one
+    statement: what the result becomes if the ledger cannot record it (given the ledger's
+    message), and what follows once it is recorded."""
+
+    finish: Finish
+    unwritten: Callable[[Result, str], Result]
+    done: Callable[[], None] = _nothing
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One row's result in a group, and its finish until written."""
+
+    job: _Job
+    result: Result
+    write: _Write | None = None
+    written: bool = False  # its write was tried (with the others of the statement)
+    failed: str | None = None  # the ledger's message, when the write failed
+    resolved: bool = False  # ``result`` says what the write came to, hand-over included
+
+
+class _Collect:
+    """The entries of a request's groups, handed in as each group ends, so their finishes
+    are written in one statement when the request answers; a group that ends after that
+    writes its own (late, as its thread finishes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[_Entry] = []
+        self._closed = False
+
+    def hand(self, entries: list[_Entry]) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._entries.extend(entries)
+            return True
+
+    def close(self) -> list[_Entry]:
+        with self._lock:
+            self._closed = True
+            return self._entries
+
+
 @dataclass(frozen=True, slots=True)
 class _Pass:
     """How one deliver() sends: its deadline, the time a call needs, the payloads, whether
@@ -95,6 +146,7 @@ class _Pass:
     hand_over: bool = False
     queue: bool = False
     stopping: Callable[[], bool] = _going
+    reserved: Reserved | None = None  # rate-limit slots taken at once for its calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +249,7 @@ class Deliverer:
         self, results: Sequence[Result], budget: float, how: _Pass, copies: set[int],
         taken: dict[int, Claim] | None = None,
     ) -> list[Result]:  # fmt: skip
-        deadline, payloads, redrive = how.deadline, how.payloads, how.redrive
+        payloads, redrive = how.payloads, how.redrive
         final = list(results)
         groups: dict[Any, list[int]] = {}
         for index, result in enumerate(results):
@@ -218,34 +270,96 @@ class Deliverer:
         jobs = [
             [_Job(i, results[i], claims.get(i)) for i in members] for members in groups.values()
         ]
+        # The rate-limit slots of its first calls, taken at once (one per row that may call):
+        # as many as four rounds of the pool, which mostly start within USE_WITHIN; later
+        # calls, and retries, take their own, and slots too old for a call go back at once.
+        calls = sum(1 for i in ready if claims.get(i) is None or claims[i].granted)
+        how = replace(how, reserved=self.limiter.reserve(min(calls, 4 * self.concurrency)))
+        try:
+            return self._send_all(jobs, how, final)
+        finally:
+            if how.reserved is not None:
+                self.limiter.release(how.reserved)
+
+    def _send_all(self, jobs: list[list[_Job]], how: _Pass, final: list[Result]) -> list[Result]:
+        deadline = how.deadline
         longest = self.client.longest_call
         if len(jobs) == 1 and deadline - self.clock.monotonic() >= longest:
             # One customer: send from this thread, saving the hand-off to the pool. Every
             # call starts only if it can end (timeouts included) before the deadline.
             inline = replace(how, guard=longest)
-            for index, result in self._send_group(jobs[0], inline):
-                final[index] = result
+            for entry in self._settle(self._send_group(jobs[0], inline), inline):
+                final[entry.job.index] = entry.result
             return final
         pooled = replace(how, guard=MIN_CALL_SECONDS)
+        collect = _Collect()
         # Each thread runs in a copy of this request's context: its log lines keep the
         # request id, also when they come after the answer.
-        futures: dict[Future[list[tuple[int, Result]]], list[_Job]] = {
-            self.pool.submit(contextvars.copy_context().run, self._send_group, group, pooled): group
+        futures: dict[Future[None], list[_Job]] = {
+            self.pool.submit(
+                contextvars.copy_context().run, self._send_pooled, group, pooled, collect
+            ): group
             for group in jobs
         }
-        done, not_done = self.clock.wait(futures, deadline - self.clock.monotonic())
+        done, _ = self.clock.wait(futures, deadline - self.clock.monotonic())
         for future in done:
-            for index, result in future.result():  # a bug in _send_group surfaces here
-                final[index] = result
-        for future in not_done:
+            future.result()  # a bug in _send_group surfaces here
+        # Every group that ended has handed its entries in: their finishes, one statement.
+        handed = self._settle(collect.close(), pooled)
+        for entry in handed:
+            final[entry.job.index] = entry.result
+        answered = {entry.job.index for entry in handed}
+        for group in jobs:
             # The thread keeps going and the ledger gets its answer; this request must not wait.
-            for job in futures[future]:
+            for job in group:
+                if job.index in answered:
+                    continue
                 queued = how.hand_over and job.claim is not None  # its thread hands it over
                 final[job.index] = job.result.finish(
                     Outcome.QUEUED if queued else Outcome.PENDING,
                     reason="still in flight when the time budget ran out",
                 )
         return final
+
+    def _send_pooled(self, group: list[_Job], pass_: _Pass, collect: _Collect) -> None:
+        """A group sent by a pool thread: its entries go to the request, or, when the
+        request answered already, are written and logged here."""
+        entries = self._send_group(group, pass_)
+        if not collect.hand(entries):
+            self._settle(entries, pass_)
+
+    def _write(self, entries: Sequence[_Entry]) -> None:
+        """Write the finishes of ``entries`` not tried yet, in one statement."""
+        todo = [e for e in entries if e.write is not None and not e.written]
+        if not todo or self.ledger is None:
+            return
+        for entry in todo:
+            entry.written = True
+        try:
+            self.ledger.finish_many([e.write.finish for e in todo if e.write is not None])
+        except LedgerError as exc:
+            for entry in todo:
+                entry.failed = exc.message
+
+    def _resolve(self, entry: _Entry, pass_: _Pass) -> None:
+        """Once its write was tried: what the row came to, and the outbox's hand-over."""
+        if entry.resolved:
+            return
+        entry.resolved = True
+        if entry.write is not None:
+            if entry.failed is not None:
+                entry.result = entry.write.unwritten(entry.result, entry.failed)
+            else:
+                entry.write.done()
+        entry.result = handed_to_outbox(self, entry.result, entry.job.claim, now=pass_.hand_over)
+
+    def _settle(self, entries: list[_Entry], pass_: _Pass) -> list[_Entry]:
+        """Write what is left to write (one statement), then resolve and log each entry."""
+        self._write(entries)
+        for entry in entries:
+            self._resolve(entry, pass_)
+            log_result(entry.result)
+        return entries
 
     # --- the ledger's part ------------------------------------------------------------------
 
@@ -297,16 +411,23 @@ class Deliverer:
 
     # --- sending ----------------------------------------------------------------------------
 
-    def _send_group(self, group: list[_Job], pass_: _Pass) -> list[tuple[int, Result]]:
-        """Send one customer's calls in order; a call starts only with ``guard`` s left."""
-        done: list[tuple[int, Result]] = []
+    def _send_group(self, group: list[_Job], pass_: _Pass) -> list[_Entry]:
+        """Send one customer's calls in order; a call starts only with ``guard`` s left. The
+        finishes wait to be written with the request's others (``_settle``), unless a read
+        of the ledger in this group needs them first."""
+        entries: list[_Entry] = []
         lead_unsettled = lead_queued = False
+
+        def flush() -> None:  # the group's finishes so far, before the ledger is read
+            self._write(entries)
+
         for job in group:
             payload = pass_.payloads.get(job.result.message_id or "")
+            write: _Write | None = None
             if lead_queued:
                 # The lead waits in the outbox's queue: the sale waits behind it, in the
                 # queue too (the outbox sends no sale while its customer's lead is unsettled).
-                result = self._queue(job, payload, "queued behind this customer's lead")
+                result, write = self._queue(job, payload, "queued behind this customer's lead")
             elif lead_unsettled:
                 # Dub answers a sale for a customer it does not know yet with sale: null and
                 # records nothing (a final not_recorded): wait for the lead, sent first on retry.
@@ -323,7 +444,9 @@ class Deliverer:
             elif pass_.deadline - self.clock.monotonic() < pass_.guard and pass_.queue:
                 # No call was made: the burst outran the budget, not Dub. The queue takes it
                 # (a request that also holds an event Dub failed is answered 503 all the same).
-                result = self._queue(job, payload, "not sent within the request's time budget")
+                result, write = self._queue(
+                    job, payload, "not sent within the request's time budget"
+                )
             elif pass_.deadline - self.clock.monotonic() < pass_.guard:
                 result = job.result.finish(
                     Outcome.PENDING, reason="not sent: the time budget ran out; Segment will retry"
@@ -333,7 +456,7 @@ class Deliverer:
                 started = self.clock.monotonic()
                 self._count(1)
                 try:
-                    result = self._send_one(job, payload, pass_)
+                    result, write = self._send_one(job, payload, pass_, flush)
                 except Exception:  # a bug must not strand the claim or the rest of the group
                     log.exception(
                         "delivery failed unexpectedly", extra={"messageId": job.result.message_id}
@@ -346,36 +469,54 @@ class Deliverer:
                     self._count(-1)
                 elapsed = round((self.clock.monotonic() - started) * 1000, 1)
                 result = result.replace(elapsed_ms=elapsed)
-            result = handed_to_outbox(self, result, job.claim, now=pass_.hand_over)
-            log_result(result)
-            done.append((job.index, result))
-            lead_unsettled = result.action == "lead" and result.outcome in RETRY
-            lead_queued = result.action == "lead" and result.outcome is Outcome.QUEUED
-        return done
+            entry = _Entry(job, result, write)
+            entries.append(entry)
+            if result.outcome in RETRY and job.claim is not None:
+                # Not settled: whether the outbox has it now decides what follows it, and the
+                # hand-over reads the row as written.
+                flush()
+                self._resolve(entry, pass_)
+            outcome = entry.result.outcome
+            lead_unsettled = entry.result.action == "lead" and outcome in RETRY
+            lead_queued = entry.result.action == "lead" and outcome is Outcome.QUEUED
+        return entries
 
-    def _queue(self, job: _Job, payload: Any, why: str, calls: _Calls | None = None) -> Result:
+    def _queue(
+        self, job: _Job, payload: Any, why: str, calls: _Calls | None = None
+    ) -> tuple[Result, _Write | None]:
         """Give a claimed row to the outbox's queue, with its request and payload (and the
-        calls made for it: a 429), in one statement, committed before the answer as a
-        claim is."""
+        calls made for it: a 429), written with the request's other finishes, before the
+        answer as a claim is."""
         result = job.result
         if self.ledger is None or job.claim is None or not job.claim.granted:
-            return result.finish(Outcome.PENDING, reason=f"not sent: {why}; Segment will retry")
+            return result.finish(
+                Outcome.PENDING, reason=f"not sent: {why}; Segment will retry"
+            ), None
         made, status = (calls.attempts, calls.answer.status) if calls else (0, None)
         tries = calls.tries if calls else ()
-        try:
-            self.ledger.finish(*result.key, State.PENDING, calls=made, status=status,
-                               payload=payload, queued=True, answers=tries)  # fmt: skip
-        except LedgerError as exc:  # its lease ends, and Segment's retry finds it
+        finish = Finish(*result.key, State.PENDING, calls=made, status=status, payload=payload,
+                        queued=True, answers=tries)  # fmt: skip
+
+        def unwritten(result: Result, message: str) -> Result:
+            # Its lease ends, and Segment's retry finds it.
             log.error("could not queue an event", extra={"messageId": result.message_id,
-                      "error": exc.message})  # fmt: skip
-            return result.finish(Outcome.PENDING, reason=f"not queued: {exc.message}")
-        if not job.claim.queued:  # newly queued, not a queued row waiting again
-            metrics().queued.inc()
-        return result.finish(
+                      "error": message})  # fmt: skip
+            return result.finish(Outcome.PENDING, reason=f"not queued: {message}")
+
+        def done() -> None:
+            if job.claim is not None and not job.claim.queued:  # newly queued, not again
+                metrics().queued.inc()
+
+        queued = result.finish(
             Outcome.QUEUED, reason=f"{why}; the bridge's outbox sends it at Dub's rate"
         ).replace(attempts=made, status=status)
+        return queued, _Write(finish, unwritten, done)
 
-    def _send_one(self, job: _Job, payload: Any, pass_: _Pass) -> Result:
+    def _send_one(
+        self, job: _Job, payload: Any, pass_: _Pass, flush: Callable[[], None] = _nothing
+    ) -> tuple[Result, _Write | None]:
+        """One row's calls, and the finish to write for it (None: nothing to write).
+        ``flush`` writes the group's finishes so far: called before the ledger is read."""
         result, claim, ledger = job.result, job.claim, self.ledger
         assert result.body is not None
         assert result.action is not None
@@ -390,18 +531,20 @@ class Deliverer:
                     # whatever that holder comes to: nothing for Segment to retry.
                     return result.finish(
                         Outcome.QUEUED, reason="in the bridge's outbox queue, sent at Dub's rate"
-                    )
+                    ), None
                 decision = refused(claim.state)
-                return result.finish(decision.outcome, reason=decision.reason)
+                return result.finish(decision.outcome, reason=decision.reason), None
             tainted = claim.tainted
             # A redrive is a person's order: it gets a round of calls of its own.
             made = 0 if pass_.redrive else claim.attempts
         if is_erased(result.body):
             # The outbox found a row of a user deleted since: nothing of theirs is sent again.
             decision = Decision(Outcome.SKIPPED, "its user was deleted: personal data erased")
-            if ledger is not None:
-                ledger.finish(*result.key, STATE_AFTER[decision.outcome])
-            return result.finish(decision.outcome, reason=decision.reason)
+            skipped = result.finish(decision.outcome, reason=decision.reason)
+            if ledger is None:
+                return skipped, None
+            finish = Finish(*result.key, STATE_AFTER[decision.outcome])
+            return skipped, _Write(finish, _not_recorded)
         if made >= self.max_attempts:
             # No call is left, but nothing is given up while Segment may still retry it:
             # the row stays unsettled (503), and housekeeping makes it a dead letter at the
@@ -411,11 +554,12 @@ class Deliverer:
                 Outcome.PENDING,
                 reason=f"not sent: its {made} calls reached BRIDGE_MAX_ATTEMPTS; a dead letter"
                 " at the outbox's age (BRIDGE_OUTBOX_MAX_AGE_HOURS)",
-            )
+            ), None
         if endpoint.action == "refund":
-            decision, calls = self._refund(result, claim, pass_, made)
+            decision, calls = self._refund(result, claim, pass_, made, flush)
             if calls.limited and pass_.queue and ledger is not None:
-                # Its GET found Dub's limit full: the outbox sends it at Dub's rate.
+                # Its GET or its PATCH found Dub's limit full: the outbox sends it at Dub's
+                # rate (a PATCH pinned already is the one it sends).
                 return self._queue(job, payload, "Dub's rate limit is full", calls)
         else:
             calls = self._call_with_retries(endpoint, result.body, pass_, made)
@@ -427,10 +571,12 @@ class Deliverer:
             # connection) may have set Dub's de-duplication marker: a later link: null
             # proves nothing.
             tainted = tainted or (endpoint.action == "lead" and calls.reached)
-            decision = decide(
-                endpoint, calls.answer, tainted=tainted,
-                lead_status=lambda: self._lead_status(result),
-            )  # fmt: skip
+
+            def lead_status() -> LeadStatus | None:
+                flush()  # a lead of this customer sent just before, as recorded
+                return self._lead_status(result)
+
+            decision = decide(endpoint, calls.answer, tainted=tainted, lead_status=lead_status)
         answer = calls.answer
         outcome = decision.outcome
         reason = decision.reason
@@ -443,34 +589,32 @@ class Deliverer:
             and outcome is Outcome.FAILED
             and classify(endpoint, answer) is not Outcome.FAILED
         )
+        write: _Write | None = None
         if ledger is not None:
             state = STATE_AFTER[outcome]
-            try:
-                ledger.finish(
-                    *result.key,
-                    state,
-                    calls=calls.attempts,
-                    status=answer.status,
-                    error=answer.error if decision.outcome is not Outcome.INVALID else [reason],
-                    payload=payload if state in DEAD or state is State.PENDING else None,
-                    tainted=tainted,
-                    queued=behind_lead,
-                    answers=calls.tries,
-                )
-                if behind_lead:
-                    if not claim or not claim.queued:
-                        metrics().queued.inc()
-                    outcome = Outcome.QUEUED
-                    reason = f"{reason}; queued behind the lead, sent after it at Dub's rate"
-            except LedgerError as exc:
-                # Dub has its answer but the ledger does not: Segment's retry finds the claim
-                # (until its lease ends) and then sends again, which Dub de-duplicates.
-                log.error("could not record a Dub answer", extra={"messageId": result.message_id,
-                          "outcome": outcome, "error": exc.message})  # fmt: skip
-                outcome, reason = Outcome.PENDING, f"sent, but not recorded: {exc.message}"
-            else:
-                if endpoint.action == "customer_delete" and outcome is Outcome.DELIVERED:
+            finish = Finish(
+                *result.key,
+                state,
+                calls=calls.attempts,
+                status=answer.status,
+                error=answer.error if decision.outcome is not Outcome.INVALID else [reason],
+                payload=payload if state in DEAD or state is State.PENDING else None,
+                tainted=tainted,
+                queued=behind_lead,
+                answers=calls.tries,
+            )
+            if behind_lead:
+                outcome = Outcome.QUEUED
+                reason = f"{reason}; queued behind the lead, sent after it at Dub's rate"
+            erase = endpoint.action == "customer_delete" and outcome is Outcome.DELIVERED
+
+            def done() -> None:
+                if behind_lead and (not claim or not claim.queued):
+                    metrics().queued.inc()
+                if erase:
                     self._erase(result)
+
+            write = _Write(finish, _not_recorded, done)
         failed = outcome in (Outcome.REJECTED, Outcome.FAILED)
         errors = (reason,) if outcome is Outcome.INVALID and reason else ()
         return result.finish(outcome, reason=reason, errors=errors).replace(
@@ -482,11 +626,12 @@ class Deliverer:
                 if outcome is Outcome.FAILED
                 else None
             ),
-        )
+        ), write
 
     def _refund(
-        self, result: Result, claim: Claim | None, pass_: _Pass, made: int
-    ) -> tuple[Decision, _Calls]:
+        self, result: Result, claim: Claim | None, pass_: _Pass, made: int,
+        flush: Callable[[], None] = _nothing,
+    ) -> tuple[Decision, _Calls]:  # fmt: skip
         """GET the invoice's commission, then PATCH it as ``lifecycle`` plans: the PATCH is
         pinned to the row before it goes out, and a retry sends the pinned one."""
         assert result.body is not None
@@ -510,6 +655,7 @@ class Deliverer:
                 Outcome.FAILED, "Dub's answer to GET /commissions was not a list; retry later"
             ), found
         commission = next((c for c in listed if c.get("invoiceId") in (invoice, None)), None)
+        flush()  # the sale or refund of this invoice sent just before, as recorded
         if isinstance(pin, dict):
             plan = lifecycle.replan(pin, commission)
         else:
@@ -537,9 +683,12 @@ class Deliverer:
         changed = self._call_with_retries(
             endpoint, result.body, pass_, made + found.attempts, ("PATCH", path, plan.patch, None)
         )
+        # A PATCH the rate limit kept back (the shared window full, or Dub's 429) is queued
+        # as a GET would be: pinned already, it is the one the outbox sends.
         calls = _Calls(
             changed.answer, found.attempts + changed.attempts, found.reached or changed.reached,
             tries=found.tries + changed.tries,
+            limited=changed.limited,
         )  # fmt: skip
         done = Decision(Outcome.REFUNDED, f"commission {plan.commission}: {plan.patch}")
         if classify(endpoint, changed.answer) is Outcome.DELIVERED:
@@ -551,8 +700,11 @@ class Deliverer:
                 endpoint, result.body, pass_, made + calls.attempts,
                 ("GET", "/commissions", None, {"invoiceId": invoice}),
             )  # fmt: skip
-            calls = _Calls(changed.answer, calls.attempts + check.attempts, calls.reached,
-                           tries=calls.tries + check.tries)  # fmt: skip
+            calls = _Calls(
+                changed.answer, calls.attempts + check.attempts, calls.reached,
+                tries=calls.tries + check.tries,
+                limited=check.limited,  # the commission could not be read back: later
+            )  # fmt: skip
             now = check.answer.body if isinstance(check.answer.body, list) else []
             again = next(
                 (c for c in now if isinstance(c, dict) and c.get("id") == plan.commission), None
@@ -599,7 +751,12 @@ class Deliverer:
             method, path, params = request[0], request[1], request[3]
             path += "?" + urlencode(params) if params else ""
         while True:
-            slot = self.limiter.acquire(deadline - guard)
+            reserved = pass_.reserved
+            slot = reserved.take(self.clock.monotonic()) if reserved is not None else None
+            if slot is None:
+                if reserved is not None and reserved.left:  # too old: back to the window
+                    self.limiter.release(reserved)
+                slot = self.limiter.acquire(deadline - guard)
             if not slot.granted:
                 # No call was made: no attempt is counted, and Segment's retry (told how long
                 # the window or Dub's pause still holds) goes on.
@@ -630,6 +787,8 @@ class Deliverer:
             # The backoff grows with every call this row has had, across Segment's retries.
             wait = self.policy.wait(made + attempt, told)
             told_429 = answer.status == 429
+            if told_429 and pass_.reserved is not None:
+                self.limiter.release(pass_.reserved)  # Dub's limit, whatever the window said
             if told_429 and wait > 0:
                 # The limit is the key's, not this row's: every worker of every instance waits
                 # (Dub's Retry-After, else the backoff); a wait for the limiter is no call.
@@ -674,6 +833,14 @@ def _hidden(value: Any) -> Any:
     if isinstance(value, list):
         return [_hidden(v) for v in value]
     return value
+
+
+def _not_recorded(result: Result, message: str) -> Result:
+    """Dub has its answer but the ledger does not: Segment's retry finds the claim (until its
+    lease ends) and then sends again, which Dub de-duplicates."""
+    log.error("could not record a Dub answer", extra={"messageId": result.message_id,
+              "outcome": result.outcome, "error": message})  # fmt: skip
+    return result.finish(Outcome.PENDING, reason=f"sent, but not recorded: {message}")
 
 
 def _ready(row: Row) -> Result:

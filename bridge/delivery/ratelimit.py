@@ -23,7 +23,7 @@ from ..core.clock import SYSTEM, Clock
 from ..core.errors import LedgerError
 from ..core.metrics import metrics
 from ..dub.client import DubAnswer, Failure
-from ..ledger.base import RateWindow
+from ..ledger.base import USE_WITHIN, RateWindow
 
 WINDOW = 60.0
 log = logging.getLogger("bridge.delivery")
@@ -48,6 +48,34 @@ def never_sent(answer: DubAnswer) -> bool:
     return answer.failure is Failure.UNREACHABLE
 
 
+class Reserved:
+    """Slots a request took at once, in one round trip, for the calls it is about to make
+    (SharedWindow.reserve): each goes to one call made within USE_WITHIN of the moment they
+    were taken (so Dub's minute never sees more than the window counted); past that, or
+    once none is left, a call takes its own. What no call used is given back
+    (``RateLimiter.release``)."""
+
+    def __init__(self, second: int, count: int, taken_at: float):
+        self.second = second
+        self.taken_at = taken_at  # monotonic
+        self.left = count
+        self._lock = threading.Lock()
+
+    def take(self, now: float) -> Grant | None:
+        """One of the slots, for a call made now; None when none is left or they are too old."""
+        with self._lock:
+            if self.left <= 0 or now - self.taken_at > USE_WITHIN:
+                return None
+            self.left -= 1
+            return Grant(counted_at=self.second)
+
+    def unused(self) -> int:
+        """The slots no call took: none is handed out after this."""
+        with self._lock:
+            left, self.left = self.left, 0
+            return left
+
+
 class RateLimiter(Protocol):
     def acquire(self, deadline: float) -> Grant:
         """Take one slot, for one call made at once, waiting until ``deadline`` (monotonic)
@@ -63,6 +91,13 @@ class RateLimiter(Protocol):
 
     def pause(self, seconds: float) -> None:
         """Give no slot for this long (Dub answered 429 with a Retry-After)."""
+
+    def reserve(self, count: int) -> Reserved | None:
+        """Up to ``count`` slots at once, for calls about to be made (None: none, or this
+        limiter takes them one at a time)."""
+
+    def release(self, reserved: Reserved) -> None:
+        """Give back the reserved slots no call took."""
 
 
 class SlidingWindow:
@@ -106,13 +141,20 @@ class SlidingWindow:
             until = self.clock.monotonic() + seconds
             self._paused_until = max(self._paused_until, until)
 
+    def reserve(self, count: int) -> Reserved | None:
+        return None  # in process: a slot at a time costs nothing
+
+    def release(self, reserved: Reserved) -> None:
+        return None
+
 
 class SharedWindow:
     """Every process's calls with one API key, counted in the ledger's database.
 
-    One slot per call, taken in one short transaction right before the call: nothing is
-    kept aside in a process, so no slot is counted that no call used, and an idle worker
-    holds nothing the others need. ``per_second``: the most calls in any one second of
+    One slot per call, taken in one short transaction right before the call, or, for a
+    request's calls, all at once right before the first (``reserve``): nothing is kept aside
+    longer than USE_WITHIN, what no call used is given back, and an idle worker holds
+    nothing the others need. ``per_second``: the most calls in any one second of
     the clock, when Dub's plan states such an allowance (None: the minute alone).
     """
 
@@ -155,3 +197,27 @@ class SharedWindow:
 
     def pause(self, seconds: float) -> None:
         self.ledger.pause(self.key, self.clock.time() + seconds)
+
+    def reserve(self, count: int) -> Reserved | None:
+        """A request's slots in one transaction instead of one each (a round trip each, on
+        PostgreSQL, all queued on the key's lock). Not with a per-second allowance: calls
+        spread over the next second could put that second over it."""
+        if count < 2 or self.per_second is not None:
+            return None
+        try:
+            slots = self.ledger.take_slots(self.key, self.per_minute, count)
+        except LedgerError as exc:  # each call takes its own, as without a reservation
+            log.warning("could not reserve rate-limit slots", extra={"error": exc.message})
+            return None
+        if not slots.granted:
+            return None
+        return Reserved(slots.second, slots.granted, self.clock.monotonic())
+
+    def release(self, reserved: Reserved) -> None:
+        left = reserved.unused()
+        if not left:
+            return
+        try:
+            self.ledger.give_back_slots(self.key, reserved.second, left)
+        except LedgerError as exc:  # they count a minute too long: the safe side
+            log.warning("could not give rate-limit slots back", extra={"error": exc.message})

@@ -102,6 +102,28 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Finish:
+    """What a claimed (in-flight) row came to: ``Deliveries.finish``'s arguments, for
+    ``finish_many``."""
+
+    message_id: str
+    mapping: str
+    state: State
+    calls: int = 0
+    status: int | None = None
+    error: Any = None
+    payload: Any = None
+    tainted: bool = False
+    not_before: float | None = None
+    queued: bool = False
+    answers: Sequence[Attempt] = ()  # Dub's answer to each call made, oldest first
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.message_id, self.mapping)
+
+
+@dataclass(frozen=True, slots=True)
 class Row:
     message_id: str
     mapping: str
@@ -307,6 +329,13 @@ class Deliveries(Protocol):
         KEPT_ATTEMPTS of the row kept.
 
         ``ValueError`` for a state no call can end in (see ``outcomes.FINISHED``)."""
+
+    def finish_many(self, finishes: Sequence[Finish]) -> list[bool]:
+        """``finish`` for several rows in one statement (a request's outcomes, written once
+        its calls are done): all of them or, raising, none. For each, in order, whether it
+        was in flight (a row given twice is finished by its first).
+
+        ``ValueError`` for a state no call can end in, before anything is written."""
 
     def defer(self, message_id: str, mapping: str, until: float) -> bool:
         """The outbox tries this pending row again no sooner than ``until``."""

@@ -37,6 +37,7 @@ from .base import (
     Browse,
     Claim,
     ClaimRequest,
+    Finish,
     LeadStatus,
     MappingSet,
     QueueStatus,
@@ -83,7 +84,7 @@ class MemoryLedger:
         self._signatures: dict[str, Sighting] = {}
         self._activations: list[Activation] = []
         self._attempts: dict[tuple[str, str], dict[int, Attempt]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: finish_many holds it around finish
 
     # --- claims and outcomes ----------------------------------------------------------------
 
@@ -174,6 +175,19 @@ class MemoryLedger:
                 for number in [n for n in calls_of if n <= after - KEPT_ATTEMPTS]:
                     del calls_of[number]
             return True
+
+    def finish_many(self, finishes: Sequence[Finish]) -> list[bool]:
+        for f in finishes:
+            check_finish(f.state)
+        with self._lock:  # all at once, as one statement (the lock is re-entrant)
+            return [self._finish_one(f) for f in finishes]
+
+    def _finish_one(self, f: Finish) -> bool:
+        return self.finish(
+            f.message_id, f.mapping, f.state, calls=f.calls, status=f.status, error=f.error,
+            payload=f.payload, tainted=f.tainted, not_before=f.not_before, queued=f.queued,
+            answers=f.answers,
+        )  # fmt: skip
 
     def defer(self, message_id: str, mapping: str, until: float) -> bool:
         key = (message_id, mapping)

@@ -18,6 +18,7 @@ import math
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -28,7 +29,7 @@ import psycopg_pool
 
 from ..core.clock import SYSTEM, Clock
 from ..core.errors import LedgerError
-from .base import KEPT_ATTEMPTS, Attempt
+from .base import COUNTED_FOR, KEPT_ATTEMPTS, Attempt, Slots, room
 from .sql import DB, Cursor, SQLLedger, attempt_args
 from .statements import finish_keeping_attempts
 
@@ -38,6 +39,12 @@ T = TypeVar("T")
 logging.getLogger("psycopg").addHandler(logging.NullHandler())
 log = logging.getLogger("bridge.ledger")
 PROBE_SECONDS = 0.5  # after an outage, how often a request may check whether it is over
+# A pooled connection idle longer than this is checked (an empty query, one round trip)
+# before it is lent: after a restart of the server, the first request of each connection
+# would otherwise fail. One used more lately is lent as it is: under load, that check was
+# a round trip of its own for every statement; one that broke all the same is retried once
+# on a fresh connection (``_run``).
+IDLE_CHECK_SECONDS = 1.0
 # Keys of the transaction-scoped advisory locks (any fixed numbers the bridge owns).
 MIGRATION_LOCK = 0x62726964  # "brid"
 
@@ -46,6 +53,30 @@ MIGRATION_LOCK = 0x62726964  # "brid"
 def _pyformat(sql: str) -> str:
     """``:name`` parameters, as the shared statements write them, to psycopg's ``%(name)s``."""
     return re.sub(r"(?<![:\w]):([a-z_][a-z0-9_]*)", r"%(\1)s", sql.replace("%", "%%"))
+
+
+# The shared window's one read and, when ``room`` grants any, its insert, in one statement
+# (run with the key's lock taken by the statement before, in the same transaction, so the
+# read sees every slot committed before). The grant is ``room``'s rule (``base.room``); the
+# caller works out the wait from the counts read, with ``room`` itself.
+TAKE_SLOTS_AT_ONCE = """
+WITH counted AS (
+    SELECT (SELECT until FROM rate_pauses WHERE key = :key) AS paused,
+           COALESCE(SUM(taken), 0) AS used, MIN(second) AS oldest,
+           COALESCE(SUM(CASE WHEN second = :second THEN taken ELSE 0 END), 0) AS this_second
+    FROM rate_buckets WHERE key = :key AND taken > 0 AND second > :edge
+), granted AS (
+    SELECT LEAST(:count, :per_minute - used,
+                 COALESCE(:per_second - this_second, :count)) AS n
+    FROM counted WHERE paused IS NULL OR paused <= :now
+), taken AS (
+    INSERT INTO rate_buckets (key, second, taken)
+    SELECT :key, :second, n FROM granted WHERE n > 0
+    ON CONFLICT (key, second) DO UPDATE SET taken = rate_buckets.taken + excluded.taken
+    RETURNING 1
+)
+SELECT paused, used, oldest, this_second, (SELECT COUNT(*) FROM taken) FROM counted
+"""
 
 
 class _Connection:
@@ -112,7 +143,7 @@ class PostgresLedger(SQLLedger):
             kwargs={"autocommit": True, "connect_timeout": max(1, round(self.timeout))},
             # A connection that broke (a restart, pg_terminate_backend) is checked and
             # replaced when it is taken, not discovered by a failing request.
-            check=psycopg_pool.ConnectionPool.check_connection,
+            check=_check_idle,
         )
 
     def _probe(self) -> None:
@@ -166,6 +197,7 @@ class PostgresLedger(SQLLedger):
             try:
                 yield conn
             finally:
+                _last_used[conn] = time.monotonic()
                 with self._lending:
                     left = self._lent[pool] - 1
                     if left:
@@ -221,6 +253,52 @@ class PostgresLedger(SQLLedger):
         sql = "SELECT to_regclass(:name) IS NOT NULL"
         return bool(db.execute(sql, {"name": name}).fetchone()[0])
 
+    def take_slots(
+        self, key: str, per_minute: int, count: int, *, per_second: int | None = None
+    ) -> Slots:
+        """The shared window in one round trip: the key's lock, the read and the insert
+        pipelined in one transaction."""
+        now = self.clock.time()
+        second = math.floor(now)
+        args = {
+            "key": key, "second": second, "edge": now - COUNTED_FOR, "now": now,
+            "count": count, "per_minute": per_minute, "per_second": per_second,
+        }  # fmt: skip
+        lock = ("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", {"key": key})
+        # The commit does not wait for the disk: the key's lock, which every slot of every
+        # instance queues on, is not held through an fsync. Other sessions see the slot at
+        # once; only a crash of the server itself may forget the last few ms of slots.
+        quick: tuple[str, dict[str, Any]] = ("SET LOCAL synchronous_commit = off", {})
+        row = self._one_trip([quick, lock, (TAKE_SLOTS_AT_ONCE, args)])[0]
+        paused, used, oldest, this_second, inserted = row
+        if paused is not None and paused > now:
+            return Slots(0, float(paused - now), second)
+        granted, wait = room(now, count, per_minute, per_second, used, oldest, this_second)
+        if bool(granted) != bool(inserted):  # pragma: no cover (the two rules are one)
+            raise AssertionError(f"the window's statement and room() disagree: {row}")
+        return Slots(granted, wait, second)
+
+    def _one_trip(self, statements: list[tuple[str, Mapping[str, Any]]]) -> list[Any]:
+        """Run ``statements`` as one transaction in one round trip (pipelined, with BEGIN
+        and COMMIT, read once the COMMIT is sent): the rows of the last one."""
+
+        def work(db: DB) -> list[Any]:
+            assert isinstance(db, _Connection)
+            conn = db.conn
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    cursors = [db.execute(sql, args) for sql, args in statements]
+                    conn.execute("COMMIT")
+            except psycopg.Error:
+                if not conn.closed and conn.info.transaction_status in _IN_TRANSACTION:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            return cursors[-1].fetchall()
+
+        return self._run(work)
+
     def _serialise_slots(self, db: DB, key: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", {"key": key})
 
@@ -257,6 +335,23 @@ class PostgresLedger(SQLLedger):
         with self._recovering:  # no probe may open a pool after this
             self._closed = True
         self.pool.close()
+
+
+_IN_TRANSACTION = (
+    psycopg.pq.TransactionStatus.INTRANS,
+    psycopg.pq.TransactionStatus.INERROR,
+)
+# When each pooled connection was last given back (real time: real connections).
+_last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
+
+
+def _check_idle(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check before it lends a connection: a broken one raises, and one idle
+    longer than IDLE_CHECK_SECONDS is asked an empty query first."""
+    if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+        raise psycopg.OperationalError("the connection is closed")
+    if time.monotonic() - _last_used.get(conn, -math.inf) > IDLE_CHECK_SECONDS:
+        psycopg_pool.ConnectionPool.check_connection(conn)
 
 
 def _first_line(exc: Exception) -> str:

@@ -25,6 +25,7 @@ from .base import (
     Browse,
     Claim,
     ClaimRequest,
+    Finish,
     LeadStatus,
     QueueStatus,
     Retention,
@@ -56,6 +57,7 @@ from .statements import (
     TAKE,
     claim_rows,
     claimed_rows,
+    finish_rows,
     keep_attempts,
     states,
 )
@@ -88,6 +90,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
     kind = "sql"
     shared_across_processes = True
     greatest = "GREATEST"  # the two-argument maximum: MAX in SQLite
+    real = "DOUBLE PRECISION"  # the type of times (REAL in SQLite)
     readonly = False
     skip_locked = "FOR UPDATE SKIP LOCKED"  # SQLite has one writer: nothing to skip
 
@@ -168,7 +171,11 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
                     )  # fmt: skip
             return claims
 
-        claims = self._run(claim_all, tx=len(unique) > 1, pipeline=True) if unique else {}
+        # One claim statement is a transaction of its own (one round trip); more (rows that
+        # keep their body, or past a chunk) are claimed in one transaction.
+        keeps = sum(1 for w in unique if w.keep)
+        statements = -(-keeps // CLAIM_CHUNK) + -(-(len(unique) - keeps) // CLAIM_CHUNK)
+        claims = self._run(claim_all, tx=statements > 1, pipeline=True) if unique else {}
         answers: list[Claim] = []
         for index, w in enumerate(wanted):
             key = (w.message_id, w.mapping)
@@ -245,15 +252,75 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             if found is None:
                 return False
             (after,) = found
-            numbered = {"message_id": args["message_id"], "mapping": args["mapping"]}
-            for i, (number, answer) in enumerate(kept(answers, after)):
-                numbered |= attempt_args(i, number, answer)
-            db.execute(keep_attempts(len(answers)), numbered)
-            numbered["oldest_gone"] = after - KEPT_ATTEMPTS
-            db.execute(DROP_OLD_ATTEMPTS, numbered)
+            self._keep_answers(db, args["message_id"], args["mapping"], answers, after)
             return True
 
         return self._run(finish_one, tx=True)
+
+    @staticmethod
+    def _keep_answers(
+        db: DB, message_id: str, mapping: str, answers: Sequence[Attempt], after: int
+    ) -> None:
+        """A finished row's answers, numbered so the last is call ``after``; the row's calls
+        past the last KEPT_ATTEMPTS dropped."""
+        numbered: dict[str, Any] = {"message_id": message_id, "mapping": mapping}
+        chosen = kept(answers, after)
+        for i, (number, answer) in enumerate(chosen):
+            numbered |= attempt_args(i, number, answer)
+        db.execute(keep_attempts(len(chosen)), numbered)
+        numbered["oldest_gone"] = after - KEPT_ATTEMPTS
+        db.execute(DROP_OLD_ATTEMPTS, numbered)
+
+    def finish_many(self, finishes: Sequence[Finish]) -> list[bool]:
+        for f in finishes:
+            check_finish(f.state)
+        # Each row once (its first), in key order, so two statements sharing rows (a lease
+        # taken over) lock them in the same order.
+        firsts: dict[tuple[str, str], Finish] = {}
+        for f in finishes:
+            firsts.setdefault(f.key, f)
+        unique = sorted(firsts.values(), key=lambda f: f.key)
+        now = self.clock.time()
+        statements = []
+        for start in range(0, len(unique), CLAIM_CHUNK):
+            chunk = unique[start : start + CLAIM_CHUNK]
+            args: dict[str, Any] = {"now": now}
+            for i, f in enumerate(chunk):
+                args |= {
+                    f"message_id_{i}": f.message_id,
+                    f"mapping_{i}": f.mapping,
+                    f"state_{i}": State(f.state).value,
+                    f"calls_{i}": f.calls,
+                    f"status_{i}": f.status,
+                    f"error_{i}": stored(f.error),
+                    f"payload_{i}": stored(f.payload),
+                    f"tainted_{i}": int(f.tainted),
+                    f"not_before_{i}": f.not_before,
+                    f"queued_{i}": int(f.queued),
+                }
+            statements.append((finish_rows(len(chunk), self.greatest, self.real), args))
+
+        answered = [f for f in unique if f.answers]
+
+        def finish_all(db: DB) -> set[tuple[str, str]]:
+            after = {
+                (m, p): n
+                for sql, args in statements
+                for m, p, n in db.execute(sql, args).fetchall()
+            }
+            for f in answered:  # Dub's answers to the calls, for the rows finished
+                if f.key in after:
+                    self._keep_answers(db, f.message_id, f.mapping, f.answers, after[f.key])
+            return set(after)
+
+        many = len(statements) > 1 or bool(answered)
+        done = self._run(finish_all, tx=many) if statements else set()
+        seen: set[tuple[str, str]] = set()
+        answers = []
+        for f in finishes:
+            answers.append(f.key in done and f.key not in seen)
+            seen.add(f.key)
+        return answers
 
     def defer(self, message_id: str, mapping: str, until: float) -> bool:
         args = {"message_id": message_id, "mapping": mapping, "until": until}

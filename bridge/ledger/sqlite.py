@@ -38,6 +38,7 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 class SQLiteLedger(SQLLedger):
     kind = "sqlite"
     greatest = "MAX"
+    real = "REAL"
     skip_locked = ""  # one writer at a time: a take never meets a row another one holds
 
     def __init__(

@@ -102,6 +102,38 @@ UPDATE deliveries SET state = :state, status = :status, error = :error, lease_un
     queued_at = CASE WHEN :queued = 1 THEN COALESCE(queued_at, :now) ELSE queued_at END
 WHERE message_id = :message_id AND mapping = :mapping AND state = 'in_flight'
 """
+FINISHED_COLUMNS = (
+    "message_id", "mapping", "state", "calls", "status", "error", "payload", "tainted",
+    "not_before", "queued",
+)  # fmt: skip
+# Typed, so PostgreSQL knows each column of the VALUES (SQLite's CAST is harmless).
+_FINISH_ROW = (
+    "(:message_id, :mapping, :state, CAST(:calls AS INTEGER), CAST(:status AS INTEGER),"
+    " :error, :payload, CAST(:tainted AS INTEGER), CAST(:not_before AS {real}),"
+    " CAST(:queued AS INTEGER))"
+)
+
+
+@lru_cache(maxsize=64)
+def finish_rows(count: int, greatest: str, real: str) -> str:
+    """FINISH for ``count`` rows (keys distinct) in one statement, each with its own
+    values; RETURNING names each row that was in flight, with its calls so far."""
+    values = _values(count, FINISHED_COLUMNS, _FINISH_ROW.format(real=real))
+    return f"""
+WITH v ({", ".join(FINISHED_COLUMNS)}) AS (VALUES {values})
+UPDATE deliveries SET state = v.state, status = v.status, error = v.error,
+    lease_until = NULL, payload = COALESCE(v.payload, deliveries.payload),
+    tainted = {greatest}(deliveries.tainted, v.tainted),
+    attempts = deliveries.attempts + v.calls, not_before = v.not_before, updated_at = :now,
+    queued_at = CASE WHEN v.queued = 1 THEN COALESCE(deliveries.queued_at, :now)
+        ELSE deliveries.queued_at END
+FROM v
+WHERE deliveries.message_id = v.message_id AND deliveries.mapping = v.mapping
+  AND deliveries.state = 'in_flight'
+RETURNING deliveries.message_id, deliveries.mapping, deliveries.attempts
+"""
+
+
 RELEASE = f"""
 UPDATE deliveries SET state = CASE WHEN prev_state IN {states(RELEASABLE)} THEN prev_state
     ELSE 'pending' END, lease_until = NULL, payload = COALESCE(:payload, payload),

@@ -47,7 +47,7 @@ from ..core.results import Result
 from ..core.settings import Settings
 from ..service.wiring import Service
 from .responses import json_response
-from .webhook import _retry_after, read_limited, run_events
+from .webhook import _retry_after, read_limited, request_started, run_events
 
 sdk = Blueprint("sdk", __name__)
 
@@ -88,7 +88,7 @@ def single(kind: str) -> Response:
 @sdk.post("/rudderstack")
 def rudderstack() -> Response:
     service: Service = current_app.extensions["bridge"]
-    started = service.deliverer.clock.monotonic()
+    started = request_started(service.deliverer.clock)
     token = service.settings.rudderstack_token
     if token is None:
         abort(404)
@@ -108,7 +108,7 @@ def rudderstack() -> Response:
 
 def _tracking_api(kind: str | None) -> Response:
     service: Service = current_app.extensions["bridge"]
-    started = service.deliverer.clock.monotonic()
+    started = request_started(service.deliverer.clock)
     keys = service.settings.write_key_names
     if not keys:
         abort(404)

@@ -47,6 +47,7 @@ from typing import Any
 from gunicorn.workers.gthread import ThreadWorker
 
 from ..core.errors import error_body
+from .arrival import handling
 from .framing import BadRequest, head_facts, request_end
 from .limits import Bounds, connection_cap, make_gauges
 
@@ -106,6 +107,7 @@ class _Reading:
 
     deadline: float
     data: bytearray = field(default_factory=bytearray)
+    started: float = field(default_factory=time.monotonic)  # its first bytes came
 
 
 class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
@@ -162,6 +164,15 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         if self.nr_conns > self.bounds.max_connections:
             self._make_room(conn)
         self.bounds.note(self.nr_conns)
+
+    def handle(self, conn: Any) -> Any:
+        """A thread serves the request: when it began to arrive is the request's to read
+        (``arrival``), so its time budget counts the wait for a thread."""
+        handling.arrived = getattr(conn, "arrived", None)
+        try:
+            return super().handle(conn)
+        finally:
+            handling.arrived = None
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.stopping = True
@@ -273,6 +284,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]
         if registered:
             self.poller.unregister(conn.sock.sock)
         del self.reading[conn]
+        conn.arrived = reading.started
         self.handed[conn] = len(reading.data)
         conn.sock.buffer = reading.data  # the request, and anything pipelined after it
         conn.data_ready = True
