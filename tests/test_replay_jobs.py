@@ -159,14 +159,39 @@ def fifo(tmp_path: Path) -> Path:
     return path
 
 
+# A shell starts a background job (`pytest ... &`, two suites at once) with Ctrl-C ignored,
+# and a child inherits that: its Ctrl-C would do nothing, as a background job's should. The
+# replay is started as a terminal's foreground command is, with Ctrl-C's default action.
+AS_IN_A_TERMINAL = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 def replay_process(source: Path, *args: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DUB_", "BRIDGE_"))}
+    command = [str(BRIDGE), "replay", "--mappings", str(MAPPINGS), *args, str(source)]
     return subprocess.Popen(
-        [str(BRIDGE), "replay", "--mappings", str(MAPPINGS), *args, str(source)],
+        [sys.executable, "-c", AS_IN_A_TERMINAL, *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
+        env=env | {"PYTHONFAULTHANDLER": "1"},  # SIGABRT prints every thread's stack
+        start_new_session=True,  # so a stuck replay and its workers go together
     )
+
+
+def ended(child: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """The child's exit code; when it has not ended in time, fail with its threads' stacks
+    (and end it, with its workers)."""
+    try:
+        return child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGABRT)
+        child.wait(timeout=30)
+        os.killpg(child.pid, signal.SIGKILL)  # orphaned workers hold stderr open
+        assert child.stderr is not None
+        stacks = child.stderr.read().decode(errors="replace")[-6000:]
+        pytest.fail(f"the replay did not end within {timeout} s; its stacks:\n{stacks}")
 
 
 def output_lines(child: subprocess.Popen[bytes], timeout: float = 30) -> Iterator[bytes]:
@@ -209,7 +234,7 @@ def test_ctrl_c_stops_a_replay_on_workers_cleanly(fifo: Path) -> None:
         assert sum(1 for _ in zip(range(3000), lines, strict=False)) == 3000
         writer.join(timeout=30)
         child.send_signal(signal.SIGINT)  # the replay waits for more input: stop it
-        assert child.wait(timeout=30) == 1
+        assert ended(child) == 1
     assert child.stderr is not None
     stderr = child.stderr.read().decode()
     assert "Aborted!" in stderr and "Traceback" not in stderr
