@@ -25,6 +25,7 @@ bench/mapping.py counts them; "unexpected" must be 0).
 from __future__ import annotations
 
 import argparse
+import compileall
 import itertools
 import json
 import statistics
@@ -165,6 +166,9 @@ def measure(
                                "memory_events": memory_events}  # fmt: skip
     why_not = node_status()
     results["node_skipped"] = why_not
+    # An installed bridge starts from its bytecode (an install writes it); with
+    # PYTHONDONTWRITEBYTECODE set, each timed start would compile every module from source.
+    compileall.compile_dir(ROOT / "bridge", quiet=1)
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         work = Path(tmp)
         for name, noise in CORPORA.items():
