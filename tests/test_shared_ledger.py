@@ -83,6 +83,17 @@ def send(deliverer: Deliverer, engine: Engine, events: list[Any], budget: float 
     return deliverer.deliver(results, budget, payloads)
 
 
+def dub_slows_down(dub: responses.RequestsMock, clock: ManualClock) -> None:
+    """Dub answers a sale with 429 and its millisecond Retry-After, 30 s from now."""
+    until_ms = int((clock.time() + 30) * 1000)
+    dub.post(
+        f"{DUB}/track/sale",
+        status=429,
+        json={"error": {"code": "rate_limit_exceeded", "message": "slow down"}},
+        headers={"Retry-After": str(until_ms)},
+    )
+
+
 def sales(count: int, prefix: str) -> list[dict[str, Any]]:
     return [order(f"{prefix}-{i}") | {"userId": f"user-{prefix}-{i}"} for i in range(count)]
 
@@ -126,13 +137,7 @@ def test_a_429_pauses_every_worker(
 ) -> None:  # fmt: skip
     """Not queueing: Dub's 429 with its millisecond Retry-After stops every worker until then,
     not only the one that got it; neither counts the waiting as an attempt."""
-    until_ms = int((clock.time() + 30) * 1000)
-    dub.post(
-        f"{DUB}/track/sale",
-        status=429,
-        json={"error": {"code": "rate_limit_exceeded", "message": "slow down"}},
-        headers={"Retry-After": str(until_ms)},
-    )
+    dub_slows_down(dub, clock)
     first, second = workers(queue_when_limited=False), workers(queue_when_limited=False)
     (hit,) = send(first, engine, sales(1, "hit"))
     assert hit.outcome == "failed" and len(dub.calls) == 1
@@ -345,13 +350,7 @@ def test_dubs_retry_after_holds_the_queue_of_every_instance(
 ) -> None:  # fmt: skip
     """Dub's 429 (its millisecond Retry-After) queues the event, and no instance's sender
     calls Dub until then; after it, the queue is sent at once (a 429 is no row's backoff)."""
-    until_ms = int((clock.time() + 30) * 1000)
-    dub.post(
-        f"{DUB}/track/sale",
-        status=429,
-        json={"error": {"code": "rate_limit_exceeded", "message": "slow down"}},
-        headers={"Retry-After": str(until_ms)},
-    )
+    dub_slows_down(dub, clock)
     first, second = workers(), workers()
     (hit,) = send(first, engine, sales(1, "told"))
     assert hit.outcome == "queued" and hit.attempts == 1 and len(dub.calls) == 1

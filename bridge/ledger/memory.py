@@ -324,10 +324,7 @@ class MemoryLedger:
             return self._rows.get((message_id, mapping))
 
     def rows_of(self, message_id: str) -> list[Row]:
-        with self._lock:
-            return sorted(
-                (r for (m, _), r in self._rows.items() if m == message_id), key=lambda r: r.mapping
-            )
+        return self.rows_of_many([message_id]).get(message_id, [])
 
     def attempts_of(self, message_id: str) -> list[Attempt]:
         with self._lock:
@@ -343,10 +340,11 @@ class MemoryLedger:
         wanted = set(message_ids)
         found: dict[str, list[Row]] = {}
         with self._lock:
-            for (message_id, _), row in sorted(self._rows.items()):
+            for (message_id, _), row in self._rows.items():
                 if message_id in wanted:
                     found.setdefault(message_id, []).append(row)
-        return found
+        # As rows_of orders them: by mapping (only the rows found are sorted).
+        return {m: sorted(rows, key=lambda r: r.mapping) for m, rows in found.items()}
 
     def dead_letters(self, *, mapping: str | None = None, since: float | None = None) -> list[Row]:
         with self._lock:

@@ -465,9 +465,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         return found[0] if found else None
 
     def rows_of(self, message_id: str) -> list[Row]:
-        return self._rows(
-            "WHERE message_id = :message_id ORDER BY mapping", {"message_id": message_id}
-        )
+        return self.rows_of_many([message_id]).get(message_id, [])
 
     def attempts_of(self, message_id: str) -> list[Attempt]:
         found = self._read(

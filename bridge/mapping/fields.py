@@ -106,12 +106,10 @@ class CompiledField:
         try:
             value, where = self._resolve(event, fields, trace)
         except FieldProblem:
-            if trace is not None:
-                trace["value"], trace["absent"] = None, True
+            trace["value"], trace["absent"] = None, True
             raise
-        if trace is not None:
-            trace["value"] = None if value is MISSING else shown(value)
-            trace["absent"] = value is MISSING
+        trace["value"] = None if value is MISSING else shown(value)
+        trace["absent"] = value is MISSING
         return value, where
 
     def _resolve(

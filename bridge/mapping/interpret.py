@@ -69,15 +69,12 @@ def _apply(
     errors: list[str] = []
     warnings: list[str] = []
     traced = None if steps is None else steps.setdefault("fields", [])
-    trace = None
     for field, required in mapping.planned:
+        trace = None if traced is None else {"field": field.name}
+        if traced is not None and trace is not None:
+            traced.append(trace)
         try:
-            if traced is None:
-                value, origins[field.name] = field.read(event, body, None)
-            else:
-                trace = {"field": field.name}
-                traced.append(trace)
-                value, origins[field.name] = field.resolve(event, body, trace)
+            value, origins[field.name] = field.resolve(event, body, trace)
         except FieldProblem as exc:
             (errors if required else warnings).append(str(exc) if required else f"dropped {exc}")
             continue
