@@ -935,6 +935,25 @@ def test_finish_many_keeps_each_rows_answers_as_finish_does(ledger: Ledger) -> N
     assert ledger.attempts_of("c") == []
 
 
+def test_a_large_finish_many_keeps_every_rows_last_answers(ledger: Ledger) -> None:
+    """finish_many of rows with many answers each (more parameters than one statement
+    takes) finishes every row and keeps each row's last KEPT_ATTEMPTS answers, numbered."""
+    keys = [f"m{i:03}" for i in range(400)]
+    for key in keys:
+        claim(ledger, key)
+    calls = KEPT_ATTEMPTS + 5
+    done = ledger.finish_many([
+        Finish(key, "sale", State.PENDING, calls=calls,
+               answers=tuple(answer(float(n), 503) for n in range(calls)))
+        for key in keys
+    ])  # fmt: skip
+    assert done == [True] * len(keys)
+    for key in (keys[0], keys[157], keys[158], keys[-1]):
+        found = ledger.attempts_of(key)
+        assert [a.number for a in found] == list(range(6, calls + 1)), key
+        assert [a.at for a in found] == [float(n) for n in range(5, calls)], key
+
+
 def test_a_row_keeps_its_last_calls_and_answers_cut_short(ledger: Ledger) -> None:
     """Only the last KEPT_ATTEMPTS calls of a row stay, and each answer at most
     ANSWER_LIMIT characters (the cut marked)."""

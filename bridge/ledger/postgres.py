@@ -19,7 +19,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -29,9 +29,8 @@ import psycopg_pool
 
 from ..core.clock import SYSTEM, Clock
 from ..core.errors import LedgerError
-from .base import COUNTED_FOR, KEPT_ATTEMPTS, Attempt, Slots, room
-from .sql import DB, Cursor, SQLLedger, attempt_args
-from .statements import finish_keeping_attempts
+from .base import COUNTED_FOR, Slots, room
+from .sql import DB, Cursor, SQLLedger
 
 T = TypeVar("T")
 # The pool logs each failed connection; where the bridge has not set up its JSON log (a
@@ -99,6 +98,7 @@ def describe(url: str) -> str:
 
 class PostgresLedger(SQLLedger):
     kind = "postgres"
+    answers_in_finish = True
 
     def __init__(
         self,
@@ -239,15 +239,6 @@ class PostgresLedger(SQLLedger):
                 if attempt == 2:
                     raise LedgerError(f"PostgreSQL at {self.where}: {_first_line(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _finish_keeping(self, args: dict[str, Any], answers: Sequence[Attempt]) -> bool:
-        """One statement: the finish, its answers, the drop of the row's oldest (no round
-        trip more than a finish without answers)."""
-        numbered = dict(args)
-        for i, answer in enumerate(answers):
-            numbered |= attempt_args(i, i + 1, answer)
-        sql = finish_keeping_attempts(len(answers), KEPT_ATTEMPTS)
-        return bool(self._run(lambda db: db.execute(sql, numbered).fetchone()[0]))
 
     def _has_table(self, db: DB, name: str) -> bool:
         sql = "SELECT to_regclass(:name) IS NOT NULL"

@@ -10,7 +10,7 @@ cluster-wide locks).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
@@ -42,11 +42,12 @@ from .codec import read, stored
 from .sql_mappings import MappingSetsSQL
 from .sql_shared import SharedSQL
 from .statements import (
+    ANSWER_COLUMNS,
     ATTEMPT_COLUMNS,
     COLUMNS,
     DROP_OLD_ATTEMPTS,
     DUE,
-    FINISH,
+    FINISHED_COLUMNS,
     GIVE_UP,
     PRUNE,
     QUEUE_SENT,
@@ -58,13 +59,17 @@ from .statements import (
     claim_rows,
     claimed_rows,
     finish_rows,
+    finish_rows_keeping,
     keep_attempts,
+    row_is,
     states,
 )
 
 # Rows per claim statement: within SQLite's 32,766 parameters (six a row), and short
 # enough that one statement never holds its locks for long.
 CLAIM_CHUNK = 500
+# Parameters per finish statement: PostgreSQL takes at most 65,535.
+FINISH_PARAMETERS = 30_000
 # MessageIds per look-up of rows_of_many: one parameter each.
 ROWS_OF_MANY = 1000
 
@@ -97,7 +102,6 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
     def __init__(self, *, lease_seconds: float, clock: Clock):
         self.lease_seconds = lease_seconds
         self.clock = clock
-        self._finish = FINISH.format(greatest=self.greatest)
         self._prune_settled = PRUNE.format(states=states(FINAL))
         self._record = {
             target: RECORD.format(recordable=states(states_before(target, Via.RECORD)))
@@ -227,35 +231,30 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         queued: bool = False,
         answers: Sequence[Attempt] = (),
     ) -> bool:
-        args = {
-            "state": check_finish(state).value,
-            "calls": calls,
-            "status": status,
-            "error": stored(error),
-            "payload": stored(payload),
-            "tainted": int(tainted),
-            "not_before": not_before,
-            "queued": int(queued),
-            "now": self.clock.time(),
-            "message_id": message_id,
-            "mapping": mapping,
-        }
-        if not answers:
-            return self._changed(self._finish, args)
-        return self._finish_keeping(args, answers[-KEPT_ATTEMPTS:])
+        finish = Finish(message_id, mapping, state, calls, status, error, payload, tainted,
+                        not_before, queued, answers)  # fmt: skip
+        return self.finish_many([finish])[0]
 
-    def _finish_keeping(self, args: dict[str, Any], answers: Sequence[Attempt]) -> bool:
-        """FINISH and the row's answers in one transaction (PostgreSQL: one statement)."""
+    # PostgreSQL writes a finish's answers in its statement (finish_rows_keeping); SQLite,
+    # whose statements cannot modify tables in a WITH, in more statements of its transaction.
+    answers_in_finish = False
 
-        def finish_one(db: DB) -> bool:
-            found = db.execute(self._finish + " RETURNING attempts", args).fetchone()
-            if found is None:
-                return False
-            (after,) = found
-            self._keep_answers(db, args["message_id"], args["mapping"], answers, after)
-            return True
-
-        return self._run(finish_one, tx=True)
+    def _finish_chunks(self, unique: Sequence[Finish]) -> Iterator[Sequence[Finish]]:
+        """``unique`` in runs of at most CLAIM_CHUNK rows and, where answers ride along,
+        at most FINISH_PARAMETERS parameters (a row with 20 answers takes 190)."""
+        start, size = 0, 0
+        for end, f in enumerate(unique):
+            cost = len(FINISHED_COLUMNS) + (
+                len(ANSWER_COLUMNS) * min(len(f.answers), KEPT_ATTEMPTS)
+                if self.answers_in_finish
+                else 0
+            )
+            if end - start == CLAIM_CHUNK or (end > start and size + cost > FINISH_PARAMETERS):
+                yield unique[start:end]
+                start, size = end, 0
+            size += cost
+        if start < len(unique):
+            yield unique[start:]
 
     @staticmethod
     def _keep_answers(
@@ -282,9 +281,9 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         unique = sorted(firsts.values(), key=lambda f: f.key)
         now = self.clock.time()
         statements = []
-        for start in range(0, len(unique), CLAIM_CHUNK):
-            chunk = unique[start : start + CLAIM_CHUNK]
+        for chunk in self._finish_chunks(unique):
             args: dict[str, Any] = {"now": now}
+            kept_answers = 0
             for i, f in enumerate(chunk):
                 args |= {
                     f"message_id_{i}": f.message_id,
@@ -298,9 +297,19 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
                     f"not_before_{i}": f.not_before,
                     f"queued_{i}": int(f.queued),
                 }
-            statements.append((finish_rows(len(chunk), self.greatest, self.real), args))
+                if self.answers_in_finish:
+                    last = list(f.answers)[-KEPT_ATTEMPTS:]
+                    for back, answer in enumerate(reversed(last)):
+                        args |= answer_args(kept_answers, f, back, answer)
+                        kept_answers += 1
+            sql = (
+                finish_rows_keeping(len(chunk), kept_answers, KEPT_ATTEMPTS)
+                if kept_answers
+                else finish_rows(len(chunk), self.greatest, self.real)
+            )
+            statements.append((sql, args))
 
-        answered = [f for f in unique if f.answers]
+        answered = [] if self.answers_in_finish else [f for f in unique if f.answers]
 
         def finish_all(db: DB) -> set[tuple[str, str]]:
             after = {
@@ -326,7 +335,7 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         args = {"message_id": message_id, "mapping": mapping, "until": until}
         return self._changed(
             "UPDATE deliveries SET not_before = :until"
-            " WHERE message_id = :message_id AND mapping = :mapping AND state = 'pending'",
+            f" WHERE message_id = :message_id AND mapping = :mapping AND {row_is('pending')}",
             args,
         )
 
@@ -385,7 +394,8 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
                         return False
             changed = db.execute(
                 "UPDATE deliveries SET request_body = :body"
-                " WHERE message_id = :message_id AND mapping = :mapping AND state = 'in_flight'",
+                " WHERE message_id = :message_id AND mapping = :mapping"
+                f" AND {row_is('in_flight')}",
                 args,
             )
             return changed.rowcount == 1
@@ -697,6 +707,14 @@ def attempt_args(i: int, number: int, answer: Attempt) -> dict[str, Any]:
     values = (number, answer.at, answer.method, answer.path, answer.status, clip(answer.answer),
               answer.retry_after)  # fmt: skip
     return {f"{c}_{i}": v for c, v in zip(ATTEMPT_COLUMNS, values, strict=True)}
+
+
+def answer_args(j: int, finish: Finish, back: int, answer: Attempt) -> dict[str, Any]:
+    """The ``j``-th answer of a ``finish_rows_keeping`` statement (``ANSWER_COLUMNS``): of
+    ``finish``'s row, ``back`` calls before its last."""
+    values = (finish.message_id, finish.mapping, back, answer.at, answer.method, answer.path,
+              answer.status, clip(answer.answer), answer.retry_after)  # fmt: skip
+    return {f"{c}_{j}": v for c, v in zip(ANSWER_COLUMNS, values, strict=True)}
 
 
 def _like(text: str) -> str:
