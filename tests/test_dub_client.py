@@ -207,3 +207,41 @@ def test_proxies_come_from_the_environment_once(monkeypatch: pytest.MonkeyPatch)
     assert client.session.trust_env is False
     monkeypatch.setenv("NO_PROXY", "api.dub.co")
     assert DubClient("https://api.dub.co", "k").session.proxies == {}
+
+
+def test_the_environments_proxy_carries_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call goes out through the proxy read when the client was made."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    client = DubClient("https://api.dub.co", "k")
+    seen: list[object] = []
+
+    def send(self: object, request: object, **kwargs: object) -> object:
+        seen.append(kwargs["proxies"])
+        raise requests.ConnectionError("no network in tests")
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    answer = client.send(SALE_ENDPOINT, SALE)
+    assert answer.status is None and seen == [{"https": "http://proxy.internal:3128"}]
+
+
+def test_a_redirect_is_an_answer_not_a_second_call(
+    dub: responses.RequestsMock, dub_client: DubClient
+) -> None:
+    """Dub's API does not redirect: a 307 (a wrong DUB_API_URL) is kept as Dub's answer,
+    rejected, and the call is not repeated elsewhere with the key."""
+    dub.post(f"{DUB}/track/sale", status=307, headers={"Location": "https://elsewhere.test/x"})
+    dub.post("https://elsewhere.test/x", json=sale_ok())
+    answer = dub_client.send(SALE_ENDPOINT, SALE)
+    assert answer.status == 307 and classify(SALE_ENDPOINT, answer) == "rejected"
+    assert [c.request.url for c in dub.calls] == [f"{DUB}/track/sale"]
+
+
+def test_every_call_carries_the_clients_headers(
+    dub: responses.RequestsMock, dub_client: DubClient
+) -> None:
+    """A call's headers are the client's own (its name and version, JSON both ways)."""
+    dub.post(f"{DUB}/track/lead", json=lead_ok())
+    dub_client.send(LEAD_ENDPOINT, LEAD)
+    sent = dub.calls[0].request.headers
+    assert sent["User-Agent"].startswith("segment-dub-bridge/")
+    assert (sent["Accept"], sent["Content-Type"]) == ("application/json", "application/json")

@@ -74,6 +74,10 @@ class DubClient:
                 "User-Agent": f"segment-dub-bridge/{__version__}",
             }
         )
+        # Every call's headers, the session's included, fixed here: a call is prepared from
+        # them alone (requests' documented prepared-request way), not merged again with the
+        # session's headers, cookies, hooks and settings on every call.
+        self._headers = dict(self.session.headers)
 
     def __repr__(self) -> str:  # never show the key
         return f"DubClient({self.base_url!r})"
@@ -107,12 +111,17 @@ class DubClient:
         timeout = (self.connect_timeout, self.read_timeout)
         started = time.monotonic()
         try:
-            response = self.session.request(
+            prepared = requests.Request(
                 method,
                 self.base_url + path,
+                headers=self._headers,
                 data=None if body is None else dumps(body),
                 params=params,
-                timeout=timeout,
+            ).prepare()
+            # Dub's API does not redirect: a redirect (a wrong DUB_API_URL) is an answer of
+            # its own, kept with the row, never a second request elsewhere.
+            response = self.session.send(
+                prepared, timeout=timeout, allow_redirects=False, proxies=self.session.proxies
             )
         except requests.RequestException as exc:
             answer = network_failure(exc)
