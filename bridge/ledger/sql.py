@@ -267,8 +267,9 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         for i, (number, answer) in enumerate(chosen):
             numbered |= attempt_args(i, number, answer)
         db.execute(keep_attempts(len(chosen)), numbered)
-        numbered["oldest_gone"] = after - KEPT_ATTEMPTS
-        db.execute(DROP_OLD_ATTEMPTS, numbered)
+        if after > KEPT_ATTEMPTS:  # else every call of the row is kept: nothing to drop
+            numbered["oldest_gone"] = after - KEPT_ATTEMPTS
+            db.execute(DROP_OLD_ATTEMPTS, numbered)
 
     def finish_many(self, finishes: Sequence[Finish]) -> list[bool]:
         for f in finishes:
