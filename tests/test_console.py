@@ -3,6 +3,7 @@ its filters, the detail panes, redrive (one and bulk), try a mapping, and the ma
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import re
@@ -297,8 +298,9 @@ def test_detail_shows_payload_request_answer_and_explain(c: Any, capp: Any) -> N
 
 
 def test_detail_lists_each_call_with_dubs_answer(c: Any, capp: Any) -> None:
-    """Dub's answer pane is a table with headers and a row per call kept: its number, time,
-    call, HTTP status, the Retry-After applied and Dub's answer."""
+    """Dub's answer pane is a table with headers and a row per call kept (its number, time,
+    call, HTTP status, the Retry-After applied), each followed by Dub's answer on a row of
+    its own, across the table."""
     ledger = ledger_of(capp)
     body = {"customerExternalId": "u", "eventName": "Purchase", "amount": 1999}
     ledger.claim_many([ClaimRequest("m-c", "order-sale", "sale", "Order Completed", "u", body)])
@@ -309,8 +311,12 @@ def test_detail_lists_each_call_with_dubs_answer(c: Any, capp: Any) -> None:
     ledger.finish("m-c", "order-sale", State.REJECTED, calls=2, status=422, answers=calls)
     page = text(c.get("/console/events/m-c"))
     pane = page[page.index('id="pane-answers"') : page.index('id="explain"')]
-    for header in ("#", "Time", "Call", "HTTP status", "Retry-After applied", "Dub's answer"):
+    for header in ("#", "Time", "Call", "HTTP status", "Retry-After applied"):
         assert f'<th scope="col">{header}</th>' in pane.replace("&#39;", "'")
+    answers = re.findall(r'data-answer-of="(\d+)"><td colspan="5"><pre[^>]*>([^<]*)</pre>', pane)
+    assert [(n, json.loads(html.unescape(a))) for n, a in answers] == [
+        ("1", {"error": {"code": "busy"}}), ("2", {"error": {"code": "unprocessable_entity"}}),
+    ]  # fmt: skip
     assert re.findall(r'data-attempt="(\d+)" data-status="(\d+)"', pane) == [
         ("1", "503"), ("2", "422"),
     ]  # fmt: skip

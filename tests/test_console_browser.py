@@ -217,6 +217,7 @@ def test_one_redrive(browser: Any, web: ProcfileWeb, workdir: Path, fake_dub: Fa
     assert answers.find_element(By.CSS_SELECTOR, "tr[data-attempt='1'][data-status='200']")
     headers = [h.text for h in answers.find_elements(By.CSS_SELECTOR, "table.calls th")]
     assert headers[:4] == ["#", "Time", "Call", "HTTP status"]
+    browser.save_screenshot(str(_shots(workdir) / "console-redriven.png"))
 
 
 def test_bulk_plan_then_redrive_once(
