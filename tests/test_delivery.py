@@ -11,16 +11,18 @@ from typing import Any
 import pytest
 import requests
 import responses
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.core.errors import LedgerError
 from bridge.core.inputs import Item
 from bridge.core.outcomes import State
 from bridge.core.results import Result
 from bridge.core.settings import Settings
-from bridge.delivery.deliverer import Deliverer
+from bridge.delivery.deliverer import _SECRET_WORDS, Deliverer, answer_text
 from bridge.delivery.ratelimit import SlidingWindow
 from bridge.delivery.retry import RetryPolicy
-from bridge.dub.client import DubClient
+from bridge.dub.client import DubAnswer, DubClient
 from bridge.ledger import open_ledger
 from bridge.ledger.base import ClaimRequest, Ledger
 from bridge.mapping.batch import plan_all
@@ -291,6 +293,38 @@ def test_batch_claims_in_one_transaction(tmp_path: Path, clock: ManualClock) -> 
     wanted = [ClaimRequest(f"m{i}", "sale", "sale", "E", f"u{i}", {"a": i}) for i in range(3)]
     assert [c.granted for c in ledger.claim_many(wanted)] == [True, True, True]
     assert [c.granted for c in ledger.claim_many([*wanted, wanted[0]])] == [False] * 4
+
+
+_KEYS = st.one_of(
+    st.sampled_from(["sale", "apiToken", "client_SECRET", "Authorization", "tok", "en", "x"]),
+    st.text(st.characters(codec="utf-8"), max_size=12),
+)
+_ANSWERS = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _walked(value: Any) -> Any:
+    """The rule itself, key by key: a value under a secret-looking key is hidden."""
+    if isinstance(value, dict):
+        return {k: "[hidden]" if any(w in str(k).lower() for w in _SECRET_WORDS) else _walked(v)
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, list):
+        return [_walked(v) for v in value]
+    return value
+
+
+@given(_ANSWERS)
+def test_an_answer_is_kept_with_every_secret_looking_key_hidden(body: Any) -> None:
+    """answer_text hides the value of every key holding a secret word, whatever the answer's
+    shape (its shortcut, for a text holding no such word, changes nothing)."""
+    kept = answer_text(DubAnswer(200, body))
+    if body is None:  # no body and no error: nothing to keep
+        assert kept is None
+    else:
+        assert kept is not None and json.loads(kept) == _walked(body)
 
 
 def test_each_call_and_dubs_answer_are_kept_with_the_row(
