@@ -234,6 +234,17 @@ def test_a_redirect_is_an_answer_not_a_second_call(
     answer = dub_client.send(SALE_ENDPOINT, SALE)
     assert answer.status == 307 and classify(SALE_ENDPOINT, answer) == "rejected"
     assert [c.request.url for c in dub.calls] == [f"{DUB}/track/sale"]
+    assert answer.error is not None and "https://elsewhere.test/x" in answer.error["message"]
+    assert "DUB_API_URL" in answer.error["message"]
+
+
+def test_no_cookie_is_kept_or_sent(dub: responses.RequestsMock, dub_client: DubClient) -> None:
+    """A cookie Dub (or a proxy before it) sets is neither kept nor sent with a later call."""
+    dub.post(f"{DUB}/track/sale", json=sale_ok(), headers={"Set-Cookie": "seen=1; Path=/"})
+    dub_client.send(SALE_ENDPOINT, SALE)
+    dub_client.send(SALE_ENDPOINT, SALE)
+    assert len(dub_client.session.cookies) == 0
+    assert "Cookie" not in dub.calls[1].request.headers
 
 
 def test_every_call_carries_the_clients_headers(

@@ -49,6 +49,28 @@ def test_unsigned_on_purpose_starts_with_a_warning(tmp_path: Path) -> None:
     assert any("requests are accepted without a signature" in w for w in report.warnings)
 
 
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://api.dub.co", True),
+        ("http://dub.internal:8080", True),
+        ("https://api.dub.co", False),
+        ("http://127.0.0.1:9001", False),
+        ("http://localhost:9001", False),
+    ],
+)
+def test_plain_http_to_dub_starts_with_a_warning(tmp_path: Path, url: str, warned: bool) -> None:
+    """DUB_API_URL over plain http to another machine starts with a warning (Dub's API is
+    https and no redirect is followed); https, and a fake on this machine, start without."""
+    settings = Settings.from_env(
+        {}, **SIGNED, dub_api_key="k", mappings_dir=MAPPINGS, db_path=tmp_path / "l.db",
+        dub_api_url=url,
+    )  # fmt: skip
+    report = check(settings)
+    assert report.ok, report.problems
+    assert any("DUB_API_URL is plain http" in w for w in report.warnings) is warned
+
+
 def test_no_chosen_ledger_stops_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Neither DATABASE_URL nor BRIDGE_DB: refused, rather than a SQLite file per instance."""
     monkeypatch.chdir(tmp_path)  # the default file would land here

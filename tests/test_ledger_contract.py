@@ -948,7 +948,8 @@ def test_a_large_finish_many_keeps_every_rows_last_answers(ledger: Ledger) -> No
         for key in keys
     ])  # fmt: skip
     assert done == [True] * len(keys)
-    for key in (keys[0], keys[157], keys[158], keys[-1]):
+    # On PostgreSQL the statements split after 157 rows (190 parameters a row).
+    for key in (keys[0], keys[156], keys[157], keys[-1]):
         found = ledger.attempts_of(key)
         assert [a.number for a in found] == list(range(6, calls + 1)), key
         assert [a.at for a in found] == [float(n) for n in range(5, calls)], key

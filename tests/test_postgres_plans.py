@@ -1,7 +1,7 @@
 """PostgreSQL's plans for the statements that find a row by its key.
 
-A finish, a release, a defer and a pin name the row by its primary key and check its state.
-The console's index by mapping and state (migration 13) holds the state too, and the planner
+A finish, a release, a defer, a pin and a supersede name the row by its primary key and
+check its state. The console's index by mapping and state (migration 13) holds the state too, and the planner
 took it for ``key AND state = 'in_flight'``: it then walked the entries of every row that had
 passed through that state since the last vacuum, and a 100-event batch's finish took 20 to
 30 ms after a minute of load (the benchmark's PostgreSQL figure fell round after round).
@@ -66,8 +66,8 @@ def test_keyed_updates_find_their_row_by_the_primary_key(
     ledger: PostgresLedger, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every statement that changes a row found by its key (finish with and without Dub's
-    answers, release, defer, pin) reads deliveries through its primary key, never through
-    an index that holds the state."""
+    answers, release, defer, pin, supersede) reads deliveries through its primary key, never
+    through an index that holds the state."""
     sent: list[tuple[str, dict[str, Any]]] = []
     execute = postgres._Connection.execute
 
@@ -85,8 +85,11 @@ def test_keyed_updates_find_their_row_by_the_primary_key(
     ledger.pin("new-1", MAPPINGS[1], {"amount": 2})
     ledger.release("new-1", MAPPINGS[1])
     ledger.defer("new-1", MAPPINGS[0], 5.0)
+    ledger.claim_many([_request("new-2", MAPPINGS[0])])
+    ledger.finish("new-2", MAPPINGS[0], State.REJECTED, calls=1)
+    ledger.supersede("new-2", MAPPINGS[0])
     monkeypatch.undo()
-    assert len(sent) == 5, [s for s, _ in sent]
+    assert len(sent) == 7, [s for s, _ in sent]
 
     with psycopg.connect(pg_url) as conn:
         conn.execute("SET enable_seqscan = off")  # a small table: the choice among indexes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
 import requests
@@ -62,6 +63,9 @@ class DubClient:
         # would otherwise scan the whole environment again on every call.
         self.session.proxies = requests.utils.get_environ_proxies(self.base_url)
         self.session.trust_env = False
+        # No cookie is kept: a call is prepared from the fixed headers alone, so one set by
+        # Dub (or a proxy in front of it) would never be sent back anyway.
+        self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         # No retries here: the delivery loop owns retries, with the budget in view.
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
@@ -127,7 +131,10 @@ class DubClient:
             answer = network_failure(exc)
         else:
             answer = read_answer(
-                response.status_code, response.content, response.headers.get("Retry-After")
+                response.status_code,
+                response.content,
+                response.headers.get("Retry-After"),
+                location=response.headers.get("Location"),
             )
         # Real seconds, whatever clock the caller injects: this is Dub's latency.
         seen = metrics()
@@ -136,11 +143,22 @@ class DubClient:
         return answer
 
 
-def read_answer(status: int, content: bytes, retry_after: str | None = None) -> DubAnswer:
+def read_answer(
+    status: int, content: bytes, retry_after: str | None = None, *, location: str | None = None
+) -> DubAnswer:
     try:
         body = loads(content) if content else None
     except ValueError:
         body = None
+    if 300 <= status < 400:
+        # Not followed (see DubClient.call): say where it pointed, for whoever fixes the URL.
+        where = (location or "no Location")[:200]
+        redirected: dict[str, Any] = {
+            "code": f"http_{status}",
+            "message": f"Dub's API answered a redirect to {where}, which is not followed:"
+            " check DUB_API_URL",
+        }
+        return DubAnswer(status, body, redirected, retry_after)
     error = None if 200 <= status < 300 else _error_envelope(body, content, status)
     return DubAnswer(status, body, error, retry_after)
 

@@ -331,8 +331,9 @@ class Deliveries(Protocol):
         ``ValueError`` for a state no call can end in (see ``outcomes.FINISHED``)."""
 
     def finish_many(self, finishes: Sequence[Finish]) -> list[bool]:
-        """``finish`` for several rows in one statement (a request's outcomes, written once
-        its calls are done): all of them or, raising, none. For each, in order, whether it
+        """``finish`` for several rows (a request's outcomes, written once its calls are
+        done), one statement per few hundred rows, in one transaction: all of them or,
+        raising, none. For each, in order, whether it
         was in flight (a row given twice is finished by its first).
 
         ``ValueError`` for a state no call can end in, before anything is written."""

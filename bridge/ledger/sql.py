@@ -95,6 +95,9 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
     kind = "sql"
     shared_across_processes = True
     greatest = "GREATEST"  # the two-argument maximum: MAX in SQLite
+    # PostgreSQL writes a finish's answers in its statement (finish_rows_keeping); SQLite,
+    # whose statements cannot modify tables in a WITH, in more statements of its transaction.
+    answers_in_finish = False
     real = "DOUBLE PRECISION"  # the type of times (REAL in SQLite)
     readonly = False
     skip_locked = "FOR UPDATE SKIP LOCKED"  # SQLite has one writer: nothing to skip
@@ -234,10 +237,6 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         finish = Finish(message_id, mapping, state, calls, status, error, payload, tainted,
                         not_before, queued, answers)  # fmt: skip
         return self.finish_many([finish])[0]
-
-    # PostgreSQL writes a finish's answers in its statement (finish_rows_keeping); SQLite,
-    # whose statements cannot modify tables in a WITH, in more statements of its transaction.
-    answers_in_finish = False
 
     def _finish_chunks(self, unique: Sequence[Finish]) -> Iterator[Sequence[Finish]]:
         """``unique`` in runs of at most CLAIM_CHUNK rows and, where answers ride along,

@@ -14,6 +14,7 @@ a connection behind, so gunicorn can fork its workers afterwards.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from ..core.errors import BridgeError, ConfigError, MappingFileError
 from ..core.settings import Settings
@@ -39,6 +40,18 @@ class Report:
         return not self.problems
 
 
+def plain_http_warning(url: str) -> str | None:
+    """DUB_API_URL over plain http to a host other than this machine: Dub's API is https, and
+    the bridge follows no redirect (each call would be answered 3xx and rejected)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname in ("localhost", "127.0.0.1", "::1"):
+        return None
+    return (
+        f"DUB_API_URL is plain http ({parts.hostname}): Dub's API is https, and a redirect to"
+        " it is not followed (every call would become a rejected dead letter)"
+    )
+
+
 def check(settings: Settings, *, release: bool = False) -> Report:
     """Every start-up problem, one line each. The master applies pending migrations;
     ``release`` (``bridge check``) changes nothing and is stricter (see above)."""
@@ -48,6 +61,9 @@ def check(settings: Settings, *, release: bool = False) -> Report:
             required(settings)
         except ConfigError as exc:
             report.problems.append(exc.message)
+    plain = plain_http_warning(settings.dub_api_url)
+    if plain is not None:
+        report.warnings.append(plain)
     if settings.unsigned and settings.allow_unsigned:
         report.warnings.append(UNSIGNED_WARNING)
     elif settings.webhook_off:
