@@ -36,3 +36,25 @@ def test_pruning_gives_the_space_back(tmp_path: Path) -> None:
     ledger.maintain()
     assert path.stat().st_size < full / 4, (full, path.stat().st_size)
     ledger.close()
+
+
+def test_writers_of_every_thread_share_one_connection(tmp_path: Path) -> None:
+    """Claims and finishes from many threads are all written, through one connection of the
+    process (not one per thread, each with its own caches)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bridge.ledger.sqlite import SQLiteLedger
+
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    ledger.upgrade()
+
+    def deliver(i: int) -> bool:
+        ledger.claim_many([ClaimRequest(f"m-{i}", "sale", "sale", "Order Completed", None, {})])
+        return ledger.finish(f"m-{i}", "sale", State.DELIVERED, calls=1, status=200)
+
+    opened = len(ledger._connections)  # the writer, and this thread's reader
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(deliver, range(200)))
+    assert len(ledger._connections) == opened
+    assert ledger.counts(cap=1000) == {State.DELIVERED: 200}
+    ledger.close()

@@ -1,7 +1,8 @@
 """The embedded ledger: one SQLite file, safe across threads and the worker processes of a machine.
 
-WAL mode, one connection per thread. Writers of one process queue on a Python lock
-(woken at once) rather than SQLite's busy handler, which sleeps whole
+WAL mode; one connection for the writes of a process, one per thread for reads. Writers
+of one process take turns on that connection through a Python lock (woken at once) rather
+than SQLite's busy handler, which sleeps whole
 milliseconds; waiting for another process is done here, in short steps. Write
 transactions take SQLite's write lock up front (``BEGIN IMMEDIATE``), which is
 also what serialises the shared rate limit and migrations across workers.
@@ -55,33 +56,47 @@ class SQLiteLedger(SQLLedger):
         self.readonly = readonly
         self.background_checkpoints = background_checkpoints
         self._local = threading.local()
+        self._writer: sqlite3.Connection | None = None
+        self._opening = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._write_lock = threading.Lock()
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     # --- connections and the one retry loop --------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self, write: bool = True) -> sqlite3.Connection:
+        """The process's one writing connection (its writers take turns on ``_write_lock``
+        anyway), or this thread's own for reads. One writer, not one per thread: a worker's
+        Dub-call and request threads held a dozen connections, each with its own page and
+        statement caches (25 MB of a worker), and a connection's page cache stays warm only
+        between its own transactions."""
+        if write and not self.readonly:
+            with self._opening:
+                if self._writer is None:
+                    self._writer = self._connect()
+                return self._writer
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            target, uri = (
-                (f"file:{self.path}?mode=ro", True) if self.readonly else (self.path, False)
-            )
-            # timeout=0: waiting for another process is done by _run, in short steps.
-            db = sqlite3.connect(
-                target, uri=uri, timeout=0, isolation_level=None, check_same_thread=False
-            )
-            if not self.readonly:
-                # Incremental vacuum must be chosen before the first table exists.
-                self._attempt(db, lambda d: d.execute("PRAGMA auto_vacuum=INCREMENTAL"))
-                self._attempt(db, lambda d: d.execute("PRAGMA journal_mode=WAL").fetchall())
-                db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
-                # Checkpoints run in maintain() (a background thread), not inside whichever
-                # request happens to commit the 1000th page.
-                auto = 0 if self.background_checkpoints else 1000
-                db.execute(f"PRAGMA wal_autocheckpoint={auto}")
+            db = self._connect()
             self._local.db = db
-            self._connections.append(db)
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        target, uri = (f"file:{self.path}?mode=ro", True) if self.readonly else (self.path, False)
+        # timeout=0: waiting for another process is done by _run, in short steps.
+        db = sqlite3.connect(
+            target, uri=uri, timeout=0, isolation_level=None, check_same_thread=False
+        )
+        if not self.readonly:
+            # Incremental vacuum must be chosen before the first table exists.
+            self._attempt(db, lambda d: d.execute("PRAGMA auto_vacuum=INCREMENTAL"))
+            self._attempt(db, lambda d: d.execute("PRAGMA journal_mode=WAL").fetchall())
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
+            # Checkpoints run in maintain() (a background thread), not inside whichever
+            # request happens to commit the 1000th page.
+            auto = 0 if self.background_checkpoints else 1000
+            db.execute(f"PRAGMA wal_autocheckpoint={auto}")
+        self._connections.append(db)  # list.append is atomic: closed by close()
         return db
 
     def _pauses(self) -> Iterator[None]:
@@ -130,7 +145,7 @@ class SQLiteLedger(SQLLedger):
         """The one boundary where sqlite3's exceptions become ``LedgerError`` (``pipeline``
         means nothing in-process)."""
         try:
-            db = self._db()
+            db = self._db(write)
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger {self.path}: {exc}") from exc
         return self._attempt(db, work, tx=tx, write=write)
@@ -196,4 +211,5 @@ class SQLiteLedger(SQLLedger):
         for db in self._connections:
             db.close()
         self._connections.clear()
+        self._writer = None
         self._local = threading.local()
