@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bridge.core.outcomes import State
 from bridge.core.settings import Settings
@@ -57,4 +60,63 @@ def test_writers_of_every_thread_share_one_connection(tmp_path: Path) -> None:
         assert all(pool.map(deliver, range(200)))
     assert len(ledger._connections) == opened
     assert ledger.counts(cap=1000) == {State.DELIVERED: 200}
+    ledger.close()
+
+
+def _fill(ledger: Any, start: int, count: int) -> None:
+    body = {"metadata": "x" * 2000}  # rows big enough to grow the WAL quickly
+    for i in range(start, start + count):
+        ledger.claim_many([ClaimRequest(f"w-{i}", "sale", "sale", "Order Completed", None, body)])
+        ledger.finish(f"w-{i}", "sale", State.DELIVERED, calls=1, status=200)
+
+
+def test_housekeeping_empties_a_wal_grown_past_its_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the WAL file is past its limit, housekeeping empties it (it never shrank, and grew
+    under steady traffic); below the limit it is left as it is."""
+    from bridge.ledger import sqlite as module
+
+    monkeypatch.setattr(module, "WAL_LIMIT_BYTES", 1024 * 1024)
+    ledger = module.SQLiteLedger(tmp_path / "l.db", background_checkpoints=True)
+    ledger.upgrade()
+    wal = tmp_path / "l.db-wal"
+    _fill(ledger, 0, 2)
+    small = wal.stat().st_size
+    assert 0 < small <= module.WAL_LIMIT_BYTES
+    ledger.maintain()
+    assert wal.stat().st_size == small  # under the limit: copied, not emptied
+    _fill(ledger, 2, 100)
+    assert wal.stat().st_size > module.WAL_LIMIT_BYTES
+    ledger.maintain()
+    assert wal.stat().st_size == 0
+    assert ledger.counts(cap=1000) == {State.DELIVERED: 102}
+    ledger.close()
+
+
+def test_a_reader_in_the_wal_defers_the_emptying_without_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader still using the WAL (another worker's long read) makes housekeeping leave the
+    file for its next turn, after a bounded wait, with no error; the next turn empties it."""
+    import sqlite3
+
+    from bridge.ledger import sqlite as module
+
+    monkeypatch.setattr(module, "WAL_LIMIT_BYTES", 1024 * 1024)
+    monkeypatch.setattr(module, "TRUNCATE_WAIT_MS", 1)
+    ledger = module.SQLiteLedger(tmp_path / "l.db", background_checkpoints=True)
+    ledger.upgrade()
+    _fill(ledger, 0, 2)
+    reader = sqlite3.connect(tmp_path / "l.db", isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM deliveries").fetchone() == (2,)
+    _fill(ledger, 2, 100)
+    wal = tmp_path / "l.db-wal"
+    ledger.maintain()  # the reader holds frames of the WAL: not emptied, no error
+    assert wal.stat().st_size > module.WAL_LIMIT_BYTES
+    reader.execute("COMMIT")
+    reader.close()
+    ledger.maintain()
+    assert wal.stat().st_size == 0
     ledger.close()

@@ -30,6 +30,17 @@ LOCK_WAIT_SECONDS = 10.0
 LOCK_LEASE_SECONDS = 600.0  # a cluster lock left by a killed process frees itself after this
 VACUUM_PAGES = 1000  # pages returned to the file system per step of housekeeping
 VACUUM_CHUNKS = 1000  # steps per pass at most (about 4 GB)
+# The WAL file's size past which housekeeping empties it, and the size SQLite cuts it back to
+# whenever the WAL restarts from its start (journal_size_limit).
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
+TRUNCATE_WAIT_MS = 100
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # no WAL file (yet)
+        return 0
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -92,6 +103,7 @@ class SQLiteLedger(SQLLedger):
             self._attempt(db, lambda d: d.execute("PRAGMA auto_vacuum=INCREMENTAL"))
             self._attempt(db, lambda d: d.execute("PRAGMA journal_mode=WAL").fetchall())
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
+            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             # Checkpoints run in maintain() (a background thread), not inside whichever
             # request happens to commit the 1000th page.
             auto = 0 if self.background_checkpoints else 1000
@@ -191,9 +203,26 @@ class SQLiteLedger(SQLLedger):
         return done
 
     def maintain(self) -> None:
-        """Copy the WAL into the database without blocking writers (PASSIVE)."""
-        if not self.readonly:
-            self._run(lambda db: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        """Copy the WAL into the database without blocking writers (PASSIVE); and, once the
+        WAL file has grown past WAL_LIMIT_BYTES, empty it (TRUNCATE), waiting at most
+        TRUNCATE_WAIT_MS for readers to finish (this process's writers wait on its lock
+        meanwhile, the other workers' retry in short steps). A WAL only restarts from its
+        start when no reader holds it, so under steady traffic the file kept growing: 537 MB
+        beside a 214 MB database after 70 s of the benchmark's batches, and it never shrank."""
+        if self.readonly:
+            return
+
+        def checkpoint(db: Any) -> None:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            if _size(self.path + "-wal") <= WAL_LIMIT_BYTES:
+                return
+            db.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # busy: next tick
+            finally:
+                db.execute("PRAGMA busy_timeout=0")
+
+        self._run(checkpoint)
 
     def upgrade(self) -> list[Migration]:
         applied = super().upgrade()
