@@ -529,6 +529,30 @@ def test_dub_source_skips_are_counted_in_the_replay_summary(tmp_path: Path) -> N
     assert "          3  order-sale: sent by Dub's own Segment source" in done.stderr.splitlines()
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_replay_dry_run_reads_accept_dub_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: str
+) -> None:
+    """`bridge replay --dry-run` plans Dub's own Segment source as the webhook would: skipped
+    by default, planned with BRIDGE_ACCEPT_DUB_SOURCE=1, in this process and in its workers."""
+    from bridge.cli import replay_jobs
+    from bridge.reader import lines
+
+    # Small blocks and chunks: the events go to workers as well as to this process.
+    monkeypatch.setattr(lines, "BLOCK", 1_000)
+    monkeypatch.setattr(replay_jobs, "CHUNK_BYTES", 2_000)
+    events = tmp_path / "dub-source.ndjson"
+    events.write_text(
+        "\n".join(json.dumps(from_dub(sale_event(f"echo{i}"))) for i in range(12)) + "\n"
+    )
+    for accept, outcome in (("0", "skipped"), ("1", "dry_run")):
+        done = run("replay", "--dry-run", "--jobs", jobs, str(events),
+                   env={"BRIDGE_ACCEPT_DUB_SOURCE": accept})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        lines = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [line["outcome"] for line in lines] == [outcome] * 12, accept
+
+
 def test_refund_right_after_its_sale_waits_for_dubs_commission(
     fake_dub: FakeDub, lbridge: Callable[..., Bridge]
 ) -> None:

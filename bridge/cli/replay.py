@@ -93,7 +93,8 @@ def replay(
     records = (record for path in files for record in read_records(path))
     try:
         if dry_run_mode:
-            dry_run(engine, records, jobs or cores(), config.mappings_dir, emit)
+            dry_run(engine, records, jobs or cores(), config.mappings_dir, emit,
+                    accept_dub_source=config.accept_dub_source)  # fmt: skip
         else:
             if jobs is not None and jobs > 1:
                 click.echo(SEND_IN_ONE, err=True)

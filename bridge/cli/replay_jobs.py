@@ -54,10 +54,11 @@ class WorkerFailed(BridgeError):
     code = "worker_failed"
 
 
-def plan_chunk(engine: Engine, records: list[Record]) -> Done:
-    """Parse, plan and serialize one chunk, as a dry run: nothing is sent."""
+def plan_chunk(engine: Engine, records: list[Record], accept_dub_source: bool = False) -> Done:
+    """Parse, plan and serialize one chunk, as a dry run: nothing is sent.
+    ``accept_dub_source``: BRIDGE_ACCEPT_DUB_SOURCE, as the webhook and ``--send`` read it."""
     items = [item for record in records for item in decode(record)]
-    planned, _ = plan_all(engine, items)
+    planned, _ = plan_all(engine, items, accept_dub_source=accept_dub_source)
     results = [_dry(result) for result in planned]
     lines = [dumps(result.to_line()) for result in results]
     lines.append(b"")
@@ -94,6 +95,8 @@ def dry_run(
     jobs: int,
     mappings_dir: Path,
     emit: Callable[[Done], None],
+    *,
+    accept_dub_source: bool = False,
 ) -> None:
     """Plan every record; ``emit`` gets each chunk's result in input order."""
     pieces = chunks(records, CHUNK_BYTES)
@@ -101,9 +104,9 @@ def dry_run(
         if isinstance(piece, Wait):
             continue
         # The first chunk is planned here: an input of one chunk never starts a worker.
-        emit(plan_chunk(engine, piece))
+        emit(plan_chunk(engine, piece, accept_dub_source))
         if jobs > 1:
-            _on_workers(engine, pieces, jobs, mappings_dir, emit)
+            _on_workers(engine, pieces, jobs, mappings_dir, emit, accept_dub_source)
             return
 
 
@@ -113,6 +116,7 @@ def _on_workers(
     jobs: int,
     mappings_dir: Path,
     emit: Callable[[Done], None],
+    accept_dub_source: bool,
 ) -> None:
     global _engine
     _engine = engine  # a forked worker inherits it; a spawned one loads the mappings
@@ -130,7 +134,7 @@ def _on_workers(
                 continue
             if len(pending) >= jobs * IN_FLIGHT_PER_JOB:
                 emit(_result(pending.popleft()))
-            pending.append(pool.submit(_work, piece))
+            pending.append(pool.submit(_work, piece, accept_dub_source))
         while pending:
             emit(_result(pending.popleft()))
     finally:
@@ -166,6 +170,6 @@ def _start(mappings_dir: str) -> None:
         _engine = load_directory(Path(mappings_dir)).engine
 
 
-def _work(records: list[Record]) -> Done:
+def _work(records: list[Record], accept_dub_source: bool) -> Done:
     assert _engine is not None, "the worker's initializer builds the engine"
-    return plan_chunk(_engine, records)
+    return plan_chunk(_engine, records, accept_dub_source)
