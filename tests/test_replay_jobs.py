@@ -95,11 +95,11 @@ def test_replay_prints_what_the_whole_file_reading_printed(tmp_path: Path, engin
     assert done.stdout == "".join(expected_lines(engine, path) for path in paths)
 
 
-def _die(records: Any) -> Any:
+def _die(records: Any, accept_dub_source: bool) -> Any:
     os._exit(9)  # as the kernel's OOM killer would end it: no exception, no goodbye
 
 
-def _fail(records: Any) -> Any:
+def _fail(records: Any, accept_dub_source: bool) -> Any:
     raise ValueError("no good")
 
 
