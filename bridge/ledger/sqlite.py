@@ -82,10 +82,13 @@ class SQLiteLedger(SQLLedger):
         statement caches (25 MB of a worker), and a connection's page cache stays warm only
         between its own transactions."""
         if write and not self.readonly:
-            with self._opening:
-                if self._writer is None:
-                    self._writer = self._connect()
-                return self._writer
+            writer = self._writer
+            if writer is None:  # the first write of the process: opened once, under the lock
+                with self._opening:
+                    if self._writer is None:
+                        self._writer = self._connect()
+                    writer = self._writer
+            return writer
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = self._connect()

@@ -229,27 +229,14 @@ ON CONFLICT (key, second) DO UPDATE SET taken = rate_buckets.taken + excluded.ta
 # Dub's answers to a row's calls, kept with its finish: numbered on from the row's calls
 # before, the last KEPT_ATTEMPTS of the row kept.
 ATTEMPT_COLUMNS = ("number", "at", "method", "path", "status", "answer", "retry_after")
-_ATTEMPT_ROW = (
-    "(CAST(:number AS INTEGER), CAST(:at AS {real}), CAST(:method AS TEXT), CAST(:path AS TEXT),"
-    " CAST(:status AS INTEGER), CAST(:answer AS TEXT), CAST(:retry_after AS {real}))"
+_INTO_ATTEMPTS = f"INSERT INTO dub_attempts (message_id, mapping, {', '.join(ATTEMPT_COLUMNS)})"
+_ON_CONFLICT = "ON CONFLICT (message_id, mapping, number) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in ATTEMPT_COLUMNS[1:]
 )
-_KEEP_ATTEMPTS = """
-INSERT INTO dub_attempts (message_id, mapping, number, at, method, path, status, answer,
-                          retry_after)
-SELECT :message_id, :mapping, {number}, v.at, v.method, v.path, v.status, v.answer,
-       v.retry_after
-FROM {source}(VALUES {rows}) AS v (number, at, method, path, status, answer, retry_after)
-ON CONFLICT (message_id, mapping, number) DO UPDATE SET at = excluded.at,
-    method = excluded.method, path = excluded.path, status = excluded.status,
-    answer = excluded.answer, retry_after = excluded.retry_after
-"""
 DROP_OLD_ATTEMPTS = """
 DELETE FROM dub_attempts WHERE message_id = :message_id AND mapping = :mapping
   AND number <= :oldest_gone
 """
-
-
-_ON_CONFLICT = _KEEP_ATTEMPTS[_KEEP_ATTEMPTS.index("ON CONFLICT") :].strip()
 
 
 @lru_cache(maxsize=64)
@@ -257,17 +244,14 @@ def keep_attempts(count: int) -> str:
     """Insert ``count`` answers of a row, numbered as given (``:number_i``)."""
     template = "(:message_id, :mapping, " + ", ".join(f":{c}" for c in ATTEMPT_COLUMNS) + ")"
     rows = _values(count, ATTEMPT_COLUMNS, template)
-    return (
-        "INSERT INTO dub_attempts (message_id, mapping, " + ", ".join(ATTEMPT_COLUMNS) + ")\n"
-        f"VALUES {rows}\n{_ON_CONFLICT}"
-    )
+    return f"{_INTO_ATTEMPTS}\nVALUES {rows}\n{_ON_CONFLICT}"
 
 
 # One answer of a finish_rows_keeping statement: its row's key, and how many calls of that
 # row came after it (0 for the last), so its number follows from the row's calls. Named
 # apart from FINISHED_COLUMNS: both are parameters of one statement.
-ANSWER_COLUMNS = ("a_message_id", "a_mapping", "a_back", "a_at", "a_method", "a_path",
-                  "a_status", "a_answer", "a_retry_after")  # fmt: skip
+ANSWER_COLUMNS = ("a_message_id", "a_mapping", "a_back",
+                  *(f"a_{c}" for c in ATTEMPT_COLUMNS[1:]))  # fmt: skip
 _ANSWER_ROW = (
     "(CAST(:a_message_id AS TEXT), CAST(:a_mapping AS TEXT), CAST(:a_back AS INTEGER),"
     " CAST(:a_at AS DOUBLE PRECISION), CAST(:a_method AS TEXT), CAST(:a_path AS TEXT),"
@@ -289,10 +273,9 @@ WITH {_finished(count, "DOUBLE PRECISION")},
 done AS ({update}),
 a ({", ".join(ANSWER_COLUMNS)}) AS (VALUES {rows}),
 kept AS (
-    INSERT INTO dub_attempts (message_id, mapping, number, at, method, path, status, answer,
-                              retry_after)
-    SELECT a.a_message_id, a.a_mapping, done.attempts - a.a_back, a.a_at, a.a_method,
-           a.a_path, a.a_status, a.a_answer, a.a_retry_after
+    {_INTO_ATTEMPTS}
+    SELECT a.a_message_id, a.a_mapping, done.attempts - a.a_back,
+           {", ".join(f"a.a_{c}" for c in ATTEMPT_COLUMNS[1:])}
     FROM a JOIN done ON done.message_id = a.a_message_id AND done.mapping = a.a_mapping
     {_ON_CONFLICT}),
 dropped AS (
