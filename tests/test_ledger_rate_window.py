@@ -64,6 +64,21 @@ def test_a_busy_window_counts_the_last_seconds(make_ledger: MakeLedger, clock: M
     assert ledger.take_slots("k", 10_000, 10_000)[0] == 10_000 - 40 * counting
 
 
+def test_slots_beyond_the_first_leave_the_spare_free(
+    make_ledger: MakeLedger, clock: ManualClock
+) -> None:
+    """A take with ``spare`` gets, beyond its first slot, only what leaves ``spare`` of the
+    minute free: all it wants while the window has room, one at a time once it has not,
+    none once the minute is used (with the wait, as always)."""
+    first, second = make_ledger(), make_ledger()
+    assert first.take_slots("k", 10, 3, spare=5)[:2] == (3, 0.0)  # 10 free: 3 of 5 spare
+    assert second.take_slots("k", 10, 4, spare=5)[:2] == (2, 0.0)  # 7 free: 2 past spare
+    assert first.take_slots("k", 10, 4, spare=5)[:2] == (1, 0.0)  # 5 free: the first only
+    assert second.take_slots("k", 10, 9, spare=0)[:2] == (4, 0.0)  # no spare: what is left
+    granted, wait = first.take_slots("k", 10, 2, spare=5)[:2]
+    assert granted == 0 and wait == pytest.approx(COUNTED_FOR)
+
+
 def test_a_pause_stops_every_handle(make_ledger: MakeLedger, clock: ManualClock) -> None:
     """Dub's 429 pauses the key for every process until the time it said, never less."""
     first, second = make_ledger(), make_ledger()

@@ -19,7 +19,7 @@ from bridge.core.errors import LedgerError, SettingsError
 from bridge.core.inputs import Item
 from bridge.core.settings import Settings
 from bridge.delivery.deliverer import Deliverer
-from bridge.delivery.ratelimit import SharedWindow
+from bridge.delivery.ratelimit import LEASE_MOST, SharedWindow
 from bridge.delivery.retry import RetryPolicy
 from bridge.dub.client import DubAnswer, DubClient, Failure
 from bridge.ledger.base import USE_WITHIN
@@ -66,6 +66,19 @@ def counted(ledger: MemoryLedger) -> int:
     slots = ledger.take_slots(KEY, huge, huge)
     MemoryLedger.give_back_slots(ledger, KEY, slots.second, slots.granted)  # even if patched
     return huge - slots.granted
+
+
+def takes_of(ledger: MemoryLedger, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ``count`` of every take_slots transaction from now on."""
+    seen: list[int] = []
+    real = ledger.take_slots
+
+    def spy(key: str, per_minute: int, count: int, **kw: Any) -> Any:
+        seen.append(count)
+        return real(key, per_minute, count, **kw)
+
+    monkeypatch.setattr(ledger, "take_slots", spy)
+    return seen
 
 
 def send(deliverer: Deliverer, engine: Engine, events: list[Any]) -> Any:
@@ -210,14 +223,7 @@ def test_a_requests_calls_take_their_slots_at_once(
     dub.post(f"{DUB}/track/sale", json=sale_ok())
     events = [order(f"m-{i}") | {"userId": f"u{i}"} for i in range(5)]
     send(deliverer, engine, events[:1])
-    takes: list[int] = []
-    real = ledger.take_slots
-
-    def spy(key: str, per_minute: int, count: int, **kw: Any) -> Any:
-        takes.append(count)
-        return real(key, per_minute, count, **kw)
-
-    monkeypatch.setattr(ledger, "take_slots", spy)
+    takes = takes_of(ledger, monkeypatch)
     results = send(deliverer, engine, events)
     assert [r.outcome for r in results] == ["duplicate"] + ["delivered"] * 4
     assert takes == [4]  # the duplicate was refused its claim: no slot for it
@@ -260,4 +266,115 @@ def test_a_429_gives_the_reserved_slots_back(
     results = send(deliverer, engine, events)
     assert [r.outcome for r in results] == ["delivered"] * 3
     assert len(dub.calls) == 4
+    deliverer.limiter.drop_lease()  # what its last calls took ahead, as when it stops
     assert counted(ledger) == 4  # the calls made, the 429 included; none reserved in vain
+
+
+def test_a_busy_worker_takes_its_slots_ahead_in_few_transactions(
+    ledger: MemoryLedger, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker making calls one after another takes its slots a few at once (as many as it
+    was handed in the last USE_WITHIN, at most LEASE_MOST): 200 calls in two seconds take
+    about a dozen transactions, not 200, and the window counts the calls made and no more
+    once the worker gives back what it took ahead."""
+    window = SharedWindow(ledger, KEY, 100_000, clock=clock)
+    takes = takes_of(ledger, monkeypatch)
+    for _ in range(200):
+        assert window.acquire(clock.monotonic()).granted
+        clock.advance(0.01)
+    assert len(takes) <= 15 and max(takes) == LEASE_MOST
+    window.drop_lease()
+    assert counted(ledger) == 200
+
+
+def test_past_half_the_window_every_slot_is_taken_on_its_own(
+    ledger: MemoryLedger, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once half the minute's calls are used, no worker takes slots ahead: each call takes
+    its own, so near the limit no slot sits with one worker while another waits."""
+    window = SharedWindow(ledger, KEY, 40, clock=clock)
+    other = SharedWindow(ledger, KEY, 40, clock=clock)
+    for _ in range(20):
+        assert window.acquire(clock.monotonic()).granted
+    window.drop_lease()
+    assert counted(ledger) == 20
+    takes = takes_of(ledger, monkeypatch)
+    granted = [window.acquire(clock.monotonic()).granted for _ in range(10)]
+    assert granted == [True] * 10 and counted(ledger) == 30  # nothing held aside
+    assert [other.acquire(clock.monotonic()).granted for _ in range(11)] == [True] * 10 + [False]
+    assert all(count >= 1 for count in takes) and counted(ledger) == 40
+
+
+def test_a_lease_too_old_for_a_call_goes_back_to_the_window(
+    ledger: MemoryLedger, clock: ManualClock
+) -> None:
+    """Slots taken ahead serve only calls made within USE_WITHIN of their taking: past
+    that, the next call takes its own, and what the old lease held is given back."""
+    window = SharedWindow(ledger, KEY, 1_000, clock=clock)
+    for _ in range(5):
+        window.acquire(clock.monotonic())
+    assert counted(ledger) > 5  # some were taken ahead
+    clock.advance(USE_WITHIN + 0.01)
+    assert window.acquire(clock.monotonic()).granted
+    assert counted(ledger) == 6  # the five made, and this one
+    window.drop_lease()
+    assert counted(ledger) == 6
+
+
+def test_a_429_and_a_stop_give_the_lease_back(
+    deliverer: Deliverer, ledger: MemoryLedger, clock: ManualClock
+) -> None:
+    """Dub's 429 pauses every worker and gives back what this one took ahead (Dub's window
+    is full, whatever the bridge's says); a worker that stops gives its lease back too."""
+    window = deliverer.limiter
+    assert isinstance(window, SharedWindow)
+    for _ in range(5):
+        window.acquire(clock.monotonic())
+    assert counted(ledger) > 5  # some were taken ahead
+    window.pause(0.5)
+    clock.advance(0.5)  # counted() takes slots: not while paused
+    assert counted(ledger) == 5
+    for _ in range(6):
+        window.acquire(clock.monotonic())
+    assert counted(ledger) > 11
+    deliverer.close()
+    assert counted(ledger) == 11
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            # time passing first: within a lease's life, or to the window's edges
+            st.floats(min_value=0, max_value=3, allow_nan=False)
+            | st.sampled_from([30.0, 58.5, 59.5, 60.5, 61.5]),
+            st.integers(min_value=1, max_value=8),  # calls wanted at once
+            st.booleans(),  # the last of them is not made (its slot given back)
+            st.booleans(),  # then Dub answers 429: a pause of a second
+        ),
+        max_size=80,
+    ),
+    per_minute=st.integers(min_value=1, max_value=60),
+    workers=st.integers(min_value=1, max_value=3),
+)
+def test_no_sequence_of_leased_calls_exceeds_the_minute(
+    steps: list[tuple[float, int, bool, bool]], per_minute: int, workers: int
+) -> None:
+    """Whatever the calls, waits, give-backs and 429s of several workers taking slots ahead,
+    the calls made in any 60 s never exceed the minute's limit."""
+    clock = ManualClock(start=1_800_000_000.0)
+    ledger = MemoryLedger(clock=clock)
+    windows = [SharedWindow(ledger, KEY, per_minute, clock=clock) for _ in range(workers)]
+    made: list[float] = []
+    for n, (wait, wanted, unused, told_429) in enumerate(steps):
+        clock.advance(wait)
+        window = windows[n % workers]
+        grants = [window.acquire(clock.monotonic()) for _ in range(wanted)]
+        granted = [g for g in grants if g.granted]
+        if unused and granted:
+            window.give_back(granted.pop())
+        made.extend([clock.time()] * len(granted))
+        recent = [at for at in made if at > clock.time() - 60]
+        assert len(recent) <= per_minute
+        if told_429:
+            window.pause(1.0)

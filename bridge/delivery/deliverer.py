@@ -205,6 +205,7 @@ class Deliverer:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self.limiter.drop_lease()  # before the ledger closes: the next worker may use them
         self.client.close()
 
     def deliver(

@@ -4,8 +4,10 @@
 instance together stay under Dub's limit, and a 429 pauses them all; ``SlidingWindow``
 is one process's own window, used only without a ledger (benchmarks).
 
-Only calls made count. A slot is taken for one call, right before it is sent; a slot whose
-call never left (no connection to Dub could be opened) is given back. A call Dub answered
+Only calls made count. A slot is taken for one call, right before it is sent (or, while the
+window is less than half used, a few at once for the calls a worker is about to make: see
+``SharedWindow``); a slot whose call never left (no connection to Dub could be opened) is
+given back. A call Dub answered
 429 keeps its slot: Dub saw it, its documentation does not say whether its window counts
 a refused request, and counting it costs at most the calls in flight when the 429 pauses
 every instance, while not counting it could put the bridge over the limit.
@@ -26,6 +28,8 @@ from ..dub.client import DubAnswer, Failure
 from ..ledger.base import USE_WITHIN, RateWindow
 
 WINDOW = 60.0
+# The most slots a worker takes ahead of its calls (SharedWindow's lease).
+LEASE_MOST = 32
 log = logging.getLogger("bridge.delivery")
 
 
@@ -99,6 +103,9 @@ class RateLimiter(Protocol):
     def release(self, reserved: Reserved) -> None:
         """Give back the reserved slots no call took."""
 
+    def drop_lease(self) -> None:
+        """Give back the slots taken ahead of calls and not used (the worker stops)."""
+
 
 class SlidingWindow:
     """Within one process: at most ``per_minute`` slots in any ``window`` seconds."""
@@ -147,15 +154,24 @@ class SlidingWindow:
     def release(self, reserved: Reserved) -> None:
         return None
 
+    def drop_lease(self) -> None:
+        return None  # none is taken ahead
+
 
 class SharedWindow:
     """Every process's calls with one API key, counted in the ledger's database.
 
     One slot per call, taken in one short transaction right before the call, or, for a
-    request's calls, all at once right before the first (``reserve``): nothing is kept aside
-    longer than USE_WITHIN, what no call used is given back, and an idle worker holds
-    nothing the others need. ``per_second``: the most calls in any one second of
-    the clock, when Dub's plan states such an allowance (None: the minute alone).
+    request's calls, all at once right before the first (``reserve``). While fewer than
+    half of the minute's calls are used, a transaction takes as many slots as this worker
+    was handed in the last USE_WITHIN (at most LEASE_MOST), and its next calls use them (the
+    lease): a worker busy with single-event requests takes its slots a transaction per
+    dozens of calls, not per call, and its calls stop queueing on the key's lock. Past
+    half, every slot is taken on its own again, so no worker holds slots another needs
+    near the limit. Nothing is kept aside longer than USE_WITHIN, and what no call used is
+    given back (when the worker next takes slots, or a 429 pauses it). ``per_second``: the
+    most calls in any one second of the clock, when Dub's plan states such an allowance
+    (None: the minute alone; then no lease, as for ``reserve``).
     """
 
     def __init__(
@@ -172,16 +188,78 @@ class SharedWindow:
         self.per_minute = max(1, per_minute)
         self.per_second = per_second
         self.clock = clock
+        self._lease: Reserved | None = None
+        self._handed: deque[float] = deque()  # when this worker's recent slots were handed out
+        self._leasing = threading.Lock()
 
     def acquire(self, deadline: float) -> Grant:
+        leased = self._from_lease()
+        if leased is not None:
+            return leased
         while True:
-            slots = self.ledger.take_slots(self.key, self.per_minute, 1, per_second=self.per_second)
+            want = self._ahead()
+            slots = self.ledger.take_slots(
+                self.key, self.per_minute, want, per_second=self.per_second,
+                spare=self.per_minute // 2,
+            )  # fmt: skip
             if slots.granted:
+                now = self.clock.monotonic()
+                self._handed_out(now)
+                if slots.granted > 1:
+                    self._keep(Reserved(slots.second, slots.granted - 1, now))
                 return Grant(counted_at=slots.second)
             metrics().rate_limit_waits.inc()
             if self.clock.monotonic() + slots.wait > deadline:
                 return Grant(wait=slots.wait)
             self.clock.sleep(slots.wait)
+
+    def _from_lease(self) -> Grant | None:
+        """A slot of the lease, for a call made now; a lease used up or too old is dropped
+        (and what it holds given back)."""
+        if self.per_second is not None:
+            return None
+        now = self.clock.monotonic()
+        with self._leasing:
+            lease = self._lease
+            if lease is None:
+                return None
+            grant = lease.take(now)
+            if grant is not None:
+                self._handed.append(now)
+                return grant
+            self._lease = None
+        self.release(lease)
+        return None
+
+    def _ahead(self) -> int:
+        """How many slots to take now: one, or, without a per-second allowance, as many
+        as this worker was handed in the last USE_WITHIN (the calls it is likely to make
+        within the lease's life), at most LEASE_MOST."""
+        if self.per_second is not None:
+            return 1
+        edge = self.clock.monotonic() - USE_WITHIN
+        with self._leasing:
+            while self._handed and self._handed[0] < edge:
+                self._handed.popleft()
+            return max(1, min(LEASE_MOST, len(self._handed)))
+
+    def _handed_out(self, now: float) -> None:
+        with self._leasing:
+            self._handed.append(now)
+
+    def _keep(self, lease: Reserved) -> None:
+        """``lease`` serves the next calls; the one it replaces gives back what it holds."""
+        with self._leasing:
+            old, self._lease = self._lease, lease
+        if old is not None:
+            self.release(old)
+
+    def drop_lease(self) -> None:
+        """Give back the slots taken ahead and not used (a 429, or the worker stopping)."""
+        with self._leasing:
+            old, self._lease = self._lease, None
+        if old is not None:
+            self.release(old)
 
     def after_call(self, grant: Grant, answer: DubAnswer) -> None:
         if never_sent(answer):
@@ -197,6 +275,7 @@ class SharedWindow:
 
     def pause(self, seconds: float) -> None:
         self.ledger.pause(self.key, self.clock.time() + seconds)
+        self.drop_lease()  # Dub's window is full, whatever this one says
 
     def reserve(self, count: int) -> Reserved | None:
         """A request's slots in one transaction instead of one each (a round trip each, on

@@ -45,16 +45,18 @@ def room(
     used: int,
     oldest: int | None,
     this_second: int,
+    spare: int = 0,
 ) -> tuple[int, float]:
     """The one rule of the shared window, for every backend: of ``count`` slots wanted
     ``now``, with ``used`` counting (the oldest in second ``oldest``) and ``this_second``
-    of them taken in this second, how many may be taken; when none, how long until one
-    may (the oldest second leaves the window, or the next second starts)."""
+    of them taken in this second, how many may be taken (beyond the first, only while
+    ``spare`` stay free); when none, how long until one may (the oldest second leaves the
+    window, or the next second starts)."""
     free = per_minute - used
     if per_second is not None:
         free = min(free, per_second - this_second)
     if free > 0:
-        return min(count, free), 0.0
+        return min(count, max(1, free - spare)), 0.0
     waits = [0.001]  # never a busy loop, whatever the clock says
     if used >= per_minute and oldest is not None:
         waits.append(oldest + COUNTED_FOR - now)
@@ -429,10 +431,12 @@ class RateWindow(Protocol):
     """Dub's per-key rate limit, one window shared by every process and instance."""
 
     def take_slots(
-        self, key: str, per_minute: int, count: int, *, per_second: int | None = None
-    ) -> Slots:
+        self, key: str, per_minute: int, count: int, *, per_second: int | None = None,
+        spare: int = 0,
+    ) -> Slots:  # fmt: skip
         """Take up to ``count`` calls of ``key``'s sliding window, shared by every process,
-        and at most ``per_second`` in this second of the clock, when given. A slot counts
+        and at most ``per_second`` in this second of the clock, when given; beyond the
+        first, only as many as leave ``spare`` of them free (``room``). A slot counts
         for ``HELD_SECONDS`` at least (a minute, and the time its call may take to reach
         Dub): its whole second counts ``COUNTED_FOR``."""
 

@@ -468,8 +468,9 @@ class MemoryLedger:
                     self._locks.discard(name)
 
     def take_slots(
-        self, key: str, per_minute: int, count: int, *, per_second: int | None = None
-    ) -> Slots:
+        self, key: str, per_minute: int, count: int, *, per_second: int | None = None,
+        spare: int = 0,
+    ) -> Slots:  # fmt: skip
         now = self.clock.time()
         second = math.floor(now)
         with self._lock:
@@ -480,7 +481,9 @@ class MemoryLedger:
                 del seconds[old]
             used, oldest = sum(seconds.values()), min(seconds, default=None)
             this_second = seconds.get(second, 0)
-            granted, wait = room(now, count, per_minute, per_second, used, oldest, this_second)
+            granted, wait = room(
+                now, count, per_minute, per_second, used, oldest, this_second, spare
+            )
             if granted:
                 seconds[second] = seconds.get(second, 0) + granted
             return Slots(granted, wait, second)

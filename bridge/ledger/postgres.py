@@ -64,17 +64,22 @@ WITH counted AS (
            COALESCE(SUM(taken), 0) AS used, MIN(second) AS oldest,
            COALESCE(SUM(CASE WHEN second = :second THEN taken ELSE 0 END), 0) AS this_second
     FROM rate_buckets WHERE key = :key AND taken > 0 AND second > :edge
-), granted AS (
-    SELECT LEAST(:count, :per_minute - used,
-                 COALESCE(:per_second - this_second, :count)) AS n
+), free AS (
+    SELECT LEAST(:per_minute - used, COALESCE(:per_second - this_second, :per_minute - used))
+           AS free
     FROM counted WHERE paused IS NULL OR paused <= :now
+), granted AS (
+    SELECT CASE WHEN free > 0 THEN LEAST(:count, GREATEST(1, free - :spare)) ELSE 0 END AS n
+    FROM free
 ), taken AS (
     INSERT INTO rate_buckets (key, second, taken)
     SELECT :key, :second, n FROM granted WHERE n > 0
     ON CONFLICT (key, second) DO UPDATE SET taken = rate_buckets.taken + excluded.taken
     RETURNING 1
 )
-SELECT paused, used, oldest, this_second, (SELECT COUNT(*) FROM taken) FROM counted
+SELECT paused, used, oldest, this_second,
+       CASE WHEN EXISTS (SELECT 1 FROM taken) THEN (SELECT n FROM granted) ELSE 0 END
+FROM counted
 """
 
 
@@ -245,15 +250,16 @@ class PostgresLedger(SQLLedger):
         return bool(db.execute(sql, {"name": name}).fetchone()[0])
 
     def take_slots(
-        self, key: str, per_minute: int, count: int, *, per_second: int | None = None
-    ) -> Slots:
+        self, key: str, per_minute: int, count: int, *, per_second: int | None = None,
+        spare: int = 0,
+    ) -> Slots:  # fmt: skip
         """The shared window in one round trip: the key's lock, the read and the insert
         pipelined in one transaction."""
         now = self.clock.time()
         second = math.floor(now)
         args = {
             "key": key, "second": second, "edge": now - COUNTED_FOR, "now": now,
-            "count": count, "per_minute": per_minute, "per_second": per_second,
+            "count": count, "per_minute": per_minute, "per_second": per_second, "spare": spare,
         }  # fmt: skip
         lock = ("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", {"key": key})
         # The commit does not wait for the disk: the key's lock, which every slot of every
@@ -264,8 +270,8 @@ class PostgresLedger(SQLLedger):
         paused, used, oldest, this_second, inserted = row
         if paused is not None and paused > now:
             return Slots(0, float(paused - now), second)
-        granted, wait = room(now, count, per_minute, per_second, used, oldest, this_second)
-        if bool(granted) != bool(inserted):  # pragma: no cover (the two rules are one)
+        granted, wait = room(now, count, per_minute, per_second, used, oldest, this_second, spare)
+        if granted != inserted:  # pragma: no cover (the two rules are one)
             raise AssertionError(f"the window's statement and room() disagree: {row}")
         return Slots(granted, wait, second)
 

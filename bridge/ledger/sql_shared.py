@@ -31,8 +31,9 @@ class SharedSQL:
         """Make the rate-limit transaction on ``key`` the only one at a time."""
 
     def take_slots(
-        self, key: str, per_minute: int, count: int, *, per_second: int | None = None
-    ) -> Slots:
+        self, key: str, per_minute: int, count: int, *, per_second: int | None = None,
+        spare: int = 0,
+    ) -> Slots:  # fmt: skip
         now = self.clock.time()
         second = math.floor(now)
 
@@ -51,7 +52,9 @@ class SharedSQL:
             ).fetchone()
             if paused is not None and paused > now:
                 return Slots(0, float(paused - now), second)
-            granted, wait = room(now, count, per_minute, per_second, used, oldest, this_second)
+            granted, wait = room(
+                now, count, per_minute, per_second, used, oldest, this_second, spare
+            )
             if granted:
                 db.execute(TAKE_SLOTS, args | {"taken": granted})
             return Slots(granted, wait, second)
