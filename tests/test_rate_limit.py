@@ -22,7 +22,7 @@ from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.ratelimit import LEASE_MOST, SharedWindow
 from bridge.delivery.retry import RetryPolicy
 from bridge.dub.client import DubAnswer, DubClient, Failure
-from bridge.ledger.base import USE_WITHIN
+from bridge.ledger.base import HELD_SECONDS, USE_WITHIN
 from bridge.ledger.memory import MemoryLedger
 from bridge.mapping.batch import plan_all
 from bridge.mapping.engine import Engine
@@ -76,6 +76,20 @@ def takes_of(ledger: MemoryLedger, monkeypatch: pytest.MonkeyPatch) -> list[int]
     def spy(key: str, per_minute: int, count: int, **kw: Any) -> Any:
         seen.append(count)
         return real(key, per_minute, count, **kw)
+
+    monkeypatch.setattr(ledger, "take_slots", spy)
+    return seen
+
+
+def granted_of(ledger: MemoryLedger, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The slots every take_slots transaction granted from now on."""
+    seen: list[int] = []
+    real = ledger.take_slots
+
+    def spy(key: str, per_minute: int, count: int, **kw: Any) -> Any:
+        slots = real(key, per_minute, count, **kw)
+        seen.append(slots.granted)
+        return slots
 
     monkeypatch.setattr(ledger, "take_slots", spy)
     return seen
@@ -234,17 +248,21 @@ def test_a_requests_calls_take_their_slots_at_once(
 def test_reserved_slots_serve_calls_made_soon_and_the_rest_go_back(
     ledger: MemoryLedger, clock: ManualClock
 ) -> None:
-    """Slots reserved at once go each to one call made within USE_WITHIN of the reservation;
-    later calls take their own, and what no call used is given back to the window."""
+    """Slots reserved at once go each to one call made within the second they count in
+    (so the call reaches Dub while they still count a minute); later calls take their own,
+    and what no call used is given back to the window."""
+    clock.advance(0.5)  # mid-second
     window = SharedWindow(ledger, KEY, 10, clock=clock)
     reserved = window.reserve(4)
     assert reserved is not None and counted(ledger) == 4
-    assert reserved.take(clock.monotonic()) is not None
-    clock.advance(USE_WITHIN + 0.01)
-    assert reserved.take(clock.monotonic()) is None  # too old for a call made now
+    assert reserved.take(clock.time()) is not None
+    clock.advance(0.49)
+    assert reserved.take(clock.time()) is not None  # the same second
+    clock.advance(0.02)
+    assert reserved.take(clock.time()) is None  # their second is over: not for a call now
     window.release(reserved)
-    assert counted(ledger) == 1
-    assert reserved.take(clock.monotonic()) is None  # nothing is handed out after release
+    assert counted(ledger) == 2
+    assert reserved.take(clock.time()) is None  # nothing is handed out after release
     assert window.reserve(1) is None  # one call takes its own, as always
     assert SharedWindow(ledger, KEY, 10, per_second=5, clock=clock).reserve(3) is None
 
@@ -298,11 +316,13 @@ def test_past_half_the_window_every_slot_is_taken_on_its_own(
         assert window.acquire(clock.monotonic()).granted
     window.drop_lease()
     assert counted(ledger) == 20
-    takes = takes_of(ledger, monkeypatch)
+    grants = granted_of(ledger, monkeypatch)
     granted = [window.acquire(clock.monotonic()).granted for _ in range(10)]
+    assert grants == [1] * 10  # each take one slot, though the worker is busy
+    monkeypatch.undo()
     assert granted == [True] * 10 and counted(ledger) == 30  # nothing held aside
     assert [other.acquire(clock.monotonic()).granted for _ in range(11)] == [True] * 10 + [False]
-    assert all(count >= 1 for count in takes) and counted(ledger) == 40
+    assert counted(ledger) == 40
 
 
 def test_a_lease_too_old_for_a_call_goes_back_to_the_window(
@@ -356,14 +376,25 @@ def test_a_429_and_a_stop_give_the_lease_back(
     ),
     per_minute=st.integers(min_value=1, max_value=60),
     workers=st.integers(min_value=1, max_value=3),
+    lag=st.sampled_from([0.0, 0.004, 0.05, 0.3]),
 )
 def test_no_sequence_of_leased_calls_exceeds_the_minute(
-    steps: list[tuple[float, int, bool, bool]], per_minute: int, workers: int
+    steps: list[tuple[float, int, bool, bool]], per_minute: int, workers: int, lag: float
 ) -> None:
     """Whatever the calls, waits, give-backs and 429s of several workers taking slots ahead,
-    the calls made in any 60 s never exceed the minute's limit."""
+    and however long each slot's transaction takes, Dub never sees more than the minute's
+    limit: a call reaches Dub up to USE_WITHIN after it is made, so no HELD_SECONDS (a
+    minute and that) hold more calls made than the limit."""
     clock = ManualClock(start=1_800_000_000.0)
     ledger = MemoryLedger(clock=clock)
+    real = ledger.take_slots
+
+    def slow(key: str, per_minute: int, count: int, **kw: Any) -> Any:
+        slots = real(key, per_minute, count, **kw)
+        clock.advance(lag)  # the transaction's commit, the answer's way back
+        return slots
+
+    ledger.take_slots = slow  # type: ignore[method-assign]
     windows = [SharedWindow(ledger, KEY, per_minute, clock=clock) for _ in range(workers)]
     made: list[float] = []
     for n, (wait, wanted, unused, told_429) in enumerate(steps):
@@ -374,7 +405,97 @@ def test_no_sequence_of_leased_calls_exceeds_the_minute(
         if unused and granted:
             window.give_back(granted.pop())
         made.extend([clock.time()] * len(granted))
-        recent = [at for at in made if at > clock.time() - 60]
+        recent = [at for at in made if at > clock.time() - HELD_SECONDS]
         assert len(recent) <= per_minute
         if told_429:
             window.pause(1.0)
+
+
+def test_a_slot_whose_transaction_ends_in_the_next_second_is_taken_again(
+    ledger: MemoryLedger, clock: ManualClock
+) -> None:
+    """A slot counts in the second its transaction started: when the answer comes in the
+    next second, a call made then could reach Dub after the slot stops counting, so it is
+    given back and taken again in the new second."""
+    clock.advance(0.99)
+    real = ledger.take_slots
+    lags = [0.02]
+
+    def slow(key: str, per_minute: int, count: int, **kw: Any) -> Any:
+        slots = real(key, per_minute, count, **kw)
+        clock.advance(lags.pop() if lags else 0.0)
+        return slots
+
+    ledger.take_slots = slow  # type: ignore[method-assign]
+    window = SharedWindow(ledger, KEY, 10, clock=clock)
+    grant = window.acquire(clock.monotonic())
+    assert grant.counted_at == int(clock.time())  # the new second
+    ledger.take_slots = real  # type: ignore[method-assign]
+    assert counted(ledger) == 1
+
+
+def test_with_a_per_second_allowance_no_slot_is_taken_ahead(
+    ledger: MemoryLedger, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With DUB_RATE_LIMIT_PER_SECOND, calls spread over a second could put it over the
+    allowance: every call takes its own slot, and the worker keeps no record of them."""
+    window = SharedWindow(ledger, KEY, 100_000, per_second=50, clock=clock)
+    takes = takes_of(ledger, monkeypatch)
+    for _ in range(500):
+        assert window.acquire(clock.monotonic()).granted
+        clock.advance(0.025)  # 40 a second: never over the allowance
+    assert takes == [1] * 500
+    monkeypatch.undo()
+    assert counted(ledger) == 500  # none held aside
+    assert len(window._handed) == 0  # bounded: nothing recorded when no lease reads it
+
+
+def test_a_lease_replaced_by_another_threads_gives_its_slots_back(
+    ledger: MemoryLedger, clock: ManualClock
+) -> None:
+    """Two threads of a worker may find no lease at once and each take slots ahead: the
+    lease installed second replaces the first, which gives back what it holds."""
+    window = SharedWindow(ledger, KEY, 100_000, clock=clock)
+    for _ in range(8):
+        window.acquire(clock.monotonic())  # busy: the next take is a lease
+    window.drop_lease()
+    real = ledger.take_slots
+    raced: list[bool] = []
+
+    def racing(key: str, per_minute: int, count: int, **kw: Any) -> Any:
+        slots = real(key, per_minute, count, **kw)
+        if not raced:  # another thread takes and installs its own lease meanwhile
+            raced.append(False)
+            raced[0] = window.acquire(clock.monotonic()).granted
+        return slots
+
+    ledger.take_slots = racing  # type: ignore[method-assign]
+    assert window.acquire(clock.monotonic()).granted and raced == [True]
+    ledger.take_slots = real  # type: ignore[method-assign]
+    window.drop_lease()
+    assert counted(ledger) == 10  # the ten calls made: neither lease left anything counted
+
+
+def test_a_lease_taken_during_a_429_never_serves_a_call(
+    ledger: MemoryLedger, clock: ManualClock
+) -> None:
+    """A thread whose slots were taken just before another thread heard Dub's 429 does not
+    keep them ahead: no call of this worker goes out before the pause ends."""
+    window = SharedWindow(ledger, KEY, 100_000, clock=clock)
+    for _ in range(8):
+        window.acquire(clock.monotonic())
+    window.drop_lease()
+    real = ledger.take_slots
+
+    def told_429(key: str, per_minute: int, count: int, **kw: Any) -> Any:
+        slots = real(key, per_minute, count, **kw)
+        ledger.take_slots = real  # type: ignore[method-assign]
+        window.pause(0.5)  # another thread's call was answered 429 meanwhile
+        return slots
+
+    ledger.take_slots = told_429  # type: ignore[method-assign]
+    assert window.acquire(clock.monotonic()).granted  # its own call was sent before the 429
+    refused = window.acquire(clock.monotonic())
+    assert not refused.granted and refused.wait == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert counted(ledger) == 9  # the lease went back

@@ -753,7 +753,7 @@ class Deliverer:
             path += "?" + urlencode(params) if params else ""
         while True:
             reserved = pass_.reserved
-            slot = reserved.take(self.clock.monotonic()) if reserved is not None else None
+            slot = reserved.take(self.clock.time()) if reserved is not None else None
             if slot is None:
                 if reserved is not None and reserved.left:  # too old: back to the window
                     self.limiter.release(reserved)

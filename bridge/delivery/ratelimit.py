@@ -47,28 +47,36 @@ class Grant:
         return self.counted_at is not None
 
 
+def serves(second: int, now: float) -> bool:
+    """Whether a slot counted in ``second`` may serve a call made at ``now`` (the clock's
+    time): only within that second (see ``Reserved``)."""
+    return now < second + 1
+
+
 def never_sent(answer: DubAnswer) -> bool:
     """No connection to Dub was opened: Dub never saw the call."""
     return answer.failure is Failure.UNREACHABLE
 
 
 class Reserved:
-    """Slots a request took at once, in one round trip, for the calls it is about to make
-    (SharedWindow.reserve): each goes to one call made within USE_WITHIN of the moment they
-    were taken (so Dub's minute never sees more than the window counted); past that, or
-    once none is left, a call takes its own. What no call used is given back
+    """Slots taken at once, in one round trip, for calls about to be made (a request's,
+    ``SharedWindow.reserve``, or a busy worker's next ones, its lease): each goes to one call
+    made within the second of the clock they count in. A slot of second s counts until
+    s + COUNTED_FOR, so a call made before s + 1 reaches Dub (within USE_WITHIN) while it
+    still counts a minute: Dub's minute never sees more than the window counted. Past that
+    second, or once none is left, a call takes its own. What no call used is given back
     (``RateLimiter.release``)."""
 
-    def __init__(self, second: int, count: int, taken_at: float):
+    def __init__(self, second: int, count: int):
         self.second = second
-        self.taken_at = taken_at  # monotonic
         self.left = count
         self._lock = threading.Lock()
 
     def take(self, now: float) -> Grant | None:
-        """One of the slots, for a call made now; None when none is left or they are too old."""
+        """One of the slots, for a call made now (the clock's time, not monotonic); None when
+        none is left or their second is over."""
         with self._lock:
-            if self.left <= 0 or now - self.taken_at > USE_WITHIN:
+            if self.left <= 0 or not serves(self.second, now):
                 return None
             self.left -= 1
             return Grant(counted_at=self.second)
@@ -168,10 +176,12 @@ class SharedWindow:
     lease): a worker busy with single-event requests takes its slots a transaction per
     dozens of calls, not per call, and its calls stop queueing on the key's lock. Past
     half, every slot is taken on its own again, so no worker holds slots another needs
-    near the limit. Nothing is kept aside longer than USE_WITHIN, and what no call used is
-    given back (when the worker next takes slots, or a 429 pauses it). ``per_second``: the
-    most calls in any one second of the clock, when Dub's plan states such an allowance
-    (None: the minute alone; then no lease, as for ``reserve``).
+    near the limit. A slot taken ahead serves only a call made within the second it counts
+    in (``Reserved``); what no call used is given back when the worker next takes slots,
+    when a 429 pauses it, or when it stops (an idle worker's leftovers, at most
+    LEASE_MOST - 1 and only while the window is under half used, count until then).
+    ``per_second``: the most calls in any one second of the clock, when Dub's plan states
+    such an allowance (None: the minute alone; then no lease, as for ``reserve``).
     """
 
     def __init__(
@@ -189,7 +199,10 @@ class SharedWindow:
         self.per_second = per_second
         self.clock = clock
         self._lease: Reserved | None = None
-        self._handed: deque[float] = deque()  # when this worker's recent slots were handed out
+        # When this worker's last slots were handed out (monotonic): what the next lease
+        # takes is how many of them are recent, so no more than LEASE_MOST are remembered.
+        self._handed: deque[float] = deque(maxlen=LEASE_MOST)
+        self._paused_until = 0.0  # monotonic: a 429 this worker was told of
         self._leasing = threading.Lock()
 
     def acquire(self, deadline: float) -> Grant:
@@ -202,11 +215,15 @@ class SharedWindow:
                 self.key, self.per_minute, want, per_second=self.per_second,
                 spare=self.per_minute // 2,
             )  # fmt: skip
+            if slots.granted and not serves(slots.second, self.clock.time()):
+                # The transaction ended in the next second: a call made now could reach Dub
+                # after its slot stops counting. Back, and again (it counts in this second).
+                self._give_back_many(slots.second, slots.granted)
+                continue
             if slots.granted:
-                now = self.clock.monotonic()
-                self._handed_out(now)
+                self._handed_out()
                 if slots.granted > 1:
-                    self._keep(Reserved(slots.second, slots.granted - 1, now))
+                    self._keep(Reserved(slots.second, slots.granted - 1))
                 return Grant(counted_at=slots.second)
             metrics().rate_limit_waits.inc()
             if self.clock.monotonic() + slots.wait > deadline:
@@ -214,43 +231,46 @@ class SharedWindow:
             self.clock.sleep(slots.wait)
 
     def _from_lease(self) -> Grant | None:
-        """A slot of the lease, for a call made now; a lease used up or too old is dropped
-        (and what it holds given back)."""
+        """A slot of the lease, for a call made now; a lease used up or past its second is
+        dropped (and what it holds given back). A 429 drops it too (``pause``), and none is
+        kept while the pause lasts (``_keep``)."""
         if self.per_second is not None:
             return None
-        now = self.clock.monotonic()
         with self._leasing:
             lease = self._lease
             if lease is None:
                 return None
-            grant = lease.take(now)
+            grant = lease.take(self.clock.time())
             if grant is not None:
-                self._handed.append(now)
+                self._handed.append(self.clock.monotonic())
                 return grant
             self._lease = None
         self.release(lease)
         return None
 
     def _ahead(self) -> int:
-        """How many slots to take now: one, or, without a per-second allowance, as many
-        as this worker was handed in the last USE_WITHIN (the calls it is likely to make
-        within the lease's life), at most LEASE_MOST."""
-        if self.per_second is not None:
-            return 1
+        """How many slots to take now: as many as this worker was handed in the last
+        USE_WITHIN (the calls it is likely to make while they serve), at most LEASE_MOST;
+        one with a per-second allowance (none is recorded then: ``_handed_out``)."""
         edge = self.clock.monotonic() - USE_WITHIN
         with self._leasing:
             while self._handed and self._handed[0] < edge:
                 self._handed.popleft()
-            return max(1, min(LEASE_MOST, len(self._handed)))
+            return max(1, len(self._handed))
 
-    def _handed_out(self, now: float) -> None:
-        with self._leasing:
-            self._handed.append(now)
+    def _handed_out(self) -> None:
+        if self.per_second is None:  # only a lease reads it
+            with self._leasing:
+                self._handed.append(self.clock.monotonic())
 
     def _keep(self, lease: Reserved) -> None:
-        """``lease`` serves the next calls; the one it replaces gives back what it holds."""
+        """``lease`` serves the next calls (not while a 429's pause lasts); the one it
+        replaces, taken by another thread meanwhile, gives back what it holds."""
         with self._leasing:
-            old, self._lease = self._lease, lease
+            if self.clock.monotonic() < self._paused_until:
+                old: Reserved | None = lease
+            else:
+                old, self._lease = self._lease, lease
         if old is not None:
             self.release(old)
 
@@ -275,7 +295,12 @@ class SharedWindow:
 
     def pause(self, seconds: float) -> None:
         self.ledger.pause(self.key, self.clock.time() + seconds)
-        self.drop_lease()  # Dub's window is full, whatever this one says
+        # Dub's window is full, whatever this one says: no slot taken ahead serves a call
+        # before the pause ends (other workers' serve theirs at most to the end of their
+        # second, as a request's reserved slots always could).
+        with self._leasing:
+            self._paused_until = max(self._paused_until, self.clock.monotonic() + seconds)
+        self.drop_lease()
 
     def reserve(self, count: int) -> Reserved | None:
         """A request's slots in one transaction instead of one each (a round trip each, on
@@ -290,13 +315,19 @@ class SharedWindow:
             return None
         if not slots.granted:
             return None
-        return Reserved(slots.second, slots.granted, self.clock.monotonic())
+        reserved = Reserved(slots.second, slots.granted)
+        if not serves(slots.second, self.clock.time()):  # their second is over already
+            self.release(reserved)
+            return None
+        return reserved
 
     def release(self, reserved: Reserved) -> None:
         left = reserved.unused()
-        if not left:
-            return
+        if left:
+            self._give_back_many(reserved.second, left)
+
+    def _give_back_many(self, second: int, count: int) -> None:
         try:
-            self.ledger.give_back_slots(self.key, reserved.second, left)
+            self.ledger.give_back_slots(self.key, second, count)
         except LedgerError as exc:  # they count a minute too long: the safe side
             log.warning("could not give rate-limit slots back", extra={"error": exc.message})

@@ -20,8 +20,9 @@ from typing import Any, NamedTuple, Protocol
 from ..core.outcomes import ACTIVE, FINISHED, TRANSITIONS, State, Via
 from .migrations import Migration, SchemaStatus
 
-# A slot is taken right before its call, which reaches Dub within this (the connect
-# timeout's default) or never (then the slot is given back).
+# A slot is taken right before its call, or a few ahead that serve only calls made within
+# the second they count in; a call reaches Dub within this (the connect timeout's default)
+# or never (then the slot is given back).
 USE_WITHIN = 1.0
 HELD_SECONDS = 60.0 + USE_WITHIN  # so calls in any minute never exceed the limit
 # Slots are counted per second (a window is at most 62 rows, however high the limit): a
