@@ -12,14 +12,14 @@ import pytest
 import requests
 import responses
 import urllib3
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bridge.core.errors import LedgerError, SettingsError
 from bridge.core.inputs import Item
 from bridge.core.settings import Settings
 from bridge.delivery.deliverer import Deliverer
-from bridge.delivery.ratelimit import LEASE_MOST, SharedWindow
+from bridge.delivery.ratelimit import LEASE_MOST, Grant, SharedWindow
 from bridge.delivery.retry import RetryPolicy
 from bridge.dub.client import DubAnswer, DubClient, Failure
 from bridge.ledger.base import HELD_SECONDS, USE_WITHIN
@@ -378,6 +378,13 @@ def test_a_429_and_a_stop_give_the_lease_back(
     workers=st.integers(min_value=1, max_value=3),
     lag=st.sampled_from([0.0, 0.004, 0.05, 0.3]),
 )
+# A slot kept ahead, then a long wait: served past its second, its call would share Dub's
+# minute with a whole window of new ones.
+@example(
+    steps=[(0.0, 3, False, False), (61.5, 1, False, False), (0.5, 8, False, False),
+           (0.0, 8, False, False)],
+    per_minute=10, workers=1, lag=0.0,
+)  # fmt: skip
 def test_no_sequence_of_leased_calls_exceeds_the_minute(
     steps: list[tuple[float, int, bool, bool]], per_minute: int, workers: int, lag: float
 ) -> None:
@@ -400,11 +407,14 @@ def test_no_sequence_of_leased_calls_exceeds_the_minute(
     for n, (wait, wanted, unused, told_429) in enumerate(steps):
         clock.advance(wait)
         window = windows[n % workers]
-        grants = [window.acquire(clock.monotonic()) for _ in range(wanted)]
-        granted = [g for g in grants if g.granted]
+        granted: list[tuple[Grant, float]] = []  # each call made when its slot came
+        for _ in range(wanted):
+            grant = window.acquire(clock.monotonic())
+            if grant.granted:
+                granted.append((grant, clock.time()))
         if unused and granted:
-            window.give_back(granted.pop())
-        made.extend([clock.time()] * len(granted))
+            window.give_back(granted.pop()[0])
+        made.extend(at for _, at in granted)
         recent = [at for at in made if at > clock.time() - HELD_SECONDS]
         assert len(recent) <= per_minute
         if told_429:
