@@ -102,7 +102,9 @@ def send(deliverer: Deliverer, engine: Engine, events: list[Any]) -> Any:
 
 def test_one_slot_per_call_and_none_kept_aside(ledger: MemoryLedger, clock: ManualClock) -> None:
     """Each slot a worker takes is one call: sixteen calls count sixteen, and another worker
-    finds the rest of the window free at once (no worker holds slots it has not used)."""
+    finds the rest of the window free at once (no worker holds slots it has not used: in a
+    window this small, slots are taken ahead only while it is under half used, and those
+    ahead are all used here)."""
     first = SharedWindow(ledger, KEY, 20, clock=clock)
     second = SharedWindow(ledger, KEY, 20, clock=clock)
     assert all(first.acquire(clock.monotonic()).granted for _ in range(16))

@@ -272,8 +272,9 @@ class Deliverer:
             [_Job(i, results[i], claims.get(i)) for i in members] for members in groups.values()
         ]
         # The rate-limit slots of its first calls, taken at once (one per row that may call):
-        # as many as four rounds of the pool, which mostly start within USE_WITHIN; later
-        # calls, and retries, take their own, and slots too old for a call go back at once.
+        # as many as four rounds of the pool, which mostly start within the second they
+        # count in; later calls, and retries, take their own, and slots whose second is over
+        # go back at once.
         calls = sum(1 for i in ready if claims.get(i) is None or claims[i].granted)
         how = replace(how, reserved=self.limiter.reserve(min(calls, 4 * self.concurrency)))
         try:
