@@ -17,7 +17,6 @@ still never refuse a call, and get the plan.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 import time
@@ -101,25 +100,19 @@ def bridge_seconds(pg_url: str) -> dict[int, int]:
     return {int(second): int(taken) for second, taken in rows}
 
 
-def test_three_instances_get_the_plan_and_never_more(
-    cluster: tuple[FakeDub, list[ProcfileWeb]], pg_url: str
-) -> None:
-    """Sustained demand on three instances: Dub refuses nothing and gets the whole minute
-    at 90% of the per-second pace or better; the ledger counts exactly the calls made, and
-    no second more than the per-second allowance."""
-    fake, webs = cluster
-    limits = DubLimits()
-    fake.plan = limits
+def post_sales(webs: list[ProcfileWeb], prefix: str, seconds: float) -> Counter[int]:
+    """CLIENTS clients spread over the instances, each posting one new sale after another
+    for ``seconds``: how many requests got each status (599: no answer)."""
     numbers = itertools.count()
     answers: Counter[int] = Counter()
-    stop = time.monotonic() + LOAD_SECONDS
+    stop = time.monotonic() + seconds
     lock = threading.Lock()
 
     def client(web: ProcfileWeb) -> None:
         with requests.Session() as session:
             while time.monotonic() < stop:
                 with lock:
-                    event = sale_event(f"rl{next(numbers)}")
+                    event = sale_event(f"{prefix}{next(numbers)}")
                 try:
                     status = session.post(
                         web.url + "/segment", json={"batch": [event]}, timeout=10
@@ -136,7 +129,20 @@ def test_three_instances_get_the_plan_and_never_more(
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=LOAD_SECONDS + 30)
+        thread.join(timeout=seconds + 30)
+    return answers
+
+
+def test_three_instances_get_the_plan_and_never_more(
+    cluster: tuple[FakeDub, list[ProcfileWeb]], pg_url: str
+) -> None:
+    """Sustained demand on three instances: Dub refuses nothing and gets the whole minute
+    at 90% of the per-second pace or better; the ledger counts exactly the calls made, and
+    no second more than the per-second allowance."""
+    fake, webs = cluster
+    limits = DubLimits()
+    fake.plan = limits
+    answers = post_sales(webs, "rl", LOAD_SECONDS)
     calls = sorted(r.at for r in fake.requests)
     per_second = Counter(int(at) for at in calls)
     seconds_filling = int(calls[-1]) - int(calls[0]) + 1 if calls else 0
@@ -170,26 +176,7 @@ def test_three_instances_taking_slots_ahead_never_exceed_the_minute(
     fake, webs = cluster
     limits = DubLimits()
     fake.plan = limits
-    numbers = itertools.count()
-    stop = time.monotonic() + 6.0  # the minute fills in the first second or two
-    lock = threading.Lock()
-
-    def client(web: ProcfileWeb) -> None:
-        with requests.Session() as session:
-            while time.monotonic() < stop:
-                with lock:
-                    event = sale_event(f"ra{next(numbers)}")
-                with contextlib.suppress(requests.RequestException):
-                    session.post(web.url + "/segment", json={"batch": [event]}, timeout=10)
-
-    threads = [
-        threading.Thread(target=client, args=(webs[i % INSTANCES],), daemon=True)
-        for i in range(CLIENTS)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=40)
+    post_sales(webs, "ra", 6.0)  # the minute fills in the first second or two
     calls = len(fake.requests)
     counted = sum(bridge_seconds(pg_url).values())
     figures = {"calls": calls, "refused_by_dub": limits.refused, "slots_counted": counted}
