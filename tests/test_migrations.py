@@ -13,7 +13,7 @@ import pytest
 
 from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
-from bridge.ledger.base import COUNTED_FOR, Retention, Sighting
+from bridge.ledger.base import COUNTED_FOR, Browse, Retention, Sighting
 from bridge.ledger.migrations import MIGRATIONS, schema_table
 from tests.helpers.fakes import ManualClock
 
@@ -158,5 +158,38 @@ def test_activations_keep_their_order_and_the_release_before_still_publishes(
             ("v1", "publish", None),
             ("v2", "publish", None),
         ]
+    finally:
+        ledger.close()
+
+
+def test_rows_before_the_fewer_indexes_keep_their_queue_list_and_prune(
+    old_ledger: tuple[str, Run, Settings], clock: ManualClock
+) -> None:
+    """Migration 14 rebuilds indexes only: a queued row of the version before is still in the
+    queue (its depth and age), the list of every row still shows every row newest first,
+    and a settled row is still pruned once old enough, whatever its first sighting."""
+    kind, run, settings = old_ledger
+    at_version(kind, run, 13)
+    now = clock.time()
+    insert = (
+        "INSERT INTO deliveries (message_id, mapping, action, customer, state, request_body,"
+        " created_at, updated_at, queued_at) VALUES (?, 'sale', 'sale', 'u-1', ?, '{}', ?, ?, ?)"
+    )
+    run(insert, "queued", "pending", now - 30, now - 30, now - 30)
+    run(insert, "settled", "delivered", now - 20, now - 20, None)
+    run(insert, "newest", "rejected", now - 10, now - 10, None)
+    ledger = open_ledger(settings, clock=clock)
+    assert ledger is not None
+    try:
+        assert ledger.schema().up_to_date
+        status = ledger.queue_status()
+        assert (status.depth, status.oldest) == (1, now - 30)
+        listed = [row.message_id for row in ledger.browse(Browse())]
+        assert listed == ["newest", "settled", "queued"]
+        assert [r.message_id for r in ledger.browse(Browse(limit=1, after=(now - 10, "newest",
+                "sale")))] == ["settled"]  # fmt: skip
+        clock.advance(100)
+        ledger.sweep(Retention(give_up_after=1e9, settled=50, dead=1e9))
+        assert [row.message_id for row in ledger.browse(Browse())] == ["newest", "queued"]
     finally:
         ledger.close()

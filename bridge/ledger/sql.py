@@ -523,9 +523,9 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
     def browse(self, query: Browse) -> list[Row]:
         where = ["1 = 1"]
         args: dict[str, Any] = {"limit": query.limit}
-        # A state or a mapping is read one state at a time, merged (below); a search is a
-        # handful of rows, whatever else it asks.
-        by_state = query.search is None and (query.states is not None or query.mapping is not None)
+        # The list is read one state at a time, merged (below), with or without a state or a
+        # mapping chosen; a search is a handful of rows, whatever else it asks.
+        by_state = query.search is None
         if query.states is not None and not by_state:
             where.append(f"state IN {states(query.states)}" if query.states else "1 = 0")
         if query.mapping is not None:
@@ -548,7 +548,8 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
         # One index range per state (deliveries_state_recent, or deliveries_mapping_state with
         # a mapping), each read no further than a page, then merged: a rare state costs what
         # a common one does, wherever its rows lie in time (one IN list over the newest-first
-        # index would walk every newer row to find a state that has none lately).
+        # index would walk every newer row to find a state that has none lately). Every row,
+        # unfiltered, is the merge of every state: no index of its own for each claim to write.
         wanted = sorted(query.states if query.states is not None else State)
         if not wanted:
             return []

@@ -213,10 +213,13 @@ WHERE (message_id, mapping) IN (
       AND COALESCE(lease_until, 0) < :now
     LIMIT :batch)
 """
+# A row's last change is never before its first sighting, so the bound on created_at
+# changes nothing that is pruned: it lets the prune read its states' ranges by first
+# sighting (deliveries_state_recent), oldest first, rather than every row of the state.
 PRUNE = """
 DELETE FROM deliveries WHERE (message_id, mapping) IN (
     SELECT message_id, mapping FROM deliveries
-    WHERE state IN {states} AND updated_at < :before LIMIT :batch)
+    WHERE state IN {states} AND created_at < :before AND updated_at < :before LIMIT :batch)
 """
 PAUSE = """
 INSERT INTO rate_pauses (key, until) VALUES (:key, :until)
