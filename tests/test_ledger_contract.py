@@ -392,6 +392,31 @@ def test_sweep_gives_up_by_age_and_prunes_by_retention(ledger: Ledger, clock: Ma
     assert ledger.sweep(Retention(give_up_after=1e6, settled=1e6, dead=500))["pruned"] == 5
 
 
+def test_a_prune_keeps_rows_changed_lately_among_older_ones(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    """Settled rows go once settled longer than their retention, a batch at a time, each batch
+    after the last: rows first seen as long ago but redriven lately stay, wherever they lie."""
+    for i in range(7):
+        claim(ledger, f"r{i}")
+        ledger.finish(f"r{i}", "sale", State.DELIVERED if i % 2 == 0 else State.REJECTED)
+        clock.advance(1)
+    clock.advance(90)
+    for i in (1, 3, 5):  # redriven: first seen long ago, delivered now
+        assert claim(ledger, f"r{i}", redrive=True).granted
+        ledger.finish(f"r{i}", "sale", State.DELIVERED)
+    clock.advance(10)
+    counts = ledger.sweep(Retention(give_up_after=1e6, settled=50, dead=1e6, batch=2))
+    assert counts["pruned"] == 4
+    kept = {r for r in (f"r{i}" for i in range(7)) if ledger.get(r, "sale") is not None}
+    assert kept == {"r1", "r3", "r5"}
+    clock.advance(50)
+    assert ledger.sweep(Retention(give_up_after=1e6, settled=50, dead=1e6, batch=2)) == {
+        "gave_up": 0,
+        "pruned": 3,
+    }
+
+
 def test_taint_survives_and_is_reported(ledger: Ledger) -> None:
     """A lead whose attempt may have reached Dub stays tainted for its next claim."""
     claim(ledger, "t", "lead", action="lead")

@@ -167,7 +167,7 @@ def test_rows_before_the_fewer_indexes_keep_their_queue_list_and_prune(
 ) -> None:
     """Migration 14 rebuilds indexes only: a queued row of the version before is still in the
     queue (its depth and age), the list of every row still shows every row newest first,
-    and a settled row is still pruned once old enough, whatever its first sighting."""
+    and a settled row is pruned once settled long enough, not by its first sighting."""
     kind, run, settings = old_ledger
     at_version(kind, run, 13)
     now = clock.time()
@@ -178,6 +178,7 @@ def test_rows_before_the_fewer_indexes_keep_their_queue_list_and_prune(
     run(insert, "queued", "pending", now - 30, now - 30, now - 30)
     run(insert, "settled", "delivered", now - 20, now - 20, None)
     run(insert, "newest", "rejected", now - 10, now - 10, None)
+    run(insert, "redriven", "delivered", now - 40, now + 60, None)  # first seen before all
     ledger = open_ledger(settings, clock=clock)
     assert ledger is not None
     try:
@@ -185,11 +186,15 @@ def test_rows_before_the_fewer_indexes_keep_their_queue_list_and_prune(
         status = ledger.queue_status()
         assert (status.depth, status.oldest) == (1, now - 30)
         listed = [row.message_id for row in ledger.browse(Browse())]
-        assert listed == ["newest", "settled", "queued"]
+        assert listed == ["newest", "settled", "queued", "redriven"]
         assert [r.message_id for r in ledger.browse(Browse(limit=1, after=(now - 10, "newest",
                 "sale")))] == ["settled"]  # fmt: skip
         clock.advance(100)
         ledger.sweep(Retention(give_up_after=1e9, settled=50, dead=1e9))
-        assert [row.message_id for row in ledger.browse(Browse())] == ["newest", "queued"]
+        assert [row.message_id for row in ledger.browse(Browse())] == [
+            "newest",
+            "queued",
+            "redriven",
+        ]  # it changed 40 s ago: settled retention not over
     finally:
         ledger.close()

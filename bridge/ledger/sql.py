@@ -49,7 +49,6 @@ from .statements import (
     DUE,
     FINISHED_COLUMNS,
     GIVE_UP,
-    PRUNE,
     QUEUE_SENT,
     QUEUE_STATUS,
     RECORD,
@@ -61,6 +60,7 @@ from .statements import (
     finish_rows,
     finish_rows_keeping,
     keep_attempts,
+    prune_rows,
     row_is,
     states,
 )
@@ -105,12 +105,10 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
     def __init__(self, *, lease_seconds: float, clock: Clock):
         self.lease_seconds = lease_seconds
         self.clock = clock
-        self._prune_settled = PRUNE.format(states=states(FINAL))
         self._record = {
             target: RECORD.format(recordable=states(states_before(target, Via.RECORD)))
             for target in RECORDED
         }
-        self._prune_dead = PRUNE.format(states=states(DEAD))
         self._capped_counts = " UNION ALL ".join(
             f"SELECT '{s.value}', COUNT(*) FROM (SELECT 1 FROM deliveries"
             f" WHERE state = '{s.value}' LIMIT :cap) AS capped_{s.value}"
@@ -605,16 +603,13 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
 
     def sweep(self, retention: Retention) -> dict[str, int]:
         now = self.clock.time()
-        jobs = {
-            "gave_up": (GIVE_UP, now - retention.give_up_after),
-            "pruned": (self._prune_settled, now - retention.settled),
-            "pruned_dead": (self._prune_dead, now - retention.dead),
-        }
-        done: dict[str, int] = {}
-        for name, (sql, before) in jobs.items():
-            args = {"now": now, "before": before, "batch": retention.batch}
-            done[name] = self._in_batches(sql, args, retention.batch)
-        done["pruned"] += done.pop("pruned_dead")
+        args = {"now": now, "before": now - retention.give_up_after, "batch": retention.batch}
+        done = {"gave_up": self._in_batches(GIVE_UP, args, retention.batch)}
+        done["pruned"] = sum(
+            self._prune(state, now - (retention.dead if state in DEAD else retention.settled),
+                        retention.batch)
+            for state in sorted(FINAL | DEAD)
+        )  # fmt: skip
         self.prune_slots()
         # A signature is remembered while an event it could carry can be accepted, whatever
         # the retention of rows; one recorded by the release before, for as long after its
@@ -629,6 +624,23 @@ class SQLLedger(SharedSQL, MappingSetsSQL):
             )
         )
         return done
+
+    def _prune(self, state: State, before: float, batch: int) -> int:
+        """Rows of ``state`` settled before ``before``, deleted a batch at a time, each batch
+        starting after the last row deleted."""
+        first = {"state": state.value, "before": before, "batch": batch}
+
+        def delete(args: dict[str, Any], after: bool) -> Callable[[DB], list[Any]]:
+            return lambda db: db.execute(prune_rows(after), args).fetchall()
+
+        total = 0
+        deleted = self._run(delete(first, False))
+        while True:
+            total += len(deleted)
+            if len(deleted) < batch:
+                return total
+            at, mid, mapping = max(tuple(row) for row in deleted)
+            deleted = self._run(delete(first | {"at": at, "mid": mid, "map": mapping}, True))
 
     def _in_batches(self, sql: str, args: Mapping[str, Any], batch: int) -> int:
         def one(db: DB) -> int:

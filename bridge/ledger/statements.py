@@ -213,14 +213,28 @@ WHERE (message_id, mapping) IN (
       AND COALESCE(lease_until, 0) < :now
     LIMIT :batch)
 """
-# A row's last change is never before its first sighting, so the bound on created_at
-# changes nothing that is pruned: it lets the prune read its states' ranges by first
-# sighting (deliveries_state_recent), oldest first, rather than every row of the state.
-PRUNE = """
+
+
+# A prune reads one state's range by first sighting (deliveries_state_recent), in that order,
+# a batch at a time, each batch after the last row the one before deleted: a row kept
+# because it changed lately (a dead letter redriven, a row the outbox sent hours after its
+# first sighting) is read once per sweep, not once per batch. A row's last change is not
+# before its first sighting (but for the clocks of two instances apart), so the bound on
+# created_at keeps every row the bound on updated_at prunes.
+@lru_cache(maxsize=2)
+def prune_rows(after: bool) -> str:
+    """Delete at most :batch rows of :state settled before :before, the oldest first (after
+    the key :at, :mid, :map when ``after``); RETURNING the key of each row deleted."""
+    past = "AND (created_at, message_id, mapping) > (:at, :mid, :map)" if after else ""
+    return f"""
 DELETE FROM deliveries WHERE (message_id, mapping) IN (
     SELECT message_id, mapping FROM deliveries
-    WHERE state IN {states} AND created_at < :before AND updated_at < :before LIMIT :batch)
+    WHERE state = :state AND created_at < :before AND updated_at < :before {past}
+    ORDER BY created_at, message_id, mapping LIMIT :batch)
+RETURNING created_at, message_id, mapping
 """
+
+
 PAUSE = """
 INSERT INTO rate_pauses (key, until) VALUES (:key, :until)
 ON CONFLICT (key) DO UPDATE SET until = {greatest}(rate_pauses.until, excluded.until)
