@@ -135,7 +135,10 @@ def _exercise(ledger: Ledger) -> None:
         Browse(after=(now, "m-1", "sale")),
     ):
         ledger.browse(query)
-    ledger.sweep(Retention(settled=0, dead=0, give_up_after=0, signatures=0, batch=10))
+    for i in range(3):  # more settled rows than a batch: the prune's next batches too
+        ledger.claim_many([ClaimRequest(f"s-{i}", "sale", "sale", "Order Completed", "u-2", {})])
+        ledger.finish_many([Finish(f"s-{i}", "sale", State.DELIVERED, calls=1)])
+    ledger.sweep(Retention(settled=-1, dead=0, give_up_after=0, signatures=0, batch=1))
 
 
 def _captured(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
@@ -210,6 +213,7 @@ def test_every_read_of_deliveries_is_served_by_an_index(
 # (a text of the statement, the index, a column its index condition bounds).
 BOUNDED = (
     ("DELETE FROM deliveries", "deliveries_state_recent", "created_at"),
+    ("(created_at, message_id, mapping) > (:at", "deliveries_state_recent", "message_id"),
     ("'unverified') AND updated_at >= :since ORDER BY", "deliveries_dead", "updated_at"),
     ("IN ('deduplicated','delivered','not_recorded','superseded') AND updated_at >= :since",
      "deliveries_queued", "updated_at"),

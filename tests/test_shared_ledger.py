@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import random
 import re
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import responses
 from click.testing import CliRunner
@@ -24,7 +27,8 @@ from bridge.delivery.deliverer import Deliverer
 from bridge.delivery.outbox import Outbox
 from bridge.delivery.retry import RetryPolicy
 from bridge.ledger import open_ledger
-from bridge.ledger.base import COUNTED_FOR, ClaimRequest, Ledger
+from bridge.ledger.base import COUNTED_FOR, ClaimRequest, Ledger, Retention
+from bridge.ledger.postgres import PostgresLedger
 from bridge.mapping.batch import plan_all
 from bridge.mapping.engine import Engine
 from bridge.service.wiring import build_deliverer
@@ -495,3 +499,45 @@ def test_a_sale_whose_lead_is_queued_waits_in_the_queue_behind_it(
     assert [c.request.url.rsplit("/", 1)[-1] for c in dub.calls] == [
         "lead", "sale", "lead", "sale"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("old_state", [State.DELIVERED, State.PENDING])
+def test_housekeeping_leaves_a_row_another_instance_took_while_it_waited(
+    pg_url: str, clock: ManualClock, old_state: State
+) -> None:
+    """A prune (a settled row) or a give-up (an unsettled one) that picked a row, then waited
+    for its lock while another instance claimed it, sees the row as it now is and leaves it:
+    the claim's row is neither deleted nor given up under it."""
+    ledger = PostgresLedger(pg_url, clock=clock)
+    ledger.upgrade()
+    try:
+        ledger.claim_many([ClaimRequest("r1", "sale", "sale", "Order Completed", "u", {"a": 1})])
+        ledger.finish("r1", "sale", old_state)
+        clock.advance(100)
+        other = psycopg.connect(pg_url)  # the other instance, its claim not committed yet
+        other.execute(
+            "UPDATE deliveries SET state = 'in_flight', lease_until = %s, updated_at = %s"
+            " WHERE message_id = 'r1'",
+            (clock.time() + 30, clock.time()),
+        )
+        swept: dict[str, int] = {}
+        retention = Retention(give_up_after=50, settled=50, dead=1e6)
+        sweeper = threading.Thread(target=lambda: swept.update(ledger.sweep(retention)))
+        sweeper.start()
+        # The sweep's statement is waiting for the row's lock (no sleep: the server says so).
+        with psycopg.connect(pg_url, autocommit=True) as watch:
+            give_up = time.monotonic() + 30
+            while not watch.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query ~ '^\\s*(DELETE FROM|UPDATE) deliveries'"
+            ).fetchone():
+                assert time.monotonic() < give_up, "the sweep never waited for the row"
+        other.commit()
+        other.close()
+        sweeper.join(timeout=30)
+        assert not sweeper.is_alive()
+        row = ledger.get("r1", "sale")
+        assert row is not None and row.state == State.IN_FLIGHT
+        assert swept == {"gave_up": 0, "pruned": 0}
+    finally:
+        ledger.close()

@@ -204,7 +204,10 @@ QUEUE_SENT = f"""
 SELECT COUNT(*) FROM deliveries
 WHERE queued_at IS NOT NULL AND state IN {states(FINAL)} AND updated_at >= :since
 """
-# Housekeeping works a batch at a time, so no statement holds its locks for long.
+# Housekeeping works a batch at a time, so no statement holds its locks for long. Its
+# conditions are checked again on each row it changes: on PostgreSQL a row another instance
+# claimed or finished after the pick read it is seen as it is once its lock is free, and
+# is left alone (written so no index on the state serves them: see ``row_is``).
 GIVE_UP = f"""
 UPDATE deliveries SET state = 'gave_up', lease_until = NULL, updated_at = :now
 WHERE (message_id, mapping) IN (
@@ -212,6 +215,7 @@ WHERE (message_id, mapping) IN (
     WHERE state IN {states(SWEEPABLE)} AND created_at < :before
       AND COALESCE(lease_until, 0) < :now
     LIMIT :batch)
+  AND state || '' IN {states(SWEEPABLE)} AND COALESCE(lease_until, 0) < :now
 """
 
 
@@ -231,6 +235,7 @@ DELETE FROM deliveries WHERE (message_id, mapping) IN (
     SELECT message_id, mapping FROM deliveries
     WHERE state = :state AND created_at < :before AND updated_at < :before {past}
     ORDER BY created_at, message_id, mapping LIMIT :batch)
+  AND state || '' = :state AND updated_at < :before
 RETURNING created_at, message_id, mapping
 """
 
