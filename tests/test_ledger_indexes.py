@@ -24,12 +24,11 @@ import psycopg
 import pytest
 
 from bridge.core.outcomes import State
-from bridge.ledger import postgres
 from bridge.ledger.base import Browse, ClaimRequest, Finish, Ledger, Retention
 from bridge.ledger.postgres import PostgresLedger
 from bridge.ledger.sqlite import SQLiteLedger
 from bridge.ledger.statements import FINISHED_COLUMNS
-from tests.helpers.plans import pg_plans, plan_nodes
+from tests.helpers.plans import pg_plans, plan_nodes, recording, sqlite_plans
 
 # The columns a finish sets (statements._FINISH_FROM_V); an index holding one of them has its
 # entry moved by every finish.
@@ -93,21 +92,6 @@ def test_a_claim_writes_four_indexes_and_a_finish_moves_two(sql_ledger: Ledger) 
     assert set(FINISHED_COLUMNS) - {"message_id", "mapping", "calls", "queued"} <= FINISH_SETS
 
 
-class _Recording:
-    """A SQLite connection that keeps each statement sent through it."""
-
-    def __init__(self, db: sqlite3.Connection, sent: list[tuple[str, dict[str, Any]]]):
-        self._db = db
-        self._sent = sent
-
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        self._sent.append((sql, dict(params or {})))
-        return self._db.execute(sql, params)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-
 def _exercise(ledger: Ledger) -> None:
     """Every read, housekeeping and outbox statement of deliveries, once."""
     now = ledger.clock.time()
@@ -143,22 +127,8 @@ def _exercise(ledger: Ledger) -> None:
 
 def _captured(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     """The statements that read deliveries, as ``_exercise`` makes the ledger send them."""
-    sent: list[tuple[str, dict[str, Any]]] = []
-    if isinstance(ledger, SQLiteLedger):
-        writer = ledger._db()
-        reader = ledger._db(write=False)
-        monkeypatch.setattr(ledger, "_writer", _Recording(writer, sent))
-        monkeypatch.setattr(ledger._local, "db", _Recording(reader, sent))
-    else:
-        execute = postgres._Connection.execute
-
-        def capture(self: Any, sql: str, params: Any = None) -> Any:
-            sent.append((sql, dict(params or {})))
-            return execute(self, sql, params)
-
-        monkeypatch.setattr(postgres._Connection, "execute", capture)
-    _exercise(ledger)
-    monkeypatch.undo()
+    with recording(ledger, monkeypatch) as sent:
+        _exercise(ledger)
     reads = re.compile(r"\b(FROM|UPDATE)\s+deliveries\b")
     return [
         (sql, params)
@@ -191,15 +161,11 @@ def test_every_read_of_deliveries_is_served_by_an_index(
     assert len(statements) >= 20, [s for s, _ in statements]
     whole: list[tuple[str, list[str]]] = []
     if isinstance(sql_ledger, SQLiteLedger):
-        db = sqlite3.connect(sql_ledger.path)
-        try:
-            for sql, params in statements:
-                plan = [r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
-                scans = [p for p in plan if re.match(r"SCAN (deliveries|d|l)\b", p)]
-                if scans:
-                    whole.append((sql, scans))
-        finally:
-            db.close()
+        for (sql, _), plan in zip(statements, sqlite_plans(sql_ledger.path, statements),
+                                  strict=True):  # fmt: skip
+            scans = [p for p in plan if re.match(r"SCAN (deliveries|d|l)\b", p)]
+            if scans:
+                whole.append((sql, scans))
     else:
         assert isinstance(sql_ledger, PostgresLedger)
         for (sql, _), plan in zip(statements, pg_plans(sql_ledger.url, statements), strict=True):
@@ -231,14 +197,9 @@ def test_housekeeping_and_the_latest_dead_letters_read_bounded_ranges(
         chosen = [(sql, params) for sql, params in statements if text in sql]
         assert chosen, text
         if isinstance(sql_ledger, SQLiteLedger):
-            db = sqlite3.connect(sql_ledger.path)
-            try:
-                for sql, params in chosen:
-                    plan = [r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
-                    used = [p for p in plan if f"INDEX {index} (" in p]
-                    assert used and column in used[0].split("(", 1)[1], (sql, plan)
-            finally:
-                db.close()
+            for (sql, _), plan in zip(chosen, sqlite_plans(sql_ledger.path, chosen), strict=True):
+                used = [p for p in plan if f"INDEX {index} (" in p]
+                assert used and column in used[0].split("(", 1)[1], (sql, plan)
         else:
             assert isinstance(sql_ledger, PostgresLedger)
             for (sql, _), plan in zip(chosen, pg_plans(sql_ledger.url, chosen), strict=True):

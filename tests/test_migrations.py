@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ import pytest
 
 from bridge.core.settings import Settings
 from bridge.ledger import open_ledger
-from bridge.ledger.base import COUNTED_FOR, Browse, Retention, Sighting
+from bridge.ledger.base import COUNTED_FOR, Browse, Ledger, Retention, Sighting
 from bridge.ledger.migrations import MIGRATIONS, schema_table
 from tests.helpers.fakes import ManualClock
 
@@ -54,6 +55,18 @@ def old_ledger(
     conn.close()
 
 
+@contextlib.contextmanager
+def upgraded(settings: Settings, clock: ManualClock) -> Iterator[Ledger]:
+    """The ledger of ``settings`` opened as the service opens it, so brought up to date."""
+    ledger = open_ledger(settings, clock=clock)
+    assert ledger is not None
+    try:
+        assert ledger.schema().up_to_date
+        yield ledger
+    finally:
+        ledger.close()
+
+
 def at_version(kind: str, run: Run, version: int) -> None:
     run(schema_table(kind))
     for migration in MIGRATIONS[:version]:
@@ -73,17 +86,12 @@ def test_rate_slots_become_counts_per_second(
     now = clock.time()
     for at in (now - 1.5, now - 0.8, now - 0.3):
         run("INSERT INTO rate_slots (key, at) VALUES ('dub', ?)", at)
-    ledger = open_ledger(settings, clock=clock)
-    assert ledger is not None
-    try:
-        assert ledger.schema().up_to_date
+    with upgraded(settings, clock) as ledger:
         run("INSERT INTO rate_slots (key, at) VALUES ('dub', ?)", now)  # an old instance
         granted, wait = ledger.take_slots("dub", 3, 1)[:2]
         assert granted == 0 and wait == pytest.approx(COUNTED_FOR - 2)
         clock.advance(COUNTED_FOR - 2)  # the second of now - 1.5 is past
         assert ledger.take_slots("dub", 3, 5)[:2] == (1, 0.0)
-    finally:
-        ledger.close()
 
 
 def test_signatures_of_the_release_before_vouch_for_no_content(
@@ -101,10 +109,7 @@ def test_signatures_of_the_release_before_vouch_for_no_content(
         " ON CONFLICT (key) DO NOTHING"
     )
     run(old_insert, "before", '["a","b"]', now)
-    ledger = open_ledger(settings, clock=clock)
-    assert ledger is not None
-    try:
-        assert ledger.schema().up_to_date
+    with upgraded(settings, clock) as ledger:
         mine = Sighting(frozenset({"a"}), frozenset({"digest-a"}), now + 10 * 86400)
         assert ledger.vouch("before", mine) == Sighting(frozenset({"a", "b"}), frozenset(), 0.0)
         assert ledger.vouch("new", mine) == mine
@@ -116,8 +121,6 @@ def test_signatures_of_the_release_before_vouch_for_no_content(
         ledger.sweep(Retention(give_up_after=1e9, settled=1e9, dead=1e9, signatures=86400))
         assert ledger.vouch("before", mine) == mine  # forgotten: a first sighting again
         assert ledger.vouch("new", mine) == mine  # kept until its own keep_until
-    finally:
-        ledger.close()
 
 
 def test_activations_keep_their_order_and_the_release_before_still_publishes(
@@ -141,10 +144,7 @@ def test_activations_keep_their_order_and_the_release_before_still_publishes(
     insert = "INSERT INTO mapping_activations (version, origin, activated_at) VALUES (?, ?, ?)"
     run(insert, "v1", "publish", now + 3600)  # a publisher's clock an hour ahead
     run(insert, "v2", "publish", now)
-    ledger = open_ledger(settings, clock=clock)
-    assert ledger is not None
-    try:
-        assert ledger.schema().up_to_date
+    with upgraded(settings, clock) as ledger:
         active = ledger.active_mapping_set()
         assert active is not None and active.version == "v1"
         ledger.activate_mapping_set("v3", "publish", author="kim", message="new")
@@ -158,8 +158,6 @@ def test_activations_keep_their_order_and_the_release_before_still_publishes(
             ("v1", "publish", None),
             ("v2", "publish", None),
         ]
-    finally:
-        ledger.close()
 
 
 def test_rows_before_the_fewer_indexes_keep_their_queue_list_and_prune(
@@ -179,10 +177,7 @@ def test_rows_before_the_fewer_indexes_keep_their_queue_list_and_prune(
     run(insert, "settled", "delivered", now - 20, now - 20, None)
     run(insert, "newest", "rejected", now - 10, now - 10, None)
     run(insert, "redriven", "delivered", now - 40, now + 60, None)  # first seen before all
-    ledger = open_ledger(settings, clock=clock)
-    assert ledger is not None
-    try:
-        assert ledger.schema().up_to_date
+    with upgraded(settings, clock) as ledger:
         status = ledger.queue_status()
         assert (status.depth, status.oldest) == (1, now - 30)
         listed = [row.message_id for row in ledger.browse(Browse())]
@@ -196,5 +191,3 @@ def test_rows_before_the_fewer_indexes_keep_their_queue_list_and_prune(
             "queued",
             "redriven",
         ]  # it changed 40 s ago: settled retention not over
-    finally:
-        ledger.close()

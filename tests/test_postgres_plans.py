@@ -13,16 +13,14 @@ the primary key alone.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
 
 from bridge.core.outcomes import State
-from bridge.ledger import postgres
 from bridge.ledger.base import Attempt, ClaimRequest, Finish
 from bridge.ledger.postgres import PostgresLedger
-from tests.helpers.plans import pg_plans, plan_nodes
+from tests.helpers.plans import pg_plans, plan_nodes, recording
 
 MAPPINGS = ("order-sale", "signup-lead")
 
@@ -56,27 +54,20 @@ def test_keyed_updates_find_their_row_by_the_primary_key(
     """Every statement that changes a row found by its key (finish with and without Dub's
     answers, release, defer, pin, supersede) reads deliveries through its primary key, never
     through an index that holds the state."""
-    sent: list[tuple[str, dict[str, Any]]] = []
-    execute = postgres._Connection.execute
-
-    def capture(self: Any, sql: str, params: Any = None) -> Any:
-        if sql.lstrip().startswith(("UPDATE", "WITH v")):
-            sent.append((sql, dict(params or {})))
-        return execute(self, sql, params)
-
-    monkeypatch.setattr(postgres._Connection, "execute", capture)
-    ledger.claim_many([_request(f"new-{i}", m) for i in range(3) for m in MAPPINGS])
-    ledger.finish("new-0", MAPPINGS[0], State.DELIVERED, calls=1)
-    answer = Attempt(1.0, "POST", "/track/sale", 200, '{"ok":true}')
-    ledger.finish_many([Finish("new-0", MAPPINGS[1], State.DELIVERED, calls=1, answers=(answer,)),
-                        Finish("new-1", MAPPINGS[0], State.PENDING, calls=1)])  # fmt: skip
-    ledger.pin("new-1", MAPPINGS[1], {"amount": 2})
-    ledger.release("new-1", MAPPINGS[1])
-    ledger.defer("new-1", MAPPINGS[0], 5.0)
-    ledger.claim_many([_request("new-2", MAPPINGS[0])])
-    ledger.finish("new-2", MAPPINGS[0], State.REJECTED, calls=1)
-    ledger.supersede("new-2", MAPPINGS[0])
-    monkeypatch.undo()
+    with recording(ledger, monkeypatch) as statements:
+        ledger.claim_many([_request(f"new-{i}", m) for i in range(3) for m in MAPPINGS])
+        ledger.finish("new-0", MAPPINGS[0], State.DELIVERED, calls=1)
+        answer = Attempt(1.0, "POST", "/track/sale", 200, '{"ok":true}')
+        ledger.finish_many([Finish("new-0", MAPPINGS[1], State.DELIVERED, calls=1,
+                                   answers=(answer,)),
+                            Finish("new-1", MAPPINGS[0], State.PENDING, calls=1)])  # fmt: skip
+        ledger.pin("new-1", MAPPINGS[1], {"amount": 2})
+        ledger.release("new-1", MAPPINGS[1])
+        ledger.defer("new-1", MAPPINGS[0], 5.0)
+        ledger.claim_many([_request("new-2", MAPPINGS[0])])
+        ledger.finish("new-2", MAPPINGS[0], State.REJECTED, calls=1)
+        ledger.supersede("new-2", MAPPINGS[0])
+    sent = [(sql, p) for sql, p in statements if sql.lstrip().startswith(("UPDATE", "WITH v"))]
     assert len(sent) == 7, [s for s, _ in sent]
 
     for (sql, _), plan in zip(sent, pg_plans(pg_url, sent), strict=True):

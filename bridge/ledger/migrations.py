@@ -187,7 +187,7 @@ DROP INDEX IF EXISTS deliveries_mapping_recent
 # Fewer indexes to write. Every claim wrote a row into the table and seven indexes, and every
 # finish moved its entries in five on SQLite (on PostgreSQL it writes into all of them: a
 # change of state is never a HOT update); now four full indexes, of which a finish moves two,
-# and three partial ones that hold only what their reads look for, which a row that is
+# and two partial ones that hold only what their reads look for, which a row that is
 # neither queued nor a dead letter never enters. The events list of every row merges its
 # states' ranges as a state filter does (deliveries_recent goes); housekeeping's prune reads
 # each state's range by first sighting (deliveries_state goes); the queue's status reads its
